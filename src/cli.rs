@@ -1,0 +1,234 @@
+//! The command line as clap parses it: raw options, not yet checked against each other
+//! or the system. [`crate::config`] turns [`ServeArgs`] into a validated configuration.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// xhubd receives Meta Webhooks behind Nginx: it answers the verification challenge,
+/// checks X-Hub-Signature-256, stores every genuine event durably, drops Meta's retries
+/// and delivers each event to your backend with retries.
+#[derive(Debug, Parser)]
+#[command(name = "xhubd", version, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon.
+    Serve(Box<ServeArgs>),
+    /// Print the X-Hub-Signature-256 header Meta would send for a body.
+    Sign(SignArgs),
+}
+
+/// Output format of the logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Options of `xhubd serve`.
+#[derive(Debug, Args)]
+#[command(next_line_help = false)]
+pub struct ServeArgs {
+    /// Where to listen: unix:/path/to.sock or HOST:PORT. Ignored when systemd passes a
+    /// socket (LISTEN_FDS).
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "XHUBD_LISTEN",
+        default_value = "unix:/run/xhubd/xhubd.sock"
+    )]
+    pub listen: String,
+
+    /// Permissions of the Unix socket file, in octal (0660 lets the socket's group, e.g.
+    /// www-data, connect).
+    #[arg(
+        long,
+        value_name = "MODE",
+        env = "XHUBD_SOCKET_MODE",
+        default_value = "0660"
+    )]
+    pub socket_mode: String,
+
+    /// Where genuine events are POSTed: an http:// or https:// URL (path and query kept
+    /// as given; user:password@ in the URL is sent as HTTP Basic authentication).
+    #[arg(long, value_name = "URL", env = "XHUBD_UPSTREAM")]
+    pub upstream: Option<String>,
+
+    /// The verify token you entered in Meta's dashboard.
+    #[arg(
+        long,
+        value_name = "T",
+        env = "XHUBD_VERIFY_TOKEN",
+        hide_env_values = true
+    )]
+    pub verify_token: Option<String>,
+
+    /// A file holding the verify token (a trailing newline is ignored).
+    #[arg(long, value_name = "F", env = "XHUBD_VERIFY_TOKEN_FILE")]
+    pub verify_token_file: Option<PathBuf>,
+
+    /// The App Secret; a comma-separated list accepts a signature made with any of them
+    /// (for rotation, or for several apps).
+    #[arg(
+        long,
+        value_name = "S",
+        env = "XHUBD_APP_SECRET",
+        hide_env_values = true
+    )]
+    pub app_secret: Option<String>,
+
+    /// A file holding the App Secret(s), one per line (a trailing newline is ignored).
+    #[arg(long, value_name = "F", env = "XHUBD_APP_SECRET_FILE")]
+    pub app_secret_file: Option<PathBuf>,
+
+    /// Directory of the spool (created if missing; must be writable).
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "STATE_DIRECTORY",
+        default_value = "/var/lib/xhubd"
+    )]
+    pub state_dir: String,
+
+    /// Bodies larger than this get 413 (bytes, or with a unit: 8MiB).
+    #[arg(
+        long,
+        value_name = "N",
+        env = "XHUBD_MAX_BODY_BYTES",
+        default_value = "8MiB"
+    )]
+    pub max_body_bytes: String,
+
+    /// How long an accepted event's identity is remembered to drop Meta's retries.
+    #[arg(
+        long,
+        value_name = "DUR",
+        env = "XHUBD_DEDUP_WINDOW",
+        default_value = "7d"
+    )]
+    pub dedup_window: String,
+
+    /// How long delivery to the upstream is retried before the event becomes dead.
+    #[arg(
+        long,
+        value_name = "DUR",
+        env = "XHUBD_RETRY_FOR",
+        default_value = "7d"
+    )]
+    pub retry_for: String,
+
+    /// Delay before the first retry; each later retry waits about twice as long (with
+    /// jitter), up to --retry-max-delay.
+    #[arg(
+        long,
+        value_name = "DUR",
+        env = "XHUBD_RETRY_INITIAL",
+        default_value = "1s"
+    )]
+    pub retry_initial: String,
+
+    /// The longest wait between two delivery attempts.
+    #[arg(
+        long,
+        value_name = "DUR",
+        env = "XHUBD_RETRY_MAX_DELAY",
+        default_value = "5m"
+    )]
+    pub retry_max_delay: String,
+
+    /// How many requests to the upstream may be in flight at once.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "XHUBD_UPSTREAM_CONCURRENCY",
+        default_value_t = 8
+    )]
+    pub upstream_concurrency: usize,
+
+    /// Time limit of one delivery attempt (connect, send, answer).
+    #[arg(
+        long,
+        value_name = "DUR",
+        env = "XHUBD_UPSTREAM_TIMEOUT",
+        default_value = "30s"
+    )]
+    pub upstream_timeout: String,
+
+    /// When set, every request must carry this header holding a subject DN whose CN is
+    /// exactly --client-cn (e.g. X-Client-Subject behind the shipped Nginx site, or
+    /// X-Amzn-Mtls-Clientcert-Subject behind an AWS ALB); otherwise 403.
+    #[arg(long, value_name = "NAME", env = "XHUBD_CLIENT_CN_HEADER")]
+    pub client_cn_header: Option<String>,
+
+    /// The common name expected in --client-cn-header.
+    #[arg(
+        long,
+        value_name = "CN",
+        env = "XHUBD_CLIENT_CN",
+        default_value = "client.webhooks.fbclientcerts.com"
+    )]
+    pub client_cn: String,
+
+    /// Address of the health listener (unix:/path or HOST:PORT, meant for loopback).
+    /// Off when unset.
+    #[arg(long, value_name = "ADDR", env = "XHUBD_ADMIN_LISTEN")]
+    pub admin_listen: Option<String>,
+
+    /// Most connections served at once; further clients wait in the listen backlog.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "XHUBD_MAX_CONNECTIONS",
+        default_value_t = 1024
+    )]
+    pub max_connections: usize,
+
+    /// A client must send a request's headers within this time; idle keep-alive
+    /// connections are closed after it.
+    #[arg(
+        long,
+        value_name = "DUR",
+        env = "XHUBD_HEADER_TIMEOUT",
+        default_value = "30s"
+    )]
+    pub header_timeout: String,
+
+    /// On SIGTERM, how long requests in flight and delivery attempts may take to finish.
+    #[arg(
+        long,
+        value_name = "DUR",
+        env = "XHUBD_SHUTDOWN_TIMEOUT",
+        default_value = "10s"
+    )]
+    pub shutdown_timeout: String,
+
+    /// Log format.
+    #[arg(long, value_enum, env = "XHUBD_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Options of `xhubd sign`.
+#[derive(Debug, Args)]
+pub struct SignArgs {
+    /// The App Secret to sign with.
+    #[arg(
+        long,
+        value_name = "S",
+        env = "XHUBD_APP_SECRET",
+        hide_env_values = true
+    )]
+    pub secret: String,
+
+    /// The body to sign; standard input when absent.
+    #[arg(value_name = "FILE")]
+    pub file: Option<PathBuf>,
+}

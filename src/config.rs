@@ -1,0 +1,199 @@
+//! Turns the raw [`ServeArgs`] into a [`Config`] whose every field is already checked:
+//! secrets loaded, durations and sizes parsed, the upstream URL parsed, the state
+//! directory created and writable. Nothing later re-checks these.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use url::Url;
+
+use crate::cli::{LogFormat, ServeArgs};
+use crate::duration::{parse_duration, parse_size};
+use crate::listener::ListenAddr;
+use crate::secret::{load_app_secrets, load_verify_token, Secret, SecretSource};
+
+/// The validated configuration of `xhubd serve`.
+#[derive(Debug)]
+pub struct Config {
+    /// Where the webhook listener binds (unless systemd passes a socket).
+    pub listen: ListenAddr,
+    /// Mode of the Unix socket file.
+    pub socket_mode: u32,
+    /// Where events are delivered.
+    pub upstream: Url,
+    /// The verify token of the verification challenge.
+    pub verify_token: Secret,
+    /// Every accepted App Secret.
+    pub app_secrets: Vec<Secret>,
+    /// The spool directory, created and writable.
+    pub state_dir: PathBuf,
+    /// Largest accepted body, in bytes.
+    pub max_body_bytes: u64,
+    /// How long event identities are remembered.
+    pub dedup_window: Duration,
+    /// How long delivery is retried.
+    pub retry_for: Duration,
+    /// First retry delay.
+    pub retry_initial: Duration,
+    /// Longest retry delay.
+    pub retry_max_delay: Duration,
+    /// Upstream requests in flight at most.
+    pub upstream_concurrency: usize,
+    /// Time limit of one delivery attempt.
+    pub upstream_timeout: Duration,
+    /// Header holding the client certificate subject, with the expected CN.
+    pub client_cn: Option<(http::HeaderName, String)>,
+    /// Health listener address.
+    pub admin_listen: Option<ListenAddr>,
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Time to receive a request's headers.
+    pub header_timeout: Duration,
+    /// Bound of the graceful shutdown.
+    pub shutdown_timeout: Duration,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Validates every option. The error names the option and the problem, never a
+    /// secret's value.
+    pub fn from_args(args: ServeArgs) -> anyhow::Result<Config> {
+        let listen = ListenAddr::parse(&args.listen).context("--listen")?;
+        let socket_mode = u32::from_str_radix(args.socket_mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| {
+                anyhow!(
+                    "--socket-mode: {:?} is not an octal file mode such as 0660",
+                    args.socket_mode
+                )
+            })?;
+        let upstream = parse_upstream(args.upstream.as_deref())?;
+        let verify_token = load_verify_token(&one_source(
+            "--verify-token",
+            args.verify_token.as_deref(),
+            args.verify_token_file.as_deref(),
+        )?)
+        .context("verify token")?;
+        let app_secrets = load_app_secrets(&one_source(
+            "--app-secret",
+            args.app_secret.as_deref(),
+            args.app_secret_file.as_deref(),
+        )?)
+        .context("App Secret")?;
+        let state_dir = prepare_state_dir(&args.state_dir)?;
+        let max_body_bytes =
+            parse_size(&args.max_body_bytes).map_err(|e| anyhow!("--max-body-bytes: {e}"))?;
+        if max_body_bytes == 0 {
+            bail!("--max-body-bytes must be more than 0");
+        }
+        let client_cn = match args.client_cn_header {
+            None => None,
+            Some(name) => {
+                let header = http::HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| anyhow!("--client-cn-header: {name:?} is not a header name"))?;
+                if args.client_cn.is_empty() {
+                    bail!("--client-cn must not be empty");
+                }
+                Some((header, args.client_cn))
+            }
+        };
+        let admin_listen = match args.admin_listen {
+            None => None,
+            Some(a) => Some(ListenAddr::parse(&a).context("--admin-listen")?),
+        };
+        if args.upstream_concurrency == 0 {
+            bail!("--upstream-concurrency must be at least 1");
+        }
+        if args.max_connections == 0 {
+            bail!("--max-connections must be at least 1");
+        }
+        let positive = |flag: &str, text: &str| -> anyhow::Result<Duration> {
+            let d = parse_duration(text).map_err(|e| anyhow!("{flag}: {e}"))?;
+            if d.is_zero() {
+                bail!("{flag} must be more than 0");
+            }
+            Ok(d)
+        };
+        Ok(Config {
+            listen,
+            socket_mode,
+            upstream,
+            verify_token,
+            app_secrets,
+            state_dir,
+            max_body_bytes,
+            dedup_window: positive("--dedup-window", &args.dedup_window)?,
+            retry_for: positive("--retry-for", &args.retry_for)?,
+            retry_initial: positive("--retry-initial", &args.retry_initial)?,
+            retry_max_delay: positive("--retry-max-delay", &args.retry_max_delay)?,
+            upstream_concurrency: args.upstream_concurrency,
+            upstream_timeout: positive("--upstream-timeout", &args.upstream_timeout)?,
+            client_cn,
+            admin_listen,
+            max_connections: args.max_connections,
+            header_timeout: positive("--header-timeout", &args.header_timeout)?,
+            shutdown_timeout: positive("--shutdown-timeout", &args.shutdown_timeout)?,
+            log_format: args.log_format,
+        })
+    }
+}
+
+/// Picks the one source of a secret given either directly or as a file.
+fn one_source<'a>(
+    flag: &str,
+    value: Option<&'a str>,
+    file: Option<&'a Path>,
+) -> anyhow::Result<SecretSource<'a>> {
+    match (value, file) {
+        (Some(_), Some(_)) => bail!("give {flag} or {flag}-file, not both"),
+        (Some(v), None) => Ok(SecretSource::Value(v)),
+        (None, Some(f)) => Ok(SecretSource::File(f)),
+        (None, None) => bail!("{flag} or {flag}-file is required"),
+    }
+}
+
+/// Parses the upstream URL: http or https, with a host.
+fn parse_upstream(text: Option<&str>) -> anyhow::Result<Url> {
+    let text = text.ok_or_else(|| anyhow!("--upstream is required (or XHUBD_UPSTREAM)"))?;
+    let url = Url::parse(text).map_err(|e| anyhow!("--upstream: not a valid URL ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        bail!(
+            "--upstream: scheme {:?} is not supported, use http:// or https://",
+            url.scheme()
+        );
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        bail!("--upstream: the URL has no host");
+    }
+    Ok(url)
+}
+
+/// Creates the state directory if needed and proves it is writable.
+fn prepare_state_dir(text: &str) -> anyhow::Result<PathBuf> {
+    // systemd may pass several directories separated by colons; the first is ours.
+    let first = text.split(':').next().unwrap_or(text);
+    if first.is_empty() {
+        bail!("--state-dir is empty");
+    }
+    let dir = PathBuf::from(first);
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("--state-dir: cannot create {}", dir.display()))?;
+    let probe = dir.join(".xhubd-write-test");
+    std::fs::write(&probe, b"ok")
+        .with_context(|| format!("--state-dir: {} is not writable", dir.display()))?;
+    std::fs::remove_file(&probe)
+        .with_context(|| format!("--state-dir: cannot remove files in {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// The upstream URL with any password removed, for logs.
+pub fn redacted_url(url: &Url) -> String {
+    let mut shown = url.clone();
+    if shown.password().is_some() {
+        let _ = shown.set_password(Some("redacted"));
+    }
+    shown.to_string()
+}

@@ -1,0 +1,255 @@
+//! `xhubd` from the command line to the running daemon: parse, validate, open the
+//! spool, bind, start delivery and the listeners, then wait for SIGTERM/SIGINT and
+//! stop in order (listeners, delivery, writer).
+
+use std::fs::{File, TryLockError};
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context};
+use clap::error::ErrorKind;
+use clap::Parser;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::admin::Admin;
+use crate::cli::{Cli, Command};
+use crate::config::{redacted_url, Config};
+use crate::delivery::backoff::RetryPolicy;
+use crate::delivery::upstream::Upstream;
+use crate::delivery::Delivery;
+use crate::listener::Listener;
+use crate::server::{self, ServerSettings};
+use crate::shutdown::StopSignals;
+use crate::spool::queue::Queue;
+use crate::spool::schema;
+use crate::spool::writer::{Writer, WriterSettings};
+use crate::webhook::client_cn::ClientCnCheck;
+use crate::webhook::Webhook;
+
+/// Exit status for a start-up error (bad option, unreadable secret, unusable state dir).
+pub const EXIT_STARTUP: u8 = 2;
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return clap_error(e),
+    };
+    match cli.command {
+        Command::Sign(args) => match crate::sign::run(&args) {
+            Ok(header) => {
+                println!("{header}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => startup_error(&e),
+        },
+        Command::Serve(args) => {
+            let config = match Config::from_args(*args) {
+                Ok(c) => c,
+                Err(e) => return startup_error(&e),
+            };
+            crate::logging::init(config.log_format);
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => return startup_error(&anyhow!(e).context("cannot start the runtime")),
+            };
+            runtime.block_on(async move {
+                match Daemon::start(config).await {
+                    Ok(daemon) => daemon.run().await,
+                    Err(e) => startup_error(&e),
+                }
+            })
+        }
+    }
+}
+
+/// Prints a start-up error as one line and returns exit status 2.
+fn startup_error(e: &anyhow::Error) -> ExitCode {
+    eprintln!("xhubd: {e:#}");
+    ExitCode::from(EXIT_STARTUP)
+}
+
+/// Help and version go to stdout as usual; any other clap error becomes one line.
+fn clap_error(e: clap::Error) -> ExitCode {
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    let rendered = e.render().to_string();
+    let line: Vec<&str> = rendered
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let line = line.join(" ");
+    eprintln!(
+        "xhubd: {} (see xhubd --help)",
+        line.trim_start_matches("error: ")
+    );
+    ExitCode::from(EXIT_STARTUP)
+}
+
+/// The running daemon.
+struct Daemon {
+    signals: StopSignals,
+    shutdown: CancellationToken,
+    listeners: Vec<JoinHandle<()>>,
+    delivery: JoinHandle<()>,
+    writer: Writer,
+    _lock: File,
+}
+
+impl Daemon {
+    /// Opens the spool, binds the listeners and starts every task. Any error here is a
+    /// start-up error.
+    async fn start(config: Config) -> anyhow::Result<Daemon> {
+        let signals = StopSignals::register().context("cannot install signal handlers")?;
+        let lock = lock_state_dir(&config)?;
+        let conn = schema::open(&config.state_dir)?;
+        let queue = Queue::open(&config.state_dir)?;
+        let writer = Writer::start(
+            conn,
+            WriterSettings {
+                dedup_window: config.dedup_window,
+            },
+        )
+        .context("cannot start the spool writer")?;
+        let spool = writer.spool.clone();
+        let upstream = Upstream::new(
+            &config.upstream,
+            config.upstream_timeout,
+            config.upstream_concurrency,
+        )?;
+
+        let listener = match Listener::from_systemd()? {
+            Some(l) => l,
+            None => Listener::bind(&config.listen, config.socket_mode).await?,
+        };
+        let admin_listener = match &config.admin_listen {
+            Some(addr) => Some(
+                Listener::bind(addr, config.socket_mode)
+                    .await
+                    .context("--admin-listen")?,
+            ),
+            None => None,
+        };
+
+        let shutdown = CancellationToken::new();
+        let settings = ServerSettings {
+            max_connections: config.max_connections,
+            header_timeout: config.header_timeout,
+            shutdown_timeout: config.shutdown_timeout,
+        };
+        let delivery_running = Arc::new(AtomicBool::new(false));
+        let delivery = Delivery {
+            spool: spool.clone(),
+            queue,
+            upstream,
+            policy: RetryPolicy {
+                initial: config.retry_initial,
+                max_delay: config.retry_max_delay,
+                retry_for: config.retry_for,
+            },
+            concurrency: config.upstream_concurrency,
+            running: delivery_running.clone(),
+        };
+        let delivery = tokio::spawn(delivery.run(shutdown.clone(), config.shutdown_timeout));
+
+        let webhook = Arc::new(Webhook {
+            verify_token: config.verify_token,
+            app_secrets: config.app_secrets,
+            max_body_bytes: config.max_body_bytes,
+            client_cn: config
+                .client_cn
+                .map(|(header, cn)| ClientCnCheck::new(header, cn)),
+            spool: spool.clone(),
+        });
+        let listen_addr = listener.local_addr();
+        let mut listeners = vec![tokio::spawn(server::serve(
+            listener,
+            move |request| {
+                let webhook = webhook.clone();
+                async move { webhook.handle(request).await }
+            },
+            settings,
+            shutdown.clone(),
+        ))];
+        if let Some(admin_listener) = admin_listener {
+            info!(addr = %admin_listener.local_addr(), "admin listener ready");
+            let admin = Arc::new(Admin {
+                spool: spool.health.clone(),
+                delivery_running,
+            });
+            listeners.push(tokio::spawn(server::serve(
+                admin_listener,
+                move |request| {
+                    let admin = admin.clone();
+                    async move { admin.handle(request).await }
+                },
+                settings,
+                shutdown.clone(),
+            )));
+        }
+        info!(
+            listen = %listen_addr,
+            upstream = %redacted_url(&config.upstream),
+            state_dir = %config.state_dir.display(),
+            "xhubd ready"
+        );
+        Ok(Daemon {
+            signals,
+            shutdown,
+            listeners,
+            delivery,
+            writer,
+            _lock: lock,
+        })
+    }
+
+    /// Waits for a stop signal, then stops in order: listeners (requests in flight
+    /// finish), delivery (attempts in flight finish), and the writer (last batch
+    /// committed).
+    async fn run(mut self) -> ExitCode {
+        let signal = self.signals.wait().await;
+        info!(
+            signal,
+            "stopping: no new connections; finishing requests in flight"
+        );
+        self.shutdown.cancel();
+        for listener in self.listeners {
+            let _ = listener.await;
+        }
+        let _ = self.delivery.await;
+        self.writer.stop().await;
+        info!("stopped");
+        ExitCode::SUCCESS
+    }
+}
+
+/// Takes an exclusive lock on the state directory so two daemons never share a spool.
+fn lock_state_dir(config: &Config) -> anyhow::Result<File> {
+    let path = config.state_dir.join("xhubd.lock");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(anyhow!(
+            "--state-dir {} is in use by another xhubd",
+            config.state_dir.display()
+        )),
+        Err(TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+}

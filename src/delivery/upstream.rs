@@ -1,0 +1,216 @@
+//! The HTTP client for the upstream: pooled keep-alive connections, http or https (with
+//! the system's root certificates), one attempt with a time limit, and the contract's
+//! headers.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use url::Url;
+
+/// Upstream answer bodies are read up to this size (so the connection can be reused),
+/// then dropped.
+const ANSWER_BODY_MAX: usize = 64 * 1024;
+
+/// The result of one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt {
+    /// 2xx.
+    Delivered(StatusCode),
+    /// Connection error, timeout, 408, 429 or 5xx: try again later.
+    Retryable(String),
+    /// Any other answer: the event becomes dead.
+    Refused(String),
+}
+
+type PlainClient = Client<HttpConnector, Full<Bytes>>;
+type TlsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+enum Inner {
+    Plain(PlainClient),
+    Tls(TlsClient),
+}
+
+/// The upstream client.
+pub struct Upstream {
+    inner: Inner,
+    uri: Uri,
+    authorization: Option<HeaderValue>,
+    timeout: Duration,
+}
+
+impl Upstream {
+    /// A client for `url`, keeping up to `pool` idle connections.
+    pub fn new(url: &Url, timeout: Duration, pool: usize) -> anyhow::Result<Upstream> {
+        let mut clean = url.clone();
+        let authorization = basic_auth(url);
+        let _ = clean.set_username("");
+        let _ = clean.set_password(None);
+        clean.set_fragment(None);
+        let uri: Uri = clean
+            .as_str()
+            .parse()
+            .context("--upstream is not a valid HTTP URI")?;
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(timeout));
+        http.enforce_http(false);
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(pool);
+        let inner = if url.scheme() == "https" {
+            let https = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_native_roots()
+                .context("cannot load the system's root certificates for the https upstream")?
+                .https_only()
+                .enable_http1()
+                .wrap_connector(http);
+            Inner::Tls(builder.build(https))
+        } else {
+            Inner::Plain(builder.build(http))
+        };
+        Ok(Upstream {
+            inner,
+            uri,
+            authorization,
+            timeout,
+        })
+    }
+
+    /// Makes one attempt to deliver an event.
+    pub async fn send(
+        &self,
+        event_id: &str,
+        signature: &str,
+        attempt: i64,
+        body: Bytes,
+    ) -> Attempt {
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri(self.uri.clone())
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(
+                header::USER_AGENT,
+                concat!("xhubd/", env!("CARGO_PKG_VERSION")),
+            )
+            .header("x-xhubd-event-id", event_id)
+            .header("x-xhubd-attempt", attempt.to_string());
+        if !signature.is_empty() {
+            request = request.header("x-hub-signature-256", signature);
+        }
+        if let Some(auth) = &self.authorization {
+            request = request.header(header::AUTHORIZATION, auth.clone());
+        }
+        let request = match request.body(Full::new(body)) {
+            Ok(r) => r,
+            Err(e) => return Attempt::Refused(format!("cannot build the request: {e}")),
+        };
+        match tokio::time::timeout(self.timeout, self.exchange(request)).await {
+            Ok(result) => result,
+            Err(_) => Attempt::Retryable(format!("no answer within {:?}", self.timeout)),
+        }
+    }
+
+    async fn exchange(&self, request: Request<Full<Bytes>>) -> Attempt {
+        let response = match &self.inner {
+            Inner::Plain(c) => c.request(request).await,
+            Inner::Tls(c) => c.request(request).await,
+        };
+        let response = match response {
+            Ok(r) => r,
+            Err(e) => return Attempt::Retryable(error_chain(&e)),
+        };
+        let status = response.status();
+        // Read the answer so the connection returns to the pool; its content is unused.
+        let _ = Limited::new(response.into_body(), ANSWER_BODY_MAX)
+            .collect()
+            .await;
+        classify(status)
+    }
+}
+
+/// Sorts an upstream status into delivered, retryable or refused.
+pub fn classify(status: StatusCode) -> Attempt {
+    if status.is_success() {
+        Attempt::Delivered(status)
+    } else if status.is_server_error()
+        || status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS
+    {
+        Attempt::Retryable(format!("upstream answered {status}"))
+    } else {
+        Attempt::Refused(format!("upstream answered {status}"))
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+fn basic_auth(url: &Url) -> Option<HeaderValue> {
+    if url.username().is_empty() && url.password().is_none() {
+        return None;
+    }
+    use base64::Engine;
+    let user = percent_decode(url.username());
+    let password = url.password().map(percent_decode).unwrap_or_default();
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let mut value = HeaderValue::from_str(&format!("Basic {token}")).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
+fn percent_decode(text: &str) -> String {
+    url::form_urlencoded::parse(format!("x={}", text.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_follow_the_contract() {
+        assert!(matches!(classify(StatusCode::OK), Attempt::Delivered(_)));
+        assert!(matches!(
+            classify(StatusCode::NO_CONTENT),
+            Attempt::Delivered(_)
+        ));
+        for s in [500, 502, 503, 504, 408, 429] {
+            let code = StatusCode::from_u16(s).unwrap();
+            assert!(matches!(classify(code), Attempt::Retryable(_)), "{s}");
+        }
+        for s in [301, 302, 304, 400, 401, 403, 404, 410, 413, 422] {
+            let code = StatusCode::from_u16(s).unwrap();
+            assert!(matches!(classify(code), Attempt::Refused(_)), "{s}");
+        }
+    }
+
+    #[test]
+    fn credentials_in_the_url_become_basic_auth() {
+        let url = Url::parse("http://us%40er:p%2Bss+w@localhost/x").unwrap();
+        let value = basic_auth(&url).unwrap();
+        assert!(value.is_sensitive());
+        use base64::Engine;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(&value.to_str().unwrap()["Basic ".len()..])
+            .unwrap();
+        assert_eq!(decoded, b"us@er:p+ss+w");
+        assert!(basic_auth(&Url::parse("http://localhost/").unwrap()).is_none());
+    }
+}

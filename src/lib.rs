@@ -1,0 +1,37 @@
+//! xhubd receives Meta Webhooks behind Nginx, verifies them, stores them durably,
+//! drops Meta's retries and delivers each genuine event to an upstream backend.
+//!
+//! # Layout
+//!
+//! The data path reads top to bottom:
+//!
+//! - [`cli`]: the command line as clap parses it (raw options).
+//! - [`config`]: those options turned once into a validated [`config::Config`].
+//! - [`listener`]: binds `unix:` and TCP listeners, or takes the socket systemd passes.
+//! - [`server`]: the accept loop, connection limits and graceful shutdown.
+//! - [`webhook`]: one request: client-certificate subject check, verification
+//!   challenge, signature, size and JSON checks, then the spool.
+//! - [`spool`]: the SQLite store: one writer thread with group commit, de-duplication,
+//!   and the queries that feed delivery.
+//! - [`delivery`]: sends stored events to the upstream with retries and backoff.
+//! - [`admin`]: the optional health listener.
+//! - [`daemon`]: wires the parts together for `xhubd serve`.
+//! - [`sign`]: `xhubd sign`, the signature Meta would send for a body.
+//! - [`secret`], [`duration`], [`logging`], [`shutdown`]: small helpers.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod delivery;
+pub mod duration;
+pub mod listener;
+pub mod logging;
+pub mod secret;
+pub mod server;
+pub mod shutdown;
+pub mod sign;
+pub mod spool;
+pub mod webhook;

@@ -1,0 +1,155 @@
+//! The durable spool: every accepted event is committed to SQLite before xhubd answers
+//! 200. One writer thread owns all writes and commits many events per transaction
+//! (group commit); readers feed delivery.
+//!
+//! - [`schema`]: opening the database and its tables.
+//! - [`writer`]: the writer thread: accept (dedup check + insert, atomically) and
+//!   delivery outcomes, batched into one transaction.
+//! - [`queue`]: the read side used by delivery (due events, bodies).
+
+pub mod queue;
+pub mod schema;
+pub mod writer;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use crate::webhook::identity::Identity;
+
+/// An event to store.
+#[derive(Debug)]
+pub struct NewEvent {
+    /// The raw body, byte for byte as received.
+    pub body: Bytes,
+    /// Meta's `X-Hub-Signature-256` value, forwarded unchanged.
+    pub signature: String,
+    /// What identifies it for dedup.
+    pub identity: Identity,
+}
+
+/// What the spool did with an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    /// Committed as a new event with this id.
+    New(String),
+    /// A retry of the event with this id; nothing stored.
+    Duplicate(String),
+}
+
+/// The spool could not commit.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SpoolError {
+    /// SQLite refused the transaction (disk full, read-only, I/O error).
+    #[error("the spool could not commit: {0}")]
+    Commit(String),
+    /// The writer has stopped (shutting down).
+    #[error("the spool is shutting down")]
+    Closed,
+}
+
+/// The outcome of a delivery attempt, to record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The upstream answered 2xx.
+    Delivered,
+    /// Try again at `next_attempt_at` (unix ms).
+    Retry {
+        /// When.
+        next_attempt_at: i64,
+        /// What went wrong this time.
+        error: String,
+    },
+    /// Given up.
+    Dead {
+        /// Why.
+        error: String,
+    },
+}
+
+/// A request to the writer thread.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Accept {
+        event: NewEvent,
+        reply: oneshot::Sender<Result<Stored, SpoolError>>,
+    },
+    Record {
+        seq: i64,
+        attempts: i64,
+        outcome: Outcome,
+        reply: oneshot::Sender<Result<(), SpoolError>>,
+    },
+    /// Commit what is queued before this, then stop.
+    Close,
+}
+
+/// Health flags the admin listener reports.
+#[derive(Debug)]
+pub struct SpoolHealth {
+    /// The last commit succeeded.
+    pub last_commit_ok: AtomicBool,
+    /// The writer thread is running.
+    pub writer_running: AtomicBool,
+}
+
+impl SpoolHealth {
+    /// Whether the spool can take events now.
+    pub fn is_ready(&self) -> bool {
+        self.writer_running.load(Ordering::Relaxed) && self.last_commit_ok.load(Ordering::Relaxed)
+    }
+}
+
+/// A cheap, cloneable handle to the writer thread.
+#[derive(Clone, Debug)]
+pub struct Spool {
+    tx: mpsc::Sender<Command>,
+    /// Woken after a commit that stored new events.
+    pub new_events: Arc<Notify>,
+    /// Health flags.
+    pub health: Arc<SpoolHealth>,
+}
+
+impl Spool {
+    /// Stores an event (or recognises a retry). Returns only once the transaction is
+    /// on disk.
+    pub async fn accept(&self, event: NewEvent) -> Result<Stored, SpoolError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Command::Accept { event, reply })
+            .await
+            .map_err(|_| SpoolError::Closed)?;
+        answer.await.map_err(|_| SpoolError::Closed)?
+    }
+
+    /// Records the outcome of a delivery attempt (`attempts` is the new count).
+    pub async fn record(
+        &self,
+        seq: i64,
+        attempts: i64,
+        outcome: Outcome,
+    ) -> Result<(), SpoolError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Command::Record {
+                seq,
+                attempts,
+                outcome,
+                reply,
+            })
+            .await
+            .map_err(|_| SpoolError::Closed)?;
+        answer.await.map_err(|_| SpoolError::Closed)?
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,97 @@
+//! The read side of the spool that feeds delivery: which events are due, and the body
+//! of a large event when its attempt starts. Reads use their own connection, so they
+//! never wait for the writer (WAL).
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::schema;
+
+/// Bodies up to this size come with the due list; larger ones are read per attempt,
+/// so a list of due events never holds much memory.
+const INLINE_BODY_MAX: i64 = 64 * 1024;
+
+/// An event waiting for a delivery attempt.
+#[derive(Debug, Clone)]
+pub struct DueEvent {
+    /// Internal row number.
+    pub seq: i64,
+    /// The public event id (`X-Xhubd-Event-Id`).
+    pub id: String,
+    /// When it was accepted (unix ms).
+    pub received_at: i64,
+    /// Attempts made so far.
+    pub attempts: i64,
+    /// Meta's signature header, forwarded unchanged.
+    pub signature: String,
+    /// The body, when small enough to come with the list.
+    pub body: Option<Bytes>,
+}
+
+/// A shared read connection.
+#[derive(Clone)]
+pub struct Queue {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl Queue {
+    /// Opens a read connection to the spool in `state_dir`.
+    pub fn open(state_dir: &Path) -> anyhow::Result<Queue> {
+        let conn = schema::open(state_dir)?;
+        Ok(Queue {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+        let conn = self
+            .conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&conn)
+    }
+
+    /// Up to `limit` pending events due at `now`, oldest first.
+    pub fn due(&self, now: i64, limit: usize) -> rusqlite::Result<Vec<DueEvent>> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, id, received_at, attempts, signature,
+                        CASE WHEN size <= ?3 THEN body END
+                 FROM events WHERE state = 0 AND next_attempt_at <= ?1
+                 ORDER BY next_attempt_at, seq LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![now, limit as i64, INLINE_BODY_MAX], |r| {
+                Ok(DueEvent {
+                    seq: r.get(0)?,
+                    id: r.get(1)?,
+                    received_at: r.get(2)?,
+                    attempts: r.get(3)?,
+                    signature: r.get(4)?,
+                    body: r.get::<_, Option<Vec<u8>>>(5)?.map(Bytes::from),
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// When the next pending event becomes due (unix ms), if any is pending.
+    pub fn next_due_at(&self) -> rusqlite::Result<Option<i64>> {
+        self.with(|conn| {
+            conn.prepare_cached("SELECT MIN(next_attempt_at) FROM events WHERE state = 0")?
+                .query_row([], |r| r.get(0))
+        })
+    }
+
+    /// The body of one event.
+    pub fn body(&self, seq: i64) -> rusqlite::Result<Option<Bytes>> {
+        self.with(|conn| {
+            conn.prepare_cached("SELECT body FROM events WHERE seq = ?1")?
+                .query_row([seq], |r| r.get::<_, Vec<u8>>(0))
+                .optional()
+                .map(|b| b.map(Bytes::from))
+        })
+    }
+}

@@ -1,0 +1,327 @@
+//! The writer thread. It owns the only writing connection and takes requests from a
+//! bounded queue; whatever has queued up while the previous commit was syncing goes
+//! into the next transaction (group commit), so one fsync covers many events.
+//! De-duplication checks and inserts happen inside that transaction, in arrival order,
+//! so two copies of one event are never both stored.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+use tokio::sync::{mpsc, Notify};
+use tracing::{debug, error, info, warn};
+
+use super::schema::state;
+use super::{now_ms, Command, NewEvent, Outcome, Spool, SpoolError, SpoolHealth, Stored};
+
+/// Most requests in one transaction.
+const MAX_BATCH: usize = 1024;
+/// Most requests waiting for the writer; senders wait beyond it (backpressure).
+const QUEUE_DEPTH: usize = 4096;
+/// Rows deleted per pruning transaction, so pruning never holds the writer long.
+const PRUNE_CHUNK: i64 = 5000;
+
+/// What the writer needs to know.
+#[derive(Debug, Clone, Copy)]
+pub struct WriterSettings {
+    /// How long identities are remembered, and delivered events kept.
+    pub dedup_window: Duration,
+}
+
+/// The running writer: the handle to send it work, and its thread.
+pub struct Writer {
+    /// Handle for request handlers and delivery.
+    pub spool: Spool,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Writer {
+    /// Starts the writer thread on an open connection.
+    pub fn start(conn: Connection, settings: WriterSettings) -> std::io::Result<Writer> {
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let new_events = Arc::new(Notify::new());
+        let health = Arc::new(SpoolHealth {
+            last_commit_ok: true.into(),
+            writer_running: true.into(),
+        });
+        let spool = Spool {
+            tx,
+            new_events: new_events.clone(),
+            health: health.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("spool-writer".into())
+            .spawn(move || {
+                run(conn, rx, settings, &new_events, &health);
+                health.writer_running.store(false, Ordering::Relaxed);
+            })?;
+        Ok(Writer {
+            spool,
+            thread: Some(thread),
+        })
+    }
+
+    /// Asks the writer to commit what it has and stop, and waits for it. Requests sent
+    /// afterwards fail with [`SpoolError::Closed`] (answered 503, never 200).
+    pub async fn stop(mut self) {
+        let _ = self.spool.tx.send(Command::Close).await;
+        if let Some(thread) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+fn run(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<Command>,
+    settings: WriterSettings,
+    new_events: &Notify,
+    health: &SpoolHealth,
+) {
+    let window_ms = settings.dedup_window.as_millis().min(i64::MAX as u128) as i64;
+    let prune_every =
+        (settings.dedup_window / 4).clamp(Duration::from_millis(200), Duration::from_secs(60));
+    let mut last_prune = Instant::now();
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(cmd) => batch.push(cmd),
+                Err(_) => break,
+            }
+        }
+        let closing = batch.iter().any(|c| matches!(c, Command::Close));
+        let stored_new = commit_batch(&mut conn, &mut batch, window_ms, health);
+        if stored_new {
+            new_events.notify_one();
+        }
+        if last_prune.elapsed() >= prune_every {
+            prune(&mut conn, window_ms);
+            last_prune = Instant::now();
+        }
+        if closing {
+            break;
+        }
+    }
+    // Whatever is still queued gets no reply: its senders see Closed (503).
+    rx.close();
+    debug!("spool writer stopped");
+}
+
+/// Runs one transaction for the whole batch and answers every request. Returns
+/// whether new events were stored.
+fn commit_batch(
+    conn: &mut Connection,
+    batch: &mut Vec<Command>,
+    window_ms: i64,
+    health: &SpoolHealth,
+) -> bool {
+    let now = now_ms();
+    let result = (|| -> rusqlite::Result<Vec<Option<Stored>>> {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut results = Vec::with_capacity(batch.len());
+        for cmd in batch.iter() {
+            match cmd {
+                Command::Accept { event, .. } => {
+                    results.push(Some(accept_one(&tx, event, now, window_ms)?));
+                }
+                Command::Record {
+                    seq,
+                    attempts,
+                    outcome,
+                    ..
+                } => {
+                    record_one(&tx, *seq, *attempts, outcome, now)?;
+                    results.push(None);
+                }
+                Command::Close => results.push(None),
+            }
+        }
+        tx.commit()?;
+        Ok(results)
+    })();
+    match result {
+        Ok(results) => {
+            health.last_commit_ok.store(true, Ordering::Relaxed);
+            let mut stored_new = false;
+            for (cmd, stored) in batch.drain(..).zip(results) {
+                match (cmd, stored) {
+                    (Command::Accept { reply, .. }, Some(stored)) => {
+                        stored_new |= matches!(stored, Stored::New(_));
+                        let _ = reply.send(Ok(stored));
+                    }
+                    (Command::Record { reply, .. }, _) => {
+                        let _ = reply.send(Ok(()));
+                    }
+                    (Command::Accept { reply, .. }, None) => {
+                        let _ = reply.send(Err(SpoolError::Commit("internal".into())));
+                    }
+                    (Command::Close, _) => {}
+                }
+            }
+            stored_new
+        }
+        Err(e) => {
+            health.last_commit_ok.store(false, Ordering::Relaxed);
+            error!(error = %e, requests = batch.len(), "spool commit failed; nothing of this batch was stored");
+            let failure = SpoolError::Commit(e.to_string());
+            for cmd in batch.drain(..) {
+                match cmd {
+                    Command::Accept { reply, .. } => {
+                        let _ = reply.send(Err(failure.clone()));
+                    }
+                    Command::Record { reply, .. } => {
+                        let _ = reply.send(Err(failure.clone()));
+                    }
+                    Command::Close => {}
+                }
+            }
+            false
+        }
+    }
+}
+
+/// Checks one event against the remembered identities and stores it if it is new.
+fn accept_one(
+    tx: &Transaction<'_>,
+    event: &NewEvent,
+    now: i64,
+    window_ms: i64,
+) -> rusqlite::Result<Stored> {
+    let cutoff = now.saturating_sub(window_ms);
+    let mut lookup =
+        tx.prepare_cached("SELECT event_id FROM dedup WHERE key = ?1 AND seen_at >= ?2")?;
+    if let Some(id) = lookup
+        .query_row(params![event.identity.body_key, cutoff], |r| {
+            r.get::<_, String>(0)
+        })
+        .optional()?
+    {
+        return Ok(Stored::Duplicate(id));
+    }
+    if let Some(items) = &event.identity.item_keys {
+        let mut first_seen = None;
+        let mut all_seen = true;
+        for key in items {
+            match lookup
+                .query_row(params![key, cutoff], |r| r.get::<_, String>(0))
+                .optional()?
+            {
+                Some(id) => {
+                    first_seen.get_or_insert(id);
+                }
+                None => {
+                    all_seen = false;
+                    break;
+                }
+            }
+        }
+        if let (true, Some(id)) = (all_seen, first_seen) {
+            return Ok(Stored::Duplicate(id));
+        }
+    }
+    let id = uuid::Uuid::now_v7().to_string();
+    tx.prepare_cached(
+        "INSERT INTO events (id, received_at, state, attempts, next_attempt_at, size, signature, body)
+         VALUES (?1, ?2, ?3, 0, ?2, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        id,
+        now,
+        state::PENDING,
+        event.body.len() as i64,
+        event.signature,
+        &event.body[..]
+    ])?;
+    let mut remember = tx.prepare_cached(
+        "INSERT OR REPLACE INTO dedup (key, event_id, seen_at) VALUES (?1, ?2, ?3)",
+    )?;
+    remember.execute(params![event.identity.body_key, id, now])?;
+    for key in event.identity.item_keys.iter().flatten() {
+        remember.execute(params![key, id, now])?;
+    }
+    Ok(Stored::New(id))
+}
+
+/// Records a delivery outcome.
+fn record_one(
+    tx: &Transaction<'_>,
+    seq: i64,
+    attempts: i64,
+    outcome: &Outcome,
+    now: i64,
+) -> rusqlite::Result<()> {
+    let mut update = tx.prepare_cached(
+        "UPDATE events SET state = ?2, attempts = ?3, next_attempt_at = ?4, last_error = ?5, finished_at = ?6
+         WHERE seq = ?1",
+    )?;
+    match outcome {
+        Outcome::Delivered => update.execute(params![
+            seq,
+            state::DELIVERED,
+            attempts,
+            now,
+            None::<String>,
+            now
+        ])?,
+        Outcome::Retry {
+            next_attempt_at,
+            error,
+        } => update.execute(params![
+            seq,
+            state::PENDING,
+            attempts,
+            next_attempt_at,
+            error,
+            None::<i64>
+        ])?,
+        Outcome::Dead { error } => {
+            update.execute(params![seq, state::DEAD, attempts, now, error, now])?
+        }
+    };
+    Ok(())
+}
+
+/// Forgets identities older than the window and deletes delivered events older than
+/// it, in small transactions. Pending and dead events are never pruned.
+fn prune(conn: &mut Connection, window_ms: i64) {
+    let cutoff = now_ms().saturating_sub(window_ms);
+    let mut total = (0usize, 0usize);
+    for _ in 0..100 {
+        let step = conn.execute(
+            "DELETE FROM dedup WHERE key IN (SELECT key FROM dedup WHERE seen_at < ?1 LIMIT ?2)",
+            params![cutoff, PRUNE_CHUNK],
+        )
+        .and_then(|keys| {
+            conn.execute(
+                "DELETE FROM events WHERE seq IN
+                   (SELECT seq FROM events WHERE state = 1 AND received_at < ?1 LIMIT ?2)",
+                params![cutoff, PRUNE_CHUNK],
+            )
+            .map(|events| (keys, events))
+        });
+        match step {
+            Ok((keys, events)) => {
+                total.0 += keys;
+                total.1 += events;
+                if keys < PRUNE_CHUNK as usize && events < PRUNE_CHUNK as usize {
+                    break;
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "pruning the spool failed; will try again later");
+                break;
+            }
+        }
+    }
+    if total != (0, 0) {
+        info!(
+            dedup_keys = total.0,
+            delivered_events = total.1,
+            "pruned entries older than the dedup window"
+        );
+    }
+}

@@ -1,0 +1,588 @@
+//! Test support: starts the real `xhubd` binary, a fake upstream backend that records
+//! what it receives and fails on demand, and a small HTTP/1.1 client over Unix sockets
+//! or TCP that sends exactly the bytes a test gives it.
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+
+pub const APP_SECRET: &str = "app-secret-4f1d9c2b7e";
+pub const OTHER_SECRET: &str = "second-secret-8a7b6c5d";
+pub const VERIFY_TOKEN: &str = "verify-token-93jd8s";
+
+/// The signature header Meta would send for `body` with `secret`.
+pub fn sign(secret: &str, body: &[u8]) -> String {
+    xhubd::webhook::signature::sign(secret.as_bytes(), body)
+}
+
+// ---------------------------------------------------------------- the client
+
+/// Where xhubd listens.
+#[derive(Clone, Debug)]
+pub enum Target {
+    Unix(PathBuf),
+    Tcp(SocketAddr),
+}
+
+/// An HTTP answer.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+trait Conn: Read + Write {}
+impl<T: Read + Write> Conn for T {}
+
+impl Target {
+    fn connect(&self) -> Box<dyn Conn> {
+        match self {
+            Target::Unix(p) => {
+                let s = UnixStream::connect(p).expect("connect to xhubd's socket");
+                s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+                Box::new(s)
+            }
+            Target::Tcp(a) => {
+                let s = TcpStream::connect(a).expect("connect to xhubd's port");
+                s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+                Box::new(s)
+            }
+        }
+    }
+
+    /// Sends raw request bytes (the request should say `Connection: close`) and
+    /// parses the answer.
+    pub fn raw(&self, request: &[u8]) -> Answer {
+        let mut conn = self.connect();
+        // The server may answer and close before reading a large body (413).
+        let _ = conn.write_all(request);
+        let mut out = Vec::new();
+        let _ = conn.read_to_end(&mut out);
+        parse_answer(&out)
+    }
+
+    /// Sends a request with the given extra headers and body.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Answer {
+        let mut req =
+            format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+        for (n, v) in headers {
+            req.push_str(&format!("{n}: {v}\r\n"));
+        }
+        if method != "GET" && method != "HEAD" || !body.is_empty() {
+            req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        req.push_str("\r\n");
+        let mut bytes = req.into_bytes();
+        bytes.extend_from_slice(body);
+        self.raw(&bytes)
+    }
+
+    pub fn get(&self, path: &str) -> Answer {
+        self.request("GET", path, &[], b"")
+    }
+
+    /// POSTs `body` signed with the default App Secret.
+    pub fn post_signed(&self, body: &[u8]) -> Answer {
+        let sig = sign(APP_SECRET, body);
+        self.request(
+            "POST",
+            "/webhook",
+            &[
+                ("X-Hub-Signature-256", &sig),
+                ("Content-Type", "application/json"),
+            ],
+            body,
+        )
+    }
+}
+
+fn parse_answer(raw: &[u8]) -> Answer {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| {
+            panic!(
+                "no complete HTTP answer: {:?}",
+                String::from_utf8_lossy(raw)
+            )
+        });
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap();
+    let status = status_line.split(' ').nth(1).unwrap().parse().unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    Answer {
+        status,
+        headers,
+        body: raw[split + 4..].to_vec(),
+    }
+}
+
+// ---------------------------------------------------------------- the daemon
+
+/// A running xhubd.
+pub struct Xhubd {
+    pub child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub state_dir: PathBuf,
+    pub target: Target,
+    pub args: Vec<String>,
+    log_path: PathBuf,
+    runs: usize,
+}
+
+/// Options of one start.
+pub struct Options {
+    pub upstream: String,
+    pub tcp: bool,
+    pub extra: Vec<String>,
+}
+
+impl Options {
+    pub fn new(upstream: &str) -> Options {
+        Options {
+            upstream: upstream.to_owned(),
+            tcp: false,
+            extra: vec![],
+        }
+    }
+    pub fn tcp(mut self) -> Self {
+        self.tcp = true;
+        self
+    }
+    pub fn arg(mut self, a: &str) -> Self {
+        self.extra.push(a.to_owned());
+        self
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Xhubd {
+    pub fn start(opts: Options) -> Xhubd {
+        let dir = tempfile::tempdir().unwrap();
+        let state_dir = dir.path().join("state");
+        let secret_file = dir.path().join("app_secret");
+        std::fs::write(&secret_file, format!("{APP_SECRET}\n{OTHER_SECRET}\n")).unwrap();
+        let (listen, target) = if opts.tcp {
+            let port = free_port();
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            (addr.to_string(), Target::Tcp(addr))
+        } else {
+            let sock = dir.path().join("xhubd.sock");
+            (format!("unix:{}", sock.display()), Target::Unix(sock))
+        };
+        let mut args = vec![
+            "serve".to_owned(),
+            "--listen".into(),
+            listen,
+            "--upstream".into(),
+            opts.upstream.clone(),
+            "--verify-token".into(),
+            VERIFY_TOKEN.into(),
+            "--app-secret-file".into(),
+            secret_file.display().to_string(),
+            "--state-dir".into(),
+            state_dir.display().to_string(),
+            "--retry-initial".into(),
+            "200ms".into(),
+            "--retry-max-delay".into(),
+            "1s".into(),
+        ];
+        args.extend(opts.extra);
+        let log_path = dir.path().join("xhubd.log");
+        let mut x = Xhubd {
+            child: None,
+            dir,
+            state_dir,
+            target,
+            args,
+            log_path,
+            runs: 0,
+        };
+        x.spawn();
+        x
+    }
+
+    /// Starts (again) the binary with the same arguments and state dir.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_xhubd"))
+            .args(&self.args)
+            .env_remove("XHUBD_APP_SECRET")
+            .env_remove("XHUBD_VERIFY_TOKEN")
+            .env_remove("XHUBD_UPSTREAM")
+            .env_remove("STATE_DIRECTORY")
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID")
+            .env("XHUBD_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start xhubd");
+        self.child = Some(child);
+        self.runs += 1;
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("xhubd exited at start ({status}): {}", self.logs());
+            }
+            let up = match &self.target {
+                Target::Unix(p) => UnixStream::connect(p).is_ok(),
+                Target::Tcp(a) => TcpStream::connect(a).is_ok(),
+            };
+            if up {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("xhubd did not start listening: {}", self.logs());
+    }
+
+    /// Everything xhubd logged so far (all runs).
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("xhubd is running");
+        let pid = child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        wait_exit(&mut child, Duration::from_secs(30))
+    }
+
+    /// SIGKILL: the process dies at once, wherever it is.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("xhubd is running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.state_dir.join("spool.sqlite3")
+    }
+
+    /// Runs a query on the spool database (read only), returning one integer.
+    pub fn count(&self, sql: &str) -> i64 {
+        let conn = rusqlite::Connection::open_with_flags(
+            &self.db_path(),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    /// Asserts that no secret appears in the logs.
+    pub fn assert_no_secret_in_logs(&self) {
+        let logs = self.logs();
+        for secret in [APP_SECRET, OTHER_SECRET, VERIFY_TOKEN] {
+            assert!(
+                !logs.contains(secret),
+                "a secret appears in the logs:\n{logs}"
+            );
+        }
+    }
+}
+
+impl Drop for Xhubd {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn wait_exit(child: &mut Child, limit: Duration) -> ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("xhubd did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs the binary to completion with `args`, returning (status, stdout, stderr).
+pub fn run_xhubd(args: &[&str], stdin: Option<&[u8]>) -> (i32, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_xhubd"))
+        .args(args)
+        .env_remove("XHUBD_APP_SECRET")
+        .env_remove("XHUBD_VERIFY_TOKEN")
+        .env_remove("XHUBD_UPSTREAM")
+        .env_remove("STATE_DIRECTORY")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input).unwrap();
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Polls `cond` until it holds or `limit` passes.
+pub fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("timed out after {limit:?} waiting for {what}");
+}
+
+// ---------------------------------------------------------------- the fake upstream
+
+/// One request the upstream received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path_and_query: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Default)]
+struct Script {
+    received: Vec<Received>,
+    /// Statuses to answer next, in order; then `default_status`.
+    next: VecDeque<u16>,
+    default_status: u16,
+}
+
+/// A fake backend on 127.0.0.1 that records requests and answers as scripted. It can
+/// be stopped (connections refused) and started again on the same port.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    script: Arc<Mutex<Script>>,
+    runtime: tokio::runtime::Runtime,
+    server: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Upstream {
+    pub fn start() -> Upstream {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let script = Arc::new(Mutex::new(Script {
+            default_status: 200,
+            ..Default::default()
+        }));
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut up = Upstream {
+            addr,
+            script,
+            runtime,
+            server: None,
+        };
+        up.serve(listener);
+        up
+    }
+
+    /// The URL to give xhubd.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    fn serve(&mut self, listener: tokio::net::TcpListener) {
+        let script = self.script.clone();
+        self.server = Some(self.runtime.spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let script = script.clone();
+                conns.spawn(async move {
+                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let script = script.clone();
+                        async move {
+                            let path_and_query = req
+                                .uri()
+                                .path_and_query()
+                                .map(|p| p.to_string())
+                                .unwrap_or_default();
+                            let headers = req
+                                .headers()
+                                .iter()
+                                .map(|(n, v)| {
+                                    (
+                                        n.to_string(),
+                                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                                    )
+                                })
+                                .collect();
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|c| c.to_bytes())
+                                .unwrap_or_default();
+                            let status = {
+                                let mut s = script.lock().unwrap();
+                                s.received.push(Received {
+                                    path_and_query,
+                                    headers,
+                                    body,
+                                });
+                                let d = s.default_status;
+                                s.next.pop_front().unwrap_or(d)
+                            };
+                            let mut resp = Response::new(Full::new(Bytes::from_static(b"ok")));
+                            *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                            Ok::<_, std::convert::Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        }));
+    }
+
+    /// Stops listening and drops every open connection: xhubd sees connection errors.
+    pub fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.abort();
+            let _ = self.runtime.block_on(server);
+        }
+    }
+
+    /// Listens again on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        let addr = self.addr;
+        let listener = self
+            .runtime
+            .block_on(async move {
+                let socket = tokio::net::TcpSocket::new_v4()?;
+                socket.set_reuseaddr(true)?;
+                socket.bind(addr)?;
+                socket.listen(1024)
+            })
+            .expect("rebind the fake upstream on its port");
+        self.serve(listener);
+    }
+
+    /// Answers the next requests with these statuses, in order.
+    pub fn fail_next(&self, statuses: &[u16]) {
+        self.script.lock().unwrap().next.extend(statuses);
+    }
+
+    /// Answers every later request (after the scripted ones) with `status`.
+    pub fn answer_always(&self, status: u16) {
+        self.script.lock().unwrap().default_status = status;
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.script.lock().unwrap().received.clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.script.lock().unwrap().received.len()
+    }
+
+    /// Waits until at least `n` requests arrived.
+    pub fn wait_for(&self, n: usize, limit: Duration) -> Vec<Received> {
+        wait_for(limit, &format!("{n} upstream requests"), || {
+            self.count() >= n
+        });
+        self.received()
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A small Graph-API style notification, different for each `n`.
+pub fn page_event(n: usize) -> Vec<u8> {
+    format!(r#"{{"object":"user","entry":[{{"id":"{n}","time":1700000000,"changed_fields":["photos"]}}]}}"#).into_bytes()
+}
+
+/// Checks `path` is a socket file.
+pub fn is_socket(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::symlink_metadata(path)
+        .map(|m| m.file_type().is_socket())
+        .unwrap_or(false)
+}
