@@ -1,0 +1,320 @@
+//! Delivery to the upstream: byte-identical forwarding with the contract's headers,
+//! large bodies, de-duplication, retries, dead events, and durability across
+//! SIGKILL and restarts.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::*;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[test]
+fn forwards_the_exact_bytes_with_the_contract_headers() {
+    let up = Upstream::start();
+    let x = Xhubd::start(Options::new(&up.url("/meta/in?source=xhubd&k=1")));
+    // Non-ASCII as raw UTF-8, Meta's \u00e9 escapes and escaped slashes: any
+    // re-serialisation would change these bytes.
+    let body = "{\"object\":\"page\",\"entry\":[{\"id\":\"1\",\"time\":1,\"changes\":[{\"field\":\"feed\",\"value\":{\"message\":\"Caf\\u00e9 \\/ caf\u{e9} \u{1f600}\",\"link\":\"https:\\/\\/example.com\\/a\"}}]}]}";
+    let sig = sign(APP_SECRET, body.as_bytes());
+    let a = x.target.request(
+        "POST",
+        "/",
+        &[
+            ("X-Hub-Signature-256", &sig),
+            ("Content-Type", "application/json"),
+        ],
+        body.as_bytes(),
+    );
+    assert_eq!(a.status, 200);
+    let got = up.wait_for(1, WAIT);
+    let r = &got[0];
+    assert_eq!(r.body.as_ref(), body.as_bytes());
+    assert_eq!(r.path_and_query, "/meta/in?source=xhubd&k=1");
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.header("x-hub-signature-256"), Some(sig.as_str()));
+    let id = r.header("x-xhubd-event-id").expect("event id header");
+    assert!(x.logs().contains(id), "the log names the event id");
+    x.assert_no_secret_in_logs();
+}
+
+#[test]
+fn a_1000_entry_batch_and_a_3mb_body_are_delivered_whole() {
+    let up = Upstream::start();
+    let x = Xhubd::start(Options::new(&up.url("/")));
+    let entries: Vec<String> = (0..1000)
+        .map(|i| format!(r#"{{"id":"{i}","time":1700000000,"changes":[{{"field":"feed","value":{{"item":"status","verb":"add","post_id":"{i}_1"}}}}]}}"#))
+        .collect();
+    let batch = format!(r#"{{"object":"page","entry":[{}]}}"#, entries.join(","));
+    assert_eq!(x.target.post_signed(batch.as_bytes()).status, 200);
+
+    let text = "x".repeat(3 * 1024 * 1024);
+    let big = format!(
+        r#"{{"object":"whatsapp_business_account","entry":[{{"id":"1","changes":[{{"field":"messages","value":{{"messages":[{{"id":"wamid.BIG","type":"text","text":{{"body":"{text}"}}}}]}}}}]}}]}}"#
+    );
+    assert!(big.len() > 3_000_000);
+    assert_eq!(x.target.post_signed(big.as_bytes()).status, 200);
+
+    let got = up.wait_for(2, WAIT);
+    let bodies: HashSet<Vec<u8>> = got.iter().map(|r| r.body.to_vec()).collect();
+    assert!(bodies.contains(batch.as_bytes()));
+    assert!(bodies.contains(big.as_bytes()));
+}
+
+#[test]
+fn concurrent_copies_of_one_event_are_delivered_once() {
+    let up = Upstream::start();
+    let x = Xhubd::start(Options::new(&up.url("/")));
+    let body = page_event(42);
+    let target = x.target.clone();
+    let threads: Vec<_> = (0..16)
+        .map(|_| {
+            let t = target.clone();
+            let b = body.clone();
+            std::thread::spawn(move || t.post_signed(&b).status)
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap(), 200, "every copy is acknowledged");
+    }
+    up.wait_for(1, WAIT);
+    // A later retry is dropped too.
+    assert_eq!(x.target.post_signed(&body).status, 200);
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(up.count(), 1, "delivered once");
+    assert_eq!(x.count("SELECT COUNT(*) FROM events"), 1);
+    assert!(x.logs().contains("duplicate"));
+}
+
+fn whatsapp(time: u64, spacing: &str, ids: &[&str]) -> Vec<u8> {
+    let messages: Vec<String> = ids
+        .iter()
+        .map(|id| format!(r#"{{"from":"4917600000000","id":"{id}","timestamp":"{time}","type":"text","text":{{"body":"hi"}}}}"#))
+        .collect();
+    format!(
+        r#"{{"object":"whatsapp_business_account",{spacing}"entry":[{{"id":"102290129340398","changes":[{{"value":{{"messaging_product":"whatsapp","metadata":{{"phone_number_id":"106540352242922"}},"messages":[{}]}},"field":"messages"}}]}}]}}"#,
+        messages.join(",")
+    )
+    .into_bytes()
+}
+
+#[test]
+fn a_whatsapp_retry_formatted_differently_is_delivered_once() {
+    let up = Upstream::start();
+    let x = Xhubd::start(Options::new(&up.url("/")));
+    let first = whatsapp(1700000000, "", &["wamid.AAA", "wamid.BBB"]);
+    let retry = whatsapp(1700000060, " ", &["wamid.AAA", "wamid.BBB"]);
+    assert_ne!(first, retry);
+    assert_eq!(x.target.post_signed(&first).status, 200);
+    assert_eq!(x.target.post_signed(&retry).status, 200);
+    // A subset of known ids is a retry too; one new id makes the whole body new.
+    assert_eq!(
+        x.target
+            .post_signed(&whatsapp(1700000090, "", &["wamid.BBB"]))
+            .status,
+        200
+    );
+    let mixed = whatsapp(1700000120, "", &["wamid.AAA", "wamid.CCC"]);
+    assert_eq!(x.target.post_signed(&mixed).status, 200);
+    let got = up.wait_for(2, WAIT);
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(up.count(), 2);
+    assert_eq!(got[0].body.as_ref(), &first[..]);
+    let all: Vec<_> = up.received().iter().map(|r| r.body.to_vec()).collect();
+    assert!(
+        all.contains(&mixed),
+        "a body with a new item is delivered whole"
+    );
+}
+
+#[test]
+fn an_id_less_change_repeated_with_a_new_time_is_delivered_twice() {
+    let up = Upstream::start();
+    let x = Xhubd::start(Options::new(&up.url("/")));
+    let change = |time: u64| {
+        format!(r#"{{"object":"user","entry":[{{"id":"44","time":{time},"changes":[{{"field":"photos","value":{{"verb":"update","object_id":"9"}}}}]}}]}}"#).into_bytes()
+    };
+    assert_eq!(x.target.post_signed(&change(1700000000)).status, 200);
+    assert_eq!(x.target.post_signed(&change(1700000500)).status, 200);
+    up.wait_for(2, WAIT);
+}
+
+#[test]
+fn retries_after_500s_with_the_same_event_id() {
+    let up = Upstream::start();
+    up.fail_next(&[500, 503]);
+    let x = Xhubd::start(Options::new(&up.url("/")));
+    assert_eq!(x.target.post_signed(&page_event(7)).status, 200);
+    let got = up.wait_for(3, WAIT);
+    let ids: HashSet<_> = got
+        .iter()
+        .map(|r| r.header("x-xhubd-event-id").unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 1, "one event id for every attempt");
+    assert_eq!(got[2].header("x-xhubd-attempt"), Some("3"));
+    wait_for(WAIT, "the event marked delivered", || {
+        x.count("SELECT COUNT(*) FROM events WHERE state = 1 AND attempts = 3") == 1
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(up.count(), 3);
+    let logs = x.logs();
+    assert!(logs.contains("retry scheduled"));
+    assert!(logs.contains("delivered"));
+}
+
+#[test]
+fn a_4xx_or_3xx_answer_makes_the_event_dead_without_retrying() {
+    let up = Upstream::start();
+    up.fail_next(&[404, 302]);
+    let x = Xhubd::start(Options::new(&up.url("/")));
+    assert_eq!(x.target.post_signed(&page_event(1)).status, 200);
+    assert_eq!(x.target.post_signed(&page_event(2)).status, 200);
+    up.wait_for(2, WAIT);
+    wait_for(WAIT, "two dead events", || {
+        x.count("SELECT COUNT(*) FROM events WHERE state = 2") == 2
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(up.count(), 2, "dead events are not retried");
+    assert!(x.logs().contains("dead"));
+}
+
+#[test]
+fn the_end_of_retry_for_makes_the_event_dead_and_keeps_it() {
+    let up = Upstream::start();
+    up.answer_always(503);
+    let x = Xhubd::start(Options::new(&up.url("/")).arg("--retry-for").arg("1s"));
+    assert_eq!(x.target.post_signed(&page_event(5)).status, 200);
+    wait_for(WAIT, "the event to become dead", || {
+        x.count("SELECT COUNT(*) FROM events WHERE state = 2") == 1
+    });
+    let attempts = up.count();
+    assert!(attempts >= 2, "retried before giving up ({attempts})");
+    assert_eq!(
+        x.count("SELECT COUNT(*) FROM events WHERE state = 2 AND last_error LIKE '%retry-for%'"),
+        1
+    );
+}
+
+#[test]
+fn upstream_down_then_up_delivers_everything() {
+    let mut up = Upstream::start();
+    up.stop();
+    let x = Xhubd::start(Options::new(&up.url("/")));
+    for n in 0..20 {
+        assert_eq!(
+            x.target.post_signed(&page_event(n)).status,
+            200,
+            "acks never wait for the upstream"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    up.restart();
+    let got = up.wait_for(20, WAIT);
+    let distinct: HashSet<_> = got.iter().map(|r| r.body.to_vec()).collect();
+    assert_eq!(distinct.len(), 20);
+    assert!(x.logs().contains("retry scheduled"));
+}
+
+#[test]
+fn events_acknowledged_before_kill_9_are_delivered_after_restart() {
+    let mut up = Upstream::start();
+    up.stop();
+    let mut x = Xhubd::start(Options::new(&up.url("/")));
+    for n in 0..50 {
+        assert_eq!(x.target.post_signed(&page_event(n)).status, 200);
+    }
+    x.kill9();
+    up.restart();
+    x.spawn();
+    let got = up.wait_for(50, WAIT);
+    let distinct: HashSet<_> = got.iter().map(|r| r.body.to_vec()).collect();
+    assert_eq!(
+        distinct.len(),
+        50,
+        "every acknowledged event survives SIGKILL"
+    );
+    // Meta's retry of an event accepted before the crash is still recognised.
+    assert_eq!(x.target.post_signed(&page_event(3)).status, 200);
+    std::thread::sleep(Duration::from_millis(500));
+    let copies = up
+        .received()
+        .iter()
+        .filter(|r| r.body.as_ref() == &page_event(3)[..])
+        .count();
+    assert_eq!(copies, 1);
+    x.assert_no_secret_in_logs();
+}
+
+#[test]
+fn sigterm_exits_zero_and_removes_the_socket() {
+    let up = Upstream::start();
+    let mut x = Xhubd::start(Options::new(&up.url("/")));
+    assert_eq!(x.target.post_signed(&page_event(1)).status, 200);
+    up.wait_for(1, WAIT);
+    let status = x.terminate();
+    assert!(status.success(), "{status}");
+    let Target::Unix(sock) = x.target.clone() else {
+        unreachable!()
+    };
+    assert!(!sock.exists(), "our socket is removed on shutdown");
+    assert!(x.logs().contains("stopped"));
+}
+
+#[test]
+fn delivered_events_and_identities_are_pruned_after_the_dedup_window() {
+    let up = Upstream::start();
+    let x = Xhubd::start(Options::new(&up.url("/")).arg("--dedup-window").arg("1s"));
+    assert_eq!(x.target.post_signed(&page_event(1)).status, 200);
+    let got = up.wait_for(1, WAIT);
+    let id = got[0].header("x-xhubd-event-id").unwrap().to_owned();
+    assert_eq!(
+        x.count(&format!(
+            "SELECT COUNT(*) FROM dedup WHERE event_id = '{id}'"
+        )),
+        1
+    );
+    // Other traffic keeps the writer going; pruning runs between its commits.
+    let mut n = 100;
+    wait_for(
+        WAIT,
+        "the delivered event and its identity to be pruned",
+        || {
+            n += 1;
+            assert_eq!(x.target.post_signed(&page_event(n)).status, 200);
+            x.count(&format!("SELECT COUNT(*) FROM events WHERE id = '{id}'")) == 0
+                && x.count(&format!(
+                    "SELECT COUNT(*) FROM dedup WHERE event_id = '{id}'"
+                )) == 0
+        },
+    );
+    // After the window, the same body is a new event again.
+    assert_eq!(x.target.post_signed(&page_event(1)).status, 200);
+    wait_for(WAIT, "a second delivery", || {
+        up.received()
+            .iter()
+            .filter(|r| r.body.as_ref() == &page_event(1)[..])
+            .count()
+            == 2
+    });
+}
+
+#[test]
+fn pending_and_dead_events_are_never_pruned() {
+    let mut up = Upstream::start();
+    up.fail_next(&[404]);
+    let x = Xhubd::start(Options::new(&up.url("/")).arg("--dedup-window").arg("1s"));
+    assert_eq!(x.target.post_signed(&page_event(1)).status, 200);
+    wait_for(WAIT, "a dead event", || {
+        x.count("SELECT COUNT(*) FROM events WHERE state = 2") == 1
+    });
+    up.stop();
+    assert_eq!(x.target.post_signed(&page_event(2)).status, 200);
+    std::thread::sleep(Duration::from_millis(2500));
+    for n in 3..6 {
+        assert_eq!(x.target.post_signed(&page_event(n)).status, 200);
+    }
+    assert_eq!(x.count("SELECT COUNT(*) FROM events WHERE state = 2"), 1);
+    assert!(x.count("SELECT COUNT(*) FROM events WHERE state = 0") >= 4);
+}
