@@ -315,7 +315,7 @@ impl Xhubd {
     /// Runs a query on the spool database (read only), returning one integer.
     pub fn count(&self, sql: &str) -> i64 {
         let conn = rusqlite::Connection::open_with_flags(
-            &self.db_path(),
+            self.db_path(),
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
         )
         .unwrap();
