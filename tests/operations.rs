@@ -1,0 +1,83 @@
+//! Operating behaviour: a spool that cannot commit answers 503 and recovers, JSON logs,
+//! and the health listener.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn a_failed_commit_answers_503_stores_nothing_and_recovers() {
+    let up = Upstream::start();
+    let admin_port = free_port();
+    let x = Xhubd::start(
+        Options::new(&up.url("/"))
+            .arg("--admin-listen")
+            .arg(&format!("127.0.0.1:{admin_port}")),
+    );
+    let admin = Target::Tcp(format!("127.0.0.1:{admin_port}").parse().unwrap());
+    assert_eq!(admin.get("/readyz").status, 200);
+
+    // Make every insert fail inside SQLite, as a full or broken disk would.
+    let db = rusqlite::Connection::open(x.db_path()).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER refuse BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'no space left'); END;",
+    )
+    .unwrap();
+    let body = whatsapp_message("wamid.FAIL");
+    let answer = x.target.post_signed(&body);
+    assert_eq!(answer.status, 503);
+    assert!(!answer.text().is_empty());
+    assert_eq!(admin.get("/readyz").status, 503);
+    assert_eq!(x.count("SELECT COUNT(*) FROM events"), 0);
+    assert_eq!(
+        x.count("SELECT COUNT(*) FROM dedup"),
+        0,
+        "nothing half-written"
+    );
+    assert!(x.logs().contains("spool commit failed"));
+
+    // Space returns: Meta's retry of the same event is accepted and delivered once.
+    db.execute_batch("DROP TRIGGER refuse;").unwrap();
+    assert_eq!(x.target.post_signed(&body).status, 200);
+    assert_eq!(admin.get("/readyz").status, 200);
+    let got = up.wait_for(1, Duration::from_secs(20));
+    assert_eq!(got[0].body.as_ref(), &body[..]);
+    assert_eq!(admin.get("/healthz").status, 200);
+    assert_eq!(admin.get("/nope").status, 404);
+}
+
+fn whatsapp_message(id: &str) -> Vec<u8> {
+    format!(r#"{{"object":"whatsapp_business_account","entry":[{{"id":"1","changes":[{{"field":"messages","value":{{"messages":[{{"id":"{id}"}}]}}}}]}}]}}"#).into_bytes()
+}
+
+#[test]
+fn json_logs_have_one_object_per_line_with_the_event_id() {
+    let up = Upstream::start();
+    let mut x = Xhubd::start(Options::new(&up.url("/")).arg("--log-format").arg("json"));
+    assert_eq!(x.target.post_signed(&page_event(1)).status, 200);
+    assert_eq!(x.target.post_signed(&page_event(1)).status, 200);
+    assert_eq!(x.target.request("POST", "/", &[], b"{}").status, 401);
+    let id = up.wait_for(1, Duration::from_secs(20))[0]
+        .header("x-xhubd-event-id")
+        .unwrap()
+        .to_owned();
+    assert!(x.terminate().success());
+    let logs = x.logs();
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let messages = |m: &str| {
+        lines
+            .iter()
+            .filter(|l| l["message"].as_str().is_some_and(|s| s.starts_with(m)))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(messages("accepted")[0]["event_id"], id.as_str());
+    assert_eq!(messages("delivered")[0]["event_id"], id.as_str());
+    assert_eq!(messages("duplicate")[0]["event_id"], id.as_str());
+    assert_eq!(messages("rejected: signature").len(), 1);
+    x.assert_no_secret_in_logs();
+}
