@@ -3,6 +3,9 @@
 //! or TCP that sends exactly the bytes a test gives it.
 #![allow(dead_code)]
 
+pub mod nginx;
+pub mod pki;
+
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -1,0 +1,191 @@
+//! A throw-away PKI made at run time: a server certificate for `localhost`, a stand-in
+//! for Meta's client CA (root and intermediate) with a good client leaf, and the bad
+//! cases Nginx must refuse.
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    date_time_ymd, BasicConstraints, Certificate, CertificateParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
+};
+
+pub const META_CN: &str = "client.webhooks.fbclientcerts.com";
+
+/// A certificate with its key.
+pub struct Issued {
+    pub cert: Certificate,
+    pub key: KeyPair,
+}
+
+/// A client identity on disk: the PEM chain to present (leaf first) and its key.
+#[derive(Clone, Debug)]
+pub struct ClientId {
+    pub chain: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Every file the Nginx tests use.
+pub struct Pki {
+    pub server_ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    /// The trust anchor given to Nginx (stands in for Meta's CA file).
+    pub client_ca: PathBuf,
+    pub good: ClientId,
+    pub cn_suffix: ClientId,
+    pub cn_prefix: ClientId,
+    pub cn_in_ou: ClientId,
+    pub cn_escaped_in_o: ClientId,
+    pub other_root: ClientId,
+    pub expired: ClientId,
+    pub too_deep: ClientId,
+}
+
+fn ca(name: &str, issuer: Option<&Issued>) -> Issued {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "xhubd tests");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.not_before = date_time_ymd(2020, 1, 1);
+    params.not_after = date_time_ymd(2099, 1, 1);
+    let key = KeyPair::generate().unwrap();
+    let cert = match issuer {
+        None => params.self_signed(&key).unwrap(),
+        Some(i) => params.signed_by(&key, &i.cert, &i.key).unwrap(),
+    };
+    Issued { cert, key }
+}
+
+fn leaf(
+    dn: &[(DnType, &str)],
+    sans: &[&str],
+    client: bool,
+    issuer: &Issued,
+    expired: bool,
+) -> Issued {
+    let mut params =
+        CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    for (t, v) in dn {
+        params.distinguished_name.push(t.clone(), *v);
+    }
+    params.extended_key_usages = vec![if client {
+        ExtendedKeyUsagePurpose::ClientAuth
+    } else {
+        ExtendedKeyUsagePurpose::ServerAuth
+    }];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    if expired {
+        params.not_before = date_time_ymd(2020, 1, 1);
+        params.not_after = date_time_ymd(2021, 1, 1);
+    } else {
+        params.not_before = date_time_ymd(2020, 1, 1);
+        params.not_after = date_time_ymd(2099, 1, 1);
+    }
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &issuer.cert, &issuer.key).unwrap();
+    Issued { cert, key }
+}
+
+fn write(dir: &Path, name: &str, pems: &[&str]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, pems.concat()).unwrap();
+    path
+}
+
+fn client(dir: &Path, name: &str, leaf: &Issued, chain: &[&Issued]) -> ClientId {
+    let mut pems = vec![leaf.cert.pem()];
+    pems.extend(chain.iter().map(|c| c.cert.pem()));
+    let refs: Vec<&str> = pems.iter().map(String::as_str).collect();
+    ClientId {
+        chain: write(dir, &format!("{name}.chain.pem"), &refs),
+        key: write(dir, &format!("{name}.key"), &[&leaf.key.serialize_pem()]),
+    }
+}
+
+impl Pki {
+    pub fn create(dir: &Path) -> Pki {
+        let server_root = ca("Test Server Root", None);
+        let server = leaf(
+            &[(DnType::CommonName, "localhost")],
+            &["localhost", "127.0.0.1"],
+            false,
+            &server_root,
+            false,
+        );
+
+        let root = ca("Test Meta Client Root", None);
+        let inter = ca("Test Meta Client Intermediate", Some(&root));
+        let meta = |dn: &[(DnType, &str)], expired: bool| leaf(dn, &[], true, &inter, expired);
+        let good = meta(
+            &[
+                (DnType::CommonName, META_CN),
+                (DnType::OrganizationName, "Meta Platforms, Inc."),
+            ],
+            false,
+        );
+        let suffix = meta(
+            &[(
+                DnType::CommonName,
+                "client.webhooks.fbclientcerts.com.evil.example",
+            )],
+            false,
+        );
+        let prefix = meta(
+            &[(DnType::CommonName, "evil.client.webhooks.fbclientcerts.com")],
+            false,
+        );
+        let in_ou = meta(
+            &[
+                (DnType::OrganizationalUnitName, META_CN),
+                (DnType::CommonName, "evil.example"),
+            ],
+            false,
+        );
+        let escaped = meta(
+            &[
+                (DnType::CommonName, "evil.example"),
+                (
+                    DnType::OrganizationName,
+                    "x,CN=client.webhooks.fbclientcerts.com",
+                ),
+            ],
+            false,
+        );
+        let expired = meta(&[(DnType::CommonName, META_CN)], true);
+
+        let other = ca("Some Other Root", None);
+        let other_leaf = leaf(&[(DnType::CommonName, META_CN)], &[], true, &other, false);
+
+        // Root, then four intermediates: one more than ssl_verify_depth 3 allows.
+        let i1 = ca("Deep 1", Some(&root));
+        let i2 = ca("Deep 2", Some(&i1));
+        let i3 = ca("Deep 3", Some(&i2));
+        let i4 = ca("Deep 4", Some(&i3));
+        let deep_leaf = leaf(&[(DnType::CommonName, META_CN)], &[], true, &i4, false);
+
+        Pki {
+            server_ca: write(dir, "server-ca.pem", &[&server_root.cert.pem()]),
+            server_cert: write(
+                dir,
+                "server.pem",
+                &[&server.cert.pem(), &server_root.cert.pem()],
+            ),
+            server_key: write(dir, "server.key", &[&server.key.serialize_pem()]),
+            client_ca: write(dir, "meta-ca.pem", &[&root.cert.pem()]),
+            good: client(dir, "good", &good, &[&inter]),
+            cn_suffix: client(dir, "suffix", &suffix, &[&inter]),
+            cn_prefix: client(dir, "prefix", &prefix, &[&inter]),
+            cn_in_ou: client(dir, "in-ou", &in_ou, &[&inter]),
+            cn_escaped_in_o: client(dir, "escaped", &escaped, &[&inter]),
+            other_root: client(dir, "other-root", &other_leaf, &[&other]),
+            expired: client(dir, "expired", &expired, &[&inter]),
+            too_deep: client(dir, "too-deep", &deep_leaf, &[&i4, &i3, &i2, &i1]),
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! End to end through a real Nginx running the shipped site file: mutual TLS with a
+//! throw-away PKI, the anchored CN check, the subject header, body limits, and the real
+//! xhubd behind it delivering to a fake upstream.
+
+mod common;
+
+use std::time::Duration;
+
+use common::nginx::{Curl, Nginx};
+use common::pki::Pki;
+use common::*;
+
+struct Front {
+    pki: Pki,
+    _pki_dir: tempfile::TempDir,
+    up: Upstream,
+    x: Xhubd,
+    nginx: Nginx,
+}
+
+/// Nginx in front of xhubd. With `xhubd_checks_cn`, xhubd checks the subject header
+/// too (defence in depth, as the shipped deployment does); without it, Nginx's check
+/// stands alone, so a test can see what Nginx itself refuses.
+fn front(enable_no_mtls: bool, xhubd_checks_cn: bool) -> Front {
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = Pki::create(pki_dir.path());
+    let up = Upstream::start();
+    let mut options = Options::new(&up.url("/"));
+    if xhubd_checks_cn {
+        options = options.arg("--client-cn-header").arg("X-Client-Subject");
+    }
+    let x = Xhubd::start(options);
+    let Target::Unix(socket) = x.target.clone() else {
+        unreachable!()
+    };
+    let nginx = Nginx::start(&pki, &socket, enable_no_mtls);
+    Front {
+        pki,
+        _pki_dir: pki_dir,
+        up,
+        x,
+        nginx,
+    }
+}
+
+const CHALLENGE: &str =
+    "/webhook?hub.mode=subscribe&hub.challenge=1158201444&hub.verify_token=verify-token-93jd8s";
+
+#[test]
+fn meta_with_the_right_certificate_gets_through_byte_identical() {
+    let f = front(false, true);
+    let curl = Curl {
+        pki: &f.pki,
+        port: f.nginx.port,
+    };
+    assert!(CHALLENGE.contains(VERIFY_TOKEN));
+
+    let a = curl.send("GET", CHALLENGE, Some(&f.pki.good), &[], None);
+    assert_eq!(a.status, 200, "{}", f.nginx.error_log());
+    assert_eq!(a.body, b"1158201444");
+
+    let body = "{\"object\":\"page\",\"entry\":[{\"id\":\"1\",\"time\":1,\"changes\":[{\"field\":\"feed\",\"value\":{\"message\":\"Caf\\u00e9 \\/ caf\u{e9}\"}}]}]}";
+    let sig = sign(APP_SECRET, body.as_bytes());
+    let a = curl.send(
+        "POST",
+        "/webhook",
+        Some(&f.pki.good),
+        &[
+            ("X-Hub-Signature-256", &sig),
+            ("Content-Type", "application/json"),
+        ],
+        Some(body.as_bytes()),
+    );
+    assert_eq!(a.status, 200);
+    let got = f.up.wait_for(1, Duration::from_secs(20));
+    assert_eq!(got[0].body.as_ref(), body.as_bytes());
+    assert_eq!(got[0].header("x-hub-signature-256"), Some(sig.as_str()));
+
+    // A forged subject header from the client is overwritten by Nginx: xhubd's own
+    // check (--client-cn-header) sees the real subject and still accepts.
+    let body2 = page_event(2);
+    let a = curl.send(
+        "POST",
+        "/webhook",
+        Some(&f.pki.good),
+        &[
+            ("X-Hub-Signature-256", &sign(APP_SECRET, &body2)),
+            ("X-Client-Subject", "CN=evil.example"),
+        ],
+        Some(&body2),
+    );
+    assert_eq!(a.status, 200);
+    f.up.wait_for(2, Duration::from_secs(20));
+
+    // Other methods and paths.
+    let put = curl.send("PUT", "/webhook", Some(&f.pki.good), &[], Some(b"{}"));
+    assert_eq!(put.status, 405);
+    assert!(
+        put.headers
+            .to_ascii_lowercase()
+            .contains("allow: get, post"),
+        "{}",
+        put.headers
+    );
+    assert_eq!(
+        curl.send("GET", "/elsewhere", Some(&f.pki.good), &[], None)
+            .status,
+        404
+    );
+    f.x.assert_no_secret_in_logs();
+}
+
+#[test]
+fn wrong_or_missing_client_certificates_are_refused_before_xhubd() {
+    let f = front(false, false);
+    let curl = Curl {
+        pki: &f.pki,
+        port: f.nginx.port,
+    };
+    let body = page_event(1);
+    let sig = sign(APP_SECRET, &body);
+    let headers = [
+        ("X-Hub-Signature-256", sig.as_str()),
+        ("X-Client-Subject", "CN=client.webhooks.fbclientcerts.com"),
+    ];
+    // (who, expected status): 403 from the location's CN check, 400 from Nginx when a
+    // presented certificate fails verification.
+    let cases = [
+        ("no certificate", None, 403),
+        ("CN with a suffix", Some(&f.pki.cn_suffix), 403),
+        ("CN with a prefix", Some(&f.pki.cn_prefix), 403),
+        ("the name only in OU", Some(&f.pki.cn_in_ou), 403),
+        (
+            "the name escaped inside O",
+            Some(&f.pki.cn_escaped_in_o),
+            403,
+        ),
+        ("a leaf from another root", Some(&f.pki.other_root), 400),
+        ("an expired leaf", Some(&f.pki.expired), 400),
+        ("a chain deeper than 3", Some(&f.pki.too_deep), 400),
+    ];
+    for (who, id, expected) in cases {
+        let post = curl.send("POST", "/webhook", id, &headers, Some(&body));
+        assert_eq!(post.status, expected, "POST with {who}");
+        let get = curl.send("GET", CHALLENGE, id, &[], None);
+        assert_eq!(get.status, expected, "GET with {who}");
+        assert_ne!(get.body, b"1158201444", "{who}");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(f.up.count(), 0, "nothing reached the upstream");
+    assert_eq!(
+        f.x.count("SELECT COUNT(*) FROM events"),
+        0,
+        "nothing reached xhubd"
+    );
+    assert!(
+        !f.x.logs().contains("rejected"),
+        "Nginx refused them, not xhubd"
+    );
+}
+
+#[test]
+fn without_mtls_a_forged_subject_header_does_not_pass_xhubd() {
+    // The shipped variant location without mTLS, enabled: Nginx overwrites the
+    // subject header with the (empty) real subject, so xhubd's check refuses.
+    let f = front(true, true);
+    let curl = Curl {
+        pki: &f.pki,
+        port: f.nginx.port,
+    };
+    let body = page_event(1);
+    let sig = sign(APP_SECRET, &body);
+    let a = curl.send(
+        "POST",
+        "/webhook/no-mtls",
+        None,
+        &[
+            ("X-Hub-Signature-256", &sig),
+            ("X-Client-Subject", "CN=client.webhooks.fbclientcerts.com"),
+        ],
+        Some(&body),
+    );
+    assert_eq!(a.status, 403);
+    assert!(
+        String::from_utf8_lossy(&a.body).contains("client certificate"),
+        "refused by xhubd"
+    );
+    assert!(f.x.logs().contains("rejected: client certificate"));
+    // With the real certificate the same location passes.
+    let a = curl.send(
+        "POST",
+        "/webhook/no-mtls",
+        Some(&f.pki.good),
+        &[("X-Hub-Signature-256", &sig)],
+        Some(&body),
+    );
+    assert_eq!(a.status, 200);
+    f.up.wait_for(1, Duration::from_secs(20));
+}
+
+#[test]
+fn a_3mb_body_passes_and_an_oversized_one_gets_413() {
+    let f = front(false, true);
+    let curl = Curl {
+        pki: &f.pki,
+        port: f.nginx.port,
+    };
+    let text = "x".repeat(3 * 1024 * 1024);
+    let big = format!(
+        r#"{{"object":"whatsapp_business_account","entry":[{{"id":"1","changes":[{{"field":"messages","value":{{"messages":[{{"id":"wamid.BIG","text":{{"body":"{text}"}}}}]}}}}]}}]}}"#
+    );
+    let a = curl.send(
+        "POST",
+        "/webhook",
+        Some(&f.pki.good),
+        &[("X-Hub-Signature-256", &sign(APP_SECRET, big.as_bytes()))],
+        Some(big.as_bytes()),
+    );
+    assert_eq!(a.status, 200);
+    let got = f.up.wait_for(1, Duration::from_secs(30));
+    assert_eq!(got[0].body.as_ref(), big.as_bytes());
+
+    let huge = format!(r#"{{"pad":"{}"}}"#, "y".repeat(9 * 1024 * 1024));
+    let a = curl.send(
+        "POST",
+        "/webhook",
+        Some(&f.pki.good),
+        &[("X-Hub-Signature-256", &sign(APP_SECRET, huge.as_bytes()))],
+        Some(huge.as_bytes()),
+    );
+    assert_eq!(a.status, 413);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(f.up.count(), 1);
+}
