@@ -23,6 +23,17 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Print the X-Hub-Signature-256 header Meta would send for a body.
     Sign(SignArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (xhubd.1 and one per subcommand) into a directory.
+    Man {
+        /// Where to write them.
+        #[arg(long, value_name = "DIR")]
+        out_dir: PathBuf,
+    },
 }
 
 /// Output format of the logs.

@@ -71,16 +71,21 @@ impl Config {
                 )
             })?;
         let upstream = parse_upstream(args.upstream.as_deref())?;
+        let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+        let token_credential = credential(credentials.as_deref(), "verify_token");
+        let secret_credential = credential(credentials.as_deref(), "app_secret");
         let verify_token = load_verify_token(&one_source(
             "--verify-token",
             args.verify_token.as_deref(),
             args.verify_token_file.as_deref(),
+            token_credential.as_deref(),
         )?)
         .context("verify token")?;
         let app_secrets = load_app_secrets(&one_source(
             "--app-secret",
             args.app_secret.as_deref(),
             args.app_secret_file.as_deref(),
+            secret_credential.as_deref(),
         )?)
         .context("App Secret")?;
         let state_dir = prepare_state_dir(&args.state_dir)?;
@@ -141,17 +146,30 @@ impl Config {
     }
 }
 
-/// Picks the one source of a secret given either directly or as a file.
+/// The file of a systemd credential (`LoadCredential=NAME:…`), when systemd passed one.
+/// It is used only when neither the flag, its environment variable nor its file option
+/// is given.
+fn credential(directory: Option<&Path>, name: &str) -> Option<PathBuf> {
+    let path = directory?.join(name);
+    path.exists().then_some(path)
+}
+
+/// Picks the one source of a secret: given directly, or as a file, or else the
+/// systemd credential.
 fn one_source<'a>(
     flag: &str,
     value: Option<&'a str>,
     file: Option<&'a Path>,
+    credential: Option<&'a Path>,
 ) -> anyhow::Result<SecretSource<'a>> {
-    match (value, file) {
-        (Some(_), Some(_)) => bail!("give {flag} or {flag}-file, not both"),
-        (Some(v), None) => Ok(SecretSource::Value(v)),
-        (None, Some(f)) => Ok(SecretSource::File(f)),
-        (None, None) => bail!("{flag} or {flag}-file is required"),
+    match (value, file, credential) {
+        (Some(_), Some(_), _) => bail!("give {flag} or {flag}-file, not both"),
+        (Some(v), None, _) => Ok(SecretSource::Value(v)),
+        (None, Some(f), _) => Ok(SecretSource::File(f)),
+        (None, None, Some(c)) => Ok(SecretSource::File(c)),
+        (None, None, None) => bail!(
+            "{flag} or {flag}-file is required (or a systemd credential in $CREDENTIALS_DIRECTORY)"
+        ),
     }
 }
 

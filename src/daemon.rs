@@ -20,7 +20,8 @@ use crate::config::{redacted_url, Config};
 use crate::delivery::backoff::RetryPolicy;
 use crate::delivery::upstream::Upstream;
 use crate::delivery::Delivery;
-use crate::listener::Listener;
+use crate::listener::{take_systemd_socket, Listener, SystemdSocket};
+use crate::notify;
 use crate::server::{self, ServerSettings};
 use crate::shutdown::StopSignals;
 use crate::spool::queue::Queue;
@@ -39,6 +40,14 @@ pub fn main() -> ExitCode {
         Err(e) => return clap_error(e),
     };
     match cli.command {
+        Command::Completions { shell } => {
+            crate::docs::completions(shell);
+            ExitCode::SUCCESS
+        }
+        Command::Man { out_dir } => match crate::docs::man_pages(&out_dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => startup_error(&e),
+        },
         Command::Sign(args) => match crate::sign::run(&args) {
             Ok(header) => {
                 println!("{header}");
@@ -52,6 +61,11 @@ pub fn main() -> ExitCode {
                 Err(e) => return startup_error(&e),
             };
             crate::logging::init(config.log_format);
+            // Before any thread exists: this edits the environment.
+            let inherited = match take_systemd_socket() {
+                Ok(s) => s,
+                Err(e) => return startup_error(&e),
+            };
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -60,7 +74,7 @@ pub fn main() -> ExitCode {
                 Err(e) => return startup_error(&anyhow!(e).context("cannot start the runtime")),
             };
             runtime.block_on(async move {
-                match Daemon::start(config).await {
+                match Daemon::start(config, inherited).await {
                     Ok(daemon) => daemon.run().await,
                     Err(e) => startup_error(&e),
                 }
@@ -109,7 +123,7 @@ struct Daemon {
 impl Daemon {
     /// Opens the spool, binds the listeners and starts every task. Any error here is a
     /// start-up error.
-    async fn start(config: Config) -> anyhow::Result<Daemon> {
+    async fn start(config: Config, inherited: Option<SystemdSocket>) -> anyhow::Result<Daemon> {
         let signals = StopSignals::register().context("cannot install signal handlers")?;
         let lock = lock_state_dir(&config)?;
         let conn = schema::open(&config.state_dir)?;
@@ -128,8 +142,8 @@ impl Daemon {
             config.upstream_concurrency,
         )?;
 
-        let listener = match Listener::from_systemd()? {
-            Some(l) => l,
+        let listener = match inherited {
+            Some(socket) => Listener::from_systemd(socket)?,
             None => Listener::bind(&config.listen, config.socket_mode).await?,
         };
         let admin_listener = match &config.admin_listen {
@@ -203,6 +217,9 @@ impl Daemon {
             state_dir = %config.state_dir.display(),
             "xhubd ready"
         );
+        // Everything is spawned and the listener is bound: tell systemd.
+        notify::ready(&listen_addr);
+        notify::spawn_watchdog(spool.health.clone(), shutdown.clone());
         Ok(Daemon {
             signals,
             shutdown,
@@ -222,6 +239,7 @@ impl Daemon {
             signal,
             "stopping: no new connections; finishing requests in flight"
         );
+        notify::stopping();
         self.shutdown.cancel();
         for listener in self.listeners {
             let _ = listener.await;

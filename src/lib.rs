@@ -15,8 +15,10 @@
 //!   and the queries that feed delivery.
 //! - [`delivery`]: sends stored events to the upstream with retries and backoff.
 //! - [`admin`]: the optional health listener.
-//! - [`daemon`]: wires the parts together for `xhubd serve`.
-//! - [`sign`]: `xhubd sign`, the signature Meta would send for a body.
+//! - [`daemon`]: wires the parts together for `xhubd serve`; [`notify`] tells systemd
+//!   when it is ready, stopping, and alive (watchdog).
+//! - [`sign`]: `xhubd sign`, the signature Meta would send for a body; [`docs`]: man
+//!   pages and shell completions.
 //! - [`secret`], [`duration`], [`logging`], [`shutdown`]: small helpers.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -26,9 +28,11 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod delivery;
+pub mod docs;
 pub mod duration;
 pub mod listener;
 pub mod logging;
+pub mod notify;
 pub mod secret;
 pub mod server;
 pub mod shutdown;

@@ -60,6 +60,34 @@ pub enum Listener {
     },
 }
 
+/// A listening socket passed by systemd (`LISTEN_FDS`), not yet in the runtime.
+#[derive(Debug)]
+pub enum SystemdSocket {
+    /// A Unix stream socket (`ListenStream=/path`).
+    Unix(std::os::unix::net::UnixListener),
+    /// A TCP socket (`ListenStream=PORT`).
+    Tcp(std::net::TcpListener),
+}
+
+/// Takes the first socket systemd passes (`LISTEN_FDS`, `LISTEN_PID`), if any. Call it
+/// before any thread starts: it removes those variables from the environment.
+pub fn take_systemd_socket() -> anyhow::Result<Option<SystemdSocket>> {
+    let mut fds = listenfd::ListenFd::from_env();
+    if fds.len() == 0 {
+        return Ok(None);
+    }
+    if let Ok(Some(l)) = fds.take_unix_listener(0) {
+        return Ok(Some(SystemdSocket::Unix(l)));
+    }
+    match fds.take_tcp_listener(0) {
+        Ok(Some(l)) => Ok(Some(SystemdSocket::Tcp(l))),
+        Ok(None) => Ok(None),
+        Err(e) => Err(anyhow!(
+            "the socket passed by systemd (LISTEN_FDS) is neither a Unix nor a TCP stream listener: {e}"
+        )),
+    }
+}
+
 /// An accepted connection.
 pub enum Stream {
     /// From a TCP listener.
@@ -82,34 +110,27 @@ impl Listener {
         }
     }
 
-    /// Takes the first socket passed by systemd socket activation, if any.
-    pub fn from_systemd() -> anyhow::Result<Option<Listener>> {
-        let mut fds = listenfd::ListenFd::from_env();
-        if fds.len() == 0 {
-            return Ok(None);
-        }
-        if let Ok(Some(l)) = fds.take_unix_listener(0) {
-            l.set_nonblocking(true)
-                .context("cannot use the socket passed by systemd")?;
-            let listener =
-                UnixListener::from_std(l).context("cannot use the socket passed by systemd")?;
-            return Ok(Some(Listener::Unix {
-                listener,
-                owned: None,
-            }));
-        }
-        match fds.take_tcp_listener(0) {
-            Ok(Some(l)) => {
+    /// Wraps a socket taken from systemd with [`take_systemd_socket`]. Must run inside
+    /// the runtime.
+    pub fn from_systemd(socket: SystemdSocket) -> anyhow::Result<Listener> {
+        match socket {
+            SystemdSocket::Unix(l) => {
+                l.set_nonblocking(true)
+                    .context("cannot use the socket passed by systemd")?;
+                let listener =
+                    UnixListener::from_std(l).context("cannot use the socket passed by systemd")?;
+                Ok(Listener::Unix {
+                    listener,
+                    owned: None,
+                })
+            }
+            SystemdSocket::Tcp(l) => {
                 l.set_nonblocking(true)
                     .context("cannot use the socket passed by systemd")?;
                 let listener =
                     TcpListener::from_std(l).context("cannot use the socket passed by systemd")?;
-                Ok(Some(Listener::Tcp(listener)))
+                Ok(Listener::Tcp(listener))
             }
-            Ok(None) => Ok(None),
-            Err(e) => Err(anyhow!(
-                "the socket passed by systemd (LISTEN_FDS) is neither a Unix nor a TCP stream listener: {e}"
-            )),
         }
     }
 

@@ -1,9 +1,11 @@
 //! The accept loop shared by the webhook and admin listeners: a connection permit
 //! before each accept (backpressure), HTTP/1.1 with keep-alive and a header read
-//! timeout, and a graceful shutdown bounded in time.
+//! timeout, and a graceful shutdown bounded in time that drops no request already on
+//! its way.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,14 +13,19 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::listener::{Listener, Stream};
 use crate::webhook::Answer;
+
+/// At shutdown, how long a connection with no request in progress may still start one.
+/// A connection accepted just before the signal (or an idle keep-alive connection Nginx
+/// is just reusing) has its request on the way; closing it at once would drop it.
+const LAST_REQUEST_GRACE: Duration = Duration::from_millis(250);
 
 /// Limits of one listener.
 #[derive(Debug, Clone, Copy)]
@@ -42,7 +49,7 @@ pub async fn serve<S, F>(
     S: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Answer> + Send + 'static,
 {
-    let graceful = GracefulShutdown::new();
+    let connections = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(settings.max_connections));
     loop {
         let permit = tokio::select! {
@@ -56,50 +63,107 @@ pub async fn serve<S, F>(
             _ = shutdown.cancelled() => break,
             s = listener.accept() => s,
         };
+        let conn = Conn {
+            settings,
+            shutdown: shutdown.clone(),
+            permit,
+        };
         match stream {
-            Ok(Stream::Tcp(s)) => connection(s, service.clone(), settings, &graceful, permit),
-            Ok(Stream::Unix(s)) => connection(s, service.clone(), settings, &graceful, permit),
+            Ok(Stream::Tcp(s)) => connections.spawn(conn.run(s, service.clone())),
+            Ok(Stream::Unix(s)) => connections.spawn(conn.run(s, service.clone())),
             Err(e) => {
                 // Usually out of file descriptors: back off instead of spinning.
                 warn!(error = %e, "accept failed; pausing 100 ms");
                 tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
             }
-        }
+        };
     }
     drop(listener);
+    connections.close();
     tokio::select! {
-        _ = graceful.shutdown() => debug!("all connections closed"),
+        _ = connections.wait() => debug!("all connections closed"),
         _ = tokio::time::sleep(settings.shutdown_timeout) => {
-            info!("shutdown timeout reached; closing the remaining connections");
+            info!(open = connections.len(), "shutdown timeout reached; closing the remaining connections");
         }
     }
 }
 
-fn connection<IO, S, F>(
-    io: IO,
-    service: S,
+/// One accepted connection.
+struct Conn {
     settings: ServerSettings,
-    graceful: &GracefulShutdown,
+    shutdown: CancellationToken,
+    /// Held for the connection's lifetime: one of `max_connections`.
     permit: OwnedSemaphorePermit,
-) where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
-    F: Future<Output = Answer> + Send + 'static,
-{
-    let service = hyper::service::service_fn(move |request| {
-        let answer = service(request);
-        async move { Ok::<_, Infallible>(answer.await) }
-    });
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_timeout)
-        .keep_alive(true);
-    let conn = graceful.watch(builder.serve_connection(TokioIo::new(io), service));
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            debug!(error = %e, "connection ended with an error");
-        }
-        drop(permit);
-    });
+}
+
+impl Conn {
+    async fn run<IO, S, F>(self, io: IO, service: S)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+        F: Future<Output = Answer> + Send + 'static,
+    {
+        // Requests started on this connection, and those not yet answered.
+        let started = Arc::new(AtomicU64::new(0));
+        let active = Arc::new(AtomicUsize::new(0));
+        let service = {
+            let (started, active) = (started.clone(), active.clone());
+            hyper::service::service_fn(move |request| {
+                started.fetch_add(1, Ordering::SeqCst);
+                active.fetch_add(1, Ordering::SeqCst);
+                let answer = service(request);
+                let active = active.clone();
+                async move {
+                    let answer = answer.await;
+                    active.fetch_sub(1, Ordering::SeqCst);
+                    Ok::<_, Infallible>(answer)
+                }
+            })
+        };
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.settings.header_timeout)
+            .keep_alive(true);
+        let conn = builder.serve_connection(TokioIo::new(io), service);
+        let mut conn = std::pin::pin!(conn);
+        let result = tokio::select! {
+            r = conn.as_mut() => Some(r),
+            _ = self.shutdown.cancelled() => None,
+        };
+        let result = match result {
+            Some(r) => r,
+            None => {
+                if active.load(Ordering::SeqCst) == 0 {
+                    // Let a request already on its way start before closing.
+                    let seen = started.load(Ordering::SeqCst);
+                    let grace =
+                        tokio::time::sleep(LAST_REQUEST_GRACE.min(self.settings.shutdown_timeout));
+                    tokio::pin!(grace);
+                    loop {
+                        tokio::select! {
+                            r = conn.as_mut() => return finish(r, self.permit),
+                            _ = &mut grace => break,
+                            _ = tokio::time::sleep(Duration::from_millis(5)) => {
+                                if started.load(Ordering::SeqCst) != seen {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                }
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        finish(result, self.permit);
+    }
+}
+
+fn finish(result: Result<(), hyper::Error>, permit: OwnedSemaphorePermit) {
+    if let Err(e) = result {
+        debug!(error = %e, "connection ended with an error");
+    }
+    drop(permit);
 }

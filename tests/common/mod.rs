@@ -160,6 +160,9 @@ fn parse_answer(raw: &[u8]) -> Answer {
 /// A running xhubd.
 pub struct Xhubd {
     pub child: Option<Child>,
+    pub env: Vec<(String, String)>,
+    pub held: Option<std::os::unix::net::UnixListener>,
+    pub wait_ready: bool,
     pub dir: tempfile::TempDir,
     pub state_dir: PathBuf,
     pub target: Target,
@@ -173,6 +176,12 @@ pub struct Options {
     pub upstream: String,
     pub tcp: bool,
     pub extra: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// The test binds the Unix socket and passes it as systemd does (fd 3,
+    /// LISTEN_FDS=1, LISTEN_PID), keeping it open across restarts.
+    pub held_socket: bool,
+    /// Wait for the "xhubd ready" log line after each start.
+    pub wait_ready: bool,
 }
 
 impl Options {
@@ -181,7 +190,22 @@ impl Options {
             upstream: upstream.to_owned(),
             tcp: false,
             extra: vec![],
+            env: vec![],
+            held_socket: false,
+            wait_ready: true,
         }
+    }
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_owned(), value.to_owned()));
+        self
+    }
+    pub fn held_socket(mut self) -> Self {
+        self.held_socket = true;
+        self
+    }
+    pub fn no_wait(mut self) -> Self {
+        self.wait_ready = false;
+        self
     }
     pub fn tcp(mut self) -> Self {
         self.tcp = true;
@@ -234,8 +258,17 @@ impl Xhubd {
         ];
         args.extend(opts.extra);
         let log_path = dir.path().join("xhubd.log");
+        let held = match (&target, opts.held_socket) {
+            (Target::Unix(path), true) => {
+                Some(std::os::unix::net::UnixListener::bind(path).unwrap())
+            }
+            _ => None,
+        };
         let mut x = Xhubd {
             child: None,
+            env: opts.env,
+            held,
+            wait_ready: opts.wait_ready,
             dir,
             state_dir,
             target,
@@ -254,7 +287,25 @@ impl Xhubd {
             .append(true)
             .open(&self.log_path)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_xhubd"))
+        let mut command = match &self.held {
+            None => Command::new(env!("CARGO_BIN_EXE_xhubd")),
+            Some(listener) => {
+                use command_fds::{CommandFdExt, FdMapping};
+                // As systemd does: the socket as fd 3, and LISTEN_PID naming the
+                // daemon's own pid (exec keeps the shell's pid).
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(r#"LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" "$@""#)
+                    .arg(env!("CARGO_BIN_EXE_xhubd"));
+                c.fd_mappings(vec![FdMapping {
+                    parent_fd: std::os::fd::OwnedFd::from(listener.try_clone().unwrap()),
+                    child_fd: 3,
+                }])
+                .unwrap();
+                c
+            }
+        };
+        let child = command
             .args(&self.args)
             .env_remove("XHUBD_APP_SECRET")
             .env_remove("XHUBD_VERIFY_TOKEN")
@@ -262,6 +313,9 @@ impl Xhubd {
             .env_remove("STATE_DIRECTORY")
             .env_remove("LISTEN_FDS")
             .env_remove("LISTEN_PID")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("XHUBD_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -270,25 +324,24 @@ impl Xhubd {
             .expect("start xhubd");
         self.child = Some(child);
         self.runs += 1;
-        self.wait_ready();
+        if self.wait_ready {
+            self.wait_ready();
+        }
     }
 
-    fn wait_ready(&mut self) {
+    /// Waits for this run's "xhubd ready" log line (written once the listener is served).
+    pub fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("xhubd exited at start ({status}): {}", self.logs());
             }
-            let up = match &self.target {
-                Target::Unix(p) => UnixStream::connect(p).is_ok(),
-                Target::Tcp(a) => TcpStream::connect(a).is_ok(),
-            };
-            if up {
+            if self.logs().matches("xhubd ready").count() >= self.runs {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("xhubd did not start listening: {}", self.logs());
+        panic!("xhubd did not become ready: {}", self.logs());
     }
 
     /// Everything xhubd logged so far (all runs).

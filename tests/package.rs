@@ -1,0 +1,157 @@
+//! The Debian package built by `scripts/package.sh` (which `scripts/test.sh` runs before
+//! the tests) holds the binary, both units, the Nginx files, the conffiles, man pages
+//! and completions, and what it ships is what this tree holds.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn deb() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/debian");
+    let version = env!("CARGO_PKG_VERSION");
+    let found: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                    name.starts_with(&format!("xhubd_{version}")) && name.ends_with(".deb")
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        found.len(),
+        1,
+        "expected one xhubd_{version}_*.deb in {}: build it with `bash scripts/package.sh` (scripts/test.sh does)",
+        dir.display()
+    );
+    found.into_iter().next().unwrap()
+}
+
+fn dpkg_deb(args: &[&str], deb: &Path) -> String {
+    let out = Command::new("dpkg-deb")
+        .args(args)
+        .arg(deb)
+        .output()
+        .expect("dpkg-deb (Debian package dpkg)");
+    assert!(
+        out.status.success(),
+        "dpkg-deb {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// One file of the package's data.
+fn packaged_file(deb: &Path, path: &str) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let status = Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(deb)
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::read(dir.path().join(path))
+        .unwrap_or_else(|e| panic!("{path} not in the package: {e}"))
+}
+
+#[test]
+fn the_package_holds_everything_an_operator_needs() {
+    let deb = deb();
+    let listing = dpkg_deb(&["-c"], &deb);
+    for path in [
+        "./usr/bin/xhubd",
+        "./lib/systemd/system/xhubd.service",
+        "./lib/systemd/system/xhubd.socket",
+        "./etc/default/xhubd",
+        "./etc/nginx/sites-available/xhubd",
+        "./etc/nginx/snippets/xhubd-proxy.conf",
+        "./usr/share/man/man1/xhubd.1",
+        "./usr/share/man/man1/xhubd-serve.1",
+        "./usr/share/man/man1/xhubd-sign.1",
+        "./usr/share/bash-completion/completions/xhubd",
+        "./usr/share/zsh/vendor-completions/_xhubd",
+        "./usr/share/fish/vendor_completions.d/xhubd.fish",
+        "./usr/share/doc/xhubd/README.md",
+    ] {
+        assert!(
+            listing.lines().any(|l| l.ends_with(path)),
+            "{path} missing from the package:\n{listing}"
+        );
+    }
+    assert!(
+        !listing.contains("sites-enabled"),
+        "the Nginx site is shipped available, not enabled"
+    );
+
+    let control = Command::new("dpkg-deb")
+        .arg("-I")
+        .arg(&deb)
+        .arg("conffiles")
+        .output()
+        .unwrap();
+    let conffiles = String::from_utf8_lossy(&control.stdout);
+    assert!(
+        conffiles.contains("/etc/default/xhubd"),
+        "conffiles: {conffiles}"
+    );
+    assert!(
+        conffiles.contains("/etc/nginx/sites-available/xhubd"),
+        "conffiles: {conffiles}"
+    );
+    let postinst = Command::new("dpkg-deb")
+        .arg("-I")
+        .arg(&deb)
+        .arg("postinst")
+        .output()
+        .unwrap();
+    let postinst = String::from_utf8_lossy(&postinst.stdout);
+    assert!(
+        postinst.contains("/etc/xhubd"),
+        "postinst creates the credentials directory: {postinst}"
+    );
+
+    // What is shipped is what this tree holds.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (packaged, ours) in [
+        ("lib/systemd/system/xhubd.service", "systemd/xhubd.service"),
+        ("lib/systemd/system/xhubd.socket", "systemd/xhubd.socket"),
+        ("etc/nginx/sites-available/xhubd", "nginx/xhubd.conf"),
+        ("etc/default/xhubd", "debian/xhubd.default"),
+    ] {
+        assert_eq!(
+            packaged_file(&deb, packaged),
+            std::fs::read(root.join(ours)).unwrap(),
+            "{packaged} differs from {ours}: rebuild the package"
+        );
+    }
+    let man = String::from_utf8_lossy(&packaged_file(&deb, "usr/share/man/man1/xhubd-serve.1"))
+        .into_owned();
+    assert!(
+        man.contains("upstream"),
+        "the man page documents the options"
+    );
+}
+
+#[test]
+fn the_packaged_binary_runs() {
+    let deb = deb();
+    let dir = tempfile::tempdir().unwrap();
+    assert!(Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(dir.path())
+        .status()
+        .unwrap()
+        .success());
+    let out = Command::new(dir.path().join("usr/bin/xhubd"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("xhubd {}", env!("CARGO_PKG_VERSION"))
+    );
+}
