@@ -120,7 +120,11 @@ run_wrk() { # URL OUTFILE ARRAYNAME: runs the load, parses done()'s WRKSTATS lin
     env BENCH_APP_SECRET="$secret" BODY_BYTES="$BODY_BYTES" \
     wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s bench/sign.lua "$1" >"$2"
   for kv in $(sed -n 's/^WRKSTATS //p' "$2"); do stats[${kv%%=*}]=${kv#*=}; done
-  [ -n "${stats[requests]:-}" ] || { echo "no WRKSTATS line from wrk:" >&2; cat "$2" >&2; return 1; }
+  if [ -z "${stats[requests]:-}" ]; then
+    echo "no WRKSTATS line from wrk:" >&2
+    cat "$2" >&2
+    return 1
+  fi
   stats[ok]=$((stats[requests] - stats[status]))
   stats[socket]="${stats[connect]}/${stats[read]}/${stats[write]}/${stats[timeout]}"
   stats[socket_errors]=$((stats[connect] + stats[read] + stats[write] + stats[timeout]))
@@ -140,6 +144,7 @@ wait_listening "$upstream_pid" "$upstream_port" bench-upstream
 
 echo "baseline: wrk -> bench-upstream for $DURATION" >&2
 run_wrk "http://$HOST:$upstream_port/" "$tmp/wrk-baseline.txt" base
+sleep 0.5 # the stragglers wrk did not wait for
 before=$(upstream_count)
 
 xhubd_port=$(free_port)
@@ -153,7 +158,7 @@ XHUBD_LOG=$LOG_LEVEL "$xhubd_bin" serve \
   2>"$LOG_FILE" &
 xhubd_pid=$!
 pids+=("$xhubd_pid")
-wait_listening "$xhubd_pid" "$xhubd_port" xhubd
+wait_listening "$xhubd_pid" "$xhubd_port" xhubd || { tail -n 20 "$LOG_FILE" >&2; exit 1; }
 
 echo "xhubd: wrk -> xhubd -> bench-upstream for $DURATION" >&2
 cpu_start=$(cpu_ticks "$xhubd_pid")
@@ -186,6 +191,7 @@ else
   delivered_rate="-"
   drain="not drained ($delivered of ${xhub[ok]} after ${DRAIN_TIMEOUT}s)"
 fi
+extra=$((delivered_total - xhub[ok]))
 cpu_per_k=$(calc %.3f "($cpu_end - $cpu_start) / $ticks / $delivered * 1000")
 
 mkdir -p bench/out
@@ -207,8 +213,7 @@ report=bench/out/run-$(date +%Y%m%dT%H%M%S).txt
   row "2xx answers" "${xhub[ok]}" "${base[ok]}" ""
   row "non-2xx answers" "${xhub[status]}" "${base[status]}" ""
   row "socket errors conn/read/write/tmo" "${xhub[socket]}" "${base[socket]}" ""
-  row "delivered (+ in flight at wrk stop)" \
-    "$delivered_total (+$((delivered_total - xhub[ok])))" "-" ""
+  row "delivered (+ in flight at stop)" "$delivered_total (+$extra)" "-" ""
   row "peak RSS (MiB)" "$(calc %.1f "$rss_kib / 1024")" "-" ""
   row "CPU s per 1,000 events" "$cpu_per_k" "-" ""
 } | tee "$report"

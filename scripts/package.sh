@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-command -v cargo-deb >/dev/null || cargo install cargo-deb --locked
+# A debug build of cargo-deb compiles faster, and its speed does not matter here.
+command -v cargo-deb >/dev/null || cargo install cargo-deb --locked --debug
 
 cargo build --release --locked --bin xhubd
 

@@ -62,14 +62,14 @@ fn the_package_holds_everything_an_operator_needs() {
     let listing = dpkg_deb(&["-c"], &deb);
     for path in [
         "./usr/bin/xhubd",
-        "./lib/systemd/system/xhubd.service",
-        "./lib/systemd/system/xhubd.socket",
+        "./usr/lib/systemd/system/xhubd.service",
+        "./usr/lib/systemd/system/xhubd.socket",
         "./etc/default/xhubd",
         "./etc/nginx/sites-available/xhubd",
         "./etc/nginx/snippets/xhubd-proxy.conf",
-        "./usr/share/man/man1/xhubd.1",
-        "./usr/share/man/man1/xhubd-serve.1",
-        "./usr/share/man/man1/xhubd-sign.1",
+        "./usr/share/man/man1/xhubd.1.gz",
+        "./usr/share/man/man1/xhubd-serve.1.gz",
+        "./usr/share/man/man1/xhubd-sign.1.gz",
         "./usr/share/bash-completion/completions/xhubd",
         "./usr/share/zsh/vendor-completions/_xhubd",
         "./usr/share/fish/vendor_completions.d/xhubd.fish",
@@ -115,8 +115,14 @@ fn the_package_holds_everything_an_operator_needs() {
     // What is shipped is what this tree holds.
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     for (packaged, ours) in [
-        ("lib/systemd/system/xhubd.service", "systemd/xhubd.service"),
-        ("lib/systemd/system/xhubd.socket", "systemd/xhubd.socket"),
+        (
+            "usr/lib/systemd/system/xhubd.service",
+            "systemd/xhubd.service",
+        ),
+        (
+            "usr/lib/systemd/system/xhubd.socket",
+            "systemd/xhubd.socket",
+        ),
         ("etc/nginx/sites-available/xhubd", "nginx/xhubd.conf"),
         ("etc/default/xhubd", "debian/xhubd.default"),
     ] {
@@ -126,10 +132,16 @@ fn the_package_holds_everything_an_operator_needs() {
             "{packaged} differs from {ours}: rebuild the package"
         );
     }
-    let man = String::from_utf8_lossy(&packaged_file(&deb, "usr/share/man/man1/xhubd-serve.1"))
-        .into_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("xhubd-serve.1.gz");
+    std::fs::write(
+        &page,
+        packaged_file(&deb, "usr/share/man/man1/xhubd-serve.1.gz"),
+    )
+    .unwrap();
+    let man = Command::new("zcat").arg(&page).output().unwrap();
     assert!(
-        man.contains("upstream"),
+        String::from_utf8_lossy(&man.stdout).contains("XHUBD_UPSTREAM"),
         "the man page documents the options"
     );
 }
