@@ -3,7 +3,8 @@
 # Installs what the tests need when it is missing (Debian packages; as root, or with
 # sudo): nginx-light for the end-to-end tests through the shipped site file, curl as
 # their TLS client, systemd for systemd-analyze and systemd-socket-activate, dpkg-dev
-# for the package's dependencies. SQLite is bundled; cargo-deb comes from crates.io.
+# for the package's dependencies, chromium and chromium-driver for the status page's
+# browser test. SQLite is bundled; cargo-deb comes from crates.io.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +13,8 @@ missing=()
 command -v curl >/dev/null || missing+=(curl)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v dpkg-shlibdeps >/dev/null || missing+=(dpkg-dev)
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -21,6 +24,16 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
-# The Debian package, which tests/package.rs inspects.
-bash scripts/package.sh
-cargo test --all-targets --locked
+# The Debian package, which tests/package.rs inspects (an unoptimised binary inside,
+# to spare a release build; scripts/package.sh alone builds the release one).
+PROFILE=dev bash scripts/package.sh
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --all-targets --locked 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line with the totals of every test binary.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "all tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"

@@ -23,6 +23,15 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Print the X-Hub-Signature-256 header Meta would send for a body.
     Sign(SignArgs),
+    /// Inspect, replay and purge stored events (works on --state-dir directly, safely
+    /// while the daemon runs).
+    Events(EventsArgs),
+    /// Check a configuration (the options of serve): secrets readable, state dir
+    /// writable, upstream reachable. Exits 0, or 2 with the reasons.
+    Check(Box<ServeArgs>),
+    /// Do what Meta's dashboard does: a verification request, then a signed sample
+    /// event, and print what happened at each step.
+    SendTest(SendTestArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -194,6 +203,20 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR", env = "XHUBD_ADMIN_LISTEN")]
     pub admin_listen: Option<String>,
 
+    /// Protects every admin route except /healthz and /readyz: send it as
+    /// "Authorization: Bearer TOKEN", or as the password of HTTP Basic (browsers prompt).
+    #[arg(
+        long,
+        value_name = "T",
+        env = "XHUBD_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+
+    /// A file holding the admin token (a trailing newline is ignored).
+    #[arg(long, value_name = "F", env = "XHUBD_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
     /// Most connections served at once; further clients wait in the listen backlog.
     #[arg(
         long,
@@ -225,6 +248,108 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, value_enum, env = "XHUBD_LOG_FORMAT", default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// Options of `xhubd events`.
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// The spool directory of the daemon.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "STATE_DIRECTORY",
+        default_value = "/var/lib/xhubd",
+        global = true
+    )]
+    pub state_dir: String,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub action: EventsAction,
+}
+
+/// `xhubd events` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum EventsAction {
+    /// List the newest events.
+    List {
+        /// Only events in this state.
+        #[arg(long, value_parser = ["pending", "delivered", "dead"])]
+        state: Option<String>,
+        /// How many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one event: state, headers and payload.
+    Show {
+        /// The event id (X-Xhubd-Event-Id).
+        id: String,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a dead (or delivered) event pending again, with a fresh --retry-for.
+    Replay {
+        /// The event id.
+        #[arg(required_unless_present = "all_dead", conflicts_with = "all_dead")]
+        id: Option<String>,
+        /// Every dead event.
+        #[arg(long)]
+        all_dead: bool,
+    },
+    /// Delete delivered events accepted more than DUR ago (pending and dead events are
+    /// never purged).
+    Purge {
+        /// Age, e.g. 1d.
+        #[arg(long, value_name = "DUR")]
+        delivered_before: String,
+    },
+}
+
+/// Options of `xhubd send-test`.
+#[derive(Debug, Args)]
+pub struct SendTestArgs {
+    /// The callback URL, as entered in Meta's dashboard (https://…/webhook), or the
+    /// daemon's own address (http://127.0.0.1:8080/).
+    #[arg(long, value_name = "URL")]
+    pub url: String,
+    /// The App Secret to sign with.
+    #[arg(
+        long,
+        value_name = "S",
+        env = "XHUBD_APP_SECRET",
+        hide_env_values = true
+    )]
+    pub app_secret: String,
+    /// The verify token.
+    #[arg(
+        long,
+        value_name = "T",
+        env = "XHUBD_VERIFY_TOKEN",
+        hide_env_values = true
+    )]
+    pub verify_token: String,
+    /// The sample's object.
+    #[arg(long, default_value = "user")]
+    pub object: String,
+    /// The sample's field.
+    #[arg(long, default_value = "photos")]
+    pub field: String,
+    /// Send N updates in one notification (Meta batches up to 1000).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub batch: usize,
+    /// A client certificate (PEM, with its chain) to present, to test Nginx's mTLS.
+    #[arg(long, value_name = "F", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "F", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Trust this CA (PEM) for the server's certificate, besides the system's roots.
+    #[arg(long, value_name = "F")]
+    pub cacert: Option<PathBuf>,
 }
 
 /// Options of `xhubd sign`.

@@ -44,8 +44,10 @@ pub struct Config {
     pub upstream_timeout: Duration,
     /// Header holding the client certificate subject, with the expected CN.
     pub client_cn: Option<(http::HeaderName, String)>,
-    /// Health listener address.
+    /// Admin listener address.
     pub admin_listen: Option<ListenAddr>,
+    /// Token protecting the admin routes.
+    pub admin_token: Option<Secret>,
     /// Connections served at once.
     pub max_connections: usize,
     /// Time to receive a request's headers.
@@ -109,6 +111,18 @@ impl Config {
             None => None,
             Some(a) => Some(ListenAddr::parse(&a).context("--admin-listen")?),
         };
+        let admin_credential = credential(credentials.as_deref(), "admin_token");
+        let admin_token = match (
+            args.admin_token.as_deref(),
+            args.admin_token_file.as_deref(),
+            admin_credential.as_deref(),
+        ) {
+            (None, None, None) => None,
+            (value, file, credential) => Some(
+                load_verify_token(&one_source("--admin-token", value, file, credential)?)
+                    .map_err(|e| anyhow!("admin token: {e:#}"))?,
+            ),
+        };
         if args.upstream_concurrency == 0 {
             bail!("--upstream-concurrency must be at least 1");
         }
@@ -138,6 +152,7 @@ impl Config {
             upstream_timeout: positive("--upstream-timeout", &args.upstream_timeout)?,
             client_cn,
             admin_listen,
+            admin_token,
             max_connections: args.max_connections,
             header_timeout: positive("--header-timeout", &args.header_timeout)?,
             shutdown_timeout: positive("--shutdown-timeout", &args.shutdown_timeout)?,

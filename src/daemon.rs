@@ -5,7 +5,7 @@
 use std::fs::{File, TryLockError};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, Context};
 use clap::error::ErrorKind;
@@ -18,9 +18,11 @@ use crate::admin::Admin;
 use crate::cli::{Cli, Command};
 use crate::config::{redacted_url, Config};
 use crate::delivery::backoff::RetryPolicy;
+use crate::delivery::status::UpstreamStatus;
 use crate::delivery::upstream::Upstream;
 use crate::delivery::Delivery;
 use crate::listener::{take_systemd_socket, Listener, SystemdSocket};
+use crate::metrics::Metrics;
 use crate::notify;
 use crate::server::{self, ServerSettings};
 use crate::shutdown::StopSignals;
@@ -48,6 +50,25 @@ pub fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => startup_error(&e),
         },
+        Command::Events(args) => match crate::events_cli::run(&args) {
+            Ok(text) => {
+                println!("{}", text.trim_end());
+                ExitCode::SUCCESS
+            }
+            Err(e) => startup_error(&e),
+        },
+        Command::Check(args) => {
+            let (report, ok) = crate::check::run(*args);
+            for line in report {
+                println!("{line}");
+            }
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_STARTUP)
+            }
+        }
+        Command::SendTest(args) => crate::send_test::main(&args),
         Command::Sign(args) => match crate::sign::run(&args) {
             Ok(header) => {
                 println!("{header}");
@@ -162,6 +183,8 @@ impl Daemon {
             shutdown_timeout: config.shutdown_timeout,
         };
         let delivery_running = Arc::new(AtomicBool::new(false));
+        let metrics = Arc::new(Metrics::new());
+        let upstream_status = Arc::new(UpstreamStatus::default());
         let delivery = Delivery {
             spool: spool.clone(),
             queue,
@@ -173,6 +196,8 @@ impl Daemon {
             },
             concurrency: config.upstream_concurrency,
             running: delivery_running.clone(),
+            metrics: metrics.clone(),
+            status: upstream_status.clone(),
         };
         let delivery = tokio::spawn(delivery.run(shutdown.clone(), config.shutdown_timeout));
 
@@ -184,6 +209,7 @@ impl Daemon {
                 .client_cn
                 .map(|(header, cn)| ClientCnCheck::new(header, cn)),
             spool: spool.clone(),
+            metrics: metrics.clone(),
         });
         let listen_addr = listener.local_addr();
         let mut listeners = vec![tokio::spawn(server::serve(
@@ -200,12 +226,18 @@ impl Daemon {
             let admin = Arc::new(Admin {
                 spool: spool.health.clone(),
                 delivery_running,
+                metrics,
+                upstream: upstream_status,
+                upstream_url: redacted_url(&config.upstream),
+                db: Arc::new(Mutex::new(schema::open(&config.state_dir)?)),
+                new_events: spool.new_events.clone(),
+                token: config.admin_token,
             });
             listeners.push(tokio::spawn(server::serve(
                 admin_listener,
                 move |request| {
                     let admin = admin.clone();
-                    async move { admin.handle(request).await }
+                    admin.handle(request)
                 },
                 settings,
                 shutdown.clone(),

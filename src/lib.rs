@@ -14,26 +14,32 @@
 //! - [`spool`]: the SQLite store: one writer thread with group commit, de-duplication,
 //!   and the queries that feed delivery.
 //! - [`delivery`]: sends stored events to the upstream with retries and backoff.
-//! - [`admin`]: the optional health listener.
+//! - [`admin`]: the optional admin listener: health, metrics, status page, replay;
+//!   [`metrics`] holds the Prometheus registry.
 //! - [`daemon`]: wires the parts together for `xhubd serve`; [`notify`] tells systemd
 //!   when it is ready, stopping, and alive (watchdog).
 //! - [`sign`]: `xhubd sign`, the signature Meta would send for a body; [`docs`]: man
 //!   pages and shell completions.
+//! - [`events_cli`], [`check`], [`send_test`]: the operator's commands.
 //! - [`secret`], [`duration`], [`logging`], [`shutdown`]: small helpers.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod admin;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod delivery;
 pub mod docs;
 pub mod duration;
+pub mod events_cli;
 pub mod listener;
 pub mod logging;
+pub mod metrics;
 pub mod notify;
 pub mod secret;
+pub mod send_test;
 pub mod server;
 pub mod shutdown;
 pub mod sign;

@@ -232,3 +232,40 @@ fn a_3mb_body_passes_and_an_oversized_one_gets_413() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(f.up.count(), 1);
 }
+
+#[test]
+fn send_test_checks_the_whole_mtls_path() {
+    let f = front(false, true);
+    let url = format!("https://localhost:{}/webhook", f.nginx.port);
+    let run = |client: Option<&common::pki::ClientId>| {
+        let mut args = vec![
+            "send-test".to_owned(),
+            "--url".into(),
+            url.clone(),
+            "--app-secret".into(),
+            APP_SECRET.into(),
+            "--verify-token".into(),
+            VERIFY_TOKEN.into(),
+            "--cacert".into(),
+            f.pki.server_ca.display().to_string(),
+        ];
+        if let Some(id) = client {
+            args.extend([
+                "--cert".into(),
+                id.chain.display().to_string(),
+                "--key".into(),
+                id.key.display().to_string(),
+            ]);
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        // "localhost" must resolve to the loopback Nginx listens on.
+        run_xhubd(&refs, None)
+    };
+    let (code, out, err) = run(Some(&f.pki.good));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("the challenge came back") && out.contains("the event was accepted"));
+    f.up.wait_for(1, Duration::from_secs(20));
+    let (code, out, _) = run(None);
+    assert_eq!(code, 1);
+    assert!(out.contains("FAILED: 403"), "{out}");
+}

@@ -28,10 +28,10 @@ impl RetryPolicy {
     }
 
     /// When to try again after a retryable failure at `now` (unix ms), or `None` when
-    /// `--retry-for` has run out and the event becomes dead. The last attempt is made
-    /// right at the deadline.
-    pub fn next_attempt(&self, received_at: i64, now: i64, attempts: i64) -> Option<i64> {
-        let deadline = received_at.saturating_add(millis(self.retry_for));
+    /// `--retry-for` after `since` (acceptance, or the last replay) has run out and the
+    /// event becomes dead. The last attempt is made right at the deadline.
+    pub fn next_attempt(&self, since: i64, now: i64, attempts: i64) -> Option<i64> {
+        let deadline = since.saturating_add(millis(self.retry_for));
         if now >= deadline {
             return None;
         }

@@ -4,12 +4,14 @@
 //!
 //! - [`upstream`]: the HTTP client and one attempt.
 //! - [`backoff`]: when to try again.
+//! - [`status`]: how the upstream is doing, for the status page.
 //!
 //! An event stays *busy* from the start of its attempt until its outcome is committed,
 //! so it is never sent twice at once; if xhubd stops in between, the event is still
 //! pending on disk and is sent again after the restart (at-least-once).
 
 pub mod backoff;
+pub mod status;
 pub mod upstream;
 
 use std::collections::{HashSet, VecDeque};
@@ -22,9 +24,11 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::metrics::{AttemptResult, Metrics};
 use crate::spool::queue::{DueEvent, Queue};
 use crate::spool::{now_ms, Outcome, Spool};
 use backoff::RetryPolicy;
+use status::UpstreamStatus;
 use upstream::{Attempt, Upstream};
 
 /// Due events fetched per query (beyond those already busy).
@@ -46,6 +50,10 @@ pub struct Delivery {
     pub concurrency: usize,
     /// Set while the scheduler runs (for /readyz).
     pub running: Arc<AtomicBool>,
+    /// Counters and histograms.
+    pub metrics: Arc<Metrics>,
+    /// The upstream's state, for the status page.
+    pub status: Arc<UpstreamStatus>,
 }
 
 impl Delivery {
@@ -141,7 +149,12 @@ impl Delivery {
             Err(e) => Attempt::Retryable(format!("cannot read the event from the spool: {e}")),
         };
         drop(permit);
-        let elapsed_ms = started.elapsed().as_millis() as u64;
+        let elapsed = started.elapsed();
+        let elapsed_ms = elapsed.as_millis() as u64;
+        match &result {
+            Attempt::Delivered(_) => self.status.success(),
+            Attempt::Retryable(e) | Attempt::Refused(e) => self.status.failure(e),
+        }
         let outcome = match result {
             Attempt::Delivered(status) => {
                 info!(event_id = %event.id, attempts, status = status.as_u16(), elapsed_ms, "delivered");
@@ -149,7 +162,7 @@ impl Delivery {
             }
             Attempt::Retryable(error) => {
                 let now = now_ms();
-                match self.policy.next_attempt(event.received_at, now, attempts) {
+                match self.policy.next_attempt(event.retry_from, now, attempts) {
                     Some(next_attempt_at) => {
                         warn!(event_id = %event.id, attempts, error = %error, retry_in_ms = next_attempt_at - now, "delivery failed; retry scheduled");
                         Outcome::Retry {
@@ -170,6 +183,12 @@ impl Delivery {
                 Outcome::Dead { error }
             }
         };
+        let counted = match &outcome {
+            Outcome::Delivered => AttemptResult::Delivered,
+            Outcome::Retry { .. } => AttemptResult::Retry,
+            Outcome::Dead { .. } => AttemptResult::Dead,
+        };
+        self.metrics.attempt(counted, elapsed.as_secs_f64());
         if let Err(e) = self.spool.record(event.seq, attempts, outcome).await {
             warn!(event_id = %event.id, error = %e, "cannot record the delivery outcome; the event stays pending and will be sent again");
             tokio::time::sleep(IDLE_POLL).await;

@@ -65,8 +65,10 @@ impl Upstream {
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(pool);
         let inner = if url.scheme() == "https" {
+            // The ring provider, named explicitly: never the process default.
+            let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
             let https = hyper_rustls::HttpsConnectorBuilder::new()
-                .with_native_roots()
+                .with_provider_and_native_roots(provider)
                 .context("cannot load the system's root certificates for the https upstream")?
                 .https_only()
                 .enable_http1()
@@ -149,7 +151,8 @@ pub fn classify(status: StatusCode) -> Attempt {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error and its sources on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -6,7 +6,9 @@
 //! - [`writer`]: the writer thread: accept (dedup check + insert, atomically) and
 //!   delivery outcomes, batched into one transaction.
 //! - [`queue`]: the read side used by delivery (due events, bodies).
+//! - [`inspect`]: the operator's view: list, show, replay, purge, counts.
 
+pub mod inspect;
 pub mod queue;
 pub mod schema;
 pub mod writer;
@@ -29,6 +31,12 @@ pub struct NewEvent {
     pub signature: String,
     /// What identifies it for dedup.
     pub identity: Identity,
+    /// The notification's `object` (for operators), or empty.
+    pub object: String,
+    /// The first item's field (`changes[].field`, `messaging`, a Threads topic), or empty.
+    pub field: String,
+    /// The request headers as a JSON object (credentials removed), for operators.
+    pub headers: String,
 }
 
 /// What the spool did with an event.

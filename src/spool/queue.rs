@@ -21,8 +21,8 @@ pub struct DueEvent {
     pub seq: i64,
     /// The public event id (`X-Xhubd-Event-Id`).
     pub id: String,
-    /// When it was accepted (unix ms).
-    pub received_at: i64,
+    /// When its retry period began (unix ms): acceptance, or the last replay.
+    pub retry_from: i64,
     /// Attempts made so far.
     pub attempts: i64,
     /// Meta's signature header, forwarded unchanged.
@@ -58,7 +58,7 @@ impl Queue {
     pub fn due(&self, now: i64, limit: usize) -> rusqlite::Result<Vec<DueEvent>> {
         self.with(|conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT seq, id, received_at, attempts, signature,
+                "SELECT seq, id, retry_from, attempts, signature,
                         CASE WHEN size <= ?3 THEN body END
                  FROM events WHERE state = 0 AND next_attempt_at <= ?1
                  ORDER BY next_attempt_at, seq LIMIT ?2",
@@ -67,7 +67,7 @@ impl Queue {
                 Ok(DueEvent {
                     seq: r.get(0)?,
                     id: r.get(1)?,
-                    received_at: r.get(2)?,
+                    retry_from: r.get(2)?,
                     attempts: r.get(3)?,
                     signature: r.get(4)?,
                     body: r.get::<_, Option<Vec<u8>>>(5)?.map(Bytes::from),

@@ -12,6 +12,16 @@ pub const DB_FILE: &str = "spool.sqlite3";
 
 /// Event states as stored.
 pub mod state {
+    /// The name of a state, as shown to operators.
+    pub fn name(state: i64) -> &'static str {
+        match state {
+            PENDING => "pending",
+            DELIVERED => "delivered",
+            DEAD => "dead",
+            _ => "unknown",
+        }
+    }
+
     /// Waiting for (another) delivery attempt.
     pub const PENDING: i64 = 0;
     /// The upstream answered 2xx.
@@ -30,7 +40,11 @@ CREATE TABLE IF NOT EXISTS events (
     next_attempt_at INTEGER NOT NULL,
     finished_at     INTEGER,
     last_error      TEXT,
+    retry_from      INTEGER NOT NULL,
     size            INTEGER NOT NULL,
+    object          TEXT    NOT NULL DEFAULT '',
+    field           TEXT    NOT NULL DEFAULT '',
+    headers         TEXT    NOT NULL DEFAULT '{}',
     signature       TEXT    NOT NULL,
     body            BLOB    NOT NULL
 );
@@ -42,7 +56,12 @@ CREATE TABLE IF NOT EXISTS dedup (
     seen_at  INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS dedup_seen ON dedup(seen_at);
+CREATE INDEX IF NOT EXISTS events_dead ON events(finished_at) WHERE state = 2;
+PRAGMA user_version = 1;
 ";
+
+/// The layout version this build reads and writes (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i64 = 1;
 
 /// Opens (and creates if needed) the spool database in `state_dir`, with WAL and
 /// `synchronous=FULL`, so that a committed transaction survives a crash or power loss.
@@ -51,6 +70,15 @@ pub fn open(state_dir: &Path) -> anyhow::Result<Connection> {
     let conn = Connection::open(&path)
         .with_context(|| format!("cannot open the spool {}", path.display()))?;
     configure(&conn).with_context(|| format!("cannot prepare the spool {}", path.display()))?;
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .with_context(|| format!("cannot read the spool {}", path.display()))?;
+    if version > SCHEMA_VERSION {
+        anyhow::bail!(
+            "the spool {} was written by a newer xhubd (layout {version}, this one reads {SCHEMA_VERSION})",
+            path.display()
+        );
+    }
     conn.execute_batch(SCHEMA)
         .with_context(|| format!("cannot create the spool schema in {}", path.display()))?;
     Ok(conn)

@@ -225,14 +225,18 @@ fn accept_one(
     }
     let id = uuid::Uuid::now_v7().to_string();
     tx.prepare_cached(
-        "INSERT INTO events (id, received_at, state, attempts, next_attempt_at, size, signature, body)
-         VALUES (?1, ?2, ?3, 0, ?2, ?4, ?5, ?6)",
+        "INSERT INTO events (id, received_at, state, attempts, next_attempt_at, retry_from, size,
+                             object, field, headers, signature, body)
+         VALUES (?1, ?2, ?3, 0, ?2, ?2, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![
         id,
         now,
         state::PENDING,
         event.body.len() as i64,
+        event.object,
+        event.field,
+        event.headers,
         event.signature,
         &event.body[..]
     ])?;

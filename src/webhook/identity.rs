@@ -25,6 +25,32 @@ impl Identity {
     }
 }
 
+/// What the notification is about, for operators: its `object` and the first item's
+/// field (`changes[].field`, `changed_fields[]`, `messaging`, or a Threads `topic`).
+pub fn describe(doc: &Map<String, Value>) -> (String, String) {
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or_default().to_owned();
+    let object = text(doc.get("object"));
+    let entry = doc
+        .get("entry")
+        .and_then(Value::as_array)
+        .and_then(|e| e.first());
+    let field = match entry {
+        Some(entry) => {
+            if let Some(change) = entry.get("changes").and_then(|c| c.get(0)) {
+                text(change.get("field"))
+            } else if let Some(first) = entry.get("changed_fields").and_then(|c| c.get(0)) {
+                text(Some(first))
+            } else if entry.get("messaging").is_some() {
+                "messaging".to_owned()
+            } else {
+                String::new()
+            }
+        }
+        None => text(doc.get("topic")),
+    };
+    (object, field)
+}
+
 /// `body:` and the hex SHA-256 of the raw bytes.
 pub fn body_key(raw: &[u8]) -> String {
     format!("body:{}", hex::encode(Sha256::digest(raw)))
@@ -149,6 +175,30 @@ mod tests {
         );
         assert_eq!(keys(json!({"entry":[]})), None);
         assert_eq!(keys(json!({"entry":"nonsense"})), None);
+    }
+
+    #[test]
+    fn describes_object_and_field() {
+        let d = |v: Value| describe(v.as_object().unwrap());
+        assert_eq!(
+            d(
+                json!({"object":"whatsapp_business_account","entry":[{"changes":[{"field":"messages"}]}]})
+            ),
+            ("whatsapp_business_account".into(), "messages".into())
+        );
+        assert_eq!(
+            d(json!({"object":"user","entry":[{"changed_fields":["photos"]}]})),
+            ("user".into(), "photos".into())
+        );
+        assert_eq!(
+            d(json!({"object":"page","entry":[{"messaging":[]}]})),
+            ("page".into(), "messaging".into())
+        );
+        assert_eq!(
+            d(json!({"app_id":"1","topic":"moderate"})),
+            ("".into(), "moderate".into())
+        );
+        assert_eq!(d(json!({"object":7})), ("".into(), "".into()));
     }
 
     #[test]

@@ -14,12 +14,16 @@ pub mod client_cn;
 pub mod identity;
 pub mod signature;
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use tracing::{error, info, warn};
 
+use crate::metrics::{Metrics, RequestOutcome};
 use crate::secret::Secret;
 use crate::spool::{NewEvent, Spool, Stored};
 use challenge::Challenge;
@@ -41,6 +45,8 @@ pub struct Webhook {
     pub client_cn: Option<ClientCnCheck>,
     /// Where events go.
     pub spool: Spool,
+    /// Counters and histograms.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Webhook {
@@ -61,6 +67,7 @@ impl Webhook {
             Method::POST => self.event(request).await,
             _ => {
                 info!(method = %request.method(), "rejected: method not allowed");
+                self.metrics.request(RequestOutcome::MethodNotAllowed);
                 let mut answer = text(
                     StatusCode::METHOD_NOT_ALLOWED,
                     "only GET and POST are allowed",
@@ -75,7 +82,12 @@ impl Webhook {
 
     /// The verification request. The query string is never logged: it holds the token.
     fn verify(&self, request: &Request<Incoming>) -> Answer {
-        match challenge::check(request.uri().query(), &self.verify_token) {
+        let result = challenge::check(request.uri().query(), &self.verify_token);
+        self.metrics.request(match result {
+            Challenge::Answer(_) => RequestOutcome::Verified,
+            _ => RequestOutcome::ChallengeRefused,
+        });
+        match result {
             Challenge::Answer(value) => {
                 info!("verification challenge answered");
                 Response::builder()
@@ -104,6 +116,20 @@ impl Webhook {
 
     /// An event notification.
     async fn event(&self, request: Request<Incoming>) -> Answer {
+        let started = Instant::now();
+        let (outcome, answer) = self.store_event(request).await;
+        self.metrics.request(outcome);
+        if matches!(
+            outcome,
+            RequestOutcome::Accepted | RequestOutcome::Duplicate
+        ) {
+            self.metrics.ack(started.elapsed().as_secs_f64());
+        }
+        answer
+    }
+
+    /// The checks and the commit of a POST, with the outcome to count.
+    async fn store_event(&self, request: Request<Incoming>) -> (RequestOutcome, Answer) {
         let (parts, incoming) = request.into_parts();
         let raw = match body::read_limited(&parts.headers, incoming, self.max_body_bytes).await {
             Ok(raw) => raw,
@@ -116,11 +142,14 @@ impl Webhook {
                 answer
                     .headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                return answer;
+                return (RequestOutcome::TooLarge, answer);
             }
             Err(body::BodyError::Read(e)) => {
                 warn!(error = %e, "rejected: could not read the body");
-                return text(StatusCode::BAD_REQUEST, "could not read the body");
+                return (
+                    RequestOutcome::BadJson,
+                    text(StatusCode::BAD_REQUEST, "could not read the body"),
+                );
             }
         };
         let signature_header = parts.headers.get("x-hub-signature-256");
@@ -134,7 +163,10 @@ impl Webhook {
                 bytes = raw.len(),
                 "rejected: signature"
             );
-            return text(StatusCode::UNAUTHORIZED, e.reason());
+            return (
+                RequestOutcome::SignatureRefused,
+                text(StatusCode::UNAUTHORIZED, e.reason()),
+            );
         }
         let doc = match serde_json::from_slice::<serde_json::Value>(&raw) {
             Ok(serde_json::Value::Object(map)) => map,
@@ -143,19 +175,21 @@ impl Webhook {
                     bytes = raw.len(),
                     "rejected: body is JSON but not an object"
                 );
-                return text(StatusCode::BAD_REQUEST, "body must be a JSON object");
+                return (
+                    RequestOutcome::BadJson,
+                    text(StatusCode::BAD_REQUEST, "body must be a JSON object"),
+                );
             }
             Err(e) => {
                 warn!(bytes = raw.len(), error = %e, "rejected: body is not JSON");
-                return text(StatusCode::BAD_REQUEST, "body is not valid JSON");
+                return (
+                    RequestOutcome::BadJson,
+                    text(StatusCode::BAD_REQUEST, "body is not valid JSON"),
+                );
             }
         };
         let identity = Identity::of(&raw, &doc);
-        let object = doc
-            .get("object")
-            .and_then(|o| o.as_str())
-            .unwrap_or("")
-            .to_owned();
+        let (object, field) = identity::describe(&doc);
         drop(doc);
         // The header passed the check above, so it is visible ASCII.
         let signature = signature_header
@@ -167,25 +201,61 @@ impl Webhook {
             body: raw,
             signature,
             identity,
+            object: object.clone(),
+            field,
+            headers: headers_json(&parts.headers),
         };
         match self.spool.accept(event).await {
             Ok(Stored::New(id)) => {
                 info!(event_id = %id, bytes, object = %object, "accepted");
-                text(StatusCode::OK, "EVENT_RECEIVED")
+                (
+                    RequestOutcome::Accepted,
+                    text(StatusCode::OK, "EVENT_RECEIVED"),
+                )
             }
             Ok(Stored::Duplicate(id)) => {
                 info!(event_id = %id, bytes, object = %object, "duplicate: already accepted, not delivered again");
-                text(StatusCode::OK, "EVENT_RECEIVED")
+                (
+                    RequestOutcome::Duplicate,
+                    text(StatusCode::OK, "EVENT_RECEIVED"),
+                )
             }
             Err(e) => {
                 error!(error = %e, bytes, "spool error: event not stored, answered 503 so Meta retries");
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "could not store the event, try again",
+                (
+                    RequestOutcome::SpoolError,
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "could not store the event, try again",
+                    ),
                 )
             }
         }
     }
+}
+
+/// The request headers as a JSON object, for the status page. Credentials a proxy might
+/// add are left out; repeated headers are joined with ", ".
+fn headers_json(headers: &http::HeaderMap) -> String {
+    let mut map = serde_json::Map::new();
+    for name in headers.keys() {
+        if matches!(
+            name.as_str(),
+            "authorization" | "proxy-authorization" | "cookie"
+        ) {
+            continue;
+        }
+        let values: Vec<String> = headers
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect();
+        map.insert(
+            name.as_str().to_owned(),
+            serde_json::Value::String(values.join(", ")),
+        );
+    }
+    serde_json::Value::Object(map).to_string()
 }
 
 /// A short `text/plain` answer.

@@ -1,0 +1,284 @@
+//! The admin listener (`--admin-listen`, meant for loopback): health, metrics, a status
+//! page, event inspection and replay.
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /healthz` | 200 while the process runs (never behind the token) |
+//! | `GET /readyz` | 200 when the spool commits and delivery runs, else 503 and why (never behind the token) |
+//! | `GET /metrics` | Prometheus text format |
+//! | `GET /` | the status page (HTML) |
+//! | `GET /event/{id}` | one event's page: headers and pretty-printed payload (HTML) |
+//! | `GET /events?state=…&limit=…` | events as JSON |
+//! | `GET /events/{id}` | one event as JSON |
+//! | `POST /events/{id}/replay` | make a dead event pending again |
+//!
+//! - [`auth`]: the optional `--admin-token`.
+//! - [`pages`]: the HTML.
+
+pub mod auth;
+pub mod pages;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use rusqlite::Connection;
+use serde::Serialize;
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+use crate::delivery::status::UpstreamStatus;
+use crate::metrics::Metrics;
+use crate::secret::Secret;
+use crate::spool::inspect::{self, Replay};
+use crate::spool::SpoolHealth;
+use crate::webhook::{text, Answer};
+
+/// Events shown on the status page.
+const STATUS_PAGE_EVENTS: usize = 100;
+
+/// What the admin routes look at.
+pub struct Admin {
+    /// The spool's health flags.
+    pub spool: Arc<SpoolHealth>,
+    /// Whether the delivery scheduler runs.
+    pub delivery_running: Arc<AtomicBool>,
+    /// Counters and histograms.
+    pub metrics: Arc<Metrics>,
+    /// The upstream's state.
+    pub upstream: Arc<UpstreamStatus>,
+    /// The upstream URL, password removed.
+    pub upstream_url: String,
+    /// A connection of the admin's own to the spool.
+    pub db: Arc<Mutex<Connection>>,
+    /// Woken after a replay, so delivery picks the event up at once.
+    pub new_events: Arc<Notify>,
+    /// When set, every route but the health checks requires it.
+    pub token: Option<Secret>,
+}
+
+impl Admin {
+    /// Answers one admin request.
+    pub async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Answer {
+        let path = request.uri().path().to_owned();
+        let method = request.method().clone();
+        match (&method, path.as_str()) {
+            (&Method::GET, "/healthz") => return text(StatusCode::OK, "ok"),
+            (&Method::GET, "/readyz") => return self.readyz(),
+            _ => {}
+        }
+        if let Some(token) = &self.token {
+            if !auth::allowed(request.headers(), token) {
+                warn!(path = %path, "admin: refused a request without the admin token");
+                return auth::challenge();
+            }
+        }
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        match (&method, segments.as_slice()) {
+            (&Method::GET, ["metrics"]) => self.metrics().await,
+            (&Method::GET, [""]) => self.status_page().await,
+            (&Method::GET, ["event", id]) => self.event_page(id).await,
+            (&Method::GET, ["events"]) => self.events_json(request.uri().query()).await,
+            (&Method::GET, ["events", id]) => self.event_json(id).await,
+            (&Method::POST, ["events", id, "replay"]) => {
+                if !auth::same_origin(request.headers()) {
+                    warn!("admin: refused a cross-site replay request");
+                    return text(StatusCode::FORBIDDEN, "cross-site request refused");
+                }
+                let from_form = request
+                    .headers()
+                    .get(header::CONTENT_TYPE)
+                    .is_some_and(|v| {
+                        v.as_bytes()
+                            .starts_with(b"application/x-www-form-urlencoded")
+                    });
+                self.replay(id, from_form).await
+            }
+            (
+                _,
+                ["metrics"]
+                | [""]
+                | ["event", _]
+                | ["events"]
+                | ["events", _]
+                | ["events", _, "replay"],
+            ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here"),
+            _ => text(StatusCode::NOT_FOUND, "not found"),
+        }
+    }
+
+    fn readyz(&self) -> Answer {
+        if !self.spool.writer_running.load(Ordering::Relaxed) {
+            text(StatusCode::SERVICE_UNAVAILABLE, "spool writer not running")
+        } else if !self.spool.last_commit_ok.load(Ordering::Relaxed) {
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "spool: the last commit failed",
+            )
+        } else if !self.delivery_running.load(Ordering::Relaxed) {
+            text(StatusCode::SERVICE_UNAVAILABLE, "delivery not running")
+        } else {
+            text(StatusCode::OK, "ready")
+        }
+    }
+
+    /// Runs a query on the admin's connection, off the async threads.
+    async fn query<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, Answer> {
+        let db = self.db.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let conn = db.lock().unwrap_or_else(|p| p.into_inner());
+            f(&conn)
+        })
+        .await;
+        match result {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                warn!(error = %e, "admin: spool query failed");
+                Err(text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the spool could not be read",
+                ))
+            }
+            Err(_) => Err(text(StatusCode::INTERNAL_SERVER_ERROR, "internal error")),
+        }
+    }
+
+    async fn metrics(&self) -> Answer {
+        match self.query(inspect::stats).await {
+            Ok(stats) => respond(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                self.metrics.render(&stats),
+            ),
+            Err(answer) => answer,
+        }
+    }
+
+    async fn status_page(&self) -> Answer {
+        let data = self
+            .query(|c| {
+                Ok((
+                    inspect::stats(c)?,
+                    inspect::list(c, None, STATUS_PAGE_EVENTS)?,
+                    inspect::list(c, Some(2), STATUS_PAGE_EVENTS)?,
+                ))
+            })
+            .await;
+        match data {
+            Ok((stats, recent, dead)) => {
+                let page = pages::status(&pages::Status {
+                    stats: &stats,
+                    recent: &recent,
+                    dead: &dead,
+                    upstream_url: &self.upstream_url,
+                    upstream: &self.upstream.snapshot(),
+                    ready: self.spool.is_ready() && self.delivery_running.load(Ordering::Relaxed),
+                });
+                respond(StatusCode::OK, "text/html; charset=utf-8", page)
+            }
+            Err(answer) => answer,
+        }
+    }
+
+    async fn event_page(&self, id: &str) -> Answer {
+        let id = id.to_owned();
+        match self.query(move |c| inspect::show(c, &id)).await {
+            Ok(Some(event)) => respond(
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                pages::event(&event),
+            ),
+            Ok(None) => text(StatusCode::NOT_FOUND, "no such event"),
+            Err(answer) => answer,
+        }
+    }
+
+    async fn events_json(&self, query: Option<&str>) -> Answer {
+        let mut state = None;
+        let mut limit = 100usize;
+        for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            match k.as_ref() {
+                "state" => match inspect::parse_state(&v) {
+                    Some(s) => state = Some(s),
+                    None => {
+                        return text(
+                            StatusCode::BAD_REQUEST,
+                            "state must be pending, delivered or dead",
+                        )
+                    }
+                },
+                "limit" => match v.parse::<usize>() {
+                    Ok(n) if n > 0 => limit = n.min(10_000),
+                    _ => return text(StatusCode::BAD_REQUEST, "limit must be a positive number"),
+                },
+                _ => {}
+            }
+        }
+        match self.query(move |c| inspect::list(c, state, limit)).await {
+            Ok(list) => json(StatusCode::OK, &list),
+            Err(answer) => answer,
+        }
+    }
+
+    async fn event_json(&self, id: &str) -> Answer {
+        let id = id.to_owned();
+        match self.query(move |c| inspect::show(c, &id)).await {
+            Ok(Some(event)) => json(StatusCode::OK, &event),
+            Ok(None) => text(StatusCode::NOT_FOUND, "no such event"),
+            Err(answer) => answer,
+        }
+    }
+
+    async fn replay(&self, id: &str, from_form: bool) -> Answer {
+        let owned = id.to_owned();
+        let result = match self.query(move |c| inspect::replay(c, &owned)).await {
+            Ok(r) => r,
+            Err(answer) => return answer,
+        };
+        match result {
+            Replay::Replayed => {
+                info!(event_id = %id, "replay requested on the admin listener");
+                self.new_events.notify_one();
+                if from_form {
+                    let mut answer = text(StatusCode::SEE_OTHER, "replayed");
+                    if let Ok(location) = HeaderValue::from_str(&format!("/event/{id}")) {
+                        answer.headers_mut().insert(header::LOCATION, location);
+                    }
+                    answer
+                } else {
+                    json(
+                        StatusCode::OK,
+                        &serde_json::json!({ "id": id, "replayed": true }),
+                    )
+                }
+            }
+            Replay::AlreadyPending => text(StatusCode::CONFLICT, "the event is already pending"),
+            Replay::NotFound => text(StatusCode::NOT_FOUND, "no such event"),
+        }
+    }
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: String) -> Answer {
+    let mut answer = Response::new(Full::new(Bytes::from(body)));
+    *answer.status_mut() = status;
+    answer
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    answer
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    answer
+}
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Answer {
+    match serde_json::to_string_pretty(value) {
+        Ok(body) => respond(status, "application/json", body),
+        Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+    }
+}

@@ -1,0 +1,196 @@
+//! The status page and the event page: plain server-rendered HTML with the style inline,
+//! no external assets, no JavaScript. maud escapes everything spliced in, so payloads
+//! (untrusted) are shown as text.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use maud::{html, Markup, PreEscaped, DOCTYPE};
+
+use crate::delivery::status::UpstreamSnapshot;
+use crate::spool::inspect::{EventDetail, EventSummary, SpoolStats};
+
+const STYLE: &str = "
+body{font-family:system-ui,sans-serif;margin:1.5rem;color:#1b1f24;background:#fff}
+h1{font-size:1.4rem;margin:0 0 .5rem} h2{font-size:1.1rem;margin:1.5rem 0 .5rem}
+table{border-collapse:collapse;font-size:.9rem} th,td{border:1px solid #d0d7de;padding:.3rem .5rem;text-align:left;vertical-align:top}
+th{background:#f6f8fa} .num{text-align:right} .muted{color:#57606a}
+.state-pending{color:#9a6700} .state-delivered{color:#1a7f37} .state-dead{color:#cf222e;font-weight:600}
+.ready{color:#1a7f37;font-weight:600} .notready{color:#cf222e;font-weight:600}
+pre{background:#f6f8fa;border:1px solid #d0d7de;padding:.75rem;overflow:auto;max-height:40rem;white-space:pre-wrap;word-break:break-all}
+button{cursor:pointer} .err{max-width:30rem;word-break:break-word}
+";
+
+/// What the status page shows.
+pub struct Status<'a> {
+    /// Spool counts.
+    pub stats: &'a SpoolStats,
+    /// The newest events.
+    pub recent: &'a [EventSummary],
+    /// The newest dead events.
+    pub dead: &'a [EventSummary],
+    /// The upstream URL (no password).
+    pub upstream_url: &'a str,
+    /// How the upstream is doing.
+    pub upstream: &'a UpstreamSnapshot,
+    /// /readyz's verdict.
+    pub ready: bool,
+}
+
+/// Unix ms as `2026-11-22T21:40:00Z`.
+fn time(ms: i64) -> String {
+    let at = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+fn opt_time(ms: Option<i64>) -> String {
+    ms.map(time).unwrap_or_else(|| "never".into())
+}
+
+fn page(title: &str, body: Markup) -> String {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) }
+                style { (PreEscaped(STYLE)) }
+            }
+            body { (body) }
+        }
+    }
+    .into_string()
+}
+
+fn what(e: &EventSummary) -> String {
+    match (e.object.as_str(), e.field.as_str()) {
+        ("", "") => "—".into(),
+        (o, "") => o.into(),
+        ("", f) => f.into(),
+        (o, f) => format!("{o} / {f}"),
+    }
+}
+
+fn replay_form(id: &str) -> Markup {
+    html! {
+        form method="post" action={ "/events/" (id) "/replay" } {
+            button type="submit" { "Replay" }
+        }
+    }
+}
+
+fn events_table(events: &[EventSummary], with_replay: bool) -> Markup {
+    html! {
+        table {
+            tr {
+                th { "received (UTC)" } th { "event" } th { "object / field" } th { "size" }
+                th { "state" } th { "attempts" } th { "last error" }
+                @if with_replay { th {} }
+            }
+            @for e in events {
+                tr {
+                    td { (time(e.received_at)) }
+                    td { a href={ "/event/" (e.id) } { (e.id) } }
+                    td { (what(e)) }
+                    td.num { (e.size) }
+                    td class={ "state-" (e.state) } { (e.state) }
+                    td.num { (e.attempts) }
+                    td.err { (e.last_error.as_deref().unwrap_or("")) }
+                    @if with_replay { td { (replay_form(&e.id)) } }
+                }
+            }
+        }
+    }
+}
+
+/// The status page.
+pub fn status(s: &Status<'_>) -> String {
+    let u = s.upstream;
+    page(
+        "xhubd status",
+        html! {
+            h1 { "xhubd " span.muted { (env!("CARGO_PKG_VERSION")) } }
+            p {
+                @if s.ready { span.ready { "Ready" } } @else { span.notready { "Not ready" } }
+                " — spool and delivery, as /readyz reports"
+            }
+            h2 { "Spool" }
+            table {
+                tr { th { "pending" } th { "delivered" } th { "dead" } th { "oldest pending" } th { "dedup keys" } }
+                tr {
+                    td.num { (s.stats.pending) }
+                    td.num { (s.stats.delivered) }
+                    td.num class=@if s.stats.dead > 0 { "state-dead" } { (s.stats.dead) }
+                    td.num { (format!("{:.1} s", s.stats.oldest_pending_age_seconds)) }
+                    td.num { (s.stats.dedup_keys) }
+                }
+            }
+            h2 { "Upstream" }
+            table {
+                tr { th { "URL" } td { (s.upstream_url) } }
+                tr { th { "last success" } td { (opt_time(u.last_success_at)) } }
+                tr { th { "last failure" } td { (opt_time(u.last_failure_at)) } }
+                tr { th { "last error" } td.err { (u.last_error.as_deref().unwrap_or("—")) } }
+                tr { th { "failures in a row" } td.num { (u.consecutive_failures) } }
+            }
+            h2 id="dead" { "Dead events" }
+            @if s.dead.is_empty() {
+                p.muted { "None." }
+            } @else {
+                (events_table(s.dead, true))
+            }
+            h2 id="recent" { "Last " (s.recent.len()) " events" }
+            @if s.recent.is_empty() {
+                p.muted { "No events yet." }
+            } @else {
+                (events_table(s.recent, false))
+            }
+            p.muted { "JSON: " a href="/events" { "/events" } " · metrics: " a href="/metrics" { "/metrics" } }
+        },
+    )
+}
+
+/// One event's page: its state, the request headers and the pretty-printed payload.
+pub fn event(e: &EventDetail) -> String {
+    let s = &e.summary;
+    let payload = serde_json::from_str::<serde_json::Value>(&e.body)
+        .and_then(|v| serde_json::to_string_pretty(&v))
+        .unwrap_or_else(|_| e.body.clone());
+    let headers: Vec<(String, String)> = e
+        .headers
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    page(
+        &format!("xhubd event {}", s.id),
+        html! {
+            p { a href="/" { "← status" } }
+            h1 { "Event " (s.id) }
+            table {
+                tr { th { "state" } td class={ "state-" (s.state) } { (s.state) } }
+                tr { th { "received (UTC)" } td { (time(s.received_at)) } }
+                tr { th { "object / field" } td { (what(s)) } }
+                tr { th { "size" } td { (s.size) " bytes" } }
+                tr { th { "attempts" } td { (s.attempts) } }
+                @if let Some(next) = s.next_attempt_at { tr { th { "next attempt" } td { (time(next)) } } }
+                @if let Some(done) = s.finished_at { tr { th { "finished" } td { (time(done)) } } }
+                tr { th { "last error" } td.err { (s.last_error.as_deref().unwrap_or("—")) } }
+            }
+            @if s.state == "dead" || s.state == "delivered" {
+                p { (replay_form(&s.id)) }
+            }
+            h2 { "Request headers" }
+            table {
+                @for (name, value) in &headers {
+                    tr { th { (name) } td { (value) } }
+                }
+            }
+            h2 { "Payload" }
+            pre { (payload) }
+        },
+    )
+}

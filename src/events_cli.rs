@@ -1,0 +1,134 @@
+//! `xhubd events list|show|replay|purge`: the spool from the command line, on the state
+//! directory directly (safe while the daemon runs: SQLite WAL, and writes wait for the
+//! daemon's transaction). Tables for people, `--json` for scripts.
+
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context};
+use rusqlite::Connection;
+
+use crate::cli::{EventsAction, EventsArgs};
+use crate::duration::parse_duration;
+use crate::spool::inspect::{self, EventSummary, Replay};
+use crate::spool::{now_ms, schema};
+
+/// Runs one `events` subcommand and returns what to print.
+pub fn run(args: &EventsArgs) -> anyhow::Result<String> {
+    let conn = open(Path::new(
+        args.state_dir.split(':').next().unwrap_or(&args.state_dir),
+    ))?;
+    match &args.action {
+        EventsAction::List { state, limit, json } => {
+            let state = state.as_deref().and_then(inspect::parse_state);
+            let list = inspect::list(&conn, state, *limit).context("cannot read the spool")?;
+            if *json {
+                Ok(serde_json::to_string_pretty(&list)?)
+            } else {
+                Ok(table(&list))
+            }
+        }
+        EventsAction::Show { id, json } => {
+            let event = inspect::show(&conn, id)
+                .context("cannot read the spool")?
+                .ok_or_else(|| anyhow!("no event {id}"))?;
+            if *json {
+                return Ok(serde_json::to_string_pretty(&event)?);
+            }
+            let s = &event.summary;
+            let mut out = format!(
+                "id:         {}\nstate:      {}\nreceived:   {}\nobject:     {}\nfield:      {}\nsize:       {} bytes\nattempts:   {}\n",
+                s.id, s.state, time(s.received_at), s.object, s.field, s.size, s.attempts
+            );
+            if let Some(next) = s.next_attempt_at {
+                out.push_str(&format!("next try:   {}\n", time(next)));
+            }
+            if let Some(error) = &s.last_error {
+                out.push_str(&format!("last error: {error}\n"));
+            }
+            out.push_str("\nheaders:\n");
+            if let Some(headers) = event.headers.as_object() {
+                for (name, value) in headers {
+                    out.push_str(&format!(
+                        "  {name}: {}\n",
+                        value.as_str().unwrap_or_default()
+                    ));
+                }
+            }
+            let payload = serde_json::from_str::<serde_json::Value>(&event.body)
+                .and_then(|v| serde_json::to_string_pretty(&v))
+                .unwrap_or(event.body);
+            out.push_str("\npayload:\n");
+            out.push_str(&payload);
+            Ok(out)
+        }
+        EventsAction::Replay { id: Some(id), .. } => {
+            match inspect::replay(&conn, id).context("cannot update the spool")? {
+                Replay::Replayed => Ok(format!(
+                    "{id}: pending again; the daemon delivers it within a second"
+                )),
+                Replay::AlreadyPending => bail!("{id} is already pending"),
+                Replay::NotFound => bail!("no event {id}"),
+            }
+        }
+        EventsAction::Replay { id: None, .. } => {
+            let n = inspect::replay_all_dead(&conn).context("cannot update the spool")?;
+            Ok(format!("{n} dead event(s) pending again"))
+        }
+        EventsAction::Purge { delivered_before } => {
+            let age =
+                parse_duration(delivered_before).map_err(|e| anyhow!("--delivered-before: {e}"))?;
+            let cutoff = now_ms() - age.as_millis().min(i64::MAX as u128) as i64;
+            let n = inspect::purge_delivered_before(&conn, cutoff)
+                .context("cannot update the spool")?;
+            Ok(format!(
+                "{n} delivered event(s) accepted before {} deleted",
+                time(cutoff)
+            ))
+        }
+    }
+}
+
+fn open(dir: &Path) -> anyhow::Result<Connection> {
+    let path = dir.join(schema::DB_FILE);
+    if !path.exists() {
+        bail!("no spool at {} (is --state-dir right?)", path.display());
+    }
+    schema::open(dir)
+}
+
+fn time(ms: i64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+/// A plain table, one event a line.
+fn table(list: &[EventSummary]) -> String {
+    let mut out = format!(
+        "{:<20}  {:<36}  {:<9}  {:>8}  {:>8}  {:<32}  {}\n",
+        "RECEIVED (UTC)", "ID", "STATE", "ATTEMPTS", "SIZE", "OBJECT/FIELD", "LAST ERROR"
+    );
+    for e in list {
+        let what = format!("{}/{}", e.object, e.field);
+        let error: String = e
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .chars()
+            .take(60)
+            .collect();
+        out.push_str(&format!(
+            "{:<20}  {:<36}  {:<9}  {:>8}  {:>8}  {:<32}  {}\n",
+            time(e.received_at),
+            e.id,
+            e.state,
+            e.attempts,
+            e.size,
+            what,
+            error
+        ));
+    }
+    if list.is_empty() {
+        out.push_str("(no events)\n");
+    }
+    out
+}

@@ -1,0 +1,219 @@
+//! Prometheus metrics (`GET /metrics` on the admin listener), with prometheus-client.
+//! Counters and histograms are updated as requests and deliveries happen; the spool's
+//! gauges (depth by state, oldest pending event, dedup keys) are read at scrape time.
+
+use std::fmt::Write as _;
+use std::sync::atomic::AtomicU64;
+use std::sync::Mutex;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::spool::inspect::SpoolStats;
+
+/// What happened to one request on the webhook listener.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum RequestOutcome {
+    /// Verification challenge answered.
+    Verified,
+    /// Verification refused (wrong token or mode) or malformed.
+    ChallengeRefused,
+    /// No, malformed or wrong signature.
+    SignatureRefused,
+    /// Body over the limit.
+    TooLarge,
+    /// Not a JSON object, or an unreadable body.
+    BadJson,
+    /// Meta's retry of an event already accepted.
+    Duplicate,
+    /// A new event, committed.
+    Accepted,
+    /// The spool could not commit (503).
+    SpoolError,
+    /// The client certificate subject check failed (403).
+    ClientRefused,
+    /// Any other method (405).
+    MethodNotAllowed,
+}
+
+impl RequestOutcome {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestOutcome::Verified => "verified",
+            RequestOutcome::ChallengeRefused => "challenge_refused",
+            RequestOutcome::SignatureRefused => "signature_refused",
+            RequestOutcome::TooLarge => "too_large",
+            RequestOutcome::BadJson => "bad_json",
+            RequestOutcome::Duplicate => "duplicate",
+            RequestOutcome::Accepted => "accepted",
+            RequestOutcome::SpoolError => "spool_error",
+            RequestOutcome::ClientRefused => "client_refused",
+            RequestOutcome::MethodNotAllowed => "method_not_allowed",
+        }
+    }
+}
+
+impl EncodeLabelValue for RequestOutcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
+}
+
+/// The result of one delivery attempt.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum AttemptResult {
+    /// 2xx.
+    Delivered,
+    /// Failed; another attempt is scheduled.
+    Retry,
+    /// Failed for good.
+    Dead,
+}
+
+impl EncodeLabelValue for AttemptResult {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(match self {
+            AttemptResult::Delivered => "delivered",
+            AttemptResult::Retry => "retry",
+            AttemptResult::Dead => "dead",
+        })
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: RequestOutcome,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: AttemptResult,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+/// Every metric xhubd exports.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    requests: Family<OutcomeLabels, Counter>,
+    ack_seconds: Histogram,
+    attempts: Family<ResultLabels, Counter>,
+    delivery_seconds: Histogram,
+    spool_events: Family<StateLabels, Gauge>,
+    oldest_pending_seconds: Gauge<f64, AtomicU64>,
+    dedup_keys: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("xhubd");
+        let requests = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests on the webhook listener, by outcome",
+            requests.clone(),
+        );
+        let ack_seconds = Histogram::new(exponential_buckets(0.000_25, 2.0, 16));
+        registry.register(
+            "ack_duration_seconds",
+            "Time from a signed POST's arrival to its answer (accepted or duplicate), including the durable commit",
+            ack_seconds.clone(),
+        );
+        let attempts = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "delivery_attempts",
+            "Delivery attempts to the upstream, by result",
+            attempts.clone(),
+        );
+        let delivery_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register(
+            "delivery_duration_seconds",
+            "Duration of one delivery attempt to the upstream",
+            delivery_seconds.clone(),
+        );
+        let spool_events = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "spool_events",
+            "Events in the spool, by state",
+            spool_events.clone(),
+        );
+        let oldest_pending_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "oldest_pending_age_seconds",
+            "Age of the oldest event not yet delivered (0 when none is pending)",
+            oldest_pending_seconds.clone(),
+        );
+        let dedup_keys = Gauge::default();
+        registry.register(
+            "dedup_keys",
+            "Event identities remembered to drop Meta's retries",
+            dedup_keys.clone(),
+        );
+        Metrics {
+            registry: Mutex::new(registry),
+            requests,
+            ack_seconds,
+            attempts,
+            delivery_seconds,
+            spool_events,
+            oldest_pending_seconds,
+            dedup_keys,
+        }
+    }
+
+    /// Counts one request outcome.
+    pub fn request(&self, outcome: RequestOutcome) {
+        self.requests
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    /// Records the time to acknowledge an event.
+    pub fn ack(&self, seconds: f64) {
+        self.ack_seconds.observe(seconds);
+    }
+
+    /// Counts one delivery attempt and its duration.
+    pub fn attempt(&self, result: AttemptResult, seconds: f64) {
+        self.attempts.get_or_create(&ResultLabels { result }).inc();
+        self.delivery_seconds.observe(seconds);
+    }
+
+    /// The text exposition, with the spool's gauges set from `stats`.
+    pub fn render(&self, stats: &SpoolStats) -> String {
+        for (state, count) in [
+            ("pending", stats.pending),
+            ("delivered", stats.delivered),
+            ("dead", stats.dead),
+        ] {
+            self.spool_events
+                .get_or_create(&StateLabels { state })
+                .set(count);
+        }
+        self.oldest_pending_seconds
+            .set(stats.oldest_pending_age_seconds);
+        self.dedup_keys.set(stats.dedup_keys);
+        let mut out = String::new();
+        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
+            out.clear();
+            let _ = writeln!(out, "# the metrics could not be encoded");
+        }
+        out
+    }
+}

@@ -1,0 +1,207 @@
+//! `xhubd send-test`: does what Meta's dashboard does, to check a deployment end to end
+//! without waiting for Meta: a verification request (the challenge must come back), then
+//! a signed sample event (or a batch), printing what happened at each step. With
+//! `--cert/--key` it presents a client certificate, to test Nginx's mutual TLS.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use bytes::Bytes;
+use http::{header, Method, Request, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::cli::SendTestArgs;
+use crate::delivery::upstream::error_chain;
+use crate::spool::now_ms;
+use crate::webhook::signature;
+
+type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Runs the test; exit status 0 when both steps passed, 1 when one failed, 2 for a
+/// usage problem (unreadable certificate, bad URL).
+pub fn main(args: &SendTestArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("xhubd: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("xhubd: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(args: &SendTestArgs) -> anyhow::Result<bool> {
+    let url = url::Url::parse(&args.url).map_err(|e| anyhow!("--url: {e}"))?;
+    let client = client(args)?;
+    let mut all_ok = true;
+
+    // 1. Verification, as when "Verify and save" is clicked in the dashboard.
+    let challenge = format!("{}", fastrand::u32(1_000_000..u32::MAX));
+    let mut verify_url = url.clone();
+    verify_url
+        .query_pairs_mut()
+        .append_pair("hub.mode", "subscribe")
+        .append_pair("hub.challenge", &challenge)
+        .append_pair("hub.verify_token", &args.verify_token);
+    println!("1. verification: GET {} (hub.mode=subscribe, hub.challenge={challenge}, verify token not shown)", url);
+    match exchange(&client, Method::GET, &verify_url, None, None).await {
+        Ok((200, body)) if body == challenge.as_bytes() => {
+            println!("   ok: 200, the challenge came back")
+        }
+        Ok((status, body)) => {
+            all_ok = false;
+            println!(
+                "   FAILED: {status}, body {:?} (expected 200 and {challenge})",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        Err(e) => {
+            all_ok = false;
+            println!("   FAILED: {e:#}");
+        }
+    }
+
+    // 2. A signed sample event, as the dashboard's "Test" button sends.
+    let body = sample(&args.object, &args.field, args.batch);
+    let sig = signature::sign(args.app_secret.as_bytes(), body.as_bytes());
+    println!(
+        "2. event: POST {} ({} update(s), {} bytes, object {}, field {})",
+        url,
+        args.batch,
+        body.len(),
+        args.object,
+        args.field
+    );
+    match exchange(&client, Method::POST, &url, Some(&sig), Some(body)).await {
+        Ok((200, _)) => println!("   ok: 200, the event was accepted"),
+        Ok((status, answer)) => {
+            all_ok = false;
+            println!(
+                "   FAILED: {status}: {}",
+                String::from_utf8_lossy(&answer).trim()
+            );
+        }
+        Err(e) => {
+            all_ok = false;
+            println!("   FAILED: {e:#}");
+        }
+    }
+    println!(
+        "{}",
+        if all_ok {
+            "all steps passed"
+        } else {
+            "some steps failed"
+        }
+    );
+    Ok(all_ok)
+}
+
+/// A Graph-style notification with `batch` updates, unique to this run so the daemon
+/// never takes it for a retry.
+fn sample(object: &str, field: &str, batch: usize) -> String {
+    let now = now_ms() / 1000;
+    let run = fastrand::u64(..);
+    let entries: Vec<String> = (0..batch.max(1))
+        .map(|i| {
+            serde_json::json!({
+                "id": format!("{run}{i}"),
+                "time": now,
+                "changes": [{"field": field, "value": {"verb": "update", "object_id": format!("{i}"), "test": true}}],
+            })
+            .to_string()
+        })
+        .collect();
+    format!(
+        r#"{{"object":{},"entry":[{}]}}"#,
+        serde_json::Value::from(object),
+        entries.join(",")
+    )
+}
+
+fn client(args: &SendTestArgs) -> anyhow::Result<HttpsClient> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(native.certs);
+    if let Some(path) = &args.cacert {
+        for cert in CertificateDer::pem_file_iter(path)
+            .with_context(|| format!("--cacert: cannot read {}", path.display()))?
+        {
+            roots
+                .add(cert.with_context(|| format!("--cacert: {}", path.display()))?)
+                .with_context(|| format!("--cacert: {}", path.display()))?;
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS set-up")?
+        .with_root_certificates(roots);
+    let config = match (&args.cert, &args.key) {
+        (Some(cert), Some(key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .with_context(|| format!("--cert: cannot read {}", cert.display()))?
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| format!("--cert: {}", cert.display()))?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .with_context(|| format!("--key: cannot read {}", key.display()))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .context("--cert/--key")?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(Client::builder(TokioExecutor::new()).build(https))
+}
+
+async fn exchange(
+    client: &HttpsClient,
+    method: Method,
+    url: &url::Url,
+    signature: Option<&str>,
+    body: Option<String>,
+) -> anyhow::Result<(u16, Vec<u8>)> {
+    let uri: Uri = url.as_str().parse().context("the URL")?;
+    let mut request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(header::USER_AGENT, "facebookexternalua xhubd-send-test");
+    if let Some(sig) = signature {
+        request = request
+            .header("x-hub-signature-256", sig)
+            .header(header::CONTENT_TYPE, "application/json");
+    }
+    let request = request.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+    let response = tokio::time::timeout(Duration::from_secs(20), client.request(request))
+        .await
+        .map_err(|_| anyhow!("no answer within 20 s"))?
+        .map_err(|e| anyhow!("{}", error_chain(&e)))?;
+    let status = response.status().as_u16();
+    let body = Limited::new(response.into_body(), 1 << 20)
+        .collect()
+        .await
+        .map(|c| c.to_bytes().to_vec())
+        .unwrap_or_default();
+    Ok((status, body))
+}

@@ -1,0 +1,451 @@
+//! The admin listener and the operator's commands, against the real binary: metrics
+//! (parsed as Prometheus text), JSON views, replay, the token, the status page, and
+//! `xhubd events`, `check` and `send-test`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn admin_target(port: u16) -> Target {
+    Target::Tcp(format!("127.0.0.1:{port}").parse().unwrap())
+}
+
+fn start_with_admin(up: &Upstream, extra: &[&str]) -> (Xhubd, Target) {
+    let port = free_port();
+    let mut opts = Options::new(&up.url("/"))
+        .arg("--admin-listen")
+        .arg(&format!("127.0.0.1:{port}"));
+    for a in extra {
+        opts = opts.arg(a);
+    }
+    (Xhubd::start(opts), admin_target(port))
+}
+
+fn metrics(admin: &Target) -> prometheus_parse::Scrape {
+    let a = admin.get("/metrics");
+    assert_eq!(a.status, 200);
+    let text = a.text();
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .expect("Prometheus text format")
+}
+
+fn value(scrape: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &str)>) -> f64 {
+    let sample = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+        .unwrap_or_else(|| panic!("no sample {name} {label:?}"));
+    match sample.value {
+        prometheus_parse::Value::Counter(v)
+        | prometheus_parse::Value::Gauge(v)
+        | prometheus_parse::Value::Untyped(v) => v,
+        prometheus_parse::Value::Histogram(ref buckets) => {
+            buckets.last().map(|b| b.count).unwrap_or(0.0)
+        }
+        _ => panic!("unexpected value for {name}"),
+    }
+}
+
+#[test]
+fn metrics_count_what_was_sent() {
+    let up = Upstream::start();
+    up.fail_next(&[404]);
+    let (x, admin) = start_with_admin(&up, &["--max-body-bytes", "2000"]);
+    let t = &x.target;
+    assert_eq!(
+        t.get(&format!(
+            "/?hub.mode=subscribe&hub.challenge=1&hub.verify_token={VERIFY_TOKEN}"
+        ))
+        .status,
+        200
+    );
+    assert_eq!(
+        t.get("/?hub.mode=subscribe&hub.challenge=1&hub.verify_token=wrong")
+            .status,
+        403
+    );
+    for n in 0..3 {
+        assert_eq!(t.post_signed(&page_event(n)).status, 200);
+    }
+    assert_eq!(t.post_signed(&page_event(1)).status, 200); // a retry
+    assert_eq!(
+        t.request("POST", "/", &[("X-Hub-Signature-256", "sha256=00")], b"{}")
+            .status,
+        401
+    );
+    assert_eq!(t.post_signed(b"[]").status, 400);
+    assert_eq!(t.post_signed(&vec![b' '; 3000]).status, 413);
+    assert_eq!(t.request("PUT", "/", &[], b"").status, 405);
+    up.wait_for(3, WAIT);
+    wait_for(WAIT, "outcomes recorded", || {
+        x.count("SELECT COUNT(*) FROM events WHERE state != 0") == 3
+    });
+
+    let m = metrics(&admin);
+    let requests = |outcome| value(&m, "xhubd_requests_total", Some(("outcome", outcome)));
+    assert_eq!(requests("verified"), 1.0);
+    assert_eq!(requests("challenge_refused"), 1.0);
+    assert_eq!(requests("accepted"), 3.0);
+    assert_eq!(requests("duplicate"), 1.0);
+    assert_eq!(requests("signature_refused"), 1.0);
+    assert_eq!(requests("bad_json"), 1.0);
+    assert_eq!(requests("too_large"), 1.0);
+    assert_eq!(requests("method_not_allowed"), 1.0);
+    assert_eq!(
+        value(&m, "xhubd_ack_duration_seconds_count", None),
+        4.0,
+        "accepted + duplicate"
+    );
+    assert_eq!(
+        value(
+            &m,
+            "xhubd_delivery_attempts_total",
+            Some(("result", "delivered"))
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            &m,
+            "xhubd_delivery_attempts_total",
+            Some(("result", "dead"))
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(&m, "xhubd_delivery_duration_seconds_count", None),
+        3.0
+    );
+    assert_eq!(
+        value(&m, "xhubd_spool_events", Some(("state", "delivered"))),
+        2.0
+    );
+    assert_eq!(
+        value(&m, "xhubd_spool_events", Some(("state", "dead"))),
+        1.0
+    );
+    assert_eq!(
+        value(&m, "xhubd_spool_events", Some(("state", "pending"))),
+        0.0
+    );
+    assert_eq!(value(&m, "xhubd_oldest_pending_age_seconds", None), 0.0);
+    assert_eq!(value(&m, "xhubd_dedup_keys", None), 3.0);
+}
+
+#[test]
+fn oldest_pending_age_grows_while_the_upstream_is_down() {
+    let mut up = Upstream::start();
+    up.stop();
+    let (x, admin) = start_with_admin(&up, &[]);
+    assert_eq!(x.target.post_signed(&page_event(1)).status, 200);
+    std::thread::sleep(Duration::from_millis(1200));
+    let m = metrics(&admin);
+    assert!(value(&m, "xhubd_oldest_pending_age_seconds", None) >= 1.0);
+    assert_eq!(
+        value(&m, "xhubd_spool_events", Some(("state", "pending"))),
+        1.0
+    );
+    assert!(
+        value(
+            &m,
+            "xhubd_delivery_attempts_total",
+            Some(("result", "retry"))
+        ) >= 1.0
+    );
+}
+
+#[test]
+fn json_views_and_replay_of_a_dead_event() {
+    let up = Upstream::start();
+    up.fail_next(&[410]);
+    let (x, admin) = start_with_admin(&up, &[]);
+    let body = page_event(5);
+    assert_eq!(x.target.post_signed(&body).status, 200);
+    wait_for(WAIT, "a dead event", || {
+        x.count("SELECT COUNT(*) FROM events WHERE state = 2") == 1
+    });
+
+    let dead: serde_json::Value =
+        serde_json::from_slice(&admin.get("/events?state=dead").body).unwrap();
+    let id = dead[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(dead[0]["state"], "dead");
+    assert_eq!(dead[0]["object"], "user");
+    assert_eq!(dead[0]["field"], "photos");
+    assert!(dead[0]["last_error"].as_str().unwrap().contains("410"));
+    let one: serde_json::Value =
+        serde_json::from_slice(&admin.get(&format!("/events/{id}")).body).unwrap();
+    assert_eq!(one["body"].as_str().unwrap().as_bytes(), &body[..]);
+    assert!(one["headers"]["x-hub-signature-256"]
+        .as_str()
+        .unwrap()
+        .starts_with("sha256="));
+    assert_eq!(admin.get("/events?state=bogus").status, 400);
+    assert_eq!(admin.get("/events/no-such-id").status, 404);
+
+    let replay = admin.request("POST", &format!("/events/{id}/replay"), &[], b"");
+    assert_eq!(replay.status, 200, "{}", replay.text());
+    let got = up.wait_for(2, WAIT);
+    assert_eq!(got[1].header("x-xhubd-event-id"), Some(id.as_str()));
+    wait_for(WAIT, "delivered after replay", || {
+        x.count("SELECT COUNT(*) FROM events WHERE state = 1") == 1
+    });
+    assert!(x.logs().contains("replay requested"));
+    assert_eq!(
+        admin
+            .request("POST", "/events/no-such-id/replay", &[], b"")
+            .status,
+        404
+    );
+    // A replay form posted from another site is refused.
+    let cross = admin.request(
+        "POST",
+        &format!("/events/{id}/replay"),
+        &[
+            ("Origin", "http://evil.example"),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ],
+        b"",
+    );
+    assert_eq!(cross.status, 403);
+}
+
+#[test]
+fn the_admin_token_protects_everything_but_health() {
+    let up = Upstream::start();
+    let (x, admin) = start_with_admin(&up, &["--admin-token", "adm1n-t0ken"]);
+    assert_eq!(admin.get("/healthz").status, 200);
+    assert_eq!(admin.get("/readyz").status, 200);
+    for path in ["/", "/metrics", "/events", "/events/x"] {
+        let a = admin.get(path);
+        assert_eq!(a.status, 401, "{path}");
+        assert!(a.header("www-authenticate").unwrap().starts_with("Basic"));
+    }
+    let ok = admin.request(
+        "GET",
+        "/metrics",
+        &[("Authorization", "Bearer adm1n-t0ken")],
+        b"",
+    );
+    assert_eq!(ok.status, 200);
+    let basic = "Basic YWRtaW46YWRtMW4tdDBrZW4="; // admin:adm1n-t0ken
+    assert_eq!(
+        admin
+            .request("GET", "/", &[("Authorization", basic)], b"")
+            .status,
+        200
+    );
+    assert_eq!(
+        admin
+            .request("GET", "/", &[("Authorization", "Bearer nope")], b"")
+            .status,
+        401
+    );
+    assert!(!x.logs().contains("adm1n-t0ken"));
+}
+
+#[test]
+fn the_status_page_escapes_payloads() {
+    let up = Upstream::start();
+    let (x, admin) = start_with_admin(&up, &[]);
+    let body = br#"{"object":"page<script>alert(1)</script>","entry":[{"id":"1","time":1,"messaging":[{"message":{"mid":"m.1","text":"<img src=x onerror=alert(2)>"}}]}]}"#;
+    assert_eq!(x.target.post_signed(body).status, 200);
+    up.wait_for(1, WAIT);
+    let page = admin.get("/").text();
+    assert!(
+        page.contains("page&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{page}"
+    );
+    assert!(!page.contains("<script>alert"));
+    let id = x
+        .logs()
+        .split("event_id=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let event = admin.get(&format!("/event/{id}")).text();
+    assert!(
+        event.contains("&lt;img src=x onerror=alert(2)&gt;"),
+        "{event}"
+    );
+    assert!(!event.contains("<img"));
+    assert!(event.contains("x-hub-signature-256"));
+}
+
+#[test]
+fn events_commands_work_on_the_state_dir_while_the_daemon_runs() {
+    let up = Upstream::start();
+    up.fail_next(&[404, 404]);
+    let x = Xhubd::start(Options::new(&up.url("/")));
+    for n in 0..3 {
+        assert_eq!(x.target.post_signed(&page_event(n)).status, 200);
+    }
+    wait_for(WAIT, "two dead, one delivered", || {
+        x.count("SELECT COUNT(*) FROM events WHERE state = 2") == 2
+            && x.count("SELECT COUNT(*) FROM events WHERE state = 1") == 1
+    });
+    let state = x.state_dir.to_str().unwrap().to_owned();
+    let (code, table, _) = run_xhubd(&["events", "list", "--state-dir", &state], None);
+    assert_eq!(code, 0);
+    assert_eq!(table.lines().count(), 4, "header + 3 events:\n{table}");
+    assert!(table.starts_with("RECEIVED (UTC)"));
+    assert_eq!(table.matches(" dead ").count(), 2);
+
+    let (code, json, _) = run_xhubd(
+        &[
+            "events",
+            "list",
+            "--state",
+            "dead",
+            "--json",
+            "--state-dir",
+            &state,
+        ],
+        None,
+    );
+    assert_eq!(code, 0);
+    let dead: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(dead.as_array().unwrap().len(), 2);
+    let id = dead[0]["id"].as_str().unwrap().to_owned();
+
+    let (code, shown, _) = run_xhubd(&["events", "show", &id, "--state-dir", &state], None);
+    assert_eq!(code, 0);
+    assert!(
+        shown.contains("state:      dead")
+            && shown.contains("x-hub-signature-256")
+            && shown.contains("\"object\": \"user\""),
+        "{shown}"
+    );
+
+    let (code, out, _) = run_xhubd(&["events", "replay", &id, "--state-dir", &state], None);
+    assert_eq!(code, 0, "{out}");
+    up.wait_for(4, WAIT);
+    let (code, out, _) = run_xhubd(
+        &["events", "replay", "--all-dead", "--state-dir", &state],
+        None,
+    );
+    assert_eq!(code, 0);
+    assert!(out.starts_with('1') || out.starts_with('0'), "{out}");
+    wait_for(WAIT, "all delivered", || {
+        x.count("SELECT COUNT(*) FROM events WHERE state = 1") == 3
+    });
+    let (code, _, err) = run_xhubd(
+        &["events", "replay", "no-such-id", "--state-dir", &state],
+        None,
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("no event"));
+
+    let (code, out, _) = run_xhubd(
+        &[
+            "events",
+            "purge",
+            "--delivered-before",
+            "0s",
+            "--state-dir",
+            &state,
+        ],
+        None,
+    );
+    assert_eq!(code, 0);
+    assert!(out.starts_with("3 delivered"), "{out}");
+    assert_eq!(x.count("SELECT COUNT(*) FROM events"), 0);
+    let (code, _, err) = run_xhubd(&["events", "list", "--state-dir", "/nonexistent"], None);
+    assert_eq!(code, 2);
+    assert!(err.contains("no spool"));
+}
+
+#[test]
+fn check_reports_each_problem() {
+    let mut up = Upstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let args = |upstream: &str| {
+        vec![
+            "check".to_owned(),
+            "--upstream".into(),
+            upstream.to_owned(),
+            "--verify-token".into(),
+            VERIFY_TOKEN.into(),
+            "--app-secret".into(),
+            APP_SECRET.into(),
+            "--state-dir".into(),
+            state.display().to_string(),
+        ]
+    };
+    let run = |a: Vec<String>| {
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        run_xhubd(&refs, None)
+    };
+    let (code, out, _) = run(args(&up.url("/")));
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out.matches("ok ").count(), 3, "{out}");
+    up.stop();
+    let (code, out, _) = run(args(&up.url("/")));
+    assert_eq!(code, 2);
+    assert!(out.contains("FAIL upstream"), "{out}");
+    let mut no_secret = args(&up.url("/"));
+    no_secret.drain(5..7);
+    let (code, out, _) = run(no_secret);
+    assert_eq!(code, 2);
+    assert!(
+        out.contains("FAIL configuration") && out.contains("--app-secret"),
+        "{out}"
+    );
+    assert!(!out.contains(APP_SECRET));
+}
+
+#[test]
+fn send_test_verifies_and_sends_a_signed_batch() {
+    let up = Upstream::start();
+    let x = Xhubd::start(Options::new(&up.url("/")).tcp());
+    let Target::Tcp(addr) = x.target.clone() else {
+        unreachable!()
+    };
+    let url = format!("http://{addr}/webhook");
+    let (code, out, _) = run_xhubd(
+        &[
+            "send-test",
+            "--url",
+            &url,
+            "--app-secret",
+            APP_SECRET,
+            "--verify-token",
+            VERIFY_TOKEN,
+            "--batch",
+            "5",
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("the challenge came back") && out.contains("the event was accepted"),
+        "{out}"
+    );
+    let got = up.wait_for(1, WAIT);
+    let doc: serde_json::Value = serde_json::from_slice(&got[0].body).unwrap();
+    assert_eq!(doc["entry"].as_array().unwrap().len(), 5);
+    assert_eq!(doc["entry"][0]["changes"][0]["field"], "photos");
+    assert!(!out.contains(VERIFY_TOKEN) && !out.contains(APP_SECRET));
+
+    let (code, out, _) = run_xhubd(
+        &[
+            "send-test",
+            "--url",
+            &url,
+            "--app-secret",
+            "wrong",
+            "--verify-token",
+            "wrong",
+        ],
+        None,
+    );
+    assert_eq!(code, 1);
+    assert_eq!(out.matches("FAILED").count(), 2, "{out}");
+}
