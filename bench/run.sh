@@ -58,6 +58,7 @@ upstream_bin=$target_dir/examples/bench-upstream
 tmp=$(mktemp -d -t xhubd-bench.XXXXXX)
 LOG_FILE=${LOG_FILE:-$tmp/xhubd.log}
 pids=()
+# shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
   local pid
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -115,22 +116,23 @@ cpu_ticks() { # utime + stime of PID, in clock ticks
 declare -A base xhub
 run_wrk() { # URL OUTFILE ARRAYNAME: runs the load, parses done()'s WRKSTATS line
   local -n stats=$3
-  local kv
+  local kv kvs=()
   timeout $(($(seconds "$DURATION") + 60)) \
     env BENCH_APP_SECRET="$secret" BODY_BYTES="$BODY_BYTES" \
     wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s bench/sign.lua "$1" >"$2"
-  for kv in $(sed -n 's/^WRKSTATS //p' "$2"); do stats[${kv%%=*}]=${kv#*=}; done
-  if [ -z "${stats[requests]:-}" ]; then
+  read -ra kvs < <(sed -n 's/^WRKSTATS //p' "$2") || true
+  if [ ${#kvs[@]} -eq 0 ]; then
     echo "no WRKSTATS line from wrk:" >&2
     cat "$2" >&2
     return 1
   fi
-  stats[ok]=$((stats[requests] - stats[status]))
-  stats[socket]="${stats[connect]}/${stats[read]}/${stats[write]}/${stats[timeout]}"
-  stats[socket_errors]=$((stats[connect] + stats[read] + stats[write] + stats[timeout]))
-  stats[rate]=$(calc %.0f "${stats[ok]} / (${stats[duration_us]} / 1e6)")
-  stats[latency]=$(calc "%.2f / %.2f / %.2f" \
-    "${stats[p50_us]} / 1e3, ${stats[p99_us]} / 1e3, ${stats[max_us]} / 1e3")
+  for kv in "${kvs[@]}"; do stats["${kv%%=*}"]=${kv#*=}; done
+  stats["ok"]=$((stats["requests"] - stats["status"]))
+  stats["socket"]="${stats["connect"]}/${stats["read"]}/${stats["write"]}/${stats["timeout"]}"
+  stats["socket_errors"]=$((stats["connect"] + stats["read"] + stats["write"] + stats["timeout"]))
+  stats["rate"]=$(calc %.0f "${stats["ok"]} / (${stats["duration_us"]} / 1e6)")
+  stats["latency"]=$(calc "%.2f / %.2f / %.2f" \
+    "${stats["p50_us"]} / 1e3, ${stats["p99_us"]} / 1e3, ${stats["max_us"]} / 1e3")
 }
 
 secret="bench-$RANDOM$RANDOM$RANDOM"
@@ -192,7 +194,10 @@ else
   drain="not drained ($delivered of ${xhub[ok]} after ${DRAIN_TIMEOUT}s)"
 fi
 extra=$((delivered_total - xhub[ok]))
-cpu_per_k=$(calc %.3f "($cpu_end - $cpu_start) / $ticks / $delivered * 1000")
+cpu_per_k="-"
+if [ "$delivered" -gt 0 ]; then
+  cpu_per_k=$(calc %.3f "($cpu_end - $cpu_start) / $ticks / $delivered * 1000")
+fi
 
 mkdir -p bench/out
 report=bench/out/run-$(date +%Y%m%dT%H%M%S).txt

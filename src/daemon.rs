@@ -26,6 +26,7 @@ use crate::metrics::Metrics;
 use crate::notify;
 use crate::server::{self, ServerSettings};
 use crate::shutdown::StopSignals;
+use crate::spool::checkpoint::Checkpointer;
 use crate::spool::queue::Queue;
 use crate::spool::schema;
 use crate::spool::writer::{Writer, WriterSettings};
@@ -138,6 +139,7 @@ struct Daemon {
     listeners: Vec<JoinHandle<()>>,
     delivery: JoinHandle<()>,
     writer: Writer,
+    checkpointer: Checkpointer,
     _lock: File,
 }
 
@@ -149,6 +151,7 @@ impl Daemon {
         let lock = lock_state_dir(&config)?;
         let conn = schema::open(&config.state_dir)?;
         let queue = Queue::open(&config.state_dir)?;
+        let checkpointer = Checkpointer::start(&config.state_dir)?;
         let writer = Writer::start(
             conn,
             WriterSettings {
@@ -258,6 +261,7 @@ impl Daemon {
             listeners,
             delivery,
             writer,
+            checkpointer,
             _lock: lock,
         })
     }
@@ -278,6 +282,7 @@ impl Daemon {
         }
         let _ = self.delivery.await;
         self.writer.stop().await;
+        drop(self.checkpointer);
         info!("stopped");
         ExitCode::SUCCESS
     }

@@ -136,7 +136,7 @@ pub fn show(conn: &Connection, id: &str) -> rusqlite::Result<Option<EventDetail>
     conn.prepare_cached(&sql)?
         .query_row([id], |row| {
             let headers: String = row.get(10)?;
-            let body: Vec<u8> = row.get(11)?;
+            let body: Vec<u8> = row.get::<_, Option<Vec<u8>>>(11)?.unwrap_or_default();
             Ok(EventDetail {
                 summary: summary(row)?,
                 headers: serde_json::from_str(&headers).unwrap_or(serde_json::Value::Null),

@@ -8,6 +8,7 @@
 //! - [`queue`]: the read side used by delivery (due events, bodies).
 //! - [`inspect`]: the operator's view: list, show, replay, purge, counts.
 
+pub mod checkpoint;
 pub mod inspect;
 pub mod queue;
 pub mod schema;

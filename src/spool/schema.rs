@@ -50,10 +50,11 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_pending ON events(next_attempt_at) WHERE state = 0;
 CREATE INDEX IF NOT EXISTS events_delivered ON events(received_at) WHERE state = 1;
+-- key: the first 16 bytes of the SHA-256 of an identity (body hash or item id).
 CREATE TABLE IF NOT EXISTS dedup (
-    key      TEXT    PRIMARY KEY,
-    event_id TEXT    NOT NULL,
-    seen_at  INTEGER NOT NULL
+    key       BLOB    PRIMARY KEY,
+    event_seq INTEGER NOT NULL,
+    seen_at   INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS dedup_seen ON dedup(seen_at);
 CREATE INDEX IF NOT EXISTS events_dead ON events(finished_at) WHERE state = 2;

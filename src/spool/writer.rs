@@ -10,6 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, Notify};
 use tracing::{debug, error, info, warn};
 
@@ -81,6 +82,12 @@ fn run(
     health: &SpoolHealth,
 ) {
     let window_ms = settings.dedup_window.as_millis().min(i64::MAX as u128) as i64;
+    // Checkpoints run on the checkpointer's connection, not in the writer's commits.
+    if let Err(e) =
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 67108864;")
+    {
+        warn!(error = %e, "cannot move checkpoints off the writer; it will checkpoint itself");
+    }
     let prune_every =
         (settings.dedup_window / 4).clamp(Duration::from_millis(200), Duration::from_secs(60));
     let mut last_prune = Instant::now();
@@ -94,7 +101,14 @@ fn run(
             }
         }
         let closing = batch.iter().any(|c| matches!(c, Command::Close));
+        let size = batch.len();
+        let started = Instant::now();
         let stored_new = commit_batch(&mut conn, &mut batch, window_ms, health);
+        debug!(
+            size,
+            micros = started.elapsed().as_micros() as u64,
+            "committed a batch"
+        );
         if stored_new {
             new_events.notify_one();
         }
@@ -184,6 +198,14 @@ fn commit_batch(
     }
 }
 
+/// The stored form of an identity: the first 16 bytes of its SHA-256.
+fn dedup_key(identity: &str) -> [u8; 16] {
+    let digest = Sha256::digest(identity.as_bytes());
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&digest[..16]);
+    key
+}
+
 /// Checks one event against the remembered identities and stores it if it is new.
 fn accept_one(
     tx: &Transaction<'_>,
@@ -192,24 +214,27 @@ fn accept_one(
     window_ms: i64,
 ) -> rusqlite::Result<Stored> {
     let cutoff = now.saturating_sub(window_ms);
-    let mut lookup =
-        tx.prepare_cached("SELECT event_id FROM dedup WHERE key = ?1 AND seen_at >= ?2")?;
-    if let Some(id) = lookup
-        .query_row(params![event.identity.body_key, cutoff], |r| {
-            r.get::<_, String>(0)
-        })
-        .optional()?
-    {
+    let mut lookup = tx.prepare_cached(
+        "SELECT d.event_seq, e.id FROM dedup d LEFT JOIN events e ON e.seq = d.event_seq
+         WHERE d.key = ?1 AND d.seen_at >= ?2",
+    )?;
+    let mut seen = |identity: &str| -> rusqlite::Result<Option<String>> {
+        lookup
+            .query_row(params![&dedup_key(identity)[..], cutoff], |r| {
+                let seq: i64 = r.get(0)?;
+                let id: Option<String> = r.get(1)?;
+                Ok(id.unwrap_or_else(|| format!("#{seq}")))
+            })
+            .optional()
+    };
+    if let Some(id) = seen(&event.identity.body_key)? {
         return Ok(Stored::Duplicate(id));
     }
     if let Some(items) = &event.identity.item_keys {
         let mut first_seen = None;
         let mut all_seen = true;
         for key in items {
-            match lookup
-                .query_row(params![key, cutoff], |r| r.get::<_, String>(0))
-                .optional()?
-            {
+            match seen(key)? {
                 Some(id) => {
                     first_seen.get_or_insert(id);
                 }
@@ -238,14 +263,15 @@ fn accept_one(
         event.field,
         event.headers,
         event.signature,
-        &event.body[..]
+        &event.body[..],
     ])?;
+    let seq = tx.last_insert_rowid();
     let mut remember = tx.prepare_cached(
-        "INSERT OR REPLACE INTO dedup (key, event_id, seen_at) VALUES (?1, ?2, ?3)",
+        "INSERT OR REPLACE INTO dedup (key, event_seq, seen_at) VALUES (?1, ?2, ?3)",
     )?;
-    remember.execute(params![event.identity.body_key, id, now])?;
+    remember.execute(params![&dedup_key(&event.identity.body_key)[..], seq, now])?;
     for key in event.identity.item_keys.iter().flatten() {
-        remember.execute(params![key, id, now])?;
+        remember.execute(params![&dedup_key(key)[..], seq, now])?;
     }
     Ok(Stored::New(id))
 }

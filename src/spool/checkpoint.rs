@@ -1,0 +1,60 @@
+//! The checkpointer: copies the write-ahead log back into the database on a connection
+//! of its own, so the writer's commits never pause for it. It runs PASSIVE checkpoints
+//! (they never block the writer) a few times a second; once the log is fully copied,
+//! the writer starts it over from the beginning, and `journal_size_limit` (set on the
+//! writer) trims the file, so the log does not grow without bound.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rusqlite::Connection;
+use tracing::warn;
+
+use super::schema;
+
+/// How often the log is checked.
+const EVERY: Duration = Duration::from_millis(200);
+
+/// The running checkpointer thread.
+pub struct Checkpointer {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    /// Starts it on its own connection to the spool in `state_dir`.
+    pub fn start(state_dir: &Path) -> anyhow::Result<Checkpointer> {
+        let conn = schema::open(state_dir)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("spool-checkpoint".into())
+            .spawn(move || run(&conn, &flag))?;
+        Ok(Checkpointer {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(conn: &Connection, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(EVERY);
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            warn!(error = %e, "checkpoint failed; will try again");
+        }
+    }
+    // A last one, so a clean stop leaves a small log.
+    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+}
