@@ -1,8 +1,9 @@
 //! The checkpointer: copies the write-ahead log back into the database on a connection
-//! of its own, so the writer's commits never pause for it. It runs PASSIVE checkpoints
-//! (they never block the writer) a few times a second; once the log is fully copied,
-//! the writer starts it over from the beginning, and `journal_size_limit` (set on the
-//! writer) trims the file, so the log does not grow without bound.
+//! of its own, so the writer's commits seldom pause for it. It runs PASSIVE checkpoints
+//! (they never block the writer) a few times a second. Under steady load new frames
+//! arrive while it copies, so it never finishes on its own; the writer then copies the
+//! short rest once the log passes its limit (see `writer`), the log starts over from
+//! the beginning, and `journal_size_limit` trims the file: the log stays bounded.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -23,6 +23,10 @@ const MAX_BATCH: usize = 1024;
 const QUEUE_DEPTH: usize = 4096;
 /// Rows deleted per pruning transaction, so pruning never holds the writer long.
 const PRUNE_CHUNK: i64 = 5000;
+/// Log frames (pages) after which a commit also checkpoints: about 32 MiB of log.
+const WAL_CHECKPOINT_FRAMES: u32 = 8192;
+/// Bytes of log file kept once the log starts over.
+const WAL_SIZE_LIMIT: u64 = 64 * 1024 * 1024;
 
 /// What the writer needs to know.
 #[derive(Debug, Clone, Copy)]
@@ -82,11 +86,14 @@ fn run(
     health: &SpoolHealth,
 ) {
     let window_ms = settings.dedup_window.as_millis().min(i64::MAX as u128) as i64;
-    // Checkpoints run on the checkpointer's connection, not in the writer's commits.
-    if let Err(e) =
-        conn.execute_batch("PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 67108864;")
-    {
-        warn!(error = %e, "cannot move checkpoints off the writer; it will checkpoint itself");
+    // The checkpointer copies the log back on its own connection. Under steady load it
+    // never catches up with the newest frames, and a log is only started over once it is
+    // fully copied: past WAL_CHECKPOINT_FRAMES the writer copies the (short) rest itself,
+    // so the log stays bounded.
+    if let Err(e) = conn.execute_batch(&format!(
+        "PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_FRAMES}; PRAGMA journal_size_limit = {WAL_SIZE_LIMIT};"
+    )) {
+        warn!(error = %e, "cannot set the log's checkpoint limits; using SQLite's defaults");
     }
     let prune_every =
         (settings.dedup_window / 4).clamp(Duration::from_millis(200), Duration::from_secs(60));
