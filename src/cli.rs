@@ -236,6 +236,16 @@ pub struct ServeArgs {
     )]
     pub header_timeout: String,
 
+    /// Once the headers are in, a request body must arrive whole within this time;
+    /// otherwise the answer is 408 and the connection is closed.
+    #[arg(
+        long,
+        value_name = "DUR",
+        env = "XHUBD_BODY_TIMEOUT",
+        default_value = "30s"
+    )]
+    pub body_timeout: String,
+
     /// On SIGTERM, how long requests in flight and delivery attempts may take to finish.
     #[arg(
         long,

@@ -52,6 +52,8 @@ pub struct Config {
     pub max_connections: usize,
     /// Time to receive a request's headers.
     pub header_timeout: Duration,
+    /// Time allowed for a request body once its headers are in.
+    pub body_timeout: Duration,
     /// Bound of the graceful shutdown.
     pub shutdown_timeout: Duration,
     /// Log format.
@@ -155,6 +157,7 @@ impl Config {
             admin_token,
             max_connections: args.max_connections,
             header_timeout: positive("--header-timeout", &args.header_timeout)?,
+            body_timeout: positive("--body-timeout", &args.body_timeout)?,
             shutdown_timeout: positive("--shutdown-timeout", &args.shutdown_timeout)?,
             log_format: args.log_format,
         })

@@ -83,6 +83,7 @@ pub fn main() -> ExitCode {
                 Err(e) => return startup_error(&e),
             };
             crate::logging::init(config.log_format);
+            crate::fd_limit::raise_for(config.max_connections);
             // Before any thread exists: this edits the environment.
             let inherited = match take_systemd_socket() {
                 Ok(s) => s,
@@ -208,6 +209,7 @@ impl Daemon {
             verify_token: config.verify_token,
             app_secrets: config.app_secrets,
             max_body_bytes: config.max_body_bytes,
+            body_timeout: config.body_timeout,
             client_cn: config
                 .client_cn
                 .map(|(header, cn)| ClientCnCheck::new(header, cn)),

@@ -21,7 +21,7 @@
 //! - [`sign`]: `xhubd sign`, the signature Meta would send for a body; [`docs`]: man
 //!   pages and shell completions.
 //! - [`events_cli`], [`check`], [`send_test`]: the operator's commands.
-//! - [`secret`], [`duration`], [`logging`], [`shutdown`]: small helpers.
+//! - [`secret`], [`duration`], [`logging`], [`shutdown`], [`fd_limit`]: small helpers.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -34,6 +34,7 @@ pub mod delivery;
 pub mod docs;
 pub mod duration;
 pub mod events_cli;
+pub mod fd_limit;
 pub mod listener;
 pub mod logging;
 pub mod metrics;

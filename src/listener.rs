@@ -6,7 +6,7 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context};
-use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UnixListener, UnixSocket, UnixStream};
 
 /// A listening address as given on the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,7 +101,7 @@ impl Listener {
     pub async fn bind(addr: &ListenAddr, socket_mode: u32) -> anyhow::Result<Listener> {
         match addr {
             ListenAddr::Tcp(a) => {
-                let l = TcpListener::bind(a)
+                let l = bind_tcp(a)
                     .await
                     .with_context(|| format!("failed to bind {a} (is the port in use?)"))?;
                 Ok(Listener::Tcp(l))
@@ -185,6 +185,28 @@ fn is_socket(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// Pending connections the kernel holds for us (capped by `net.core.somaxconn`): while
+/// every connection slot is taken, new clients wait here rather than being refused.
+const BACKLOG: u32 = 4096;
+
+/// Binds `HOST:PORT` (the first address it resolves to that binds) with [`BACKLOG`].
+async fn bind_tcp(addr: &str) -> io::Result<TcpListener> {
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let socket = if a.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(a).and_then(|()| socket.listen(BACKLOG)) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address to bind")))
+}
+
 /// Binds a Unix socket: a stale socket file left by a previous run is replaced, a live
 /// one (another process answers) or anything that is not a socket is left alone.
 fn bind_unix(path: &Path, mode: u32) -> anyhow::Result<Listener> {
@@ -212,7 +234,9 @@ fn bind_unix(path: &Path, mode: u32) -> anyhow::Result<Listener> {
             return Err(e).with_context(|| format!("cannot inspect {}", path.display()));
         }
     }
-    let listener = UnixListener::bind(path)
+    let listener = UnixSocket::new_stream()
+        .and_then(|s| s.bind(path).map(|()| s))
+        .and_then(|s| s.listen(BACKLOG))
         .with_context(|| format!("failed to bind unix:{}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("cannot set the mode of {}", path.display()))?;

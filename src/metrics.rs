@@ -26,8 +26,11 @@ pub enum RequestOutcome {
     SignatureRefused,
     /// Body over the limit.
     TooLarge,
-    /// Not a JSON object, or an unreadable body.
+    /// Not a JSON object.
     BadJson,
+    /// The body did not arrive whole: the client went away, sent a broken body, or was
+    /// too slow (`--body-timeout`).
+    IncompleteBody,
     /// Meta's retry of an event already accepted.
     Duplicate,
     /// A new event, committed.
@@ -49,6 +52,7 @@ impl RequestOutcome {
             RequestOutcome::SignatureRefused => "signature_refused",
             RequestOutcome::TooLarge => "too_large",
             RequestOutcome::BadJson => "bad_json",
+            RequestOutcome::IncompleteBody => "incomplete_body",
             RequestOutcome::Duplicate => "duplicate",
             RequestOutcome::Accepted => "accepted",
             RequestOutcome::SpoolError => "spool_error",

@@ -1,5 +1,8 @@
-//! Reading a request body within `--max-body-bytes`: a declared `Content-Length` over the
-//! limit is refused before anything is read; otherwise the stream is capped.
+//! Reading a request body within `--max-body-bytes` and `--body-timeout`: a declared
+//! `Content-Length` over the limit is refused before anything is read; otherwise the
+//! stream is capped, and a body that does not arrive whole in time is given up.
+
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderMap};
@@ -13,13 +16,16 @@ pub enum BodyError {
     TooLarge,
     /// The client went away or sent a broken body.
     Read(String),
+    /// The whole body did not arrive within the time allowed (408).
+    TimedOut,
 }
 
-/// Reads the whole body if it fits in `limit` bytes.
+/// Reads the whole body if it fits in `limit` bytes and arrives within `timeout`.
 pub async fn read_limited(
     headers: &HeaderMap,
     body: Incoming,
     limit: u64,
+    timeout: Duration,
 ) -> Result<Bytes, BodyError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -29,9 +35,10 @@ pub async fn read_limited(
         return Err(BodyError::TooLarge);
     }
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<LengthLimitError>() => Err(BodyError::TooLarge),
-        Err(e) => Err(BodyError::Read(e.to_string())),
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Err(_elapsed) => Err(BodyError::TimedOut),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(BodyError::TooLarge),
+        Ok(Err(e)) => Err(BodyError::Read(e.to_string())),
     }
 }

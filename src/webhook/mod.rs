@@ -15,7 +15,7 @@ pub mod identity;
 pub mod signature;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -41,6 +41,8 @@ pub struct Webhook {
     pub app_secrets: Vec<Secret>,
     /// Largest accepted body.
     pub max_body_bytes: u64,
+    /// Time allowed for a body to arrive whole once the headers are in.
+    pub body_timeout: Duration,
     /// The client certificate subject check, when configured.
     pub client_cn: Option<ClientCnCheck>,
     /// Where events go.
@@ -131,7 +133,14 @@ impl Webhook {
     /// The checks and the commit of a POST, with the outcome to count.
     async fn store_event(&self, request: Request<Incoming>) -> (RequestOutcome, Answer) {
         let (parts, incoming) = request.into_parts();
-        let raw = match body::read_limited(&parts.headers, incoming, self.max_body_bytes).await {
+        let raw = match body::read_limited(
+            &parts.headers,
+            incoming,
+            self.max_body_bytes,
+            self.body_timeout,
+        )
+        .await
+        {
             Ok(raw) => raw,
             Err(body::BodyError::TooLarge) => {
                 warn!(limit = self.max_body_bytes, "rejected: body too large");
@@ -147,9 +156,23 @@ impl Webhook {
             Err(body::BodyError::Read(e)) => {
                 warn!(error = %e, "rejected: could not read the body");
                 return (
-                    RequestOutcome::BadJson,
+                    RequestOutcome::IncompleteBody,
                     text(StatusCode::BAD_REQUEST, "could not read the body"),
                 );
+            }
+            Err(body::BodyError::TimedOut) => {
+                warn!(
+                    timeout = ?self.body_timeout,
+                    "rejected: the body did not arrive within --body-timeout"
+                );
+                let mut answer = text(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the body did not arrive within --body-timeout",
+                );
+                answer
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return (RequestOutcome::IncompleteBody, answer);
             }
         };
         let signature_header = parts.headers.get("x-hub-signature-256");

@@ -380,21 +380,19 @@ impl Xhubd {
 
     /// Asserts that no secret appears in the logs.
     pub fn assert_no_secret_in_logs(&self) {
-        let logs = self.logs();
-        for secret in [APP_SECRET, OTHER_SECRET, VERIFY_TOKEN] {
-            assert!(
-                !logs.contains(secret),
-                "a secret appears in the logs:\n{logs}"
-            );
-        }
+        assert_no_secret("the logs", &self.logs());
     }
 }
 
 impl Drop for Xhubd {
+    /// Stops the daemon, and checks every line it logged in this test for the secrets.
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if !std::thread::panicking() {
+            self.assert_no_secret_in_logs();
         }
     }
 }
@@ -431,11 +429,22 @@ pub fn run_xhubd(args: &[&str], stdin: Option<&[u8]>) -> (i32, String, String) {
     }
     drop(child.stdin.take());
     let out = child.wait_with_output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
+    let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    );
+    assert_no_secret("xhubd's output", &format!("{stdout}{stderr}"));
+    (out.status.code().unwrap_or(-1), stdout, stderr)
+}
+
+/// Fails when any of the test secrets appears in `text`.
+pub fn assert_no_secret(what: &str, text: &str) {
+    for secret in [APP_SECRET, OTHER_SECRET, VERIFY_TOKEN] {
+        assert!(
+            !text.contains(secret),
+            "a secret appears in {what}:\n{text}"
+        );
+    }
 }
 
 /// Polls `cond` until it holds or `limit` passes.
