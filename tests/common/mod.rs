@@ -182,6 +182,8 @@ pub struct Options {
     pub held_socket: bool,
     /// Wait for the "xhubd ready" log line after each start.
     pub wait_ready: bool,
+    /// The state directory, when not the default one in the temporary directory.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Options {
@@ -193,7 +195,12 @@ impl Options {
             env: vec![],
             held_socket: false,
             wait_ready: true,
+            state_dir: None,
         }
+    }
+    pub fn state_dir(mut self, dir: &Path) -> Self {
+        self.state_dir = Some(dir.to_owned());
+        self
     }
     pub fn env(mut self, name: &str, value: &str) -> Self {
         self.env.push((name.to_owned(), value.to_owned()));
@@ -228,7 +235,10 @@ pub fn free_port() -> u16 {
 impl Xhubd {
     pub fn start(opts: Options) -> Xhubd {
         let dir = tempfile::tempdir().unwrap();
-        let state_dir = dir.path().join("state");
+        let state_dir = opts
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| dir.path().join("state"));
         let secret_file = dir.path().join("app_secret");
         std::fs::write(&secret_file, format!("{APP_SECRET}\n{OTHER_SECRET}\n")).unwrap();
         let (listen, target) = if opts.tcp {
@@ -467,6 +477,8 @@ pub struct Received {
     pub path_and_query: String,
     pub headers: Vec<(String, String)>,
     pub body: Bytes,
+    /// What the fake upstream answered.
+    pub status: u16,
 }
 
 impl Received {
@@ -561,13 +573,15 @@ impl Upstream {
                                 .unwrap_or_default();
                             let status = {
                                 let mut s = script.lock().unwrap();
+                                let d = s.default_status;
+                                let status = s.next.pop_front().unwrap_or(d);
                                 s.received.push(Received {
                                     path_and_query,
                                     headers,
                                     body,
+                                    status,
                                 });
-                                let d = s.default_status;
-                                s.next.pop_front().unwrap_or(d)
+                                status
                             };
                             let mut resp = Response::new(Full::new(Bytes::from_static(b"ok")));
                             *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
