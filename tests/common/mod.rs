@@ -3,6 +3,7 @@
 //! or TCP that sends exactly the bytes a test gives it.
 #![allow(dead_code)]
 
+pub mod faulty_upstream;
 pub mod nginx;
 pub mod pki;
 
