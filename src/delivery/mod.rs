@@ -35,6 +35,9 @@ use upstream::{Attempt, Upstream};
 const FETCH_BATCH: usize = 256;
 /// Longest sleep when nothing is due, as a safety net for missed wake-ups.
 const IDLE_POLL: Duration = Duration::from_secs(1);
+/// While every due event already has an attempt running, how often to look again, so
+/// that another event's retry falling due meanwhile starts on time.
+const BUSY_POLL: Duration = Duration::from_millis(100);
 
 /// Everything an attempt needs.
 pub struct Delivery {
@@ -68,6 +71,7 @@ impl Delivery {
         let mut ready: VecDeque<DueEvent> = VecDeque::new();
         while !shutdown.is_cancelled() {
             let mut only_busy_due = false;
+            let mut read_failed = false;
             if ready.is_empty() {
                 match this.fetch(busy.len() + FETCH_BATCH).await {
                     Ok(list) => {
@@ -77,7 +81,7 @@ impl Delivery {
                     }
                     Err(e) => {
                         error!(error = %e, "cannot read due events from the spool; retrying in 1s");
-                        only_busy_due = true;
+                        read_failed = true;
                     }
                 }
             }
@@ -94,8 +98,10 @@ impl Delivery {
                 }
                 continue;
             }
-            let wait = if only_busy_due {
+            let wait = if read_failed {
                 IDLE_POLL
+            } else if only_busy_due {
+                BUSY_POLL
             } else {
                 self_wait(&this).await
             };
