@@ -144,13 +144,10 @@ impl Webhook {
             Ok(raw) => raw,
             Err(body::BodyError::TooLarge) => {
                 warn!(limit = self.max_body_bytes, "rejected: body too large");
-                let mut answer = text(
+                let answer = closing(text(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "body larger than --max-body-bytes",
-                );
-                answer
-                    .headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                ));
                 return (RequestOutcome::TooLarge, answer);
             }
             Err(body::BodyError::Read(e)) => {
@@ -165,13 +162,10 @@ impl Webhook {
                     timeout = ?self.body_timeout,
                     "rejected: the body did not arrive within --body-timeout"
                 );
-                let mut answer = text(
+                let answer = closing(text(
                     StatusCode::REQUEST_TIMEOUT,
                     "the body did not arrive within --body-timeout",
-                );
-                answer
-                    .headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                ));
                 return (RequestOutcome::IncompleteBody, answer);
             }
         };
@@ -279,6 +273,15 @@ fn headers_json(headers: &http::HeaderMap) -> String {
         );
     }
     serde_json::Value::Object(map).to_string()
+}
+
+/// `answer` with `Connection: close`: the rest of the request was not read, so the
+/// connection cannot carry another one.
+fn closing(mut answer: Answer) -> Answer {
+    answer
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    answer
 }
 
 /// A short `text/plain` answer.
