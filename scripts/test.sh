@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test of xhubd: formatting, lints, unit and integration tests.
+# Runs every test of xhubd: formatting, lints, unit and integration tests, then a
+# short run of each fuzz target (FUZZ_SECONDS, default 15; scripts/fuzz.sh alone runs
+# them longer).
 # Installs what the tests need when it is missing (Debian packages; as root, or with
 # sudo): nginx-light for the end-to-end tests through the shipped site file, curl as
 # their TLS client, systemd for systemd-analyze and systemd-socket-activate, dpkg-dev
@@ -23,6 +25,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 cargo fmt --all -- --check
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 cargo clippy --all-targets --locked -- -D warnings
 # The Debian package, which tests/package.rs inspects (an unoptimised binary inside,
 # to spare a release build; scripts/package.sh alone builds the release one).
@@ -36,4 +39,6 @@ status=${PIPESTATUS[0]}
 set -e
 # One closing line with the totals of every test binary.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "all tests: %d passed, %d failed\n", p, f }' "$log"
-exit "$status"
+[ "$status" -eq 0 ] || exit "$status"
+
+FUZZ_SECONDS=${FUZZ_SECONDS:-15} bash scripts/fuzz.sh
