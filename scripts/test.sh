@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test of xhubd: formatting, lints, unit and integration tests, then a
-# short run of each fuzz target (FUZZ_SECONDS, default 15; scripts/fuzz.sh alone runs
+# short run of each fuzz target (FUZZ_SECONDS, default 30; scripts/fuzz.sh alone runs
 # them longer).
 # Installs what the tests need when it is missing (Debian packages; as root, or with
 # sudo): nginx-light for the end-to-end tests through the shipped site file, curl as
@@ -41,4 +41,4 @@ set -e
 awk '/^test result:/ { p += $4; f += $6 } END { printf "all tests: %d passed, %d failed\n", p, f }' "$log"
 [ "$status" -eq 0 ] || exit "$status"
 
-FUZZ_SECONDS=${FUZZ_SECONDS:-15} bash scripts/fuzz.sh
+FUZZ_SECONDS=${FUZZ_SECONDS:-30} bash scripts/fuzz.sh
