@@ -176,7 +176,7 @@ while :; do
   delivered=$(($(upstream_count) - before))
   t_now=$(now)
   if [ "$delivered" -ge "${xhub[ok]}" ]; then drained=1; break; fi
-  [ "$(calc %d "$t_now > $deadline")" = 1 ] && break
+  [ "$(calc %d "($t_now > $deadline)")" = 1 ] && break
   sleep 0.02
 done
 t_drained=$t_now
