@@ -2,8 +2,9 @@
 //! answers 200 with an empty body to every request and counts the POSTs it received.
 //! `GET /count` returns that count as text.
 //!
-//! Usage: `bench-upstream [ADDR]` (default `127.0.0.1:0`); it prints the address it
-//! listens on.
+//! Usage: `bench-upstream [ADDR] [UNIX_SOCKET]` (default `127.0.0.1:0`); it prints the
+//! address it listens on. With UNIX_SOCKET it also answers there (Nginx's upstream in
+//! the ceiling load of `bench/run.sh --nginx`), counting both together.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -14,7 +15,8 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
 
 static POSTS: AtomicU64 = AtomicU64::new(0);
 
@@ -32,10 +34,19 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, hyper::
     Ok(Response::new(Full::new(Bytes::new())))
 }
 
+/// Serves one connection until the client closes it.
+fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(stream: S) {
+    tokio::spawn(async move {
+        let _ = http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service_fn(handle))
+            .await;
+    });
+}
+
 fn main() -> std::io::Result<()> {
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:0".into());
+    let mut args = std::env::args().skip(1);
+    let addr = args.next().unwrap_or_else(|| "127.0.0.1:0".into());
+    let unix_path = args.next();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -43,16 +54,24 @@ fn main() -> std::io::Result<()> {
     runtime.block_on(async {
         let listener = TcpListener::bind(&addr).await?;
         println!("listening on {}", listener.local_addr()?);
+        if let Some(path) = unix_path {
+            let _ = std::fs::remove_file(&path);
+            let unix = UnixListener::bind(&path)?;
+            println!("listening on unix:{path}");
+            tokio::spawn(async move {
+                loop {
+                    if let Ok((stream, _)) = unix.accept().await {
+                        serve(stream);
+                    }
+                }
+            });
+        }
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
             let _ = stream.set_nodelay(true);
-            tokio::spawn(async move {
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service_fn(handle))
-                    .await;
-            });
+            serve(stream);
         }
     })
 }
