@@ -29,6 +29,8 @@
 #   DRAIN_TIMEOUT [60]               seconds to wait for delivery after the load
 #   CATCH_UP_DURATION [DURATION]     how long xhubd accepts with its upstream down
 #   CATCH_UP_TIMEOUT [600]           seconds to wait for the backlog's delivery
+#   PROFILE [release]                cargo profile of the binaries (dev: the smoke run
+#                                    in scripts/test.sh, which has them built already)
 # Installs wrk and curl (and nginx-light with --nginx) with apt-get when missing. The
 # table is also written to bench/out/. Exits non-zero when an answer was not 2xx, a
 # socket error occurred, or delivery did not drain in time. Figures are targets for the
@@ -57,6 +59,7 @@ CONCURRENCY=${CONCURRENCY:-8}
 LOG_LEVEL=${LOG_LEVEL:-warn}
 DRAIN_TIMEOUT=${DRAIN_TIMEOUT:-60}
 CATCH_UP_TIMEOUT=${CATCH_UP_TIMEOUT:-600}
+PROFILE=${PROFILE:-release}
 CATCH_UP_DURATION=${CATCH_UP_DURATION:-$DURATION}
 HOST=127.0.0.1
 
@@ -72,8 +75,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends "${missing[@]}"
 fi
 
-cargo build --release --locked --bin xhubd --example bench-upstream
-target_dir=${CARGO_TARGET_DIR:-target}/release
+cargo build --profile "$PROFILE" --locked --bin xhubd --example bench-upstream
+profile_dir=$PROFILE
+[ "$PROFILE" != dev ] || profile_dir=debug
+target_dir=${CARGO_TARGET_DIR:-target}/$profile_dir
 xhubd_bin=$target_dir/xhubd
 upstream_bin=$target_dir/examples/bench-upstream
 
@@ -343,7 +348,7 @@ fi
 mkdir -p bench/out
 report=bench/out/run-$(date +%Y%m%dT%H%M%S).txt
 {
-  echo "xhubd $(git describe --always --dirty 2>/dev/null || echo '?'), $(nproc) cores;" \
+  echo "xhubd $(git describe --always --dirty 2>/dev/null || echo '?') ($PROFILE build), $(nproc) cores;" \
     "wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $BODY_BYTES-byte signed bodies;" \
     "--upstream-concurrency $CONCURRENCY, XHUBD_LOG=$LOG_LEVEL"
   row() { printf '| %-34s | %-22s | %-22s | %-22s | %-22s |\n' "$@"; }
