@@ -5,7 +5,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use rusqlite::Connection;
+use rusqlite::{params, Connection, TransactionBehavior};
+use sha2::{Digest, Sha256};
 
 /// The file name of the spool inside the state directory.
 pub const DB_FILE: &str = "spool.sqlite3";
@@ -58,11 +59,22 @@ CREATE TABLE IF NOT EXISTS dedup (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS dedup_seen ON dedup(seen_at);
 CREATE INDEX IF NOT EXISTS events_dead ON events(finished_at) WHERE state = 2;
-PRAGMA user_version = 1;
+PRAGMA user_version = 2;
 ";
 
 /// The layout version this build reads and writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+/// 1: dedup keys stored as text with the event's id; 2: as [`dedup_key`] hashes with the
+/// event's `seq`.
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// The stored form of a dedup identity (body hash or item id): the first 16 bytes of
+/// its SHA-256.
+pub fn dedup_key(identity: &str) -> [u8; 16] {
+    let digest = Sha256::digest(identity.as_bytes());
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&digest[..16]);
+    key
+}
 
 /// Opens (and creates if needed) the spool database in `state_dir`, with WAL and
 /// `synchronous=FULL`, so that a committed transaction survives a crash or power loss.
@@ -80,9 +92,47 @@ pub fn open(state_dir: &Path) -> anyhow::Result<Connection> {
             path.display()
         );
     }
-    conn.execute_batch(SCHEMA)
+    let mut conn = conn;
+    apply_schema(&mut conn)
         .with_context(|| format!("cannot create the spool schema in {}", path.display()))?;
     Ok(conn)
+}
+
+/// Creates what is missing and upgrades a layout-1 spool, in one transaction, so that
+/// connections opening at the same time never see half a layout.
+fn apply_schema(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let text_keys: i64 = tx.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info('dedup') WHERE name = 'event_id'",
+        [],
+        |r| r.get(0),
+    )?;
+    if text_keys > 0 {
+        // Layout 1: rebuild the dedup table with hashed keys, keeping every identity
+        // and when it was seen. An identity whose event was already deleted points at
+        // seq 0 (its duplicates are then reported as `#0`).
+        tx.execute_batch("ALTER TABLE dedup RENAME TO dedup_v1; DROP INDEX dedup_seen;")?;
+        tx.execute_batch(SCHEMA)?;
+        {
+            let mut read = tx.prepare(
+                "SELECT d.key, COALESCE(e.seq, 0), d.seen_at
+                 FROM dedup_v1 d LEFT JOIN events e ON e.id = d.event_id",
+            )?;
+            let mut write = tx.prepare(
+                "INSERT OR REPLACE INTO dedup (key, event_seq, seen_at) VALUES (?1, ?2, ?3)",
+            )?;
+            let mut rows = read.query([])?;
+            while let Some(row) = rows.next()? {
+                let identity: String = row.get(0)?;
+                let seq: i64 = row.get(1)?;
+                let seen_at: i64 = row.get(2)?;
+                write.execute(params![&dedup_key(&identity)[..], seq, seen_at])?;
+            }
+        }
+        tx.execute_batch("DROP TABLE dedup_v1;")?;
+    }
+    tx.execute_batch(SCHEMA)?;
+    tx.commit()
 }
 
 /// Applies the pragmas every connection needs.
@@ -94,4 +144,88 @@ pub fn configure(conn: &Connection) -> rusqlite::Result<()> {
     }
     conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = OFF;")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a layout-1 spool holds: one event and the text keys it was accepted under.
+    const LAYOUT_1: &str = "
+        CREATE TABLE events (
+            seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, received_at INTEGER NOT NULL,
+            state INTEGER NOT NULL DEFAULT 0, attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at INTEGER NOT NULL, finished_at INTEGER, last_error TEXT,
+            retry_from INTEGER NOT NULL, size INTEGER NOT NULL,
+            object TEXT NOT NULL DEFAULT '', field TEXT NOT NULL DEFAULT '',
+            headers TEXT NOT NULL DEFAULT '{}', signature TEXT NOT NULL, body BLOB NOT NULL);
+        CREATE TABLE dedup (key TEXT PRIMARY KEY, event_id TEXT NOT NULL,
+            seen_at INTEGER NOT NULL) WITHOUT ROWID;
+        CREATE INDEX dedup_seen ON dedup(seen_at);
+        INSERT INTO events (seq, id, received_at, next_attempt_at, retry_from, size, signature, body)
+            VALUES (7, 'evt-7', 1000, 1000, 1000, 2, 'sha256=00', x'7b7d');
+        INSERT INTO dedup VALUES ('body:abc', 'evt-7', 1000), ('wamid.X', 'evt-7', 1000),
+            ('body:gone', 'evt-deleted', 900);
+        PRAGMA user_version = 1;
+    ";
+
+    #[test]
+    fn a_layout_1_spool_is_upgraded_with_every_identity_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        Connection::open(dir.path().join(DB_FILE))
+            .unwrap()
+            .execute_batch(LAYOUT_1)
+            .unwrap();
+
+        let conn = open(dir.path()).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let mut rows: Vec<(Vec<u8>, i64, i64)> = conn
+            .prepare("SELECT key, event_seq, seen_at FROM dedup ORDER BY seen_at, event_seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        rows.sort();
+        let mut expected = vec![
+            (dedup_key("body:abc").to_vec(), 7, 1000),
+            (dedup_key("wamid.X").to_vec(), 7, 1000),
+            (dedup_key("body:gone").to_vec(), 0, 900),
+        ];
+        expected.sort();
+        assert_eq!(rows, expected);
+        let indexed: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'dedup_seen' AND tbl_name = 'dedup'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(indexed, 1);
+        drop(conn);
+        // A second open finds layout 2 and changes nothing.
+        let again = open(dir.path()).unwrap();
+        let count: i64 = again
+            .query_row("SELECT COUNT(*) FROM dedup", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(count, 3);
+    }
+
+    #[test]
+    fn a_spool_from_a_newer_layout_is_refused_with_its_version() {
+        let dir = tempfile::tempdir().unwrap();
+        Connection::open(dir.path().join(DB_FILE))
+            .unwrap()
+            .execute_batch(&format!("PRAGMA user_version = {};", SCHEMA_VERSION + 1))
+            .unwrap();
+        let error = format!("{:#}", open(dir.path()).unwrap_err());
+        assert!(error.contains("written by a newer xhubd"), "{error}");
+        assert!(
+            error.contains(&format!("layout {}", SCHEMA_VERSION + 1)),
+            "{error}"
+        );
+    }
 }

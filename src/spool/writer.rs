@@ -10,11 +10,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
-use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, Notify};
 use tracing::{debug, error, info, warn};
 
-use super::schema::state;
+use super::schema::{dedup_key, state};
 use super::{now_ms, Command, NewEvent, Outcome, Spool, SpoolError, SpoolHealth, Stored};
 
 /// Most requests in one transaction.
@@ -203,14 +202,6 @@ fn commit_batch(
             false
         }
     }
-}
-
-/// The stored form of an identity: the first 16 bytes of its SHA-256.
-fn dedup_key(identity: &str) -> [u8; 16] {
-    let digest = Sha256::digest(identity.as_bytes());
-    let mut key = [0u8; 16];
-    key.copy_from_slice(&digest[..16]);
-    key
 }
 
 /// Checks one event against the remembered identities and stores it if it is new.
