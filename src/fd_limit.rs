@@ -7,8 +7,9 @@ use tracing::{debug, warn};
 /// Descriptors beyond the connections: the spool's files, upstream connections, logs.
 const RESERVED: u64 = 256;
 
-/// Raises the soft `RLIMIT_NOFILE` as far as allowed and returns the limit in force.
-pub fn raise_for(max_connections: usize) -> Option<u64> {
+/// Raises the soft `RLIMIT_NOFILE` as far as allowed, and says so when the limit in
+/// force is low for `max_connections`.
+pub fn raise_for(max_connections: usize) {
     let wanted = (max_connections as u64)
         .saturating_mul(2)
         .saturating_add(RESERVED);
@@ -23,11 +24,7 @@ pub fn raise_for(max_connections: usize) -> Option<u64> {
             } else {
                 debug!(open_files_limit = limit, "open-files limit");
             }
-            Some(limit)
         }
-        Err(e) => {
-            warn!(error = %e, "cannot read or raise the open-files limit");
-            None
-        }
+        Err(e) => warn!(error = %e, "cannot read or raise the open-files limit"),
     }
 }
