@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
+use rusqlite::config::DbConfig;
 use rusqlite::{params, Connection, TransactionBehavior};
 use sha2::{Digest, Sha256};
 
@@ -138,6 +139,10 @@ fn apply_schema(conn: &mut Connection) -> rusqlite::Result<()> {
 /// Applies the pragmas every connection needs.
 pub fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(Duration::from_secs(5))?;
+    // Plans never depend on bound values. Without this, a statement whose parameter
+    // the planner looked at (the dedup lookup's time cutoff, next to the partial
+    // indexes) is compiled again whenever that value changes: once per event.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(rusqlite::Error::InvalidQuery);
