@@ -153,7 +153,7 @@ impl Daemon {
         let conn = schema::open(&config.state_dir)?;
         let queue = Queue::open(&config.state_dir)?;
         let checkpointer = Checkpointer::start(&config.state_dir)?;
-        let writer = Writer::start(
+        let mut writer = Writer::start(
             conn,
             WriterSettings {
                 dedup_window: config.dedup_window,
@@ -189,9 +189,14 @@ impl Daemon {
         let delivery_running = Arc::new(AtomicBool::new(false));
         let metrics = Arc::new(Metrics::new());
         let upstream_status = Arc::new(UpstreamStatus::default());
+        let fresh = writer
+            .fresh
+            .take()
+            .context("the spool writer's fresh queue was already taken")?;
         let delivery = Delivery {
             spool: spool.clone(),
             queue,
+            fresh,
             upstream,
             policy: RetryPolicy {
                 initial: config.retry_initial,

@@ -303,7 +303,10 @@ fn a_retried_event_becomes_dead_when_retry_for_runs_out() {
 fn a_burst_is_acknowledged_while_every_attempt_hangs_and_delivered_after_recovery() {
     const CONCURRENCY: usize = 4;
     const CLIENTS: usize = 8;
-    const PER_CLIENT: usize = 25;
+    // 1,000 events: more than delivery holds in memory (its ready queue and the
+    // writer's hand-over queue), so some are found only by scanning the spool; none
+    // may be sent twice or left behind.
+    const PER_CLIENT: usize = 125;
     let up = FaultyUpstream::start(Mode::Hang);
     // Stuck attempts stay stuck for the whole test unless released.
     let x = Xhubd::start(

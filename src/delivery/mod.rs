@@ -1,14 +1,23 @@
-//! Delivery: a scheduler takes due events from the spool and sends each to the upstream
-//! with a bounded number of attempts in flight; every outcome (delivered, retry at a
-//! later time, dead) is recorded through the spool's writer.
+//! Delivery: a scheduler takes due events and sends each to the upstream with a
+//! bounded number of attempts in flight; every outcome (delivered, retry at a later
+//! time, dead) is recorded through the spool's writer.
 //!
 //! - [`upstream`]: the HTTP client and one attempt.
 //! - [`backoff`]: when to try again.
 //! - [`status`]: how the upstream is doing, for the status page.
 //!
-//! An event stays *busy* from the start of its attempt until its outcome is committed,
-//! so it is never sent twice at once; if xhubd stops in between, the event is still
-//! pending on disk and is sent again after the restart (at-least-once).
+//! Events reach the scheduler two ways. Newly committed events come from the writer in
+//! memory (the *fresh* queue), so a first attempt needs no read of the spool. Everything
+//! else (the backlog at start, retries falling due, replays, and new events the fresh
+//! queue had no room for) is found by a *scan* of the spool for pending, due events.
+//! The scan alone would deliver everything; the fresh queue only makes it cheaper.
+//!
+//! An event is *claimed* from the moment it is taken (from either source) until its
+//! outcome is committed, so it is never sent twice at once. A fresh event whose row
+//! number is not above every row number a scan has claimed is skipped: that scan may
+//! have taken it already, and if not, a later scan will. If xhubd stops between an
+//! attempt and its record, the event is still pending on disk and is sent again after
+//! the restart (at-least-once).
 
 pub mod backoff;
 pub mod status;
@@ -21,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant as TokioInstant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -31,12 +41,14 @@ use backoff::RetryPolicy;
 use status::UpstreamStatus;
 use upstream::{Attempt, Upstream};
 
-/// Due events fetched per query (beyond those already busy).
+/// Due events fetched per scan (beyond those already claimed), and the most events
+/// waiting in the scheduler for a free attempt slot.
 const FETCH_BATCH: usize = 256;
-/// Longest sleep when nothing is due, as a safety net for missed wake-ups.
+/// Longest time between two scans, as a safety net (e.g. for a replay made by
+/// `xhubd events replay` from another process).
 const IDLE_POLL: Duration = Duration::from_secs(1);
-/// While every due event already has an attempt running, how often to look again, so
-/// that another event's retry falling due meanwhile starts on time.
+/// While every due event is already claimed, how soon to scan again, so that another
+/// event's retry falling due meanwhile starts on time.
 const BUSY_POLL: Duration = Duration::from_millis(100);
 
 /// Everything an attempt needs.
@@ -45,6 +57,8 @@ pub struct Delivery {
     pub spool: Spool,
     /// Where due events are read.
     pub queue: Queue,
+    /// Newly committed events handed over by the writer.
+    pub fresh: mpsc::Receiver<DueEvent>,
     /// The upstream client.
     pub upstream: Upstream,
     /// When to retry.
@@ -59,64 +73,112 @@ pub struct Delivery {
     pub status: Arc<UpstreamStatus>,
 }
 
+/// What an attempt reports back to the scheduler when its outcome is recorded (or could
+/// not be): the event's row number and when it falls due again, if it stays pending.
+type Done = (i64, Option<i64>);
+
+/// The scheduler's view of the events it has taken.
+#[derive(Default)]
+struct Claims {
+    /// Taken and not yet recorded: waiting in `ready` or being attempted.
+    claimed: HashSet<i64>,
+    /// Taken, waiting for an attempt slot.
+    ready: VecDeque<DueEvent>,
+    /// The highest row number a scan has claimed; fresh events at or below it are
+    /// left to scans.
+    max_scanned: i64,
+}
+
+impl Claims {
+    /// Takes a fresh event unless a scan may have taken it.
+    fn offer_fresh(&mut self, event: DueEvent) {
+        if event.seq > self.max_scanned && self.claimed.insert(event.seq) {
+            self.ready.push_back(event);
+        }
+    }
+
+    /// Takes what a scan found, except events already claimed. Returns how many were new.
+    fn offer_scanned(&mut self, events: Vec<DueEvent>) -> usize {
+        let mut taken = 0;
+        for event in events {
+            self.max_scanned = self.max_scanned.max(event.seq);
+            if self.claimed.insert(event.seq) {
+                self.ready.push_back(event);
+                taken += 1;
+            }
+        }
+        taken
+    }
+}
+
 impl Delivery {
     /// Runs until `shutdown` is cancelled, then waits up to `drain` for attempts in
     /// flight to finish and be recorded.
-    pub async fn run(self, shutdown: CancellationToken, drain: Duration) {
+    pub async fn run(mut self, shutdown: CancellationToken, drain: Duration) {
+        // The fresh queue stays with this loop; attempts share the rest. (What is left
+        // in its place is a closed, empty queue.)
+        let mut fresh = std::mem::replace(&mut self.fresh, mpsc::channel(1).1);
         let this = Arc::new(self);
         this.running.store(true, Ordering::Relaxed);
         let permits = Arc::new(Semaphore::new(this.concurrency));
-        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<i64>();
-        let mut busy: HashSet<i64> = HashSet::new();
-        let mut ready: VecDeque<DueEvent> = VecDeque::new();
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
+        let mut claims = Claims::default();
+        // Scan as soon as the ready queue is empty (at start: the backlog).
+        let mut scan_now = true;
+        let mut next_scan = TokioInstant::now();
         while !shutdown.is_cancelled() {
-            let mut only_busy_due = false;
-            let mut read_failed = false;
-            if ready.is_empty() {
-                match this.fetch(busy.len() + FETCH_BATCH).await {
+            if claims.ready.is_empty() && (scan_now || TokioInstant::now() >= next_scan) {
+                scan_now = false;
+                let limit = claims.claimed.len() + FETCH_BATCH;
+                match this.fetch(limit).await {
                     Ok(list) => {
                         let fetched = list.len();
-                        ready.extend(list.into_iter().filter(|e| !busy.contains(&e.seq)));
-                        only_busy_due = fetched > 0 && ready.is_empty();
+                        let taken = claims.offer_scanned(list);
+                        if fetched >= limit {
+                            // There may be more: scan again once these are on their way.
+                            scan_now = true;
+                        } else if taken == 0 && fetched > 0 {
+                            next_scan = TokioInstant::now() + BUSY_POLL;
+                        } else {
+                            next_scan = TokioInstant::now() + self_wait(&this).await;
+                        }
                     }
                     Err(e) => {
                         error!(error = %e, "cannot read due events from the spool; retrying in 1s");
-                        read_failed = true;
+                        next_scan = TokioInstant::now() + IDLE_POLL;
                     }
                 }
             }
-            if !ready.is_empty() {
-                tokio::select! {
-                    biased;
-                    _ = shutdown.cancelled() => break,
-                    Some(seq) = done_rx.recv() => { busy.remove(&seq); }
-                    permit = permits.clone().acquire_owned() => {
-                        let (Ok(permit), Some(event)) = (permit, ready.pop_front()) else { break };
-                        busy.insert(event.seq);
-                        tokio::spawn(this.clone().attempt(event, permit, done_tx.clone()));
-                    }
-                }
-                continue;
-            }
-            let wait = if read_failed {
-                IDLE_POLL
-            } else if only_busy_due {
-                BUSY_POLL
-            } else {
-                self_wait(&this).await
-            };
+            let have_ready = !claims.ready.is_empty();
+            let room = claims.ready.len() < FETCH_BATCH;
             tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => break,
-                Some(seq) = done_rx.recv() => { busy.remove(&seq); }
-                _ = this.spool.new_events.notified() => {}
-                _ = tokio::time::sleep(wait) => {}
+                Some((seq, due_at)) = done_rx.recv() => {
+                    claims.claimed.remove(&seq);
+                    if let Some(at) = due_at {
+                        next_scan = next_scan.min(instant_at(at));
+                    }
+                }
+                permit = permits.clone().acquire_owned(), if have_ready => {
+                    let (Ok(permit), Some(event)) = (permit, claims.ready.pop_front()) else { break };
+                    tokio::spawn(this.clone().attempt(event, permit, done_tx.clone()));
+                }
+                Some(event) = fresh.recv(), if room => claims.offer_fresh(event),
+                _ = this.spool.new_events.notified() => scan_now = true,
+                _ = tokio::time::sleep_until(next_scan), if !have_ready => {}
             }
         }
         this.running.store(false, Ordering::Relaxed);
+        // Events waiting for a slot were never sent: they stay pending on disk.
+        for event in claims.ready.drain(..) {
+            claims.claimed.remove(&event.seq);
+        }
+        let busy = &mut claims.claimed;
         let drained = tokio::time::timeout(drain, async {
             while !busy.is_empty() {
                 match done_rx.recv().await {
-                    Some(seq) => {
+                    Some((seq, _)) => {
                         busy.remove(&seq);
                     }
                     None => break,
@@ -142,7 +204,7 @@ impl Delivery {
         self: Arc<Self>,
         event: DueEvent,
         permit: OwnedSemaphorePermit,
-        done: mpsc::UnboundedSender<i64>,
+        done: mpsc::UnboundedSender<Done>,
     ) {
         let attempts = event.attempts + 1;
         let started = Instant::now();
@@ -195,11 +257,21 @@ impl Delivery {
             Outcome::Dead { .. } => AttemptResult::Dead,
         };
         self.metrics.attempt(counted, elapsed.as_secs_f64());
-        if let Err(e) = self.spool.record(event.seq, attempts, outcome).await {
-            warn!(event_id = %event.id, error = %e, "cannot record the delivery outcome; the event stays pending and will be sent again");
-            tokio::time::sleep(IDLE_POLL).await;
-        }
-        let _ = done.send(event.seq);
+        let due_again = match &outcome {
+            Outcome::Retry {
+                next_attempt_at, ..
+            } => Some(*next_attempt_at),
+            _ => None,
+        };
+        let due_again = match self.spool.record(event.seq, attempts, outcome).await {
+            Ok(()) => due_again,
+            Err(e) => {
+                warn!(event_id = %event.id, error = %e, "cannot record the delivery outcome; the event stays pending and will be sent again");
+                tokio::time::sleep(IDLE_POLL).await;
+                Some(now_ms())
+            }
+        };
+        let _ = done.send((event.seq, due_again));
     }
 
     async fn body_of(&self, event: &DueEvent) -> anyhow::Result<Bytes> {
@@ -214,6 +286,12 @@ impl Delivery {
     }
 }
 
+/// The tokio instant of a unix-ms time (now, if it is in the past).
+fn instant_at(unix_ms: i64) -> TokioInstant {
+    let ms = (unix_ms - now_ms()).max(0) as u64;
+    TokioInstant::now() + Duration::from_millis(ms)
+}
+
 /// How long to sleep when nothing is due: until the next retry, at most [`IDLE_POLL`].
 async fn self_wait(this: &Delivery) -> Duration {
     let queue = this.queue.clone();
@@ -224,5 +302,57 @@ async fn self_wait(this: &Delivery) -> Duration {
             Duration::from_millis(ms as u64)
         }
         _ => IDLE_POLL,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(seq: i64) -> DueEvent {
+        DueEvent {
+            seq,
+            id: format!("e{seq}"),
+            retry_from: 0,
+            attempts: 0,
+            signature: String::new(),
+            body: None,
+        }
+    }
+
+    fn ready(claims: &Claims) -> Vec<i64> {
+        claims.ready.iter().map(|e| e.seq).collect()
+    }
+
+    #[test]
+    fn a_fresh_event_a_scan_already_took_is_not_taken_again() {
+        let mut claims = Claims::default();
+        assert_eq!(claims.offer_scanned(vec![event(3), event(4)]), 2);
+        // The writer's hand-over of 3 and 4 arrives after the scan took them.
+        claims.offer_fresh(event(3));
+        claims.offer_fresh(event(4));
+        assert_eq!(ready(&claims), [3, 4]);
+        // Even once they are sent and recorded (no longer claimed).
+        claims.ready.clear();
+        claims.claimed.clear();
+        claims.offer_fresh(event(4));
+        assert!(claims.ready.is_empty());
+        // A later event is taken.
+        claims.offer_fresh(event(5));
+        assert_eq!(ready(&claims), [5]);
+    }
+
+    #[test]
+    fn a_scan_skips_events_already_claimed_and_counts_the_new_ones() {
+        let mut claims = Claims::default();
+        claims.offer_fresh(event(7));
+        claims.offer_fresh(event(8));
+        assert_eq!(claims.offer_scanned(vec![event(7), event(8), event(9)]), 1);
+        assert_eq!(ready(&claims), [7, 8, 9]);
+        assert_eq!(claims.max_scanned, 9);
+        // A retry found again while its attempt is still running is left alone.
+        assert_eq!(claims.offer_scanned(vec![event(2)]), 1);
+        assert_eq!(claims.offer_scanned(vec![event(2)]), 0);
+        assert_eq!(ready(&claims), [7, 8, 9, 2]);
     }
 }

@@ -30,14 +30,37 @@ pub struct NewEvent {
     pub body: Bytes,
     /// Meta's `X-Hub-Signature-256` value, forwarded unchanged.
     pub signature: String,
-    /// What identifies it for dedup.
-    pub identity: Identity,
+    /// What identifies it for dedup, hashed as stored.
+    pub keys: DedupKeys,
     /// The notification's `object` (for operators), or empty.
     pub object: String,
     /// The first item's field (`changes[].field`, `messaging`, a Threads topic), or empty.
     pub field: String,
     /// The request headers as a JSON object (credentials removed), for operators.
     pub headers: String,
+}
+
+/// The dedup keys of an event in their stored form ([`schema::dedup_key`]), hashed by
+/// the request handler so the writer thread spends no time on them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DedupKeys {
+    /// The body's key.
+    pub body: [u8; 16],
+    /// The items' keys, when every item carries an id.
+    pub items: Option<Vec<[u8; 16]>>,
+}
+
+impl DedupKeys {
+    /// The stored form of `identity`.
+    pub fn of(identity: &Identity) -> DedupKeys {
+        DedupKeys {
+            body: schema::dedup_key(&identity.body_key),
+            items: identity
+                .item_keys
+                .as_ref()
+                .map(|keys| keys.iter().map(|k| schema::dedup_key(k)).collect()),
+        }
+    }
 }
 
 /// What the spool did with an event.

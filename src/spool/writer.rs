@@ -3,6 +3,11 @@
 //! into the next transaction (group commit), so one fsync covers many events.
 //! De-duplication checks and inserts happen inside that transaction, in arrival order,
 //! so two copies of one event are never both stored.
+//!
+//! Once a commit is on disk, each new event is also handed to delivery in memory (the
+//! *fresh* queue), so its first attempt needs no read of the spool. That queue is
+//! bounded: when it is full the event is left to delivery's scan of the spool, which
+//! finds every pending event; nothing depends on the hand-over.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -13,7 +18,8 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBe
 use tokio::sync::{mpsc, Notify};
 use tracing::{debug, error, info, warn};
 
-use super::schema::{dedup_key, state};
+use super::queue::DueEvent;
+use super::schema::state;
 use super::{now_ms, Command, NewEvent, Outcome, Spool, SpoolError, SpoolHealth, Stored};
 
 /// Most requests in one transaction.
@@ -26,6 +32,15 @@ const PRUNE_CHUNK: i64 = 5000;
 const WAL_CHECKPOINT_FRAMES: u32 = 8192;
 /// Bytes of log file kept once the log starts over.
 const WAL_SIZE_LIMIT: u64 = 64 * 1024 * 1024;
+/// The writer's page cache, in KiB: the dedup table's leaves are touched at random, and
+/// each one missing from the cache is a read from the file.
+const CACHE_KIB: u32 = 8 * 1024;
+
+/// Events handed to delivery in memory and not yet taken, at most.
+const FRESH_DEPTH: usize = 512;
+/// Larger bodies are not handed over in memory (delivery reads them when it sends
+/// them), so the fresh queue holds at most `FRESH_DEPTH * FRESH_BODY_MAX` bytes.
+const FRESH_BODY_MAX: usize = 16 * 1024;
 
 /// What the writer needs to know.
 #[derive(Debug, Clone, Copy)]
@@ -38,6 +53,8 @@ pub struct WriterSettings {
 pub struct Writer {
     /// Handle for request handlers and delivery.
     pub spool: Spool,
+    /// Newly committed events, in commit order, for delivery to take (once).
+    pub fresh: Option<mpsc::Receiver<DueEvent>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -45,6 +62,7 @@ impl Writer {
     /// Starts the writer thread on an open connection.
     pub fn start(conn: Connection, settings: WriterSettings) -> std::io::Result<Writer> {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let (fresh_tx, fresh) = mpsc::channel(FRESH_DEPTH);
         let new_events = Arc::new(Notify::new());
         let health = Arc::new(SpoolHealth {
             last_commit_ok: true.into(),
@@ -58,11 +76,12 @@ impl Writer {
         let thread = std::thread::Builder::new()
             .name("spool-writer".into())
             .spawn(move || {
-                run(conn, rx, settings, &new_events, &health);
+                run(conn, rx, &fresh_tx, settings, &new_events, &health);
                 health.writer_running.store(false, Ordering::Relaxed);
             })?;
         Ok(Writer {
             spool,
+            fresh: Some(fresh),
             thread: Some(thread),
         })
     }
@@ -80,6 +99,7 @@ impl Writer {
 fn run(
     mut conn: Connection,
     mut rx: mpsc::Receiver<Command>,
+    fresh: &mpsc::Sender<DueEvent>,
     settings: WriterSettings,
     new_events: &Notify,
     health: &SpoolHealth,
@@ -90,9 +110,10 @@ fn run(
     // fully copied: past WAL_CHECKPOINT_FRAMES the writer copies the (short) rest itself,
     // so the log stays bounded.
     if let Err(e) = conn.execute_batch(&format!(
-        "PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_FRAMES}; PRAGMA journal_size_limit = {WAL_SIZE_LIMIT};"
+        "PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_FRAMES}; PRAGMA journal_size_limit = {WAL_SIZE_LIMIT};
+         PRAGMA cache_size = -{CACHE_KIB};"
     )) {
-        warn!(error = %e, "cannot set the log's checkpoint limits; using SQLite's defaults");
+        warn!(error = %e, "cannot set the log's checkpoint limits and cache size; using SQLite's defaults");
     }
     let prune_every =
         (settings.dedup_window / 4).clamp(Duration::from_millis(200), Duration::from_secs(60));
@@ -109,13 +130,14 @@ fn run(
         let closing = batch.iter().any(|c| matches!(c, Command::Close));
         let size = batch.len();
         let started = Instant::now();
-        let stored_new = commit_batch(&mut conn, &mut batch, window_ms, health);
+        let handed_over = commit_batch(&mut conn, &mut batch, window_ms, health, fresh);
         debug!(
             size,
             micros = started.elapsed().as_micros() as u64,
             "committed a batch"
         );
-        if stored_new {
+        if !handed_over {
+            // Some new event is only in the spool: delivery must look there.
             new_events.notify_one();
         }
         if last_prune.elapsed() >= prune_every {
@@ -131,16 +153,17 @@ fn run(
     debug!("spool writer stopped");
 }
 
-/// Runs one transaction for the whole batch and answers every request. Returns
-/// whether new events were stored.
+/// Runs one transaction for the whole batch, hands the new events to delivery and
+/// answers every request. Returns false when a new event could not be handed over.
 fn commit_batch(
     conn: &mut Connection,
     batch: &mut Vec<Command>,
     window_ms: i64,
     health: &SpoolHealth,
+    fresh: &mpsc::Sender<DueEvent>,
 ) -> bool {
     let now = now_ms();
-    let result = (|| -> rusqlite::Result<Vec<Option<Stored>>> {
+    let result = (|| -> rusqlite::Result<Vec<Option<(Stored, i64)>>> {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut results = Vec::with_capacity(batch.len());
         for cmd in batch.iter() {
@@ -166,11 +189,13 @@ fn commit_batch(
     match result {
         Ok(results) => {
             health.last_commit_ok.store(true, Ordering::Relaxed);
-            let mut stored_new = false;
+            let mut handed_over = true;
             for (cmd, stored) in batch.drain(..).zip(results) {
                 match (cmd, stored) {
-                    (Command::Accept { reply, .. }, Some(stored)) => {
-                        stored_new |= matches!(stored, Stored::New(_));
+                    (Command::Accept { reply, event }, Some((stored, seq))) => {
+                        if let Stored::New(id) = &stored {
+                            handed_over &= hand_over(fresh, &event, id, seq, now);
+                        }
                         let _ = reply.send(Ok(stored));
                     }
                     (Command::Record { reply, .. }, _) => {
@@ -182,7 +207,7 @@ fn commit_batch(
                     (Command::Close, _) => {}
                 }
             }
-            stored_new
+            handed_over
         }
         Err(e) => {
             health.last_commit_ok.store(false, Ordering::Relaxed);
@@ -199,36 +224,62 @@ fn commit_batch(
                     Command::Close => {}
                 }
             }
-            false
+            true
         }
     }
 }
 
+/// Gives a newly committed event to delivery, if its queue has room. Returns false when
+/// it has none (the event is then found by delivery's scan of the spool).
+fn hand_over(
+    fresh: &mpsc::Sender<DueEvent>,
+    event: &NewEvent,
+    id: &str,
+    seq: i64,
+    now: i64,
+) -> bool {
+    let due = DueEvent {
+        seq,
+        id: id.to_owned(),
+        retry_from: now,
+        attempts: 0,
+        signature: event.signature.clone(),
+        body: (event.body.len() <= FRESH_BODY_MAX).then(|| event.body.clone()),
+    };
+    match fresh.try_send(due) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(_)) => false,
+        // Delivery has stopped: it scans the spool when it starts again.
+        Err(mpsc::error::TrySendError::Closed(_)) => true,
+    }
+}
+
 /// Checks one event against the remembered identities and stores it if it is new.
+/// Returns what happened and, for a new event, its row number.
 fn accept_one(
     tx: &Transaction<'_>,
     event: &NewEvent,
     now: i64,
     window_ms: i64,
-) -> rusqlite::Result<Stored> {
+) -> rusqlite::Result<(Stored, i64)> {
     let cutoff = now.saturating_sub(window_ms);
     let mut lookup = tx.prepare_cached(
         "SELECT d.event_seq, e.id FROM dedup d LEFT JOIN events e ON e.seq = d.event_seq
          WHERE d.key = ?1 AND d.seen_at >= ?2",
     )?;
-    let mut seen = |identity: &str| -> rusqlite::Result<Option<String>> {
+    let mut seen = |key: &[u8; 16]| -> rusqlite::Result<Option<String>> {
         lookup
-            .query_row(params![&dedup_key(identity)[..], cutoff], |r| {
+            .query_row(params![&key[..], cutoff], |r| {
                 let seq: i64 = r.get(0)?;
                 let id: Option<String> = r.get(1)?;
                 Ok(id.unwrap_or_else(|| format!("#{seq}")))
             })
             .optional()
     };
-    if let Some(id) = seen(&event.identity.body_key)? {
-        return Ok(Stored::Duplicate(id));
+    if let Some(id) = seen(&event.keys.body)? {
+        return Ok((Stored::Duplicate(id), 0));
     }
-    if let Some(items) = &event.identity.item_keys {
+    if let Some(items) = &event.keys.items {
         let mut first_seen = None;
         let mut all_seen = true;
         for key in items {
@@ -243,7 +294,7 @@ fn accept_one(
             }
         }
         if let (true, Some(id)) = (all_seen, first_seen) {
-            return Ok(Stored::Duplicate(id));
+            return Ok((Stored::Duplicate(id), 0));
         }
     }
     let id = uuid::Uuid::now_v7().to_string();
@@ -267,11 +318,11 @@ fn accept_one(
     let mut remember = tx.prepare_cached(
         "INSERT OR REPLACE INTO dedup (key, event_seq, seen_at) VALUES (?1, ?2, ?3)",
     )?;
-    remember.execute(params![&dedup_key(&event.identity.body_key)[..], seq, now])?;
-    for key in event.identity.item_keys.iter().flatten() {
-        remember.execute(params![&dedup_key(key)[..], seq, now])?;
+    remember.execute(params![&event.keys.body[..], seq, now])?;
+    for key in event.keys.items.iter().flatten() {
+        remember.execute(params![&key[..], seq, now])?;
     }
-    Ok(Stored::New(id))
+    Ok((Stored::New(id), seq))
 }
 
 /// Records a delivery outcome.

@@ -25,7 +25,7 @@ use tracing::{error, info, warn};
 
 use crate::metrics::{Metrics, RequestOutcome};
 use crate::secret::Secret;
-use crate::spool::{NewEvent, Spool, Stored};
+use crate::spool::{DedupKeys, NewEvent, Spool, Stored};
 use challenge::Challenge;
 use client_cn::ClientCnCheck;
 use identity::Identity;
@@ -217,7 +217,7 @@ impl Webhook {
         let event = NewEvent {
             body: raw,
             signature,
-            identity,
+            keys: DedupKeys::of(&identity),
             object: object.clone(),
             field,
             headers: headers_json(&parts.headers),
