@@ -132,7 +132,10 @@ pub fn list(
 
 /// One event with headers and body.
 pub fn show(conn: &Connection, id: &str) -> rusqlite::Result<Option<EventDetail>> {
-    let sql = format!("SELECT {SUMMARY_COLUMNS}, headers, body FROM events WHERE id = ?1");
+    let sql = format!(
+        "SELECT {SUMMARY_COLUMNS}, headers, (SELECT body FROM bodies WHERE bodies.seq = events.seq)
+         FROM events WHERE id = ?1"
+    );
     conn.prepare_cached(&sql)?
         .query_row([id], |row| {
             let headers: String = row.get(10)?;

@@ -58,10 +58,11 @@ impl Queue {
     pub fn due(&self, now: i64, limit: usize) -> rusqlite::Result<Vec<DueEvent>> {
         self.with(|conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT seq, id, retry_from, attempts, signature,
-                        CASE WHEN size <= ?3 THEN body END
-                 FROM events WHERE state = 0 AND next_attempt_at <= ?1
-                 ORDER BY next_attempt_at, seq LIMIT ?2",
+                "SELECT e.seq, e.id, e.retry_from, e.attempts, e.signature,
+                        CASE WHEN e.size <= ?3
+                             THEN (SELECT b.body FROM bodies b WHERE b.seq = e.seq) END
+                 FROM events e WHERE e.state = 0 AND e.next_attempt_at <= ?1
+                 ORDER BY e.next_attempt_at, e.seq LIMIT ?2",
             )?;
             let rows = stmt.query_map(params![now, limit as i64, INLINE_BODY_MAX], |r| {
                 Ok(DueEvent {
@@ -88,7 +89,7 @@ impl Queue {
     /// The body of one event.
     pub fn body(&self, seq: i64) -> rusqlite::Result<Option<Bytes>> {
         self.with(|conn| {
-            conn.prepare_cached("SELECT body FROM events WHERE seq = ?1")?
+            conn.prepare_cached("SELECT body FROM bodies WHERE seq = ?1")?
                 .query_row([seq], |r| r.get::<_, Vec<u8>>(0))
                 .optional()
                 .map(|b| b.map(Bytes::from))

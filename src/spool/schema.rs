@@ -47,11 +47,20 @@ CREATE TABLE IF NOT EXISTS events (
     object          TEXT    NOT NULL DEFAULT '',
     field           TEXT    NOT NULL DEFAULT '',
     headers         TEXT    NOT NULL DEFAULT '{}',
-    signature       TEXT    NOT NULL,
-    body            BLOB    NOT NULL
+    signature       TEXT    NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_pending ON events(next_attempt_at) WHERE state = 0;
 CREATE INDEX IF NOT EXISTS events_delivered ON events(received_at) WHERE state = 1;
+-- The bodies, apart from the rows that delivery updates: recording an outcome then
+-- rewrites a short row, not a page full of body.
+CREATE TABLE IF NOT EXISTS bodies (
+    seq  INTEGER PRIMARY KEY,
+    body BLOB    NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS events_delete_body AFTER DELETE ON events
+BEGIN
+    DELETE FROM bodies WHERE seq = OLD.seq;
+END;
 -- key: the first 16 bytes of the SHA-256 of an identity (body hash or item id).
 CREATE TABLE IF NOT EXISTS dedup (
     key       BLOB    PRIMARY KEY,
@@ -60,13 +69,12 @@ CREATE TABLE IF NOT EXISTS dedup (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS dedup_seen ON dedup(seen_at);
 CREATE INDEX IF NOT EXISTS events_dead ON events(finished_at) WHERE state = 2;
-PRAGMA user_version = 2;
 ";
 
 /// The layout version this build reads and writes (`PRAGMA user_version`).
 /// 1: dedup keys stored as text with the event's id; 2: as [`dedup_key`] hashes with the
-/// event's `seq`.
-pub const SCHEMA_VERSION: i64 = 2;
+/// event's `seq`; 3: bodies in a table of their own.
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// The stored form of a dedup identity (body hash or item id): the first 16 bytes of
 /// its SHA-256.
@@ -99,7 +107,7 @@ pub fn open(state_dir: &Path) -> anyhow::Result<Connection> {
     Ok(conn)
 }
 
-/// Creates what is missing and upgrades a layout-1 spool, in one transaction, so that
+/// Creates what is missing and upgrades an older layout, in one transaction, so that
 /// connections opening at the same time never see half a layout.
 fn apply_schema(conn: &mut Connection) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -133,6 +141,19 @@ fn apply_schema(conn: &mut Connection) -> rusqlite::Result<()> {
         tx.execute_batch("DROP TABLE dedup_v1;")?;
     }
     tx.execute_batch(SCHEMA)?;
+    let inline_bodies: i64 = tx.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info('events') WHERE name = 'body'",
+        [],
+        |r| r.get(0),
+    )?;
+    if inline_bodies > 0 {
+        // Layouts 1 and 2: bodies move out of the events rows.
+        tx.execute_batch(
+            "INSERT OR REPLACE INTO bodies (seq, body) SELECT seq, body FROM events;
+             ALTER TABLE events DROP COLUMN body;",
+        )?;
+    }
+    tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))?;
     tx.commit()
 }
 
@@ -210,13 +231,84 @@ mod tests {
             )
             .unwrap();
         assert_eq!(indexed, 1);
+        assert_eq!(bodies(&conn), [(7, b"{}".to_vec())]);
         drop(conn);
-        // A second open finds layout 2 and changes nothing.
+        // A second open finds the current layout and changes nothing.
         let again = open(dir.path()).unwrap();
         let count: i64 = again
             .query_row("SELECT COUNT(*) FROM dedup", [], |r| r.get(0))
             .unwrap();
         assert_eq!(count, 3);
+    }
+
+    /// The event rows' columns and the bodies table, as (seq, body).
+    fn bodies(conn: &Connection) -> Vec<(i64, Vec<u8>)> {
+        let inline: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('events') WHERE name = 'body'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(inline, 0, "events rows no longer hold bodies");
+        conn.prepare("SELECT seq, body FROM bodies ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
+    /// A layout-2 spool: bodies inside the events rows, one delivered and one pending.
+    const LAYOUT_2: &str = "
+        CREATE TABLE events (
+            seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, received_at INTEGER NOT NULL,
+            state INTEGER NOT NULL DEFAULT 0, attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at INTEGER NOT NULL, finished_at INTEGER, last_error TEXT,
+            retry_from INTEGER NOT NULL, size INTEGER NOT NULL,
+            object TEXT NOT NULL DEFAULT '', field TEXT NOT NULL DEFAULT '',
+            headers TEXT NOT NULL DEFAULT '{}', signature TEXT NOT NULL, body BLOB NOT NULL);
+        CREATE INDEX events_pending ON events(next_attempt_at) WHERE state = 0;
+        CREATE INDEX events_delivered ON events(received_at) WHERE state = 1;
+        CREATE TABLE dedup (key BLOB PRIMARY KEY, event_seq INTEGER NOT NULL,
+            seen_at INTEGER NOT NULL) WITHOUT ROWID;
+        CREATE INDEX dedup_seen ON dedup(seen_at);
+        CREATE INDEX events_dead ON events(finished_at) WHERE state = 2;
+        INSERT INTO events (seq, id, received_at, state, next_attempt_at, retry_from, size, signature, body)
+            VALUES (1, 'evt-1', 1000, 1, 1000, 1000, 9, 'sha256=01', x'7b2261223a317d0a0a'),
+                   (2, 'evt-2', 2000, 0, 2000, 2000, 2, 'sha256=02', x'7b7d');
+        PRAGMA user_version = 2;
+    ";
+
+    #[test]
+    fn a_layout_2_spool_keeps_every_body_and_pending_event() {
+        let dir = tempfile::tempdir().unwrap();
+        Connection::open(dir.path().join(DB_FILE))
+            .unwrap()
+            .execute_batch(LAYOUT_2)
+            .unwrap();
+
+        let conn = open(dir.path()).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(
+            bodies(&conn),
+            [(1, b"{\"a\":1}\n\n".to_vec()), (2, b"{}".to_vec())]
+        );
+        let pending: Vec<(String, i64)> = conn
+            .prepare("SELECT id, next_attempt_at FROM events WHERE state = 0")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(pending, [("evt-2".to_owned(), 2000)]);
+        // Deleting an event (pruning, purging) deletes its body.
+        conn.execute("DELETE FROM events WHERE seq = 1", [])
+            .unwrap();
+        assert_eq!(bodies(&conn), [(2, b"{}".to_vec())]);
     }
 
     #[test]

@@ -300,8 +300,8 @@ fn accept_one(
     let id = uuid::Uuid::now_v7().to_string();
     tx.prepare_cached(
         "INSERT INTO events (id, received_at, state, attempts, next_attempt_at, retry_from, size,
-                             object, field, headers, signature, body)
-         VALUES (?1, ?2, ?3, 0, ?2, ?2, ?4, ?5, ?6, ?7, ?8, ?9)",
+                             object, field, headers, signature)
+         VALUES (?1, ?2, ?3, 0, ?2, ?2, ?4, ?5, ?6, ?7, ?8)",
     )?
     .execute(params![
         id,
@@ -312,9 +312,10 @@ fn accept_one(
         event.field,
         event.headers,
         event.signature,
-        &event.body[..],
     ])?;
     let seq = tx.last_insert_rowid();
+    tx.prepare_cached("INSERT INTO bodies (seq, body) VALUES (?1, ?2)")?
+        .execute(params![seq, &event.body[..]])?;
     let mut remember = tx.prepare_cached(
         "INSERT OR REPLACE INTO dedup (key, event_seq, seen_at) VALUES (?1, ?2, ?3)",
     )?;
