@@ -117,19 +117,32 @@ fn a_full_disk_gets_503_never_a_lost_200_and_recovers_by_itself() {
         }
     }
     let first_503 = first_503.expect("the disk never filled up");
-    // While it stays full: 503 every time, and xhubd stays up and says why.
-    for _ in 0..10 {
+    // While it stays full, xhubd stays up and refuses with 503. A commit may still fit
+    // now and then in log space a failed one left allocated: such a 200 is a real
+    // commit, so it joins the acknowledged events that must all be delivered.
+    let mut refused = 1;
+    for _ in 0..40 {
         n += 1;
         let answer = x.target.post_signed(&event(n));
-        assert_eq!(
-            answer.status,
-            503,
-            "while the disk is full: {}",
-            answer.text()
-        );
+        match answer.status {
+            503 => refused += 1,
+            200 => acked.push(n),
+            other => panic!(
+                "unexpected answer {other} on a full disk: {}",
+                answer.text()
+            ),
+        }
+        if refused >= 10 {
+            break;
+        }
     }
-    let ready = admin.get("/readyz");
-    assert_eq!(ready.status, 503, "readyz on a full disk: {}", ready.text());
+    assert!(
+        refused >= 10,
+        "only {refused} refusals in 40 events on a full disk"
+    );
+    common::wait_for(Duration::from_secs(5), "readyz 503 on a full disk", || {
+        admin.get("/readyz").status == 503
+    });
     assert!(x.logs().contains("spool commit failed"), "{}", x.logs());
 
     // Space returns: xhubd recovers without a restart.

@@ -1,6 +1,6 @@
 //! The checkpointer: copies the write-ahead log back into the database on a connection
 //! of its own, so the writer's commits seldom pause for it. It runs PASSIVE checkpoints
-//! (they never block the writer) a few times a second. Under steady load new frames
+//! (they never block the writer) fifty times a second. Under steady load new frames
 //! arrive while it copies, so it never finishes on its own; the writer then copies the
 //! short rest once the log passes its limit (see `writer`), the log starts over from
 //! the beginning, and `journal_size_limit` trims the file: the log stays bounded.
@@ -15,8 +15,11 @@ use tracing::warn;
 
 use super::schema;
 
-/// How often the log is checked.
-const EVERY: Duration = Duration::from_millis(200);
+/// How often the log is copied back. Often, so that each copy (and its fsync of the
+/// database file) is short and the writer's own copy of the rest, when the log passes
+/// its limit, has little left to do: at 200 ms, commits that ran into it took up to
+/// 30 ms and the acknowledgement p99 was twice as long.
+const EVERY: Duration = Duration::from_millis(20);
 
 /// The running checkpointer thread.
 pub struct Checkpointer {
