@@ -11,17 +11,32 @@
 #   A         wrk -> Nginx -> bench-upstream over a Unix socket: the ceiling, no
 #             verification and no storage;
 #   B         wrk -> Nginx -> xhubd over a Unix socket -> bench-upstream (fresh spool);
+# and with --tls (implies --nginx; wrk cannot present a client certificate, so these
+# loads use bench-load, bench/load.rs: the same signed bodies from a Rust HTTP/1.1 client,
+# one TLS session per connection), after A and B:
+#   A-load    bench-load -> Nginx (plain HTTP) -> bench-upstream: A with bench-load, so
+#             A-load / A shows the tool's own ceiling against wrk's;
+#   B-load    bench-load -> Nginx (plain HTTP) -> xhubd -> bench-upstream (fresh spool);
+#   A-tls     bench-load -> Nginx (HTTPS + mutual TLS) -> bench-upstream;
+#   B-tls     bench-load -> Nginx (HTTPS + mutual TLS) -> xhubd -> bench-upstream (fresh
+#             spool; xhubd also checks the subject, --client-cn-header X-Client-Subject);
+# where Nginx runs the shipped nginx/xhubd.conf as shipped but for its listen address,
+# certificate paths, trust anchor, socket and snippet paths, with a throw-away PKI made
+# with the openssl CLI (a server CA and a certificate for 127.0.0.1/localhost, a client
+# CA and a client certificate with CN=client.webhooks.fbclientcerts.com);
 # and with --catch-up: xhubd accepts for CATCH_UP_DURATION while its upstream is down,
 # then the upstream starts and the time until every accepted event arrives is measured,
 # with xhubd's RSS while they are all pending.
 # For xhubd it waits until the upstream has received every event accepted, and prints a
-# table with the ratios C/baseline and B/A.
+# table with the ratios C/baseline and B/A (with --tls, a second table for the
+# bench-load loads, with B-tls/A-tls, B-load/A-load and A-load/A).
 #
-# Usage: bash bench/run.sh [--smoke] [--nginx] [--catch-up]
+# Usage: bash bench/run.sh [--smoke] [--nginx] [--tls] [--catch-up]
 #   --smoke (or SMOKE=1)  2 s loads, for CI
 # Environment (defaults in brackets):
-#   DURATION [10s; 2s with --smoke]  wrk -d, per load
-#   CONNECTIONS [64]  THREADS [2]    wrk -c and -t
+#   DURATION [10s; 2s with --smoke]  wrk -d, per load (and bench-load's)
+#   CONNECTIONS [64]  THREADS [2]    wrk -c and -t (bench-load: connections, runtime
+#                                    worker threads)
 #   BODY_BYTES [1024]                size of each request body
 #   CONCURRENCY [8]                  xhubd --upstream-concurrency
 #   LOG_LEVEL [warn]                 XHUBD_LOG for xhubd (info logs one line per event)
@@ -31,20 +46,23 @@
 #   CATCH_UP_TIMEOUT [600]           seconds to wait for the backlog's delivery
 #   PROFILE [release]                cargo profile of the binaries (dev: the smoke run
 #                                    in scripts/test.sh, which has them built already)
-# Installs wrk and curl (and nginx-light with --nginx) with apt-get when missing. The
-# table is also written to bench/out/. Exits non-zero when an answer was not 2xx, a
-# socket error occurred, or delivery did not drain in time. Figures are targets for the
-# report, not assertions.
+# Installs wrk and curl (and nginx-light with --nginx, openssl with --tls) with apt-get
+# when missing; builds bench-load with --tls. The table is also
+# written to bench/out/. Exits non-zero when an answer was not 2xx, a socket error
+# occurred, or delivery did not drain in time. Figures are targets for the report, not
+# assertions.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SMOKE=${SMOKE:-0}
 WITH_NGINX=0
+WITH_TLS=0
 CATCH_UP=0
 for arg in "$@"; do
   case $arg in
     --smoke) SMOKE=1 ;;
     --nginx) WITH_NGINX=1 ;;
+    --tls) WITH_TLS=1; WITH_NGINX=1 ;;
     --catch-up) CATCH_UP=1 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $arg (try --help)" >&2; exit 2 ;;
@@ -68,6 +86,7 @@ command -v wrk >/dev/null || missing+=(wrk)
 command -v curl >/dev/null || missing+=(curl)
 nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
 [ "$WITH_NGINX" = 0 ] || [ -x "$nginx_bin" ] || missing+=(nginx-light)
+[ "$WITH_TLS" = 0 ] || command -v openssl >/dev/null || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}" >&2
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -75,12 +94,17 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends "${missing[@]}"
 fi
 
-cargo build --profile "$PROFILE" --locked --bin xhubd --example bench-upstream
+examples=(--example bench-upstream)
+if [ "$WITH_TLS" = 1 ]; then
+  examples+=(--example bench-load)
+fi
+cargo build --profile "$PROFILE" --locked --bin xhubd "${examples[@]}"
 profile_dir=$PROFILE
 [ "$PROFILE" != dev ] || profile_dir=debug
 target_dir=${CARGO_TARGET_DIR:-target}/$profile_dir
 xhubd_bin=$target_dir/xhubd
 upstream_bin=$target_dir/examples/bench-upstream
+load_bin=$target_dir/examples/bench-load
 
 tmp=$(mktemp -d -t xhubd-bench.XXXXXX)
 LOG_FILE=${LOG_FILE:-$tmp/xhubd.log}
@@ -140,16 +164,27 @@ cpu_ticks() { # utime + stime of PID, in clock ticks
   echo $((fields[11] + fields[12]))
 }
 
-declare -A base xhub_c ceiling xhub_b
-run_wrk() { # URL OUTFILE ARRAYNAME: runs the load, parses done()'s WRKSTATS line
+declare -A base xhub_c ceiling xhub_b ceiling_load xhub_b_load ceiling_tls xhub_b_tls backlog
+# The load generator of run_load: wrk with bench/sign.lua, or bench-load (same bodies,
+# same WRKSTATS line) with load_args (its TLS files, --requests).
+load_tool=wrk
+load_args=()
+run_load() { # URL OUTFILE ARRAYNAME: runs the load, parses the WRKSTATS line
   local -n stats=$3
   local kv kvs=()
-  timeout $(($(seconds "$DURATION") + 60)) \
-    env BENCH_APP_SECRET="$secret" BODY_BYTES="$BODY_BYTES" \
-    wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s bench/sign.lua "$1" >"$2"
+  if [ "$load_tool" = wrk ]; then
+    timeout $(($(seconds "$DURATION") + 60)) \
+      env BENCH_APP_SECRET="$secret" BODY_BYTES="$BODY_BYTES" \
+      wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s bench/sign.lua "$1" >"$2"
+  else
+    timeout $(($(seconds "$DURATION") + 60)) \
+      env BENCH_APP_SECRET="$secret" "$load_bin" --threads "$THREADS" \
+      --connections "$CONNECTIONS" --duration "$DURATION" --body-bytes "$BODY_BYTES" \
+      "${load_args[@]}" "$1" >"$2" 2>&1
+  fi
   read -ra kvs < <(sed -n 's/^WRKSTATS //p' "$2") || true
   if [ ${#kvs[@]} -eq 0 ]; then
-    echo "no WRKSTATS line from wrk:" >&2
+    echo "no WRKSTATS line from $load_tool:" >&2
     cat "$2" >&2
     return 1
   fi
@@ -173,7 +208,7 @@ upstream_pid=$!
 pids+=("$upstream_pid")
 wait_listening "$upstream_pid" "$upstream_port" bench-upstream
 
-start_xhubd() { # LISTEN STATE_DIR UPSTREAM_URL: starts xhubd, sets xhubd_pid
+start_xhubd() { # LISTEN STATE_DIR UPSTREAM_URL [ARG...]: starts xhubd, sets xhubd_pid
   XHUBD_LOG=$LOG_LEVEL "$xhubd_bin" serve \
     --listen "$1" \
     --upstream "$3" \
@@ -181,6 +216,7 @@ start_xhubd() { # LISTEN STATE_DIR UPSTREAM_URL: starts xhubd, sets xhubd_pid
     --verify-token bench \
     --app-secret "$secret" \
     --state-dir "$2" \
+    "${@:4}" \
     2>>"$LOG_FILE" &
   xhubd_pid=$!
   pids+=("$xhubd_pid")
@@ -205,7 +241,7 @@ measure_xhubd() { # NAME URL ARRAYNAME
   echo "$1 for $DURATION" >&2
   cpu_start=$(cpu_ticks "$xhubd_pid")
   t_start=$(now)
-  run_wrk "$2" "$tmp/wrk-$3.txt" "$3"
+  run_load "$2" "$tmp/wrk-$3.txt" "$3"
   t_load_end=$(now)
   # Delivered: the upstream has at least every event wrk saw accepted (a few more may
   # have been accepted while wrk stopped with requests in flight).
@@ -241,19 +277,38 @@ stop() { # PID
   wait "$1" 2>/dev/null || true
 }
 
-# The shipped site file, made plain HTTP on PORT in front of SOCKET: no TLS and so no
-# client certificate to check; everything else (upstream keep-alive, proxy snippet,
-# body limits) as shipped.
-start_nginx() { # NAME PORT SOCKET: sets nginx_pid
+# The shipped site file on PORT in front of SOCKET. Plain: made plain HTTP, no TLS and
+# so no client certificate to check; everything else (upstream keep-alive, proxy
+# snippet, body limits) as shipped. tls: as shipped, mutual TLS and the subject check
+# included, with only the listen address, the certificate and key, the trust anchor
+# (make_pki's files), the socket and the snippet's path substituted.
+start_nginx() { # NAME PORT SOCKET [tls]: sets nginx_pid
   local dir="$tmp/nginx-$1" user=""
   mkdir -p "$dir"
-  sed -e "s|listen 443 ssl;|listen $HOST:$2;|" \
-    -e '/listen \[::\]:443 ssl;/d' \
-    -e '/^[[:space:]]*ssl_/d' \
-    -e 's|default 0;|default 1;|' \
-    -e "s|unix:/run/xhubd/xhubd.sock|unix:$3|" \
-    -e "s|include /etc/nginx/snippets/xhubd-proxy.conf;|include $PWD/nginx/xhubd-proxy.conf;|" \
-    nginx/xhubd.conf >"$dir/site.conf"
+  if [ "${4:-}" = tls ]; then
+    sed -e "s|listen 443 ssl;|listen $HOST:$2 ssl;|" \
+      -e '/listen \[::\]:443 ssl;/d' \
+      -e "/^[[:space:]]*ssl_certificate[[:space:]]/s|/etc/ssl/certs/webhooks.example.com.fullchain.pem;|$pki/server.pem;|" \
+      -e "/^[[:space:]]*ssl_certificate_key[[:space:]]/s|/etc/ssl/private/webhooks.example.com.key;|$pki/server.key;|" \
+      -e "/^[[:space:]]*ssl_client_certificate[[:space:]]/s|/etc/nginx/meta-webhooks-ca.pem;|$pki/client-ca.pem;|" \
+      -e "s|unix:/run/xhubd/xhubd.sock|unix:$3|" \
+      -e "s|include /etc/nginx/snippets/xhubd-proxy.conf;|include $PWD/nginx/xhubd-proxy.conf;|" \
+      nginx/xhubd.conf >"$dir/site.conf"
+    # Every path of the shipped file replaced: otherwise it changed and this needs to.
+    if grep -v '^[[:space:]]*#' "$dir/site.conf" | grep -E -q '/etc/|/run/|443'; then
+      echo "nginx/xhubd.conf: a path or port was not substituted for the TLS load:" >&2
+      grep -v '^[[:space:]]*#' "$dir/site.conf" | grep -E '/etc/|/run/|443' >&2
+      return 1
+    fi
+  else
+    sed -e "s|listen 443 ssl;|listen $HOST:$2;|" \
+      -e '/listen \[::\]:443 ssl;/d' \
+      -e '/^[[:space:]]*ssl_/d' \
+      -e 's|default 0;|default 1;|' \
+      -e "s|unix:/run/xhubd/xhubd.sock|unix:$3|" \
+      -e "s|include /etc/nginx/snippets/xhubd-proxy.conf;|include $PWD/nginx/xhubd-proxy.conf;|" \
+      nginx/xhubd.conf >"$dir/site.conf"
+  fi
   [ "$(id -u)" -ne 0 ] || user="user root;"
   cat >"$dir/nginx.conf" <<CONF
 $user
@@ -280,8 +335,40 @@ CONF
   wait_listening "$nginx_pid" "$2" nginx
 }
 
+# A throw-away PKI in $pki: a server CA and, signed by it, a certificate for 127.0.0.1
+# and localhost (bench-load trusts that CA); a client CA (Nginx's
+# ssl_client_certificate, in Meta's CA's place) and, signed by it, a client certificate
+# with Meta's subject CN=client.webhooks.fbclientcerts.com. ECDSA P-256 keys.
+make_pki() {
+  pki=$tmp/pki
+  mkdir -p "$pki"
+  (
+    set -e
+    cd "$pki"
+    ca() { # NAME CN
+      openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+        -keyout "$1.key" -out "$1.pem" -days 2 -subj "/CN=$2" \
+        -addext basicConstraints=critical,CA:TRUE \
+        -addext keyUsage=critical,keyCertSign,cRLSign
+    }
+    leaf() { # NAME CA CN EXTENSIONS
+      openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+        -keyout "$1.key" -out "$1.csr" -subj "/CN=$3"
+      printf '%b' "$4" >"$1.ext"
+      openssl x509 -req -in "$1.csr" -CA "$2.pem" -CAkey "$2.key" -CAcreateserial \
+        -days 2 -extfile "$1.ext" -out "$1.pem"
+    }
+    ca server-ca "xhubd bench server CA"
+    leaf server server-ca localhost \
+      'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n'
+    ca client-ca "xhubd bench client CA"
+    leaf client client-ca client.webhooks.fbclientcerts.com \
+      'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n'
+  ) >"$tmp/pki.log" 2>&1 || { cat "$tmp/pki.log" >&2; return 1; }
+}
+
 echo "baseline: wrk -> bench-upstream for $DURATION" >&2
-run_wrk "http://$HOST:$upstream_port/" "$tmp/wrk-baseline.txt" base
+run_load "http://$HOST:$upstream_port/" "$tmp/wrk-baseline.txt" base
 sleep 0.5 # the stragglers wrk did not wait for
 
 xhubd_port=$(free_port)
@@ -294,7 +381,7 @@ if [ "$WITH_NGINX" = 1 ]; then
   nginx_port=$(free_port)
   start_nginx ceiling "$nginx_port" "$tmp/upstream.sock"
   echo "A: wrk -> nginx -> bench-upstream for $DURATION" >&2
-  run_wrk "http://$HOST:$nginx_port/webhook" "$tmp/wrk-ceiling.txt" ceiling
+  run_load "http://$HOST:$nginx_port/webhook" "$tmp/wrk-ceiling.txt" ceiling
   stop "$nginx_pid"
   sleep 0.5
 
@@ -308,6 +395,49 @@ if [ "$WITH_NGINX" = 1 ]; then
   stop "$xhubd_pid"
 fi
 
+if [ "$WITH_TLS" = 1 ]; then
+  # A and B again with bench-load: plain HTTP (A-load, B-load), then HTTPS with the
+  # client certificate (A-tls, B-tls).
+  make_pki
+  load_tool=bench-load
+  for variant in load tls; do
+    mode=plain scheme=http what="plain HTTP" xhubd_args=()
+    load_args=()
+    if [ "$variant" = tls ]; then
+      mode=tls scheme=https what="HTTPS+mTLS"
+      xhubd_args=(--client-cn-header X-Client-Subject)
+      load_args=(--cacert "$pki/server-ca.pem" --cert "$pki/client.pem" --key "$pki/client.key")
+    fi
+    sleep 0.5
+    nginx_port=$(free_port)
+    start_nginx "ceiling-$variant" "$nginx_port" "$tmp/upstream.sock" "$mode"
+    if [ "$variant" = tls ]; then
+      # The site really requires the client certificate: 403 without it.
+      code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 --cacert "$pki/server-ca.pem" \
+        -X POST --data '{}' "https://$HOST:$nginx_port/webhook" || true)
+      [ "$code" = 403 ] || failures+=("A-tls: a request without a client certificate got $code, not 403")
+    fi
+    echo "A-$variant: bench-load -> nginx ($what) -> bench-upstream for $DURATION" >&2
+    run_load "$scheme://$HOST:$nginx_port/webhook" "$tmp/load-ceiling-$variant.txt" \
+      "ceiling_$variant"
+    stop "$nginx_pid"
+    sleep 0.5
+
+    start_xhubd "unix:$tmp/xhubd-$variant.sock" "$tmp/state-b-$variant" \
+      "http://$HOST:$upstream_port/" "${xhubd_args[@]}"
+    wait_socket "$xhubd_pid" "$tmp/xhubd-$variant.sock" xhubd \
+      || { tail -n 20 "$LOG_FILE" >&2; exit 1; }
+    nginx_port=$(free_port)
+    start_nginx "xhubd-$variant" "$nginx_port" "$tmp/xhubd-$variant.sock" "$mode"
+    measure_xhubd "B-$variant: bench-load -> nginx ($what) -> xhubd -> bench-upstream" \
+      "$scheme://$HOST:$nginx_port/webhook" "xhub_b_$variant"
+    stop "$nginx_pid"
+    stop "$xhubd_pid"
+  done
+  load_tool=wrk
+  load_args=()
+fi
+
 catch_up=""
 if [ "$CATCH_UP" = 1 ]; then
   # xhubd accepts while nothing listens on its upstream's port; then a second
@@ -318,7 +448,7 @@ if [ "$CATCH_UP" = 1 ]; then
   start_xhubd "$HOST:$xhubd_port" "$tmp/state-catch-up" "http://$HOST:$down_port/"
   wait_listening "$xhubd_pid" "$xhubd_port" xhubd || { tail -n 20 "$LOG_FILE" >&2; exit 1; }
   echo "catch-up: wrk -> xhubd (upstream down) for $CATCH_UP_DURATION" >&2
-  DURATION=$CATCH_UP_DURATION run_wrk "http://$HOST:$xhubd_port/" "$tmp/wrk-backlog.txt" backlog
+  DURATION=$CATCH_UP_DURATION run_load "http://$HOST:$xhubd_port/" "$tmp/wrk-backlog.txt" backlog
   sleep 1 # the stragglers wrk did not wait for
   rss_pending=$(awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$xhubd_pid/status")
   t_up=$(now)
@@ -371,12 +501,41 @@ report=bench/out/run-$(date +%Y%m%dT%H%M%S).txt
     echo "B / A, accepted events/s: $(calc %.3f "${xhub_b[rate]} / ${ceiling[rate]}")"
     echo "B / A, p99 latency: $(calc %.2f "${xhub_b[p99_us]} / ${ceiling[p99_us]}")"
   fi
+  if [ "$WITH_TLS" = 1 ]; then
+    echo
+    echo "bench-load -c$CONNECTIONS -d$DURATION ($THREADS threads), same bodies; -tls: HTTPS" \
+      "with a client certificate through the shipped site file (B-tls's xhubd with" \
+      "--client-cn-header X-Client-Subject)"
+    row2() { printf '| %-34s | %-22s | %-22s | %-22s | %-22s |\n' "$@"; }
+    get() { local -n a=$1; echo "${a[$2]:--}"; }
+    row2 "figure" "A-load: nginx" "B-load: nginx + xhubd" "A-tls: nginx mTLS" "B-tls: mTLS + xhubd"
+    row2 "----------------------------------" "----------------------" \
+      "----------------------" "----------------------" "----------------------"
+    for f in "accepted events/s (2xx / duration):rate" \
+      "delivered events/s (load to drain):delivered_rate" \
+      "drain time after load (s):drain" "latency p50 / p99 / max (ms):latency" \
+      "2xx answers:ok" "non-2xx answers:status" "socket errors conn/read/write/tmo:socket" \
+      "delivered beyond 2xx (in flight):extra" "peak RSS of xhubd (MiB):rss" \
+      "xhubd CPU s per 1,000 events:cpu_per_k"; do
+      row2 "${f%%:*}" "$(get ceiling_load "${f##*:}")" "$(get xhub_b_load "${f##*:}")" \
+        "$(get ceiling_tls "${f##*:}")" "$(get xhub_b_tls "${f##*:}")"
+    done
+    echo
+    echo "B-tls / A-tls, accepted events/s: $(calc %.3f "${xhub_b_tls[rate]} / ${ceiling_tls[rate]}")"
+    echo "B-tls / A-tls, p99 latency: $(calc %.2f "${xhub_b_tls[p99_us]} / ${ceiling_tls[p99_us]}")"
+    echo "B-load / A-load, accepted events/s: $(calc %.3f "${xhub_b_load[rate]} / ${ceiling_load[rate]}")"
+    echo "B-load / A-load, p99 latency: $(calc %.2f "${xhub_b_load[p99_us]} / ${ceiling_load[p99_us]}")"
+    echo "A-tls / A-load, requests/s (TLS at the ceiling): $(calc %.3f "${ceiling_tls[rate]} / ${ceiling_load[rate]}")"
+    echo "B-tls / B-load, accepted events/s (TLS in front of xhubd): $(calc %.3f "${xhub_b_tls[rate]} / ${xhub_b_load[rate]}")"
+    echo "A-load / A, requests/s (bench-load against wrk, same Nginx, plain HTTP):" \
+      "$(calc %.3f "${ceiling_load[rate]} / ${ceiling[rate]}")"
+  fi
   [ -z "$catch_up" ] || echo "$catch_up"
 } | tee "$report"
 
-for name in base xhub_c ceiling xhub_b backlog; do
+for name in base xhub_c ceiling xhub_b ceiling_load xhub_b_load ceiling_tls xhub_b_tls backlog; do
   declare -n r=$name
-  [ -n "${r[ok]:-}" ] || continue
+  if [ -z "${r[ok]:-}" ]; then unset -n r; continue; fi
   [ "${r[status]}" -eq 0 ] || failures+=("$name: ${r[status]} non-2xx answers")
   [ "${r[socket_errors]}" -eq 0 ] || failures+=("$name: socket errors ${r[socket]}")
   unset -n r
