@@ -24,9 +24,10 @@
 # certificate paths, trust anchor, socket and snippet paths, with a throw-away PKI made
 # with the openssl CLI (a server CA and a certificate for 127.0.0.1/localhost, a client
 # CA and a client certificate with CN=client.webhooks.fbclientcerts.com);
-# and with --catch-up: xhubd accepts for CATCH_UP_DURATION while its upstream is down,
-# then the upstream starts and the time until every accepted event arrives is measured,
-# with xhubd's RSS while they are all pending.
+# and with --catch-up: xhubd accepts for CATCH_UP_DURATION (or, with CATCH_UP_EVENTS=N,
+# until bench-load has had N events accepted) while its upstream is down, then the
+# upstream starts and the time until every accepted event arrives is measured, with
+# xhubd's RSS while they are all pending.
 # For xhubd it waits until the upstream has received every event accepted, and prints a
 # table with the ratios C/baseline and B/A (with --tls, a second table for the
 # bench-load loads, with B-tls/A-tls, B-load/A-load and A-load/A).
@@ -43,11 +44,15 @@
 #   LOG_FILE [xhubd.log in the temporary directory]  where xhubd's stderr goes
 #   DRAIN_TIMEOUT [60]               seconds to wait for delivery after the load
 #   CATCH_UP_DURATION [DURATION]     how long xhubd accepts with its upstream down
-#   CATCH_UP_TIMEOUT [600]           seconds to wait for the backlog's delivery
+#   CATCH_UP_EVENTS [unset]          instead, load with bench-load until exactly N events
+#                                    were sent (and all accepted) with its upstream down,
+#                                    e.g. 1000000 (bounded by CATCH_UP_TIMEOUT)
+#   CATCH_UP_TIMEOUT [600]           seconds to wait for the backlog's delivery (and, with
+#                                    CATCH_UP_EVENTS, the most the load may take)
 #   PROFILE [release]                cargo profile of the binaries (dev: the smoke run
 #                                    in scripts/test.sh, which has them built already)
 # Installs wrk and curl (and nginx-light with --nginx, openssl with --tls) with apt-get
-# when missing; builds bench-load with --tls. The table is also
+# when missing; builds bench-load with --tls or CATCH_UP_EVENTS. The table is also
 # written to bench/out/. Exits non-zero when an answer was not 2xx, a socket error
 # occurred, or delivery did not drain in time. Figures are targets for the report, not
 # assertions.
@@ -79,6 +84,11 @@ DRAIN_TIMEOUT=${DRAIN_TIMEOUT:-60}
 CATCH_UP_TIMEOUT=${CATCH_UP_TIMEOUT:-600}
 PROFILE=${PROFILE:-release}
 CATCH_UP_DURATION=${CATCH_UP_DURATION:-$DURATION}
+CATCH_UP_EVENTS=${CATCH_UP_EVENTS:-}
+if [ -n "$CATCH_UP_EVENTS" ] && ! [[ $CATCH_UP_EVENTS =~ ^[1-9][0-9]*$ ]]; then
+  echo "CATCH_UP_EVENTS must be a positive number of events" >&2
+  exit 2
+fi
 HOST=127.0.0.1
 
 missing=()
@@ -95,7 +105,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 examples=(--example bench-upstream)
-if [ "$WITH_TLS" = 1 ]; then
+if [ "$WITH_TLS" = 1 ] || { [ "$CATCH_UP" = 1 ] && [ -n "$CATCH_UP_EVENTS" ]; }; then
   examples+=(--example bench-load)
 fi
 cargo build --profile "$PROFILE" --locked --bin xhubd "${examples[@]}"
@@ -447,8 +457,24 @@ if [ "$CATCH_UP" = 1 ]; then
   xhubd_port=$(free_port)
   start_xhubd "$HOST:$xhubd_port" "$tmp/state-catch-up" "http://$HOST:$down_port/"
   wait_listening "$xhubd_pid" "$xhubd_port" xhubd || { tail -n 20 "$LOG_FILE" >&2; exit 1; }
-  echo "catch-up: wrk -> xhubd (upstream down) for $CATCH_UP_DURATION" >&2
-  DURATION=$CATCH_UP_DURATION run_load "http://$HOST:$xhubd_port/" "$tmp/wrk-backlog.txt" backlog
+  catch_up_tool=""
+  if [ -n "$CATCH_UP_EVENTS" ]; then
+    # Exactly CATCH_UP_EVENTS requests, all to be accepted (checked with the others).
+    echo "catch-up: bench-load -> xhubd (upstream down) for $CATCH_UP_EVENTS events" >&2
+    load_tool=bench-load
+    load_args=(--requests "$CATCH_UP_EVENTS")
+    DURATION=${CATCH_UP_TIMEOUT}s run_load "http://$HOST:$xhubd_port/" \
+      "$tmp/load-backlog.txt" backlog
+    load_tool=wrk
+    load_args=()
+    catch_up_tool=", bench-load"
+    if [ "${backlog[ok]}" -lt "$CATCH_UP_EVENTS" ]; then
+      failures+=("catch-up: ${backlog[ok]} of $CATCH_UP_EVENTS events accepted")
+    fi
+  else
+    echo "catch-up: wrk -> xhubd (upstream down) for $CATCH_UP_DURATION" >&2
+    DURATION=$CATCH_UP_DURATION run_load "http://$HOST:$xhubd_port/" "$tmp/wrk-backlog.txt" backlog
+  fi
   sleep 1 # the stragglers wrk did not wait for
   rss_pending=$(awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$xhubd_pid/status")
   t_up=$(now)
@@ -467,7 +493,7 @@ if [ "$CATCH_UP" = 1 ]; then
     fi
     sleep 0.05
   done
-  catch_up="catch-up: ${backlog[ok]} events accepted with the upstream down (${backlog[rate]}/s);"
+  catch_up="catch-up: ${backlog[ok]} events accepted with the upstream down (${backlog[rate]}/s$catch_up_tool);"
   catch_up+=" $got delivered $(calc %.2f "$t_now - $t_up") s after it came back:"
   catch_up+=" $(calc %.0f "$got / ($t_now - $t_up)") events/s; xhubd's RSS with them all pending"
   catch_up+=" $rss_pending MiB, peak $(awk '/^VmHWM:/ { printf "%.1f", $2 / 1024 }' \
