@@ -27,6 +27,12 @@ use crate::webhook::Answer;
 /// is just reusing) has its request on the way; closing it at once would drop it.
 const LAST_REQUEST_GRACE: Duration = Duration::from_millis(250);
 
+/// Largest read buffer of a connection (hyper's default is about 400 KiB). Headers
+/// must fit in it (larger ones get 431); a body streams through it in pieces. With 64
+/// connections each receiving a 300 KiB batch, hyper's own buffers grew to about 1 MiB
+/// per connection.
+const READ_BUFFER_MAX: usize = 64 * 1024;
+
 /// Limits of one listener.
 #[derive(Debug, Clone, Copy)]
 pub struct ServerSettings {
@@ -123,6 +129,7 @@ impl Conn {
         };
         let mut builder = http1::Builder::new();
         builder
+            .max_buf_size(READ_BUFFER_MAX)
             .timer(TokioTimer::new())
             .header_read_timeout(self.settings.header_timeout)
             .keep_alive(true);

@@ -10,9 +10,10 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::schema;
 
-/// Bodies up to this size come with the due list; larger ones are read per attempt,
-/// so a list of due events never holds much memory.
-const INLINE_BODY_MAX: i64 = 64 * 1024;
+/// Bodies up to this size come with the due list (and with the writer's hand-over of
+/// new events); larger ones are read when their attempt starts, so that events waiting
+/// for an attempt hold at most a few MiB (256 waiting: 4 MiB).
+pub const INLINE_BODY_MAX: usize = 16 * 1024;
 
 /// An event waiting for a delivery attempt.
 #[derive(Debug, Clone)]
@@ -64,7 +65,7 @@ impl Queue {
                  FROM events e WHERE e.state = 0 AND e.next_attempt_at <= ?1
                  ORDER BY e.next_attempt_at, e.seq LIMIT ?2",
             )?;
-            let rows = stmt.query_map(params![now, limit as i64, INLINE_BODY_MAX], |r| {
+            let rows = stmt.query_map(params![now, limit as i64, INLINE_BODY_MAX as i64], |r| {
                 Ok(DueEvent {
                     seq: r.get(0)?,
                     id: r.get(1)?,

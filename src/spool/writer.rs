@@ -18,7 +18,7 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBe
 use tokio::sync::{mpsc, Notify};
 use tracing::{debug, error, info, warn};
 
-use super::queue::DueEvent;
+use super::queue::{DueEvent, INLINE_BODY_MAX};
 use super::schema::state;
 use super::{now_ms, Command, NewEvent, Outcome, Spool, SpoolError, SpoolHealth, Stored};
 
@@ -36,11 +36,10 @@ const WAL_SIZE_LIMIT: u64 = 64 * 1024 * 1024;
 /// each one missing from the cache is a read from the file.
 const CACHE_KIB: u32 = 8 * 1024;
 
-/// Events handed to delivery in memory and not yet taken, at most.
+/// Events handed to delivery in memory and not yet taken, at most. Bodies over
+/// [`INLINE_BODY_MAX`] are not handed over (delivery reads them when it sends them), so
+/// the queue holds at most 8 MiB of bodies.
 const FRESH_DEPTH: usize = 512;
-/// Larger bodies are not handed over in memory (delivery reads them when it sends
-/// them), so the fresh queue holds at most `FRESH_DEPTH * FRESH_BODY_MAX` bytes.
-const FRESH_BODY_MAX: usize = 16 * 1024;
 
 /// What the writer needs to know.
 #[derive(Debug, Clone, Copy)]
@@ -244,7 +243,7 @@ fn hand_over(
         retry_from: now,
         attempts: 0,
         signature: event.signature.clone(),
-        body: (event.body.len() <= FRESH_BODY_MAX).then(|| event.body.clone()),
+        body: (event.body.len() <= INLINE_BODY_MAX).then(|| event.body.clone()),
     };
     match fresh.try_send(due) {
         Ok(()) => true,
