@@ -218,6 +218,39 @@ fn upstream_down_then_up_delivers_everything() {
 }
 
 #[test]
+fn when_the_upstream_answers_again_the_backlog_goes_at_once() {
+    let mut up = Upstream::start();
+    up.stop();
+    // After a failed attempt each event waits at least 15 s (half of --retry-initial).
+    let x = Xhubd::start(Options::new(&up.url("/")).retry("30s", "1m"));
+    for n in 0..30 {
+        assert_eq!(x.target.post_signed(&page_event(n)).status, 200);
+    }
+    wait_for(
+        WAIT,
+        "every event tried once and scheduled for a retry",
+        || x.count("SELECT COUNT(*) FROM events WHERE state = 0 AND attempts = 1") == 30,
+    );
+    up.restart();
+    // A new event is tried at once; its success shows the upstream is back.
+    let started = std::time::Instant::now();
+    assert_eq!(x.target.post_signed(&page_event(30)).status, 200);
+    let got = up.wait_for(31, Duration::from_secs(10));
+    let took = started.elapsed();
+    let distinct: HashSet<_> = got.iter().map(|r| r.body.to_vec()).collect();
+    assert_eq!(distinct.len(), 31, "every event delivered once");
+    assert!(
+        took < Duration::from_secs(10),
+        "the backlog waited for its retries: {took:?}"
+    );
+    assert!(
+        x.logs().contains("the upstream answers again"),
+        "{}",
+        x.logs()
+    );
+}
+
+#[test]
 fn events_acknowledged_before_kill_9_are_delivered_after_restart() {
     let mut up = Upstream::start();
     up.stop();

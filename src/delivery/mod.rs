@@ -12,6 +12,10 @@
 //! queue had no room for) is found by a *scan* of the spool for pending, due events.
 //! The scan alone would deliver everything; the fresh queue only makes it cheaper.
 //!
+//! After an outage (ten retryable failures in a row), the first answer from the
+//! upstream makes every pending event due at once: the backlog goes as fast as the
+//! upstream takes it, not as each event's backoff happens to run out.
+//!
 //! An event is *claimed* from the moment it is taken (from either source) until its
 //! outcome is committed, so it is never sent twice at once. A fresh event whose row
 //! number is not above every row number a scan has claimed is skipped: that scan may
@@ -73,9 +77,21 @@ pub struct Delivery {
     pub status: Arc<UpstreamStatus>,
 }
 
+/// Retryable failures in a row (connection errors, timeouts, 408, 429, 5xx, whatever
+/// the event) after which the upstream counts as down. When it answers again, every
+/// pending event is made due at once (see [`Spool::retry_now`]).
+const OUTAGE_FAILURES: u32 = 10;
+
 /// What an attempt reports back to the scheduler when its outcome is recorded (or could
-/// not be): the event's row number and when it falls due again, if it stays pending.
-type Done = (i64, Option<i64>);
+/// not be).
+struct Done {
+    /// The event's row number.
+    seq: i64,
+    /// When it falls due again, if it stays pending.
+    due_again: Option<i64>,
+    /// Whether the upstream answered (2xx or a refusal), rather than failing.
+    answered: bool,
+}
 
 /// The scheduler's view of the events it has taken.
 #[derive(Default)]
@@ -126,6 +142,7 @@ impl Delivery {
         // Scan as soon as the ready queue is empty (at start: the backlog).
         let mut scan_now = true;
         let mut next_scan = TokioInstant::now();
+        let mut failures_in_a_row: u32 = 0;
         while !shutdown.is_cancelled() {
             if claims.ready.is_empty() && (scan_now || TokioInstant::now() >= next_scan) {
                 scan_now = false;
@@ -154,10 +171,19 @@ impl Delivery {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                Some((seq, due_at)) = done_rx.recv() => {
-                    claims.claimed.remove(&seq);
-                    if let Some(at) = due_at {
+                Some(done) = done_rx.recv() => {
+                    claims.claimed.remove(&done.seq);
+                    if let Some(at) = done.due_again {
                         next_scan = next_scan.min(instant_at(at));
+                    }
+                    if !done.answered {
+                        failures_in_a_row = failures_in_a_row.saturating_add(1);
+                    } else {
+                        if failures_in_a_row >= OUTAGE_FAILURES {
+                            info!(failures_in_a_row, "the upstream answers again: every pending event is due now");
+                            tokio::spawn(retry_backlog_now(this.spool.clone()));
+                        }
+                        failures_in_a_row = 0;
                     }
                 }
                 permit = permits.clone().acquire_owned(), if have_ready => {
@@ -178,8 +204,8 @@ impl Delivery {
         let drained = tokio::time::timeout(drain, async {
             while !busy.is_empty() {
                 match done_rx.recv().await {
-                    Some((seq, _)) => {
-                        busy.remove(&seq);
+                    Some(done) => {
+                        busy.remove(&done.seq);
                     }
                     None => break,
                 }
@@ -223,6 +249,7 @@ impl Delivery {
             Attempt::Delivered(_) => self.status.success(),
             Attempt::Retryable(e) | Attempt::Refused(e) => self.status.failure(e),
         }
+        let answered = matches!(result, Attempt::Delivered(_) | Attempt::Refused(_));
         let outcome = match result {
             Attempt::Delivered(status) => {
                 info!(event_id = %event.id, attempts, status = status.as_u16(), elapsed_ms, "delivered");
@@ -271,7 +298,11 @@ impl Delivery {
                 Some(now_ms())
             }
         };
-        let _ = done.send((event.seq, due_again));
+        let _ = done.send(Done {
+            seq: event.seq,
+            due_again,
+            answered,
+        });
     }
 
     async fn body_of(&self, event: &DueEvent) -> anyhow::Result<Bytes> {
@@ -284,6 +315,30 @@ impl Delivery {
             .await??
             .ok_or_else(|| anyhow::anyhow!("the event is no longer in the spool"))
     }
+}
+
+/// Makes the whole backlog due now, a chunk at a time, waking the scheduler after each.
+async fn retry_backlog_now(spool: Spool) {
+    let mut total = 0;
+    loop {
+        match spool.retry_now().await {
+            Ok(n) => {
+                total += n;
+                spool.new_events.notify_one();
+                if n < crate::spool::writer::RETRY_NOW_CHUNK {
+                    break;
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot bring the pending events forward; they go as their retries fall due");
+                break;
+            }
+        }
+    }
+    info!(
+        events = total,
+        "pending events waiting for a retry are due now"
+    );
 }
 
 /// The tokio instant of a unix-ms time (now, if it is in the past).

@@ -115,6 +115,10 @@ pub(crate) enum Command {
         outcome: Outcome,
         reply: oneshot::Sender<Result<(), SpoolError>>,
     },
+    /// Makes every pending event due now (the upstream answers again).
+    RetryNow {
+        reply: oneshot::Sender<Result<usize, SpoolError>>,
+    },
     /// Commit what is queued before this, then stop.
     Close,
 }
@@ -172,6 +176,21 @@ impl Spool {
                 outcome,
                 reply,
             })
+            .await
+            .map_err(|_| SpoolError::Closed)?;
+        answer.await.map_err(|_| SpoolError::Closed)?
+    }
+}
+
+impl Spool {
+    /// Brings pending events' next attempts forward to now, the earliest first, at most
+    /// [`writer::RETRY_NOW_CHUNK`] per call; returns how many were waiting for a later
+    /// time. Used when the upstream answers again after an outage, so the backlog goes
+    /// at once instead of as each backoff runs out.
+    pub async fn retry_now(&self) -> Result<usize, SpoolError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Command::RetryNow { reply })
             .await
             .map_err(|_| SpoolError::Closed)?;
         answer.await.map_err(|_| SpoolError::Closed)?

@@ -41,6 +41,10 @@ const CACHE_KIB: u32 = 8 * 1024;
 /// the queue holds at most 8 MiB of bodies.
 const FRESH_DEPTH: usize = 512;
 
+/// Most pending events [`Spool::retry_now`] makes due in one transaction, so that a
+/// large backlog never holds the writer long.
+pub const RETRY_NOW_CHUNK: usize = 4096;
+
 /// What the writer needs to know.
 #[derive(Debug, Clone, Copy)]
 pub struct WriterSettings {
@@ -152,6 +156,18 @@ fn run(
     debug!("spool writer stopped");
 }
 
+/// What one request did inside the transaction, for its answer once committed.
+enum Applied {
+    /// Stored or recognised, with the new event's row number (0 for a duplicate).
+    Accepted(Stored, i64),
+    /// A delivery outcome was recorded.
+    Recorded,
+    /// This many pending events were made due now.
+    MadeDue(usize),
+    /// Nothing to do (closing).
+    Nothing,
+}
+
 /// Runs one transaction for the whole batch, hands the new events to delivery and
 /// answers every request. Returns false when a new event could not be handed over.
 fn commit_batch(
@@ -162,13 +178,14 @@ fn commit_batch(
     fresh: &mpsc::Sender<DueEvent>,
 ) -> bool {
     let now = now_ms();
-    let result = (|| -> rusqlite::Result<Vec<Option<(Stored, i64)>>> {
+    let result = (|| -> rusqlite::Result<Vec<Applied>> {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut results = Vec::with_capacity(batch.len());
         for cmd in batch.iter() {
-            match cmd {
+            results.push(match cmd {
                 Command::Accept { event, .. } => {
-                    results.push(Some(accept_one(&tx, event, now, window_ms)?));
+                    let (stored, seq) = accept_one(&tx, event, now, window_ms)?;
+                    Applied::Accepted(stored, seq)
                 }
                 Command::Record {
                     seq,
@@ -177,10 +194,18 @@ fn commit_batch(
                     ..
                 } => {
                     record_one(&tx, *seq, *attempts, outcome, now)?;
-                    results.push(None);
+                    Applied::Recorded
                 }
-                Command::Close => results.push(None),
-            }
+                Command::RetryNow { .. } => Applied::MadeDue(
+                    tx.prepare_cached(
+                        "UPDATE events SET next_attempt_at = ?1 WHERE seq IN
+                           (SELECT seq FROM events WHERE state = 0 AND next_attempt_at > ?1
+                            ORDER BY next_attempt_at LIMIT ?2)",
+                    )?
+                    .execute(params![now, RETRY_NOW_CHUNK as i64])?,
+                ),
+                Command::Close => Applied::Nothing,
+            });
         }
         tx.commit()?;
         Ok(results)
@@ -189,9 +214,9 @@ fn commit_batch(
         Ok(results) => {
             health.last_commit_ok.store(true, Ordering::Relaxed);
             let mut handed_over = true;
-            for (cmd, stored) in batch.drain(..).zip(results) {
-                match (cmd, stored) {
-                    (Command::Accept { reply, event }, Some((stored, seq))) => {
+            for (cmd, applied) in batch.drain(..).zip(results) {
+                match (cmd, applied) {
+                    (Command::Accept { reply, event }, Applied::Accepted(stored, seq)) => {
                         if let Stored::New(id) = &stored {
                             handed_over &= hand_over(fresh, &event, id, seq, now);
                         }
@@ -200,7 +225,13 @@ fn commit_batch(
                     (Command::Record { reply, .. }, _) => {
                         let _ = reply.send(Ok(()));
                     }
-                    (Command::Accept { reply, .. }, None) => {
+                    (Command::RetryNow { reply }, Applied::MadeDue(n)) => {
+                        let _ = reply.send(Ok(n));
+                    }
+                    (Command::Accept { reply, .. }, _) => {
+                        let _ = reply.send(Err(SpoolError::Commit("internal".into())));
+                    }
+                    (Command::RetryNow { reply }, _) => {
                         let _ = reply.send(Err(SpoolError::Commit("internal".into())));
                     }
                     (Command::Close, _) => {}
@@ -218,6 +249,9 @@ fn commit_batch(
                         let _ = reply.send(Err(failure.clone()));
                     }
                     Command::Record { reply, .. } => {
+                        let _ = reply.send(Err(failure.clone()));
+                    }
+                    Command::RetryNow { reply } => {
                         let _ = reply.send(Err(failure.clone()));
                     }
                     Command::Close => {}

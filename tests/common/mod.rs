@@ -185,6 +185,8 @@ pub struct Options {
     pub wait_ready: bool,
     /// The state directory, when not the default one in the temporary directory.
     pub state_dir: Option<PathBuf>,
+    /// `--retry-initial` and `--retry-max-delay` (short by default, so tests are quick).
+    pub retry: (String, String),
 }
 
 impl Options {
@@ -197,7 +199,12 @@ impl Options {
             held_socket: false,
             wait_ready: true,
             state_dir: None,
+            retry: ("200ms".into(), "1s".into()),
         }
+    }
+    pub fn retry(mut self, initial: &str, max_delay: &str) -> Self {
+        self.retry = (initial.to_owned(), max_delay.to_owned());
+        self
     }
     pub fn state_dir(mut self, dir: &Path) -> Self {
         self.state_dir = Some(dir.to_owned());
@@ -263,9 +270,9 @@ impl Xhubd {
             "--state-dir".into(),
             state_dir.display().to_string(),
             "--retry-initial".into(),
-            "200ms".into(),
+            opts.retry.0.clone(),
             "--retry-max-delay".into(),
-            "1s".into(),
+            opts.retry.1.clone(),
         ];
         args.extend(opts.extra);
         let log_path = dir.path().join("xhubd.log");
