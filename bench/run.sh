@@ -142,10 +142,13 @@ seconds() { # wrk duration (10, 10s, 2m, 1h) in whole seconds
   esac
 }
 
+# Below the kernel's range of ephemeral ports: a port picked there could be taken as
+# the source port of one of the many client connections before its server binds it.
+ephemeral_low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
 free_port() { # a port nothing listens on
   local port
   for _ in $(seq 200); do
-    port=$((20000 + RANDOM % 40000))
+    port=$((10000 + RANDOM % (ephemeral_low - 10000)))
     if ! (exec 3<>"/dev/tcp/$HOST/$port") 2>/dev/null; then
       echo "$port"
       return
