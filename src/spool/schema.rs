@@ -195,19 +195,25 @@ mod tests {
         PRAGMA user_version = 1;
     ";
 
-    #[test]
-    fn a_layout_1_spool_is_upgraded_with_every_identity_kept() {
+    /// A spool written as `layout` (SQL), opened by this build: it must be at the
+    /// current layout afterwards.
+    fn upgraded(layout: &str) -> (tempfile::TempDir, Connection) {
         let dir = tempfile::tempdir().unwrap();
         Connection::open(dir.path().join(DB_FILE))
             .unwrap()
-            .execute_batch(LAYOUT_1)
+            .execute_batch(layout)
             .unwrap();
-
         let conn = open(dir.path()).unwrap();
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
         assert_eq!(version, SCHEMA_VERSION);
+        (dir, conn)
+    }
+
+    #[test]
+    fn a_layout_1_spool_is_upgraded_with_every_identity_kept() {
+        let (dir, conn) = upgraded(LAYOUT_1);
         let mut rows: Vec<(Vec<u8>, i64, i64)> = conn
             .prepare("SELECT key, event_seq, seen_at FROM dedup ORDER BY seen_at, event_seq")
             .unwrap()
@@ -282,17 +288,7 @@ mod tests {
 
     #[test]
     fn a_layout_2_spool_keeps_every_body_and_pending_event() {
-        let dir = tempfile::tempdir().unwrap();
-        Connection::open(dir.path().join(DB_FILE))
-            .unwrap()
-            .execute_batch(LAYOUT_2)
-            .unwrap();
-
-        let conn = open(dir.path()).unwrap();
-        let version: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(version, SCHEMA_VERSION);
+        let (_dir, conn) = upgraded(LAYOUT_2);
         assert_eq!(
             bodies(&conn),
             [(1, b"{\"a\":1}\n\n".to_vec()), (2, b"{}".to_vec())]
