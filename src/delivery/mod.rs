@@ -167,7 +167,11 @@ impl Delivery {
                 }
             }
             let have_ready = !claims.ready.is_empty();
-            let room = claims.ready.len() < FETCH_BATCH;
+            // A scan waits for the ready queue to empty; while one is due, fresh events
+            // wait in their queue, so that under a load the upstream cannot keep up with,
+            // retries and overflowed events still get their turn (oldest first).
+            let scan_due = scan_now || TokioInstant::now() >= next_scan;
+            let room = claims.ready.len() < FETCH_BATCH && !scan_due;
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
