@@ -516,11 +516,14 @@ report=bench/out/run-$(date +%Y%m%dT%H%M%S).txt
   row "figure" "baseline: upstream" "C: xhubd" "A: nginx (ceiling)" "B: nginx + xhubd"
   row "----------------------------------" "----------------------" \
     "----------------------" "----------------------" "----------------------"
-  for f in "accepted events/s (2xx / duration):rate" "delivered events/s (load to drain):delivered_rate" \
-    "drain time after load (s):drain" "latency p50 / p99 / max (ms):latency" \
-    "2xx answers:ok" "non-2xx answers:status" "socket errors conn/read/write/tmo:socket" \
-    "delivered beyond 2xx (in flight):extra" "peak RSS of xhubd (MiB):rss" \
-    "xhubd CPU s per 1,000 events:cpu_per_k"; do
+  # Each row of the tables: its label, then the key of the figure in a load's array.
+  fields=("accepted events/s (2xx / duration):rate"
+    "delivered events/s (load to drain):delivered_rate"
+    "drain time after load (s):drain" "latency p50 / p99 / max (ms):latency"
+    "2xx answers:ok" "non-2xx answers:status" "socket errors conn/read/write/tmo:socket"
+    "delivered beyond 2xx (in flight):extra" "peak RSS of xhubd (MiB):rss"
+    "xhubd CPU s per 1,000 events:cpu_per_k")
+  for f in "${fields[@]}"; do
     row "${f%%:*}" "$(pick base "${f##*:}")" "$(pick xhub_c "${f##*:}")" \
       "$(pick ceiling "${f##*:}")" "$(pick xhub_b "${f##*:}")"
   done
@@ -535,18 +538,12 @@ report=bench/out/run-$(date +%Y%m%dT%H%M%S).txt
     echo "bench-load -c$CONNECTIONS -d$DURATION ($THREADS threads), same bodies; -tls: HTTPS" \
       "with a client certificate through the shipped site file (B-tls's xhubd with" \
       "--client-cn-header X-Client-Subject)"
-    row2() { printf '| %-34s | %-22s | %-22s | %-22s | %-22s |\n' "$@"; }
     get() { local -n a=$1; echo "${a[$2]:--}"; }
-    row2 "figure" "A-load: nginx" "B-load: nginx + xhubd" "A-tls: nginx mTLS" "B-tls: mTLS + xhubd"
-    row2 "----------------------------------" "----------------------" \
+    row "figure" "A-load: nginx" "B-load: nginx + xhubd" "A-tls: nginx mTLS" "B-tls: mTLS + xhubd"
+    row "----------------------------------" "----------------------" \
       "----------------------" "----------------------" "----------------------"
-    for f in "accepted events/s (2xx / duration):rate" \
-      "delivered events/s (load to drain):delivered_rate" \
-      "drain time after load (s):drain" "latency p50 / p99 / max (ms):latency" \
-      "2xx answers:ok" "non-2xx answers:status" "socket errors conn/read/write/tmo:socket" \
-      "delivered beyond 2xx (in flight):extra" "peak RSS of xhubd (MiB):rss" \
-      "xhubd CPU s per 1,000 events:cpu_per_k"; do
-      row2 "${f%%:*}" "$(get ceiling_load "${f##*:}")" "$(get xhub_b_load "${f##*:}")" \
+    for f in "${fields[@]}"; do
+      row "${f%%:*}" "$(get ceiling_load "${f##*:}")" "$(get xhub_b_load "${f##*:}")" \
         "$(get ceiling_tls "${f##*:}")" "$(get xhub_b_tls "${f##*:}")"
     done
     echo

@@ -181,10 +181,21 @@ fn status_page_in_chromium_shows_events_and_replays_a_dead_one() {
         c.goto(&format!("{base}/")).await.unwrap();
         let button = c.find(Locator::Css("#dead + table button")).await.unwrap();
         button.click().await.unwrap();
+        // The click returns before the form's answer (a redirect) has loaded.
+        let event_path = format!("/event/{dead_id}");
+        let mut path = String::new();
+        for _ in 0..100 {
+            path = c.current_url().await.unwrap().path().to_owned();
+            if path == event_path {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(path, event_path, "the replay leads to the event's page");
         let mut delivered = false;
         for _ in 0..100 {
             let url = c.current_url().await.unwrap();
-            assert_eq!(url.path(), format!("/event/{dead_id}"));
+            assert_eq!(url.path(), event_path);
             let state = c
                 .find(Locator::Css("td[class^=state-]"))
                 .await

@@ -176,8 +176,8 @@ pub fn configure(conn: &Connection) -> rusqlite::Result<()> {
 mod tests {
     use super::*;
 
-    /// What a layout-1 spool holds: one event and the text keys it was accepted under.
-    const LAYOUT_1: &str = "
+    /// The events table of layouts 1 and 2, bodies inside the rows.
+    const EVENTS_WITH_BODIES: &str = "
         CREATE TABLE events (
             seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, received_at INTEGER NOT NULL,
             state INTEGER NOT NULL DEFAULT 0, attempts INTEGER NOT NULL DEFAULT 0,
@@ -185,6 +185,10 @@ mod tests {
             retry_from INTEGER NOT NULL, size INTEGER NOT NULL,
             object TEXT NOT NULL DEFAULT '', field TEXT NOT NULL DEFAULT '',
             headers TEXT NOT NULL DEFAULT '{}', signature TEXT NOT NULL, body BLOB NOT NULL);
+    ";
+
+    /// What a layout-1 spool holds: one event and the text keys it was accepted under.
+    const LAYOUT_1: &str = "
         CREATE TABLE dedup (key TEXT PRIMARY KEY, event_id TEXT NOT NULL,
             seen_at INTEGER NOT NULL) WITHOUT ROWID;
         CREATE INDEX dedup_seen ON dedup(seen_at);
@@ -195,14 +199,14 @@ mod tests {
         PRAGMA user_version = 1;
     ";
 
-    /// A spool written as `layout` (SQL), opened by this build: it must be at the
-    /// current layout afterwards.
+    /// A spool written as `layout` (SQL, after [`EVENTS_WITH_BODIES`]), opened by this
+    /// build: it must be at the current layout afterwards.
     fn upgraded(layout: &str) -> (tempfile::TempDir, Connection) {
         let dir = tempfile::tempdir().unwrap();
-        Connection::open(dir.path().join(DB_FILE))
-            .unwrap()
-            .execute_batch(layout)
-            .unwrap();
+        let old = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        old.execute_batch(EVENTS_WITH_BODIES).unwrap();
+        old.execute_batch(layout).unwrap();
+        drop(old);
         let conn = open(dir.path()).unwrap();
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
@@ -267,13 +271,6 @@ mod tests {
 
     /// A layout-2 spool: bodies inside the events rows, one delivered and one pending.
     const LAYOUT_2: &str = "
-        CREATE TABLE events (
-            seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, received_at INTEGER NOT NULL,
-            state INTEGER NOT NULL DEFAULT 0, attempts INTEGER NOT NULL DEFAULT 0,
-            next_attempt_at INTEGER NOT NULL, finished_at INTEGER, last_error TEXT,
-            retry_from INTEGER NOT NULL, size INTEGER NOT NULL,
-            object TEXT NOT NULL DEFAULT '', field TEXT NOT NULL DEFAULT '',
-            headers TEXT NOT NULL DEFAULT '{}', signature TEXT NOT NULL, body BLOB NOT NULL);
         CREATE INDEX events_pending ON events(next_attempt_at) WHERE state = 0;
         CREATE INDEX events_delivered ON events(received_at) WHERE state = 1;
         CREATE TABLE dedup (key BLOB PRIMARY KEY, event_seq INTEGER NOT NULL,
