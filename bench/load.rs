@@ -29,7 +29,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context};
 use bytes::{Bytes, BytesMut};
 use clap::Parser;
-use hmac::{Hmac, Mac};
 use http::header::{CONTENT_TYPE, HOST};
 use http::{HeaderName, HeaderValue, Method, Request, Uri};
 use http_body_util::{BodyExt, Full};
@@ -37,10 +36,10 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use sha2::Sha256;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+use xhubd::webhook::signature;
 
 #[derive(Parser)]
 #[command(
@@ -83,19 +82,13 @@ struct Args {
     threads: usize,
 }
 
-/// A duration as wrk takes it: a number of seconds, or with an `s`, `m` or `h` suffix.
+/// A duration as wrk takes it: a bare number of seconds, or one with a unit (`2s`,
+/// `5m`, `1h`, as xhubd's own options take them).
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (number, unit) = match s.char_indices().last() {
-        Some((i, c @ ('s' | 'm' | 'h'))) => (&s[..i], c),
-        _ => (s, 's'),
-    };
-    let n: f64 = number.parse().map_err(|_| format!("not a duration: {s}"))?;
-    let secs = match unit {
-        'h' => n * 3600.0,
-        'm' => n * 60.0,
-        _ => n,
-    };
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s}: {e}"))
+    match s.parse::<u64>() {
+        Ok(secs) => Ok(Duration::from_secs(secs)),
+        Err(_) => xhubd::duration::parse_duration(s),
+    }
 }
 
 /// Latencies in microseconds, bucketed: exact below 1024 µs, then 512 buckets per power
@@ -212,7 +205,7 @@ struct Shared {
     tls: Option<(TlsConnector, ServerName<'static>)>,
     host: HeaderValue,
     path: Uri,
-    mac: Hmac<Sha256>,
+    secret: Vec<u8>,
     body_bytes: usize,
     pad: Vec<u8>,
     deadline: Instant,
@@ -298,19 +291,14 @@ fn build_body(shared: &Shared, buf: &mut BytesMut, conn: usize, counter: u64) ->
 }
 
 fn build_request(shared: &Shared, body: Bytes) -> Request<Full<Bytes>> {
-    let mut mac = shared.mac.clone();
-    mac.update(&body);
-    let mut signature = [0u8; 71];
-    signature[..7].copy_from_slice(b"sha256=");
-    // 32 bytes always fit the 64 hex digits.
-    let _ = hex::encode_to_slice(mac.finalize().into_bytes(), &mut signature[7..]);
+    let signature = signature::sign(&shared.secret, &body);
     let mut request = Request::new(Full::new(body));
     *request.method_mut() = Method::POST;
     *request.uri_mut() = shared.path.clone();
     let headers = request.headers_mut();
     headers.insert(HOST, shared.host.clone());
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    if let Ok(value) = HeaderValue::from_bytes(&signature) {
+    if let Ok(value) = HeaderValue::try_from(signature) {
         headers.insert(HeaderName::from_static("x-hub-signature-256"), value);
     }
     request
@@ -507,7 +495,6 @@ fn main() -> anyhow::Result<()> {
     } else {
         None
     };
-    let mac = Hmac::<Sha256>::new_from_slice(args.secret.as_bytes())?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads)
@@ -524,7 +511,7 @@ fn main() -> anyhow::Result<()> {
             tls,
             host: HeaderValue::try_from(format!("{host}:{port}"))?,
             path: path.parse()?,
-            mac,
+            secret: args.secret.as_bytes().to_vec(),
             body_bytes: args.body_bytes,
             pad: vec![b'x'; args.body_bytes],
             deadline: Instant::now() + args.duration,

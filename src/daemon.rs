@@ -196,7 +196,6 @@ impl Daemon {
         let delivery = Delivery {
             spool: spool.clone(),
             queue,
-            fresh,
             upstream,
             policy: RetryPolicy {
                 initial: config.retry_initial,
@@ -208,7 +207,7 @@ impl Daemon {
             metrics: metrics.clone(),
             status: upstream_status.clone(),
         };
-        let delivery = tokio::spawn(delivery.run(shutdown.clone(), config.shutdown_timeout));
+        let delivery = tokio::spawn(delivery.run(fresh, shutdown.clone(), config.shutdown_timeout));
 
         let webhook = Arc::new(Webhook {
             verify_token: config.verify_token,

@@ -61,8 +61,6 @@ pub struct Delivery {
     pub spool: Spool,
     /// Where due events are read.
     pub queue: Queue,
-    /// Newly committed events handed over by the writer.
-    pub fresh: mpsc::Receiver<DueEvent>,
     /// The upstream client.
     pub upstream: Upstream,
     /// When to retry.
@@ -128,12 +126,15 @@ impl Claims {
 }
 
 impl Delivery {
-    /// Runs until `shutdown` is cancelled, then waits up to `drain` for attempts in
-    /// flight to finish and be recorded.
-    pub async fn run(mut self, shutdown: CancellationToken, drain: Duration) {
-        // The fresh queue stays with this loop; attempts share the rest. (What is left
-        // in its place is a closed, empty queue.)
-        let mut fresh = std::mem::replace(&mut self.fresh, mpsc::channel(1).1);
+    /// Runs until `shutdown` is cancelled, taking newly committed events from `fresh`
+    /// (the writer's hand-over) and the rest from scans of the spool, then waits up to
+    /// `drain` for attempts in flight to finish and be recorded.
+    pub async fn run(
+        self,
+        mut fresh: mpsc::Receiver<DueEvent>,
+        shutdown: CancellationToken,
+        drain: Duration,
+    ) {
         let this = Arc::new(self);
         this.running.store(true, Ordering::Relaxed);
         let permits = Arc::new(Semaphore::new(this.concurrency));
@@ -154,7 +155,11 @@ impl Delivery {
                         if fetched >= limit {
                             // There may be more: scan again once these are on their way.
                             scan_now = true;
-                        } else if taken == 0 && fetched > 0 {
+                        } else if taken > 0 {
+                            // Scan again once these are on their way (the next finds
+                            // them claimed, or what fell due meanwhile).
+                            next_scan = TokioInstant::now();
+                        } else if fetched > 0 {
                             next_scan = TokioInstant::now() + BUSY_POLL;
                         } else {
                             next_scan = TokioInstant::now() + self_wait(&this).await;

@@ -115,7 +115,8 @@ pub(crate) enum Command {
         outcome: Outcome,
         reply: oneshot::Sender<Result<(), SpoolError>>,
     },
-    /// Makes every pending event due now (the upstream answers again).
+    /// Makes up to [`writer::RETRY_NOW_CHUNK`] pending events due now (the upstream
+    /// answers again).
     RetryNow {
         reply: oneshot::Sender<Result<usize, SpoolError>>,
     },
@@ -153,12 +154,7 @@ impl Spool {
     /// Stores an event (or recognises a retry). Returns only once the transaction is
     /// on disk.
     pub async fn accept(&self, event: NewEvent) -> Result<Stored, SpoolError> {
-        let (reply, answer) = oneshot::channel();
-        self.tx
-            .send(Command::Accept { event, reply })
-            .await
-            .map_err(|_| SpoolError::Closed)?;
-        answer.await.map_err(|_| SpoolError::Closed)?
+        self.ask(|reply| Command::Accept { event, reply }).await
     }
 
     /// Records the outcome of a delivery attempt (`attempts` is the new count).
@@ -168,29 +164,31 @@ impl Spool {
         attempts: i64,
         outcome: Outcome,
     ) -> Result<(), SpoolError> {
-        let (reply, answer) = oneshot::channel();
-        self.tx
-            .send(Command::Record {
-                seq,
-                attempts,
-                outcome,
-                reply,
-            })
-            .await
-            .map_err(|_| SpoolError::Closed)?;
-        answer.await.map_err(|_| SpoolError::Closed)?
+        self.ask(|reply| Command::Record {
+            seq,
+            attempts,
+            outcome,
+            reply,
+        })
+        .await
     }
-}
 
-impl Spool {
     /// Brings pending events' next attempts forward to now, the earliest first, at most
     /// [`writer::RETRY_NOW_CHUNK`] per call; returns how many were waiting for a later
     /// time. Used when the upstream answers again after an outage, so the backlog goes
     /// at once instead of as each backoff runs out.
     pub async fn retry_now(&self) -> Result<usize, SpoolError> {
+        self.ask(|reply| Command::RetryNow { reply }).await
+    }
+
+    /// Sends the writer one request and waits for its answer (after the commit).
+    async fn ask<T>(
+        &self,
+        request: impl FnOnce(oneshot::Sender<Result<T, SpoolError>>) -> Command,
+    ) -> Result<T, SpoolError> {
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send(Command::RetryNow { reply })
+            .send(request(reply))
             .await
             .map_err(|_| SpoolError::Closed)?;
         answer.await.map_err(|_| SpoolError::Closed)?
