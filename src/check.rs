@@ -1,5 +1,6 @@
-//! `xhubd check`: validates a configuration the way `serve` would (secrets readable,
-//! state dir writable, the spool opens) and that the upstream accepts connections.
+//! `xhubd check`: validates a configuration the way `serve` would (secrets readable and
+//! not empty, the spool readable) and that the upstream accepts connections. It creates,
+//! writes and upgrades nothing, so it is safe next to a running daemon.
 
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use crate::spool::schema;
 /// Runs the checks; returns the report lines and whether everything passed.
 pub fn run(args: ServeArgs) -> (Vec<String>, bool) {
     let mut report = Vec::new();
-    let config = match Config::from_args(args) {
+    let config = match Config::inspect(args) {
         Ok(c) => c,
         Err(e) => {
             report.push(format!("FAIL configuration: {e:#}"));
@@ -23,8 +24,16 @@ pub fn run(args: ServeArgs) -> (Vec<String>, bool) {
         config.state_dir.display()
     ));
     let mut ok = true;
-    match schema::open(&config.state_dir) {
-        Ok(_) => report.push("ok   spool: opens and is writable".into()),
+    match schema::inspect(&config.state_dir) {
+        Ok(None) => report.push(format!(
+            "ok   spool: none yet in {}; the daemon creates it when it starts",
+            config.state_dir.display()
+        )),
+        Ok(Some(layout)) if layout < schema::SCHEMA_VERSION => report.push(format!(
+            "ok   spool: layout {layout}; this release's daemon upgrades it to {} when it starts",
+            schema::SCHEMA_VERSION
+        )),
+        Ok(Some(layout)) => report.push(format!("ok   spool: opens (layout {layout})")),
         Err(e) => {
             ok = false;
             report.push(format!("FAIL spool: {e:#}"));

@@ -92,7 +92,7 @@ pub struct ServeArgs {
     )]
     pub verify_token: Option<String>,
 
-    /// A file holding the verify token (a trailing newline is ignored).
+    /// A file holding the verify token (trailing whitespace is ignored).
     #[arg(long, value_name = "F", env = "XHUBD_VERIFY_TOKEN_FILE")]
     pub verify_token_file: Option<PathBuf>,
 
@@ -106,7 +106,7 @@ pub struct ServeArgs {
     )]
     pub app_secret: Option<String>,
 
-    /// A file holding the App Secret(s), one per line (a trailing newline is ignored).
+    /// A file holding the App Secret(s), one per line (whitespace around each ignored).
     #[arg(long, value_name = "F", env = "XHUBD_APP_SECRET_FILE")]
     pub app_secret_file: Option<PathBuf>,
 
@@ -213,7 +213,7 @@ pub struct ServeArgs {
     )]
     pub admin_token: Option<String>,
 
-    /// A file holding the admin token (a trailing newline is ignored).
+    /// A file holding the admin token (trailing whitespace is ignored).
     #[arg(long, value_name = "F", env = "XHUBD_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
 
@@ -326,14 +326,17 @@ pub struct SendTestArgs {
     /// daemon's own address (http://127.0.0.1:8080/).
     #[arg(long, value_name = "URL")]
     pub url: String,
-    /// The App Secret to sign with.
+    /// The App Secret to sign with (of a list, the first).
     #[arg(
         long,
         value_name = "S",
         env = "XHUBD_APP_SECRET",
         hide_env_values = true
     )]
-    pub app_secret: String,
+    pub app_secret: Option<String>,
+    /// A file holding the App Secret to sign with (of several, the first).
+    #[arg(long, value_name = "F", env = "XHUBD_APP_SECRET_FILE")]
+    pub app_secret_file: Option<PathBuf>,
     /// The verify token.
     #[arg(
         long,
@@ -341,7 +344,10 @@ pub struct SendTestArgs {
         env = "XHUBD_VERIFY_TOKEN",
         hide_env_values = true
     )]
-    pub verify_token: String,
+    pub verify_token: Option<String>,
+    /// A file holding the verify token.
+    #[arg(long, value_name = "F", env = "XHUBD_VERIFY_TOKEN_FILE")]
+    pub verify_token_file: Option<PathBuf>,
     /// The sample's object.
     #[arg(long, default_value = "user")]
     pub object: String,
@@ -365,14 +371,19 @@ pub struct SendTestArgs {
 /// Options of `xhubd sign`.
 #[derive(Debug, Args)]
 pub struct SignArgs {
-    /// The App Secret to sign with.
+    /// The App Secret to sign with (of a comma-separated list, the first: Meta signs
+    /// with the one App Secret of the app).
     #[arg(
         long,
         value_name = "S",
         env = "XHUBD_APP_SECRET",
         hide_env_values = true
     )]
-    pub secret: String,
+    pub secret: Option<String>,
+
+    /// A file holding the App Secret to sign with (of several, the first).
+    #[arg(long, value_name = "F", env = "XHUBD_APP_SECRET_FILE")]
+    pub secret_file: Option<PathBuf>,
 
     /// The body to sign; standard input when absent.
     #[arg(value_name = "FILE")]

@@ -2,7 +2,7 @@
 //! secrets loaded, durations and sizes parsed, the upstream URL parsed, the state
 //! directory created and writable. Nothing later re-checks these.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
@@ -11,7 +11,7 @@ use url::Url;
 use crate::cli::{LogFormat, ServeArgs};
 use crate::duration::{parse_duration, parse_size};
 use crate::listener::ListenAddr;
-use crate::secret::{load_app_secrets, load_verify_token, Secret, SecretSource};
+use crate::secret::{self, load_app_secrets, load_token, load_verify_token, Secret};
 
 /// The validated configuration of `xhubd serve`.
 #[derive(Debug)]
@@ -60,10 +60,29 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
+/// What to do with the state directory while validating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StateDir {
+    /// Create it if needed and prove it writable (`serve`).
+    Prepare,
+    /// Look only: it may not exist yet, and nothing is created (`check`).
+    Inspect,
+}
+
 impl Config {
-    /// Validates every option. The error names the option and the problem, never a
-    /// secret's value.
+    /// Validates every option for `serve`, creating the state directory. The error
+    /// names the option and the problem, never a secret's value.
     pub fn from_args(args: ServeArgs) -> anyhow::Result<Config> {
+        Config::build(args, StateDir::Prepare)
+    }
+
+    /// Validates every option as `serve` would, without creating or writing anything
+    /// (`xhubd check`): the state directory need not exist yet.
+    pub fn inspect(args: ServeArgs) -> anyhow::Result<Config> {
+        Config::build(args, StateDir::Inspect)
+    }
+
+    fn build(args: ServeArgs, state: StateDir) -> anyhow::Result<Config> {
         let listen = ListenAddr::parse(&args.listen).context("--listen")?;
         let socket_mode = u32::from_str_radix(args.socket_mode.trim_start_matches("0o"), 8)
             .ok()
@@ -75,24 +94,24 @@ impl Config {
                 )
             })?;
         let upstream = parse_upstream(args.upstream.as_deref())?;
-        let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
-        let token_credential = credential(credentials.as_deref(), "verify_token");
-        let secret_credential = credential(credentials.as_deref(), "app_secret");
-        let verify_token = load_verify_token(&one_source(
+        let verify_token = load_verify_token(&secret::require(
             "--verify-token",
             args.verify_token.as_deref(),
             args.verify_token_file.as_deref(),
-            token_credential.as_deref(),
+            "verify_token",
         )?)
         .context("verify token")?;
-        let app_secrets = load_app_secrets(&one_source(
+        let app_secrets = load_app_secrets(&secret::require(
             "--app-secret",
             args.app_secret.as_deref(),
             args.app_secret_file.as_deref(),
-            secret_credential.as_deref(),
+            "app_secret",
         )?)
         .context("App Secret")?;
-        let state_dir = prepare_state_dir(&args.state_dir)?;
+        let state_dir = match state {
+            StateDir::Prepare => prepare_state_dir(&args.state_dir)?,
+            StateDir::Inspect => inspect_state_dir(&args.state_dir)?,
+        };
         let max_body_bytes =
             parse_size(&args.max_body_bytes).map_err(|e| anyhow!("--max-body-bytes: {e}"))?;
         if max_body_bytes == 0 {
@@ -113,18 +132,14 @@ impl Config {
             None => None,
             Some(a) => Some(ListenAddr::parse(&a).context("--admin-listen")?),
         };
-        let admin_credential = credential(credentials.as_deref(), "admin_token");
-        let admin_token = match (
+        let admin_token = secret::pick(
+            "--admin-token",
             args.admin_token.as_deref(),
             args.admin_token_file.as_deref(),
-            admin_credential.as_deref(),
-        ) {
-            (None, None, None) => None,
-            (value, file, credential) => Some(
-                load_verify_token(&one_source("--admin-token", value, file, credential)?)
-                    .map_err(|e| anyhow!("admin token: {e:#}"))?,
-            ),
-        };
+            "admin_token",
+        )?
+        .map(|source| load_token(&source, "admin token"))
+        .transpose()?;
         if args.upstream_concurrency == 0 {
             bail!("--upstream-concurrency must be at least 1");
         }
@@ -164,33 +179,6 @@ impl Config {
     }
 }
 
-/// The file of a systemd credential (`LoadCredential=NAME:…`), when systemd passed one.
-/// It is used only when neither the flag, its environment variable nor its file option
-/// is given.
-fn credential(directory: Option<&Path>, name: &str) -> Option<PathBuf> {
-    let path = directory?.join(name);
-    path.exists().then_some(path)
-}
-
-/// Picks the one source of a secret: given directly, or as a file, or else the
-/// systemd credential.
-fn one_source<'a>(
-    flag: &str,
-    value: Option<&'a str>,
-    file: Option<&'a Path>,
-    credential: Option<&'a Path>,
-) -> anyhow::Result<SecretSource<'a>> {
-    match (value, file, credential) {
-        (Some(_), Some(_), _) => bail!("give {flag} or {flag}-file, not both"),
-        (Some(v), None, _) => Ok(SecretSource::Value(v)),
-        (None, Some(f), _) => Ok(SecretSource::File(f)),
-        (None, None, Some(c)) => Ok(SecretSource::File(c)),
-        (None, None, None) => bail!(
-            "{flag} or {flag}-file is required (or a systemd credential in $CREDENTIALS_DIRECTORY)"
-        ),
-    }
-}
-
 /// Parses the upstream URL: http or https, with a host.
 fn parse_upstream(text: Option<&str>) -> anyhow::Result<Url> {
     let text = text.ok_or_else(|| anyhow!("--upstream is required (or XHUBD_UPSTREAM)"))?;
@@ -207,14 +195,28 @@ fn parse_upstream(text: Option<&str>) -> anyhow::Result<Url> {
     Ok(url)
 }
 
-/// Creates the state directory if needed and proves it is writable.
-fn prepare_state_dir(text: &str) -> anyhow::Result<PathBuf> {
-    // systemd may pass several directories separated by colons; the first is ours.
+/// The state directory named by `--state-dir`: systemd may pass several directories
+/// separated by colons; the first is ours.
+fn state_dir_of(text: &str) -> anyhow::Result<PathBuf> {
     let first = text.split(':').next().unwrap_or(text);
     if first.is_empty() {
         bail!("--state-dir is empty");
     }
-    let dir = PathBuf::from(first);
+    Ok(PathBuf::from(first))
+}
+
+/// The state directory, which must be a directory if it exists.
+fn inspect_state_dir(text: &str) -> anyhow::Result<PathBuf> {
+    let dir = state_dir_of(text)?;
+    if dir.exists() && !dir.is_dir() {
+        bail!("--state-dir: {} is not a directory", dir.display());
+    }
+    Ok(dir)
+}
+
+/// Creates the state directory if needed and proves it is writable.
+fn prepare_state_dir(text: &str) -> anyhow::Result<PathBuf> {
+    let dir = state_dir_of(text)?;
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("--state-dir: cannot create {}", dir.display()))?;
     let probe = dir.join(".xhubd-write-test");

@@ -24,6 +24,7 @@ use crate::delivery::Delivery;
 use crate::listener::{take_systemd_socket, Listener, SystemdSocket};
 use crate::metrics::Metrics;
 use crate::notify;
+use crate::output;
 use crate::server::{self, ServerSettings};
 use crate::shutdown::StopSignals;
 use crate::spool::checkpoint::Checkpointer;
@@ -43,38 +44,26 @@ pub fn main() -> ExitCode {
         Err(e) => return clap_error(e),
     };
     match cli.command {
-        Command::Completions { shell } => {
-            crate::docs::completions(shell);
-            ExitCode::SUCCESS
-        }
+        Command::Completions { shell } => output::print_and_exit(&crate::docs::completions(shell)),
         Command::Man { out_dir } => match crate::docs::man_pages(&out_dir) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => startup_error(&e),
         },
         Command::Events(args) => match crate::events_cli::run(&args) {
-            Ok(text) => {
-                println!("{}", text.trim_end());
-                ExitCode::SUCCESS
-            }
+            Ok(text) => output::print_and_exit(text.trim_end()),
             Err(e) => startup_error(&e),
         },
         Command::Check(args) => {
             let (report, ok) = crate::check::run(*args);
-            for line in report {
-                println!("{line}");
-            }
-            if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(EXIT_STARTUP)
+            match output::print(&report.join("\n")) {
+                Ok(()) if ok => ExitCode::SUCCESS,
+                Ok(()) => ExitCode::from(EXIT_STARTUP),
+                Err(e) => startup_error(&anyhow!(e).context("cannot write the report")),
             }
         }
         Command::SendTest(args) => crate::send_test::main(&args),
         Command::Sign(args) => match crate::sign::run(&args) {
-            Ok(header) => {
-                println!("{header}");
-                ExitCode::SUCCESS
-            }
+            Ok(header) => output::print_and_exit(&header),
             Err(e) => startup_error(&e),
         },
         Command::Serve(args) => {
@@ -150,7 +139,7 @@ impl Daemon {
     async fn start(config: Config, inherited: Option<SystemdSocket>) -> anyhow::Result<Daemon> {
         let signals = StopSignals::register().context("cannot install signal handlers")?;
         let lock = lock_state_dir(&config)?;
-        let conn = schema::open(&config.state_dir)?;
+        let conn = schema::open(&config.state_dir, &crate::webhook::stored_keys)?;
         let queue = Queue::open(&config.state_dir)?;
         let checkpointer = Checkpointer::start(&config.state_dir)?;
         let mut writer = Writer::start(
@@ -238,7 +227,10 @@ impl Daemon {
                 metrics,
                 upstream: upstream_status,
                 upstream_url: redacted_url(&config.upstream),
-                db: Arc::new(Mutex::new(schema::open(&config.state_dir)?)),
+                db: Arc::new(Mutex::new(schema::connect(
+                    &config.state_dir,
+                    schema::Access::ReadWrite,
+                )?)),
                 new_events: spool.new_events.clone(),
                 token: config.admin_token,
             });

@@ -8,10 +8,12 @@ use clap::CommandFactory;
 
 use crate::cli::Cli;
 
-/// Writes the completion script for `shell` to standard output.
-pub fn completions(shell: clap_complete::Shell) {
+/// The completion script for `shell`.
+pub fn completions(shell: clap_complete::Shell) -> String {
     let mut command = Cli::command();
-    clap_complete::generate(shell, &mut command, "xhubd", &mut std::io::stdout());
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut command, "xhubd", &mut script);
+    String::from_utf8_lossy(&script).into_owned()
 }
 
 /// Writes `xhubd.1` and `xhubd-<subcommand>.1` into `dir`.

@@ -1,11 +1,12 @@
 //! `xhubd events list|show|replay|purge`: the spool from the command line, on the state
-//! directory directly (safe while the daemon runs: SQLite WAL, and writes wait for the
-//! daemon's transaction). Tables for people, `--json` for scripts.
+//! directory directly, safe while the daemon runs: `list` and `show` open the spool
+//! read-only, `replay` and `purge` change it in short chunks (the daemon's writer never
+//! waits long for them), and none of them creates or upgrades a spool. Tables for
+//! people, `--json` for scripts.
 
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context};
-use rusqlite::Connection;
 
 use crate::cli::{EventsAction, EventsArgs};
 use crate::duration::parse_duration;
@@ -14,9 +15,14 @@ use crate::spool::{now_ms, schema};
 
 /// Runs one `events` subcommand and returns what to print.
 pub fn run(args: &EventsArgs) -> anyhow::Result<String> {
-    let conn = open(Path::new(
-        args.state_dir.split(':').next().unwrap_or(&args.state_dir),
-    ))?;
+    let access = match &args.action {
+        EventsAction::List { .. } | EventsAction::Show { .. } => schema::Access::ReadOnly,
+        EventsAction::Replay { .. } | EventsAction::Purge { .. } => schema::Access::ReadWrite,
+    };
+    let conn = schema::connect(
+        Path::new(args.state_dir.split(':').next().unwrap_or(&args.state_dir)),
+        access,
+    )?;
     match &args.action {
         EventsAction::List { state, limit, json } => {
             let state = state.as_deref().and_then(inspect::parse_state);
@@ -86,14 +92,6 @@ pub fn run(args: &EventsArgs) -> anyhow::Result<String> {
             ))
         }
     }
-}
-
-fn open(dir: &Path) -> anyhow::Result<Connection> {
-    let path = dir.join(schema::DB_FILE);
-    if !path.exists() {
-        bail!("no spool at {} (is --state-dir right?)", path.display());
-    }
-    schema::open(dir)
 }
 
 fn time(ms: i64) -> String {

@@ -20,7 +20,9 @@
 //!   when it is ready, stopping, and alive (watchdog).
 //! - [`sign`]: `xhubd sign`, the signature Meta would send for a body; [`docs`]: man
 //!   pages and shell completions.
-//! - [`events_cli`], [`check`], [`send_test`]: the operator's commands.
+//! - [`events_cli`], [`check`], [`send_test`]: the operator's commands; [`output`]
+//!   writes their output like a Unix tool.
+//! - [`types`]: plain types the stages share (dedup keys); it uses no other module.
 //! - [`secret`], [`duration`], [`logging`], [`shutdown`], [`fd_limit`]: small helpers.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -39,10 +41,12 @@ pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
+pub mod output;
 pub mod secret;
 pub mod send_test;
 pub mod server;
 pub mod shutdown;
 pub mod sign;
 pub mod spool;
+pub mod types;
 pub mod webhook;

@@ -44,6 +44,21 @@ pub enum RequestOutcome {
 }
 
 impl RequestOutcome {
+    /// Every outcome, in the order README lists them.
+    pub const ALL: [RequestOutcome; 11] = [
+        RequestOutcome::Verified,
+        RequestOutcome::ChallengeRefused,
+        RequestOutcome::SignatureRefused,
+        RequestOutcome::TooLarge,
+        RequestOutcome::BadJson,
+        RequestOutcome::IncompleteBody,
+        RequestOutcome::Duplicate,
+        RequestOutcome::Accepted,
+        RequestOutcome::SpoolError,
+        RequestOutcome::ClientRefused,
+        RequestOutcome::MethodNotAllowed,
+    ];
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {

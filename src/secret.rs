@@ -1,8 +1,13 @@
-//! Secrets (App Secrets, the verify token): loaded from a flag, the environment or a
-//! file, never printed, compared in constant time.
+//! Secrets (App Secrets, verify tokens, the admin token): loaded from a flag, the
+//! environment, a file or a systemd credential by one rule for every command, never
+//! printed, compared in constant time.
+//!
+//! The rule (DESIGN.md): trailing whitespace (spaces, tabs, CR, LF) is removed from every
+//! value, from every source; a value that is empty after that is refused. A list of App
+//! Secrets is split at commas and line ends, each item trimmed, blank items skipped.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use sha2::{Digest, Sha256};
@@ -39,40 +44,81 @@ impl fmt::Debug for Secret {
 }
 
 /// Where a secret comes from: given directly (flag or environment) or in a file.
+#[derive(Debug)]
 pub enum SecretSource<'a> {
     /// The value itself, from a flag or an environment variable.
     Value(&'a str),
-    /// A file holding the value.
-    File(&'a Path),
+    /// A file holding the value (a file option, or a systemd credential).
+    File(PathBuf),
 }
 
-/// Reads a source to text. A trailing newline (`\n` or `\r\n`) in a file is ignored.
-pub fn read_source(source: &SecretSource<'_>, what: &str) -> anyhow::Result<String> {
+/// Picks the one source of a secret: the value (`flag`), or the file (`flag-file`), or
+/// else the systemd credential `credential` (`LoadCredential=`, in
+/// `$CREDENTIALS_DIRECTORY`). `None` when none is given; both the value and the file
+/// is an error naming `flag`.
+pub fn pick<'a>(
+    flag: &str,
+    value: Option<&'a str>,
+    file: Option<&'a Path>,
+    credential: &str,
+) -> anyhow::Result<Option<SecretSource<'a>>> {
+    Ok(match (value, file) {
+        (Some(_), Some(_)) => bail!("give {flag} or {flag}-file, not both"),
+        (Some(v), None) => Some(SecretSource::Value(v)),
+        (None, Some(f)) => Some(SecretSource::File(f.to_path_buf())),
+        (None, None) => std::env::var_os("CREDENTIALS_DIRECTORY")
+            .map(|dir| PathBuf::from(dir).join(credential))
+            .filter(|path| path.exists())
+            .map(SecretSource::File),
+    })
+}
+
+/// Like [`pick`], for a secret the command cannot do without.
+pub fn require<'a>(
+    flag: &str,
+    value: Option<&'a str>,
+    file: Option<&'a Path>,
+    credential: &str,
+) -> anyhow::Result<SecretSource<'a>> {
+    pick(flag, value, file, credential)?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "{flag} or {flag}-file is required (or a systemd credential {credential} in $CREDENTIALS_DIRECTORY)"
+        )
+    })
+}
+
+/// Reads a source to text, as given (the rule is applied by the loaders).
+fn read_source(source: &SecretSource<'_>, what: &str) -> anyhow::Result<String> {
     match source {
         SecretSource::Value(v) => Ok((*v).to_owned()),
-        SecretSource::File(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the {what} file {}", path.display()))?;
-            Ok(text
-                .strip_suffix('\n')
-                .map(|t| t.strip_suffix('\r').unwrap_or(t))
-                .unwrap_or(&text)
-                .to_owned())
-        }
+        SecretSource::File(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the {what} file {}", path.display())),
     }
 }
 
-/// Loads the verify token: one value, not empty.
-pub fn load_verify_token(source: &SecretSource<'_>) -> anyhow::Result<Secret> {
-    let text = read_source(source, "verify token")?;
-    if text.is_empty() {
-        bail!("the verify token is empty");
+/// Trailing whitespace as the rule removes it.
+fn trim_trailing(text: &str) -> &str {
+    text.trim_end_matches([' ', '\t', '\r', '\n'])
+}
+
+/// Loads one token (a verify token, the admin token; `what` names it in errors):
+/// trailing whitespace removed, not empty.
+pub fn load_token(source: &SecretSource<'_>, what: &str) -> anyhow::Result<Secret> {
+    let text = read_source(source, what)?;
+    let token = trim_trailing(&text);
+    if token.is_empty() {
+        bail!("the {what} is empty");
     }
-    Ok(Secret::new(text.into_bytes()))
+    Ok(Secret::new(token.as_bytes().to_vec()))
+}
+
+/// Loads the verify token.
+pub fn load_verify_token(source: &SecretSource<'_>) -> anyhow::Result<Secret> {
+    load_token(source, "verify token")
 }
 
 /// Loads the App Secrets: a comma-separated list, or (in a file) one per line or
-/// comma-separated. Blank items are ignored; at least one must remain.
+/// comma-separated. Each is trimmed; blank items are skipped; at least one must remain.
 pub fn load_app_secrets(source: &SecretSource<'_>) -> anyhow::Result<Vec<Secret>> {
     let text = read_source(source, "App Secret")?;
     let secrets: Vec<Secret> = text
@@ -115,17 +161,63 @@ mod tests {
     }
 
     #[test]
-    fn files_lose_one_trailing_newline() {
+    fn every_source_loses_trailing_whitespace_and_nothing_else() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");
-        std::fs::write(&path, "tok en\r\n").unwrap();
-        let t = load_verify_token(&SecretSource::File(&path)).unwrap();
-        assert!(t.matches(b"tok en"));
+        for text in [
+            "tok en",
+            "tok en\n",
+            "tok en\r\n",
+            "tok en  \n",
+            "tok en\t\n\n",
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let from_file = load_verify_token(&SecretSource::File(path.clone())).unwrap();
+            let from_value = load_verify_token(&SecretSource::Value(text)).unwrap();
+            assert!(from_file.matches(b"tok en"), "{text:?}");
+            assert!(from_value.matches(b"tok en"), "{text:?}");
+        }
+        // Leading whitespace is part of a token.
+        assert!(load_verify_token(&SecretSource::Value(" t"))
+            .unwrap()
+            .matches(b" t"));
         std::fs::write(&path, "s1\ns2\n").unwrap();
-        let list = load_app_secrets(&SecretSource::File(&path)).unwrap();
+        let list = load_app_secrets(&SecretSource::File(path.clone())).unwrap();
         assert_eq!(list.len(), 2);
+        let list = load_app_secrets(&SecretSource::Value("s3cret\n")).unwrap();
+        assert_eq!(list[0].expose(), b"s3cret");
         let missing = dir.path().join("missing");
-        let err = load_verify_token(&SecretSource::File(&missing)).unwrap_err();
+        let err = load_verify_token(&SecretSource::File(missing)).unwrap_err();
         assert!(format!("{err:#}").contains("cannot read the verify token file"));
+    }
+
+    #[test]
+    fn empty_after_the_rule_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "\n\n").unwrap();
+        for source in [
+            SecretSource::File(path.clone()),
+            SecretSource::Value(""),
+            SecretSource::Value(" \r\n"),
+        ] {
+            let err = load_verify_token(&source).unwrap_err();
+            assert!(format!("{err:#}").contains("empty"), "{source:?}");
+            assert!(load_app_secrets(&source).is_err(), "{source:?}");
+        }
+    }
+
+    #[test]
+    fn one_source_at_a_time() {
+        let p = Path::new("/x");
+        assert!(pick("--verify-token", Some("a"), Some(p), "verify_token").is_err());
+        assert!(matches!(
+            pick("--verify-token", None, Some(p), "verify_token"),
+            Ok(Some(SecretSource::File(_)))
+        ));
+        let err = require("--app-secret", None, None, "no_such_credential").unwrap_err();
+        assert!(err
+            .to_string()
+            .contains("--app-secret or --app-secret-file"));
     }
 }

@@ -449,3 +449,146 @@ fn send_test_verifies_and_sends_a_signed_batch() {
     assert_eq!(code, 1);
     assert_eq!(out.matches("FAILED").count(), 2, "{out}");
 }
+
+#[test]
+fn every_outcome_readme_lists_is_counted() {
+    // README's list of `outcome` label values is exactly the daemon's.
+    let readme = std::fs::read_to_string("README.md").unwrap();
+    let line = readme
+        .lines()
+        .find(|l| l.starts_with("| `xhubd_requests_total`"))
+        .expect("README documents xhubd_requests_total");
+    let documented: Vec<&str> = line
+        .split_once("`outcome`:")
+        .expect("the outcome label's values")
+        .1
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|w| w.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+        .collect();
+    let known: Vec<&str> = xhubd::metrics::RequestOutcome::ALL
+        .iter()
+        .map(|o| o.as_str())
+        .collect();
+    assert_eq!(documented, known, "{line}");
+
+    // Each can happen, and is counted once per request (spool_error: tests/disk_full.rs).
+    let up = Upstream::start();
+    let (x, admin) = start_with_admin(
+        &up,
+        &[
+            "--max-body-bytes",
+            "2000",
+            "--client-cn-header",
+            "X-Client-Subject",
+            "--body-timeout",
+            "1s",
+        ],
+    );
+    let t = &x.target;
+    let subject = ("X-Client-Subject", "CN=client.webhooks.fbclientcerts.com");
+    let body = page_event(1);
+    let sig = sign(APP_SECRET, &body);
+    let token = format!("/?hub.mode=subscribe&hub.challenge=1&hub.verify_token={VERIFY_TOKEN}");
+    /// A request that ends in one outcome, returning its status.
+    type Request<'a> = Box<dyn Fn() -> u16 + 'a>;
+    let cases: Vec<(&str, Request)> = vec![
+        ("verified", Box::new(|| t.get(&token).status)),
+        (
+            "challenge_refused",
+            Box::new(|| t.get("/?hub.mode=subscribe").status),
+        ),
+        (
+            "signature_refused",
+            Box::new(|| t.request("POST", "/", &[subject], &body).status),
+        ),
+        (
+            "too_large",
+            Box::new(|| t.request("POST", "/", &[subject], &[b'x'; 3000]).status),
+        ),
+        (
+            "bad_json",
+            Box::new(|| {
+                t.request(
+                    "POST",
+                    "/",
+                    &[subject, ("X-Hub-Signature-256", &sign(APP_SECRET, b"[]"))],
+                    b"[]",
+                )
+                .status
+            }),
+        ),
+        (
+            "incomplete_body",
+            Box::new(|| {
+                t.raw(b"POST / HTTP/1.1\r\nHost: x\r\nX-Client-Subject: CN=client.webhooks.fbclientcerts.com\r\nContent-Length: 100\r\n\r\n{\"a\"")
+                    .status
+            }),
+        ),
+        (
+            "accepted",
+            Box::new(|| {
+                t.request(
+                    "POST",
+                    "/",
+                    &[subject, ("X-Hub-Signature-256", &sig)],
+                    &body,
+                )
+                .status
+            }),
+        ),
+        (
+            "duplicate",
+            Box::new(|| {
+                t.request(
+                    "POST",
+                    "/",
+                    &[subject, ("X-Hub-Signature-256", &sig)],
+                    &body,
+                )
+                .status
+            }),
+        ),
+        (
+            "client_refused",
+            Box::new(|| {
+                t.request("POST", "/", &[("X-Hub-Signature-256", &sig)], &body)
+                    .status
+            }),
+        ),
+        (
+            "method_not_allowed",
+            Box::new(|| t.request("DELETE", "/", &[], b"").status),
+        ),
+    ];
+    for (outcome, send) in &cases {
+        let before = metrics(&admin);
+        let count = |scrape: &prometheus_parse::Scrape| {
+            scrape
+                .samples
+                .iter()
+                .filter(|s| s.metric == "xhubd_requests_total")
+                .map(|s| {
+                    let v = match s.value {
+                        prometheus_parse::Value::Counter(v)
+                        | prometheus_parse::Value::Untyped(v) => v,
+                        _ => 0.0,
+                    };
+                    (s.labels.get("outcome").unwrap_or_default().to_owned(), v)
+                })
+                .collect::<std::collections::HashMap<String, f64>>()
+        };
+        let status = send();
+        assert!(status >= 200, "{outcome}");
+        let (was, now) = (count(&before), count(&metrics(&admin)));
+        for known in &known {
+            let delta = now.get(*known).unwrap_or(&0.0) - was.get(*known).unwrap_or(&0.0);
+            let expected = if known == outcome { 1.0 } else { 0.0 };
+            assert_eq!(
+                delta, expected,
+                "{outcome} (answered {status}) counted as {known}"
+            );
+        }
+    }
+}

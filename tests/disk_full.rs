@@ -144,6 +144,14 @@ fn a_full_disk_gets_503_never_a_lost_200_and_recovers_by_itself() {
         admin.get("/readyz").status == 503
     });
     assert!(x.logs().contains("spool commit failed"), "{}", x.logs());
+    // Each refusal is counted as a spool error.
+    let metrics = admin.get("/metrics").text();
+    let spool_errors: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("xhubd_requests_total{outcome=\"spool_error\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no spool_error count: {metrics}"));
+    assert!(spool_errors >= refused as f64, "{spool_errors} < {refused}");
 
     // Space returns: xhubd recovers without a restart.
     std::fs::remove_file(&filler).expect("remove filler");

@@ -21,15 +21,23 @@ fn sign_file(dir: &tempfile::TempDir, secret: &str, body: &[u8]) -> String {
     let file = dir.path().join("body");
     std::fs::write(&file, body).expect("write the body to sign");
     xhubd::sign::run(&SignArgs {
-        secret: secret.to_owned(),
+        secret: Some(secret.to_owned()),
+        secret_file: None,
         file: Some(file),
     })
     .expect("xhubd sign reads the file")
 }
 
-/// An App Secret: what Meta issues is 32 hex digits, but any text must work.
+/// An App Secret: what Meta issues is 32 hex digits, but any text must work that the
+/// rule for secrets keeps as it is (no surrounding whitespace, no comma or line end,
+/// which separate the secrets of a list).
 fn secret() -> impl Strategy<Value = String> {
-    prop_oneof!["[0-9a-f]{32}", any::<String>()]
+    prop_oneof![
+        "[0-9a-f]{32}",
+        any::<String>().prop_filter("a secret the rule keeps whole", |s| {
+            !s.is_empty() && s.trim() == s && !s.contains([',', '\n'])
+        })
+    ]
 }
 
 proptest! {

@@ -27,7 +27,8 @@ impl Id<'_> {
         match *self {
             Id::Text(t) => {
                 object.insert(name.to_owned(), json!(t));
-                Some(t.to_owned())
+                // An empty string is not an id.
+                (!t.is_empty()).then(|| t.to_owned())
             }
             Id::Number(n) => {
                 object.insert(name.to_owned(), json!(n));
@@ -186,9 +187,21 @@ fn check_object(raw: &[u8], doc: &Map<String, Value>) {
         assert!(!keys.is_empty());
         for key in keys {
             assert!(
-                ["wa.msg:", "wa.status:", "mid:"]
-                    .iter()
-                    .any(|p| key.starts_with(p)),
+                [
+                    "wa.msg:",
+                    "wa.msg.edit:",
+                    "wa.msg.revoke:",
+                    "wa.status:",
+                    "wa.echo:",
+                    "mid:",
+                    "mid.echo:",
+                    "mid.deleted:",
+                    "mid.echo.deleted:",
+                    "mid.edit:",
+                    "postback:"
+                ]
+                .iter()
+                .any(|p| key.starts_with(p)),
                 "{key:?}"
             );
         }

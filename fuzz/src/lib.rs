@@ -1,10 +1,13 @@
 //! The parsers that the fuzz targets exercise, compiled from the daemon's own source
-//! files (`src/secret.rs` and four modules of `src/webhook/`), laid out as in the
+//! files (`src/secret.rs`, `src/types.rs` and four modules of `src/webhook/`), laid out as in the
 //! daemon so that their `crate::` paths resolve. They need only a few small crates,
 //! so an instrumented build skips the daemon's server, TLS and SQLite dependencies.
 
 #[path = "../../src/secret.rs"]
 pub mod secret;
+
+#[path = "../../src/types.rs"]
+pub mod types;
 
 /// The request parsers of the daemon's `src/webhook/`.
 #[path = "../../src/webhook"]

@@ -246,7 +246,13 @@ impl Delivery {
         let result = match self.body_of(&event).await {
             Ok(body) => {
                 self.upstream
-                    .send(&event.id, &event.signature, attempts, body)
+                    .send(
+                        &event.id,
+                        &event.signature,
+                        event.signature_sha1.as_deref(),
+                        attempts,
+                        body,
+                    )
                     .await
             }
             Err(e) => Attempt::Retryable(format!("cannot read the event from the spool: {e}")),
@@ -380,6 +386,7 @@ mod tests {
             retry_from: 0,
             attempts: 0,
             signature: String::new(),
+            signature_sha1: None,
             body: None,
         }
     }

@@ -85,11 +85,13 @@ impl Upstream {
         })
     }
 
-    /// Makes one attempt to deliver an event.
+    /// Makes one attempt to deliver an event. `signature` and `signature_sha1` are
+    /// Meta's `X-Hub-Signature-256` and `X-Hub-Signature`, passed on unchanged.
     pub async fn send(
         &self,
         event_id: &str,
         signature: &str,
+        signature_sha1: Option<&str>,
         attempt: i64,
         body: Bytes,
     ) -> Attempt {
@@ -105,6 +107,9 @@ impl Upstream {
             .header("x-xhubd-attempt", attempt.to_string());
         if !signature.is_empty() {
             request = request.header("x-hub-signature-256", signature);
+        }
+        if let Some(sha1) = signature_sha1 {
+            request = request.header("x-hub-signature", sha1);
         }
         if let Some(auth) = &self.authorization {
             request = request.header(header::AUTHORIZATION, auth.clone());

@@ -30,7 +30,7 @@ pub struct Checkpointer {
 impl Checkpointer {
     /// Starts it on its own connection to the spool in `state_dir`.
     pub fn start(state_dir: &Path) -> anyhow::Result<Checkpointer> {
-        let conn = schema::open(state_dir)?;
+        let conn = schema::connect(state_dir, schema::Access::ReadWrite)?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()

@@ -170,22 +170,46 @@ pub fn replay(conn: &Connection, id: &str) -> rusqlite::Result<Replay> {
     })
 }
 
-/// Replays every dead event; returns how many.
-pub fn replay_all_dead(conn: &Connection) -> rusqlite::Result<usize> {
-    let now = now_ms();
-    conn.execute(
-        "UPDATE events SET state = 0, next_attempt_at = ?1, retry_from = ?1, finished_at = NULL WHERE state = 2",
-        [now],
-    )
+/// Rows a bulk change touches per transaction. Another process (the operator's
+/// command) holds the spool's write lock for one chunk at a time, a few milliseconds, so
+/// the daemon's writer never waits long for it.
+pub const BULK_CHUNK: i64 = 2000;
+
+/// Runs `chunk` (one statement changing at most [`BULK_CHUNK`] rows) until it
+/// changes fewer rows than that. After each chunk it pauses at least as long as the
+/// chunk took, so a writer waiting for the lock always gets it.
+fn in_chunks(mut chunk: impl FnMut() -> rusqlite::Result<usize>) -> rusqlite::Result<usize> {
+    let mut total = 0;
+    loop {
+        let started = std::time::Instant::now();
+        let n = chunk()?;
+        total += n;
+        if (n as i64) < BULK_CHUNK {
+            return Ok(total);
+        }
+        std::thread::sleep(started.elapsed().max(std::time::Duration::from_millis(1)));
+    }
 }
 
-/// Deletes delivered events accepted before `cutoff` (unix ms); returns how many.
-/// Pending and dead events are never purged.
+/// Replays every dead event, in chunks; returns how many.
+pub fn replay_all_dead(conn: &Connection) -> rusqlite::Result<usize> {
+    let now = now_ms();
+    let mut stmt = conn.prepare(
+        "UPDATE events SET state = 0, next_attempt_at = ?1, retry_from = ?1, finished_at = NULL
+         WHERE seq IN (SELECT seq FROM events WHERE state = 2 LIMIT ?2)",
+    )?;
+    in_chunks(|| stmt.execute(params![now, BULK_CHUNK]))
+}
+
+/// Deletes delivered events accepted before `cutoff` (unix ms), in chunks; returns how
+/// many. Pending and dead events are never purged; the dedup keys of purged events stay
+/// until the window ends, so Meta's retries of them are still dropped.
 pub fn purge_delivered_before(conn: &Connection, cutoff: i64) -> rusqlite::Result<usize> {
-    conn.execute(
-        "DELETE FROM events WHERE state = 1 AND received_at < ?1",
-        [cutoff],
-    )
+    let mut stmt = conn.prepare(
+        "DELETE FROM events WHERE seq IN
+           (SELECT seq FROM events WHERE state = 1 AND received_at < ?1 LIMIT ?2)",
+    )?;
+    in_chunks(|| stmt.execute(params![cutoff, BULK_CHUNK]))
 }
 
 /// The counts behind the metrics and the status page.

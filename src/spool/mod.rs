@@ -21,7 +21,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use crate::webhook::identity::Identity;
+pub use crate::types::DedupKeys;
 
 /// An event to store.
 #[derive(Debug)]
@@ -30,6 +30,9 @@ pub struct NewEvent {
     pub body: Bytes,
     /// Meta's `X-Hub-Signature-256` value, forwarded unchanged.
     pub signature: String,
+    /// Meta's SHA-1 `X-Hub-Signature` value, when it sent one: never checked, only
+    /// forwarded unchanged for backends that still check it.
+    pub signature_sha1: Option<String>,
     /// What identifies it for dedup, hashed as stored.
     pub keys: DedupKeys,
     /// The notification's `object` (for operators), or empty.
@@ -38,29 +41,6 @@ pub struct NewEvent {
     pub field: String,
     /// The request headers as a JSON object (credentials removed), for operators.
     pub headers: String,
-}
-
-/// The dedup keys of an event in their stored form ([`schema::dedup_key`]), hashed by
-/// the request handler so the writer thread spends no time on them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DedupKeys {
-    /// The body's key.
-    pub body: [u8; 16],
-    /// The items' keys, when every item carries an id.
-    pub items: Option<Vec<[u8; 16]>>,
-}
-
-impl DedupKeys {
-    /// The stored form of `identity`.
-    pub fn of(identity: &Identity) -> DedupKeys {
-        DedupKeys {
-            body: schema::dedup_key(&identity.body_key),
-            items: identity
-                .item_keys
-                .as_ref()
-                .map(|keys| keys.iter().map(|k| schema::dedup_key(k)).collect()),
-        }
-    }
 }
 
 /// What the spool did with an event.

@@ -28,6 +28,8 @@ pub struct DueEvent {
     pub attempts: i64,
     /// Meta's signature header, forwarded unchanged.
     pub signature: String,
+    /// Meta's SHA-1 signature header, when it sent one, forwarded unchanged.
+    pub signature_sha1: Option<String>,
     /// The body, when small enough to come with the list.
     pub body: Option<Bytes>,
 }
@@ -41,7 +43,7 @@ pub struct Queue {
 impl Queue {
     /// Opens a read connection to the spool in `state_dir`.
     pub fn open(state_dir: &Path) -> anyhow::Result<Queue> {
-        let conn = schema::open(state_dir)?;
+        let conn = schema::connect(state_dir, schema::Access::ReadWrite)?;
         Ok(Queue {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -59,7 +61,7 @@ impl Queue {
     pub fn due(&self, now: i64, limit: usize) -> rusqlite::Result<Vec<DueEvent>> {
         self.with(|conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT e.seq, e.id, e.retry_from, e.attempts, e.signature,
+                "SELECT e.seq, e.id, e.retry_from, e.attempts, e.signature, e.signature_sha1,
                         CASE WHEN e.size <= ?3
                              THEN (SELECT b.body FROM bodies b WHERE b.seq = e.seq) END
                  FROM events e WHERE e.state = 0 AND e.next_attempt_at <= ?1
@@ -72,7 +74,8 @@ impl Queue {
                     retry_from: r.get(2)?,
                     attempts: r.get(3)?,
                     signature: r.get(4)?,
-                    body: r.get::<_, Option<Vec<u8>>>(5)?.map(Bytes::from),
+                    signature_sha1: r.get(5)?,
+                    body: r.get::<_, Option<Vec<u8>>>(6)?.map(Bytes::from),
                 })
             })?;
             rows.collect()

@@ -26,8 +26,9 @@ use super::{now_ms, Command, NewEvent, Outcome, Spool, SpoolError, SpoolHealth, 
 const MAX_BATCH: usize = 1024;
 /// Most requests waiting for the writer; senders wait beyond it (backpressure).
 const QUEUE_DEPTH: usize = 4096;
-/// Rows deleted per pruning transaction, so pruning never holds the writer long.
-const PRUNE_CHUNK: i64 = 5000;
+/// Rows deleted per pruning transaction, one transaction between two batches, so
+/// pruning holds the requests queued behind it for a few milliseconds at most.
+const PRUNE_CHUNK: i64 = 1000;
 /// Log frames (pages) after which a commit also checkpoints: about 32 MiB of log.
 const WAL_CHECKPOINT_FRAMES: u32 = 8192;
 /// Bytes of log file kept once the log starts over.
@@ -121,6 +122,8 @@ fn run(
     let prune_every =
         (settings.dedup_window / 4).clamp(Duration::from_millis(200), Duration::from_secs(60));
     let mut last_prune = Instant::now();
+    let mut pruning = Pruned::default();
+    let mut prune_behind = false;
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -143,8 +146,8 @@ fn run(
             // Some new event is only in the spool: delivery must look there.
             new_events.notify_one();
         }
-        if last_prune.elapsed() >= prune_every {
-            prune(&mut conn, window_ms);
+        if prune_behind || last_prune.elapsed() >= prune_every {
+            prune_behind = prune_chunk(&mut conn, window_ms, &mut pruning);
             last_prune = Instant::now();
         }
         if closing {
@@ -277,6 +280,7 @@ fn hand_over(
         retry_from: now,
         attempts: 0,
         signature: event.signature.clone(),
+        signature_sha1: event.signature_sha1.clone(),
         body: (event.body.len() <= INLINE_BODY_MAX).then(|| event.body.clone()),
     };
     match fresh.try_send(due) {
@@ -309,14 +313,14 @@ fn accept_one(
             })
             .optional()
     };
-    if let Some(id) = seen(&event.keys.body)? {
+    if let Some(id) = seen(event.keys.body.as_bytes())? {
         return Ok((Stored::Duplicate(id), 0));
     }
     if let Some(items) = &event.keys.items {
         let mut first_seen = None;
         let mut all_seen = true;
         for key in items {
-            match seen(key)? {
+            match seen(key.as_bytes())? {
                 Some(id) => {
                     first_seen.get_or_insert(id);
                 }
@@ -333,8 +337,8 @@ fn accept_one(
     let id = uuid::Uuid::now_v7().to_string();
     tx.prepare_cached(
         "INSERT INTO events (id, received_at, state, attempts, next_attempt_at, retry_from, size,
-                             object, field, headers, signature)
-         VALUES (?1, ?2, ?3, 0, ?2, ?2, ?4, ?5, ?6, ?7, ?8)",
+                             object, field, headers, signature, signature_sha1)
+         VALUES (?1, ?2, ?3, 0, ?2, ?2, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![
         id,
@@ -345,6 +349,7 @@ fn accept_one(
         event.field,
         event.headers,
         event.signature,
+        event.signature_sha1,
     ])?;
     let seq = tx.last_insert_rowid();
     tx.prepare_cached("INSERT INTO bodies (seq, body) VALUES (?1, ?2)")?
@@ -352,9 +357,9 @@ fn accept_one(
     let mut remember = tx.prepare_cached(
         "INSERT OR REPLACE INTO dedup (key, event_seq, seen_at) VALUES (?1, ?2, ?3)",
     )?;
-    remember.execute(params![&event.keys.body[..], seq, now])?;
+    remember.execute(params![&event.keys.body.as_bytes()[..], seq, now])?;
     for key in event.keys.items.iter().flatten() {
-        remember.execute(params![&key[..], seq, now])?;
+        remember.execute(params![&key.as_bytes()[..], seq, now])?;
     }
     Ok((Stored::New(id), seq))
 }
@@ -398,13 +403,19 @@ fn record_one(
     Ok(())
 }
 
-/// Forgets identities older than the window and deletes delivered events older than
-/// it, in small transactions. Pending and dead events are never pruned.
-fn prune(conn: &mut Connection, window_ms: i64) {
+/// What pruning has done since it last caught up: (dedup keys, delivered events).
+#[derive(Debug, Default)]
+struct Pruned(usize, usize);
+
+/// Forgets up to [`PRUNE_CHUNK`] identities older than the window and deletes up to as
+/// many delivered events older than it, in one short transaction, so that pruning
+/// never holds up the requests queued behind it. Returns true when there may be more:
+/// the writer then prunes another chunk after its next batch. Pending and dead events
+/// are never pruned.
+fn prune_chunk(conn: &mut Connection, window_ms: i64, pruned: &mut Pruned) -> bool {
     let cutoff = now_ms().saturating_sub(window_ms);
-    let mut total = (0usize, 0usize);
-    for _ in 0..100 {
-        let step = conn.execute(
+    let step = conn
+        .execute(
             "DELETE FROM dedup WHERE key IN (SELECT key FROM dedup WHERE seen_at < ?1 LIMIT ?2)",
             params![cutoff, PRUNE_CHUNK],
         )
@@ -416,25 +427,26 @@ fn prune(conn: &mut Connection, window_ms: i64) {
             )
             .map(|events| (keys, events))
         });
-        match step {
-            Ok((keys, events)) => {
-                total.0 += keys;
-                total.1 += events;
-                if keys < PRUNE_CHUNK as usize && events < PRUNE_CHUNK as usize {
-                    break;
-                }
+    match step {
+        Ok((keys, events)) => {
+            pruned.0 += keys;
+            pruned.1 += events;
+            if keys == PRUNE_CHUNK as usize || events == PRUNE_CHUNK as usize {
+                return true;
             }
-            Err(e) => {
-                warn!(error = %e, "pruning the spool failed; will try again later");
-                break;
+            if pruned.0 + pruned.1 > 0 {
+                info!(
+                    dedup_keys = pruned.0,
+                    delivered_events = pruned.1,
+                    "pruned entries older than the dedup window"
+                );
             }
+            *pruned = Pruned::default();
+            false
         }
-    }
-    if total != (0, 0) {
-        info!(
-            dedup_keys = total.0,
-            delivered_events = total.1,
-            "pruned entries older than the dedup window"
-        );
+        Err(e) => {
+            warn!(error = %e, "pruning the spool failed; will try again later");
+            false
+        }
     }
 }

@@ -1,17 +1,40 @@
-//! What makes two notifications "the same event" (DESIGN.md): the SHA-256 of the raw
-//! body, and, when every item of the body carries one, the items' own ids (WhatsApp
-//! message ids, WhatsApp status id + status, Messenger/Instagram message `mid`).
+//! What makes two notifications "the same event" (DESIGN.md, README "What counts as the
+//! same event"): the SHA-256 of the raw body, and, when every item of the body carries
+//! one, the items' own ids, each together with what makes it a different event about
+//! the same message (Meta reuses a message's id for its echo, its unsend and its edits).
+//!
+//! The rule for every variant, from Meta's Messenger, Instagram messaging and WhatsApp
+//! webhook references:
+//!
+//! | item | identity |
+//! |---|---|
+//! | WhatsApp `messages[]` | `wa.msg:<id>`; `wa.msg.edit:<id>` / `wa.msg.revoke:<id>` for `type` `edit` / `revoke` |
+//! | WhatsApp `statuses[]` | `wa.status:<id>:<status>` (`sent`, `delivered`, `read`, `failed` are four events) |
+//! | WhatsApp `message_echoes[]` | `wa.echo:<id>:<type>` |
+//! | `messaging[].message` | `mid:<mid>`; `mid.echo:`, `mid.deleted:`, `mid.echo.deleted:` when `is_echo` / `is_deleted` is true |
+//! | `messaging[].message_edit` | `mid.edit:<mid>:<num_edit>` |
+//! | `messaging[].postback` | `postback:<mid>` |
+//!
+//! Everything else is an item without an id: reactions (a user may react, unreact and
+//! react again with the same content), reads, deliveries, optins, referrals, standby,
+//! `changed_fields`, Graph `changes[]`, a WhatsApp value holding `errors` or any member
+//! not named above, Threads payloads, and an id that is empty or not a string. One such
+//! item turns item dedup off for the whole body: it is only dropped when byte-identical.
+//! The text forms of the table never change for a variant whose meaning is unchanged,
+//! so keys stored by an earlier release keep matching (the spool stores their hashes).
 
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-/// The dedup keys of one notification.
+use crate::types::{DedupKey, DedupKeys};
+
+/// The dedup identities of one notification, as text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     /// `body:<sha256 hex>` of the raw bytes.
     pub body_key: String,
-    /// The item keys, present only when the body has at least one item and every item
-    /// carries an id. A notification is a retry when all of them were seen before.
+    /// The item identities, present only when the body has at least one item and every
+    /// item carries an id. A notification is a retry when all of them were seen before.
     pub item_keys: Option<Vec<String>>,
 }
 
@@ -21,6 +44,17 @@ impl Identity {
         Identity {
             body_key: body_key(raw),
             item_keys: item_keys(doc),
+        }
+    }
+
+    /// The keys as the spool stores them.
+    pub fn keys(&self) -> DedupKeys {
+        DedupKeys {
+            body: DedupKey::of(&self.body_key),
+            items: self
+                .item_keys
+                .as_ref()
+                .map(|keys| keys.iter().map(|k| DedupKey::of(k)).collect()),
         }
     }
 }
@@ -56,61 +90,136 @@ pub fn body_key(raw: &[u8]) -> String {
     format!("body:{}", hex::encode(Sha256::digest(raw)))
 }
 
-/// The id of every item in the notification, or `None` as soon as one item has no id
-/// (such a body is only ever de-duplicated when byte-identical).
+/// Members of an entry besides its item arrays. An entry with any other member (e.g.
+/// `standby`, `changed_fields`) holds items without ids.
+const ENTRY_MEMBERS: [&str; 4] = ["id", "time", "changes", "messaging"];
+
+/// Members of a WhatsApp change `value` whose items carry ids, or that hold no item
+/// (`contacts` describes the senders of `messages`). `errors`, or any member Meta adds
+/// later, is an item without an id.
+const WHATSAPP_VALUE_MEMBERS: [&str; 6] = [
+    "messaging_product",
+    "metadata",
+    "contacts",
+    "messages",
+    "statuses",
+    "message_echoes",
+];
+
+/// Members of a `messaging[]` element besides its one event member.
+const ELEMENT_MEMBERS: [&str; 3] = ["sender", "recipient", "timestamp"];
+
+/// The identity of every item in the notification, or `None` as soon as one item has
+/// no id (such a body is only ever de-duplicated when byte-identical).
 pub fn item_keys(doc: &Map<String, Value>) -> Option<Vec<String>> {
     let entries = doc.get("entry")?.as_array()?;
     let mut keys = Vec::new();
     for entry in entries {
         let entry = entry.as_object()?;
+        if entry.keys().any(|k| !ENTRY_MEMBERS.contains(&k.as_str())) {
+            return None;
+        }
         let changes = entry.get("changes");
         let messaging = entry.get("messaging");
         if changes.is_none() && messaging.is_none() {
-            return None; // e.g. changed_fields, standby: items without ids
+            return None; // the entry itself is an item, without an id
         }
-        if let Some(changes) = changes {
-            for change in changes.as_array()? {
-                change_keys(change, &mut keys)?;
-            }
+        for change in items(changes)? {
+            change_keys(change, &mut keys)?;
         }
-        if let Some(messaging) = messaging {
-            for event in messaging.as_array()? {
-                let mid = event.get("message")?.get("mid")?.as_str()?;
-                keys.push(format!("mid:{mid}"));
-            }
+        for element in items(messaging)? {
+            keys.push(messaging_key(element)?);
         }
     }
-    if keys.is_empty() {
-        None
-    } else {
-        Some(keys)
+    (!keys.is_empty()).then_some(keys)
+}
+
+/// The elements of an optional array member: none when absent, `None` when it is not
+/// an array.
+fn items(member: Option<&Value>) -> Option<&[Value]> {
+    match member {
+        None => Some(&[]),
+        Some(v) => v.as_array().map(Vec::as_slice),
     }
 }
 
-/// The ids of one `changes[]` item: a WhatsApp value with `messages` and/or `statuses`.
+/// A member that is a non-empty string: an id. An empty string is not one.
+fn id(object: &Value, name: &str) -> Option<String> {
+    object
+        .get(name)?
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+/// A boolean flag: absent, `null` or `false` is false, `true` is true; anything else
+/// makes the item's variant unknown (`None`).
+fn flag(object: &Map<String, Value>, name: &str) -> Option<bool> {
+    match object.get(name) {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => Some(false),
+        Some(Value::Bool(true)) => Some(true),
+        Some(_) => None,
+    }
+}
+
+/// The identities of one `changes[]` item: a WhatsApp value with `messages`,
+/// `statuses` and/or `message_echoes`, and nothing else that holds items.
 fn change_keys(change: &Value, keys: &mut Vec<String>) -> Option<()> {
     let value = change.get("value")?.as_object()?;
-    let messages = value.get("messages");
-    let statuses = value.get("statuses");
-    if messages.is_none() && statuses.is_none() {
+    if value
+        .keys()
+        .any(|k| !WHATSAPP_VALUE_MEMBERS.contains(&k.as_str()))
+    {
         return None;
     }
     let before = keys.len();
-    if let Some(messages) = messages {
-        for message in messages.as_array()? {
-            let id = message.get("id")?.as_str()?;
-            keys.push(format!("wa.msg:{id}"));
-        }
+    for message in items(value.get("messages"))? {
+        let id = id(message, "id")?;
+        keys.push(match message.get("type").and_then(Value::as_str) {
+            Some(variant @ ("edit" | "revoke")) => format!("wa.msg.{variant}:{id}"),
+            _ => format!("wa.msg:{id}"),
+        });
     }
-    if let Some(statuses) = statuses {
-        for status in statuses.as_array()? {
-            let id = status.get("id")?.as_str()?;
-            let state = status.get("status")?.as_str()?;
-            keys.push(format!("wa.status:{id}:{state}"));
-        }
+    for status in items(value.get("statuses"))? {
+        let (id, state) = (id(status, "id")?, id(status, "status")?);
+        keys.push(format!("wa.status:{id}:{state}"));
+    }
+    for echo in items(value.get("message_echoes"))? {
+        let (id, variant) = (id(echo, "id")?, id(echo, "type")?);
+        keys.push(format!("wa.echo:{id}:{variant}"));
     }
     // A change whose lists are empty is an item without an id.
     (keys.len() > before).then_some(())
+}
+
+/// The identity of one `messaging[]` element: its one event member decides.
+fn messaging_key(element: &Value) -> Option<String> {
+    let element = element.as_object()?;
+    let mut events = element
+        .iter()
+        .filter(|(name, _)| !ELEMENT_MEMBERS.contains(&name.as_str()));
+    let (member, event) = events.next()?;
+    if events.next().is_some() {
+        return None;
+    }
+    let mid = id(event, "mid")?;
+    let event = event.as_object()?;
+    match member.as_str() {
+        "message" => Some(
+            match (flag(event, "is_echo")?, flag(event, "is_deleted")?) {
+                (false, false) => format!("mid:{mid}"),
+                (true, false) => format!("mid.echo:{mid}"),
+                (false, true) => format!("mid.deleted:{mid}"),
+                (true, true) => format!("mid.echo.deleted:{mid}"),
+            },
+        ),
+        "message_edit" => {
+            let edit = event.get("num_edit")?.as_u64()?;
+            Some(format!("mid.edit:{mid}:{edit}"))
+        }
+        "postback" => Some(format!("postback:{mid}")),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -122,45 +231,135 @@ mod tests {
         item_keys(v.as_object().unwrap())
     }
 
+    fn strings(list: &[&str]) -> Option<Vec<String>> {
+        Some(list.iter().map(|s| (*s).to_owned()).collect())
+    }
+
     #[test]
     fn whatsapp_messages_and_statuses() {
         let v = json!({"object":"whatsapp_business_account","entry":[{"id":"1","changes":[
             {"field":"messages","value":{"messaging_product":"whatsapp",
+              "metadata":{"phone_number_id":"7"},"contacts":[{"wa_id":"16505551234"}],
               "messages":[{"id":"wamid.A","type":"text"},{"id":"wamid.B"}],
               "statuses":[{"id":"wamid.C","status":"read"}]}}]}]});
         assert_eq!(
             keys(v),
-            Some(vec![
-                "wa.msg:wamid.A".into(),
-                "wa.msg:wamid.B".into(),
-                "wa.status:wamid.C:read".into()
+            strings(&["wa.msg:wamid.A", "wa.msg:wamid.B", "wa.status:wamid.C:read"])
+        );
+    }
+
+    #[test]
+    fn whatsapp_edits_revokes_and_echoes_are_their_own_variants() {
+        let v = json!({"entry":[{"changes":[{"value":{"messages":[
+            {"id":"wamid.E","type":"edit","edit":{"original_message_id":"wamid.A"}},
+            {"id":"wamid.R","type":"revoke","revoke":{"original_message_id":"wamid.A"}}],
+            "message_echoes":[{"id":"wamid.S","type":"text"}]}}]}]});
+        assert_eq!(
+            keys(v),
+            strings(&[
+                "wa.msg.edit:wamid.E",
+                "wa.msg.revoke:wamid.R",
+                "wa.echo:wamid.S:text"
             ])
         );
     }
 
     #[test]
-    fn messenger_and_instagram_mids() {
-        let v = json!({"object":"page","entry":[{"id":"1","time":1,"messaging":[
-            {"sender":{"id":"2"},"message":{"mid":"m_1","text":"hi"}},
-            {"sender":{"id":"2"},"message":{"mid":"m_2"}}]}]});
-        assert_eq!(keys(v), Some(vec!["mid:m_1".into(), "mid:m_2".into()]));
+    fn messenger_and_instagram_variants_of_one_mid_differ() {
+        let element = |message: Value| {
+            json!({"object":"instagram","entry":[{"id":"1","time":1,
+            "messaging":[{"sender":{"id":"2"},"recipient":{"id":"1"},"timestamp":1,"message":message}]}]})
+        };
+        let plain = keys(element(json!({"mid":"m_1","text":"hi"})));
+        let unsend = keys(element(json!({"mid":"m_1","is_deleted":true})));
+        let echo = keys(element(json!({"mid":"m_1","text":"hi","is_echo":true})));
+        let echo_unsend = keys(element(
+            json!({"mid":"m_1","is_echo":true,"is_deleted":true}),
+        ));
+        assert_eq!(plain, strings(&["mid:m_1"]));
+        assert_eq!(unsend, strings(&["mid.deleted:m_1"]));
+        assert_eq!(echo, strings(&["mid.echo:m_1"]));
+        assert_eq!(echo_unsend, strings(&["mid.echo.deleted:m_1"]));
+        // Explicit false is the plain variant; a flag of another type has no id.
+        assert_eq!(keys(element(json!({"mid":"m_1","is_echo":false}))), plain);
+        assert_eq!(keys(element(json!({"mid":"m_1","is_deleted":"yes"}))), None);
+    }
+
+    #[test]
+    fn edits_and_postbacks_carry_ids_reactions_do_not() {
+        let one = |member: &str, event: Value| {
+            let mut element = json!({"sender":{"id":"2"},"recipient":{"id":"1"},"timestamp":1});
+            element[member] = event;
+            keys(json!({"object":"page","entry":[{"id":"1","messaging":[element]}]}))
+        };
+        assert_eq!(
+            one(
+                "message_edit",
+                json!({"mid":"m_1","text":"hi!","num_edit":1})
+            ),
+            strings(&["mid.edit:m_1:1"])
+        );
+        assert_eq!(
+            one("message_edit", json!({"mid":"m_1","num_edit":2})),
+            strings(&["mid.edit:m_1:2"])
+        );
+        assert_eq!(one("message_edit", json!({"mid":"m_1"})), None);
+        assert_eq!(
+            one("postback", json!({"mid":"m_9","payload":"GO","title":"Go"})),
+            strings(&["postback:m_9"])
+        );
+        for member in ["reaction", "read", "delivery", "optin", "referral"] {
+            assert_eq!(
+                one(member, json!({"mid":"m_1","action":"react","watermark":1})),
+                None,
+                "{member}"
+            );
+        }
+        // Two event members in one element: unknown, no id.
+        let v =
+            json!({"entry":[{"messaging":[{"message":{"mid":"m_1"},"reaction":{"mid":"m_1"}}]}]});
+        assert_eq!(keys(v), None);
+    }
+
+    #[test]
+    fn an_empty_string_is_not_an_id() {
+        let v =
+            json!({"entry":[{"changes":[{"value":{"messages":[{"id":"","text":{"body":"a"}}]}}]}]});
+        assert_eq!(keys(v), None);
+        let v = json!({"entry":[{"changes":[{"value":{"statuses":[{"id":"w","status":""}]}}]}]});
+        assert_eq!(keys(v), None);
+        let v = json!({"entry":[{"messaging":[{"message":{"mid":""}}]}]});
+        assert_eq!(keys(v), None);
+        let v = json!({"entry":[{"changes":[{"value":{"messages":[{"id":7}]}}]}]});
+        assert_eq!(keys(v), None);
     }
 
     #[test]
     fn one_item_without_id_disables_item_dedup() {
+        // A WhatsApp value-level error next to a seen message.
+        let v = json!({"entry":[{"changes":[{"field":"messages","value":{
+            "messages":[{"id":"wamid.A"}],"errors":[{"code":131051}]}}]}]});
+        assert_eq!(keys(v), None);
+        // Any member of a value that xhubd does not know may hold items.
+        let v = json!({"entry":[{"changes":[{"value":{"messages":[{"id":"wamid.A"}],"calls":[{"id":"c"}]}}]}]});
+        assert_eq!(keys(v), None);
         // A Graph change (no ids) next to a WhatsApp message.
         let v = json!({"object":"x","entry":[{"changes":[
             {"field":"messages","value":{"messages":[{"id":"wamid.A"}]}},
             {"field":"photos","value":{"verb":"update"}}]}]});
         assert_eq!(keys(v), None);
-        // A Messenger read receipt has no mid.
+        // A Messenger read receipt has no id.
         let v = json!({"object":"page","entry":[{"messaging":[
             {"message":{"mid":"m_1"}},{"read":{"watermark":1}}]}]});
+        assert_eq!(keys(v), None);
+        // Standby items next to messaging ones.
+        let v = json!({"object":"page","entry":[{"id":"1","messaging":[{"message":{"mid":"m_1"}}],
+            "standby":[{"message":{"mid":"m_2"}}]}]});
         assert_eq!(keys(v), None);
         // A status without its status field.
         let v = json!({"entry":[{"changes":[{"value":{"statuses":[{"id":"w"}]}}]}]});
         assert_eq!(keys(v), None);
-        // Empty lists, changed_fields, Threads payloads, no entry at all.
+        // Empty lists, changed_fields, an entry without items, Threads payloads.
         assert_eq!(
             keys(json!({"entry":[{"changes":[{"value":{"messages":[]}}]}]})),
             None
@@ -170,11 +369,24 @@ mod tests {
             None
         );
         assert_eq!(
+            keys(json!({"entry":[{"id":"1"},{"messaging":[{"message":{"mid":"m"}}]}]})),
+            None
+        );
+        assert_eq!(
             keys(json!({"app_id":"1","topic":"moderate","values":{}})),
             None
         );
         assert_eq!(keys(json!({"entry":[]})), None);
         assert_eq!(keys(json!({"entry":"nonsense"})), None);
+    }
+
+    #[test]
+    fn keys_are_the_hashes_of_the_identities() {
+        let raw = br#"{"entry":[{"messaging":[{"message":{"mid":"m_1"}}]}]}"#;
+        let doc: Map<String, Value> = serde_json::from_slice(raw).unwrap();
+        let keys = Identity::of(raw, &doc).keys();
+        assert_eq!(keys.body, DedupKey::of(&body_key(raw)));
+        assert_eq!(keys.items, Some(vec![DedupKey::of("mid:m_1")]));
     }
 
     #[test]

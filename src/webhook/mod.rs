@@ -1,17 +1,22 @@
-//! One webhook request, on any path. Checks run in the contract's order: client
-//! certificate subject (when configured), method, size (413), signature (401), JSON
-//! (400); then the event is committed to the spool before the 200.
+//! One webhook request, on any path, read straight through: client certificate
+//! subject (POST only, when configured), method, size (413), signature (401), JSON
+//! (400); then the event is committed to the spool before the 200. Every refusal is a
+//! [`Rejection`], counted and logged in one place.
 //!
 //! - [`challenge`]: the verification GET.
 //! - [`signature`]: the `X-Hub-Signature-256` header.
 //! - [`client_cn`]: the subject DN check.
+//! - [`body`]: reading the body within the size limit, and draining a refused one.
+//! - [`json`]: the body as a JSON object, by RFC 8259's grammar.
 //! - [`identity`]: what makes two notifications the same event.
-//! - [`body`]: reading the body within the size limit.
+//! - [`rejection`]: why a request was refused, as status, metric and reason.
 
 pub mod body;
 pub mod challenge;
 pub mod client_cn;
 pub mod identity;
+pub mod json;
+pub mod rejection;
 pub mod signature;
 
 use std::sync::Arc;
@@ -25,10 +30,12 @@ use tracing::{error, info, warn};
 
 use crate::metrics::{Metrics, RequestOutcome};
 use crate::secret::Secret;
-use crate::spool::{DedupKeys, NewEvent, Spool, Stored};
+use crate::spool::{NewEvent, Spool, Stored};
+use crate::types::{DedupKey, DedupKeys};
 use challenge::Challenge;
 use client_cn::ClientCnCheck;
 use identity::Identity;
+use rejection::Rejection;
 
 /// The answer type of every request.
 pub type Answer = Response<Full<Bytes>>;
@@ -51,75 +58,64 @@ pub struct Webhook {
     pub metrics: Arc<Metrics>,
 }
 
+/// A request answered `200`.
+enum Done {
+    /// The verification challenge, to echo.
+    Verified(String),
+    /// A new event, committed.
+    Accepted,
+    /// A retry of an event already accepted.
+    Duplicate,
+}
+
+/// A refusal and whether the connection must close after it (the body was not read
+/// to its end).
+struct Refused {
+    rejection: Rejection,
+    close: bool,
+}
+
+impl From<Rejection> for Refused {
+    fn from(rejection: Rejection) -> Refused {
+        Refused {
+            rejection,
+            close: false,
+        }
+    }
+}
+
 impl Webhook {
-    /// Answers one request.
+    /// Answers one request, and counts it under exactly one outcome.
     pub async fn handle(&self, request: Request<Incoming>) -> Answer {
-        if let Some(check) = &self.client_cn {
-            if let Err(why) = check.check(request.headers()) {
-                warn!(
-                    reason = why.reason(),
-                    path = request.uri().path(),
-                    "rejected: client certificate"
-                );
-                return text(StatusCode::FORBIDDEN, why.reason());
-            }
-        }
-        match *request.method() {
-            Method::GET => self.verify(&request),
-            Method::POST => self.event(request).await,
-            _ => {
-                info!(method = %request.method(), "rejected: method not allowed");
-                self.metrics.request(RequestOutcome::MethodNotAllowed);
-                let mut answer = text(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "only GET and POST are allowed",
-                );
-                answer
-                    .headers_mut()
-                    .insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
-                answer
-            }
-        }
-    }
-
-    /// The verification request. The query string is never logged: it holds the token.
-    fn verify(&self, request: &Request<Incoming>) -> Answer {
-        let result = challenge::check(request.uri().query(), &self.verify_token);
-        self.metrics.request(match result {
-            Challenge::Answer(_) => RequestOutcome::Verified,
-            _ => RequestOutcome::ChallengeRefused,
-        });
-        match result {
-            Challenge::Answer(value) => {
-                info!("verification challenge answered");
-                Response::builder()
-                    .status(StatusCode::OK)
-                    .header(header::CONTENT_TYPE, "text/plain")
-                    .body(Full::new(Bytes::from(value)))
-                    .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))
-            }
-            Challenge::Missing(param) => {
-                warn!(
-                    missing = param,
-                    "rejected: verification request without {param}"
-                );
-                text(StatusCode::BAD_REQUEST, &format!("missing {param}"))
-            }
-            Challenge::WrongMode => {
-                warn!("rejected: verification request with hub.mode other than subscribe");
-                text(StatusCode::FORBIDDEN, "hub.mode must be subscribe")
-            }
-            Challenge::WrongToken => {
-                warn!("rejected: verification request with a wrong verify token");
-                text(StatusCode::FORBIDDEN, "wrong verify token")
-            }
-        }
-    }
-
-    /// An event notification.
-    async fn event(&self, request: Request<Incoming>) -> Answer {
         let started = Instant::now();
-        let (outcome, answer) = self.store_event(request).await;
+        let (outcome, answer) = match self.answer(request).await {
+            Ok(Done::Verified(challenge)) => {
+                info!("verification challenge answered");
+                (RequestOutcome::Verified, challenge_answer(challenge))
+            }
+            Ok(Done::Accepted) => (
+                RequestOutcome::Accepted,
+                text(StatusCode::OK, "EVENT_RECEIVED"),
+            ),
+            Ok(Done::Duplicate) => (
+                RequestOutcome::Duplicate,
+                text(StatusCode::OK, "EVENT_RECEIVED"),
+            ),
+            Err(Refused { rejection, close }) => {
+                let mut answer = text(rejection.status(), &rejection.reason());
+                if rejection == Rejection::MethodNotAllowed {
+                    answer
+                        .headers_mut()
+                        .insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
+                }
+                if close {
+                    answer
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                (rejection.outcome(), answer)
+            }
+        };
         self.metrics.request(outcome);
         if matches!(
             outcome,
@@ -130,46 +126,110 @@ impl Webhook {
         answer
     }
 
-    /// The checks and the commit of a POST, with the outcome to count.
-    async fn store_event(&self, request: Request<Incoming>) -> (RequestOutcome, Answer) {
+    /// The checks, in the contract's order, and the commit of an event.
+    async fn answer(&self, request: Request<Incoming>) -> Result<Done, Refused> {
         let (parts, incoming) = request.into_parts();
-        let raw = match body::read_limited(
-            &parts.headers,
-            incoming,
-            self.max_body_bytes,
-            self.body_timeout,
-        )
-        .await
-        {
-            Ok(raw) => raw,
-            Err(body::BodyError::TooLarge) => {
-                warn!(limit = self.max_body_bytes, "rejected: body too large");
-                let answer = closing(text(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body larger than --max-body-bytes",
-                ));
-                return (RequestOutcome::TooLarge, answer);
+        // Meta documents its client certificate for event notifications (POST) only;
+        // the verification GET is guarded by the verify token (DESIGN.md).
+        if parts.method == Method::POST {
+            if let Some(check) = &self.client_cn {
+                if let Err(why) = check.check(&parts.headers) {
+                    warn!(
+                        reason = why.reason(),
+                        path = parts.uri.path(),
+                        "rejected: client certificate"
+                    );
+                    return Err(self
+                        .refuse_early(
+                            &parts.headers,
+                            incoming,
+                            Rejection::ClientSubject(why.reason()),
+                        )
+                        .await);
+                }
             }
-            Err(body::BodyError::Read(e)) => {
-                warn!(error = %e, "rejected: could not read the body");
-                return (
-                    RequestOutcome::IncompleteBody,
-                    text(StatusCode::BAD_REQUEST, "could not read the body"),
-                );
+        }
+        match parts.method {
+            Method::GET => self.verify(parts.uri.query()).map_err(Refused::from),
+            Method::POST => self.event(&parts.headers, incoming).await,
+            _ => {
+                warn!(method = %parts.method, "rejected: method not allowed");
+                Err(self
+                    .refuse_early(&parts.headers, incoming, Rejection::MethodNotAllowed)
+                    .await)
             }
-            Err(body::BodyError::TimedOut) => {
+        }
+    }
+
+    /// A refusal answered before the body was read: the body is read and dropped first
+    /// (within bounds), so the answer reaches a client that is still sending it.
+    async fn refuse_early(
+        &self,
+        headers: &http::HeaderMap,
+        incoming: Incoming,
+        rejection: Rejection,
+    ) -> Refused {
+        let drained =
+            body::discard(headers, incoming, self.max_body_bytes, self.body_timeout).await;
+        Refused {
+            rejection,
+            close: !drained,
+        }
+    }
+
+    /// The verification request. The query string is never logged: it holds the token.
+    fn verify(&self, query: Option<&str>) -> Result<Done, Rejection> {
+        let refused = match challenge::check(query, &self.verify_token) {
+            Challenge::Answer(value) => return Ok(Done::Verified(value)),
+            Challenge::Missing(param) => {
                 warn!(
-                    timeout = ?self.body_timeout,
-                    "rejected: the body did not arrive within --body-timeout"
+                    missing = param,
+                    "rejected: verification request without {param}"
                 );
-                let answer = closing(text(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "the body did not arrive within --body-timeout",
-                ));
-                return (RequestOutcome::IncompleteBody, answer);
+                Rejection::ChallengeMissing(param)
+            }
+            Challenge::WrongMode => {
+                warn!("rejected: verification request with hub.mode other than subscribe");
+                Rejection::ChallengeMode
+            }
+            Challenge::WrongToken => {
+                warn!("rejected: verification request with a wrong verify token");
+                Rejection::ChallengeToken
             }
         };
-        let signature_header = parts.headers.get("x-hub-signature-256");
+        Err(refused)
+    }
+
+    /// An event notification: size, signature, JSON, then the commit.
+    async fn event(&self, headers: &http::HeaderMap, incoming: Incoming) -> Result<Done, Refused> {
+        let raw =
+            match body::read_limited(headers, incoming, self.max_body_bytes, self.body_timeout)
+                .await
+            {
+                Ok(raw) => raw,
+                Err(body::BodyError::TooLarge { drained }) => {
+                    warn!(limit = self.max_body_bytes, "rejected: body too large");
+                    return Err(Refused {
+                        rejection: Rejection::TooLarge,
+                        close: !drained,
+                    });
+                }
+                Err(body::BodyError::Read(e)) => {
+                    warn!(error = %e, "rejected: could not read the body");
+                    return Err(Rejection::BrokenBody.into());
+                }
+                Err(body::BodyError::TimedOut) => {
+                    warn!(
+                        timeout = ?self.body_timeout,
+                        "rejected: the body did not arrive within --body-timeout"
+                    );
+                    return Err(Refused {
+                        rejection: Rejection::BodyTimedOut,
+                        close: true,
+                    });
+                }
+            };
+        let signature_header = headers.get("x-hub-signature-256");
         if let Err(e) = signature::verify(
             signature_header.map(|v| v.as_bytes()),
             &raw,
@@ -180,29 +240,20 @@ impl Webhook {
                 bytes = raw.len(),
                 "rejected: signature"
             );
-            return (
-                RequestOutcome::SignatureRefused,
-                text(StatusCode::UNAUTHORIZED, e.reason()),
-            );
+            return Err(Rejection::Signature(e.reason()).into());
         }
-        let doc = match serde_json::from_slice::<serde_json::Value>(&raw) {
-            Ok(serde_json::Value::Object(map)) => map,
-            Ok(_) => {
+        let doc = match json::parse_object(&raw) {
+            Ok(doc) => doc,
+            Err(json::JsonError::NotAnObject) => {
                 warn!(
                     bytes = raw.len(),
                     "rejected: body is JSON but not an object"
                 );
-                return (
-                    RequestOutcome::BadJson,
-                    text(StatusCode::BAD_REQUEST, "body must be a JSON object"),
-                );
+                return Err(Rejection::NotAnObject.into());
             }
-            Err(e) => {
+            Err(json::JsonError::Invalid(e)) => {
                 warn!(bytes = raw.len(), error = %e, "rejected: body is not JSON");
-                return (
-                    RequestOutcome::BadJson,
-                    text(StatusCode::BAD_REQUEST, "body is not valid JSON"),
-                );
+                return Err(Rejection::NotJson.into());
             }
         };
         let identity = Identity::of(&raw, &doc);
@@ -213,42 +264,58 @@ impl Webhook {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned();
+        // Meta's SHA-1 signature is never checked, only passed on for backends that
+        // still check it; a value that is not visible ASCII is not passed on.
+        let signature_sha1 = headers
+            .get("x-hub-signature")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let bytes = raw.len();
         let event = NewEvent {
             body: raw,
             signature,
-            keys: DedupKeys::of(&identity),
+            signature_sha1,
+            keys: identity.keys(),
             object: object.clone(),
             field,
-            headers: headers_json(&parts.headers),
+            headers: headers_json(headers),
         };
         match self.spool.accept(event).await {
             Ok(Stored::New(id)) => {
                 info!(event_id = %id, bytes, object = %object, "accepted");
-                (
-                    RequestOutcome::Accepted,
-                    text(StatusCode::OK, "EVENT_RECEIVED"),
-                )
+                Ok(Done::Accepted)
             }
             Ok(Stored::Duplicate(id)) => {
                 info!(event_id = %id, bytes, object = %object, "duplicate: already accepted, not delivered again");
-                (
-                    RequestOutcome::Duplicate,
-                    text(StatusCode::OK, "EVENT_RECEIVED"),
-                )
+                Ok(Done::Duplicate)
             }
             Err(e) => {
                 error!(error = %e, bytes, "spool error: event not stored, answered 503 so Meta retries");
-                (
-                    RequestOutcome::SpoolError,
-                    text(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "could not store the event, try again",
-                    ),
-                )
+                Err(Rejection::Spool.into())
             }
         }
     }
+}
+
+/// The dedup keys of a stored body under this build's identity rules: what the spool
+/// recomputes when it upgrades a layout written with older rules.
+pub fn stored_keys(raw: &[u8]) -> DedupKeys {
+    match json::parse_object(raw) {
+        Ok(doc) => Identity::of(raw, &doc).keys(),
+        Err(_) => DedupKeys {
+            body: DedupKey::of(&identity::body_key(raw)),
+            items: None,
+        },
+    }
+}
+
+/// The `200` answer to a verification request: the challenge, exactly.
+fn challenge_answer(challenge: String) -> Answer {
+    let mut answer = Response::new(Full::new(Bytes::from(challenge)));
+    answer
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    answer
 }
 
 /// The request headers as a JSON object, for the status page. Credentials a proxy might
@@ -273,15 +340,6 @@ fn headers_json(headers: &http::HeaderMap) -> String {
         );
     }
     serde_json::Value::Object(map).to_string()
-}
-
-/// `answer` with `Connection: close`: the rest of the request was not read, so the
-/// connection cannot carry another one.
-fn closing(mut answer: Answer) -> Answer {
-    answer
-        .headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    answer
 }
 
 /// A short `text/plain` answer.

@@ -187,6 +187,9 @@ pub struct Options {
     pub state_dir: Option<PathBuf>,
     /// `--retry-initial` and `--retry-max-delay` (short by default, so tests are quick).
     pub retry: (String, String),
+    /// Options of the usual command line left out (with their values), e.g.
+    /// `--verify-token` when the test gives the token another way.
+    pub omit: Vec<String>,
 }
 
 impl Options {
@@ -200,7 +203,12 @@ impl Options {
             wait_ready: true,
             state_dir: None,
             retry: ("200ms".into(), "1s".into()),
+            omit: vec![],
         }
+    }
+    pub fn omit(mut self, flag: &str) -> Self {
+        self.omit.push(flag.to_owned());
+        self
     }
     pub fn retry(mut self, initial: &str, max_delay: &str) -> Self {
         self.retry = (initial.to_owned(), max_delay.to_owned());
@@ -274,6 +282,11 @@ impl Xhubd {
             "--retry-max-delay".into(),
             opts.retry.1.clone(),
         ];
+        for flag in &opts.omit {
+            if let Some(at) = args.iter().position(|a| a == flag) {
+                args.drain(at..at + 2);
+            }
+        }
         args.extend(opts.extra);
         let log_path = dir.path().join("xhubd.log");
         let held = match (&target, opts.held_socket) {

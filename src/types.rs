@@ -1,0 +1,40 @@
+//! Plain types that several stages of the data path share. This module uses nothing of
+//! the crate, so any module may use it without reaching back up the path.
+
+use sha2::{Digest, Sha256};
+
+/// The stored form of one dedup identity (a body hash or an item id, as text): the
+/// first 16 bytes of the SHA-256 of that text. 128 bits keep collisions out of reach
+/// for any spool, and a key costs a quarter of the hex text it replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DedupKey([u8; 16]);
+
+impl DedupKey {
+    /// The key of an identity's text (`body:<sha256 hex>`, `wa.msg:<id>`, ...).
+    pub fn of(identity: &str) -> DedupKey {
+        let digest = Sha256::digest(identity.as_bytes());
+        let mut key = [0u8; 16];
+        key.copy_from_slice(&digest[..16]);
+        DedupKey(key)
+    }
+
+    /// A key as stored (16 bytes).
+    pub fn from_bytes(bytes: [u8; 16]) -> DedupKey {
+        DedupKey(bytes)
+    }
+
+    /// The 16 bytes, as stored.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+}
+
+/// Every dedup key of one notification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DedupKeys {
+    /// The key of the raw body (byte-identical retries).
+    pub body: DedupKey,
+    /// The keys of its items, present only when the body has at least one item and
+    /// every item carries an id. The notification is a retry when all were seen.
+    pub items: Option<Vec<DedupKey>>,
+}
