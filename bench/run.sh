@@ -306,20 +306,22 @@ start_nginx() { # NAME PORT SOCKET [tls]: sets nginx_pid
       -e "/^[[:space:]]*ssl_client_certificate[[:space:]]/s|/etc/nginx/meta-webhooks-ca.pem;|$pki/client-ca.pem;|" \
       -e "s|unix:/run/xhubd/xhubd.sock|unix:$3|" \
       -e "s|include /etc/nginx/snippets/xhubd-proxy.conf;|include $PWD/nginx/xhubd-proxy.conf;|" \
+      -e "s|/var/log/nginx/|$dir/|" \
       nginx/xhubd.conf >"$dir/site.conf"
     # Every path of the shipped file replaced: otherwise it changed and this needs to.
-    if grep -v '^[[:space:]]*#' "$dir/site.conf" | grep -E -q '/etc/|/run/|443'; then
+    if grep -v '^[[:space:]]*#' "$dir/site.conf" | grep -E -q '/etc/|/run/|/var/|443'; then
       echo "nginx/xhubd.conf: a path or port was not substituted for the TLS load:" >&2
-      grep -v '^[[:space:]]*#' "$dir/site.conf" | grep -E '/etc/|/run/|443' >&2
+      grep -v '^[[:space:]]*#' "$dir/site.conf" | grep -E '/etc/|/run/|/var/|443' >&2
       return 1
     fi
   else
     sed -e "s|listen 443 ssl;|listen $HOST:$2;|" \
       -e '/listen \[::\]:443 ssl;/d' \
       -e '/^[[:space:]]*ssl_/d' \
-      -e 's|default 0;|default 1;|' \
+      -e '0,/default 0;/s//default 1;/' \
       -e "s|unix:/run/xhubd/xhubd.sock|unix:$3|" \
       -e "s|include /etc/nginx/snippets/xhubd-proxy.conf;|include $PWD/nginx/xhubd-proxy.conf;|" \
+      -e "s|/var/log/nginx/|$dir/|" \
       nginx/xhubd.conf >"$dir/site.conf"
   fi
   [ "$(id -u)" -ne 0 ] || user="user root;"

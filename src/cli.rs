@@ -183,9 +183,10 @@ pub struct ServeArgs {
     )]
     pub upstream_timeout: String,
 
-    /// When set, every request must carry this header holding a subject DN whose CN is
-    /// exactly --client-cn (e.g. X-Client-Subject behind the shipped Nginx site, or
-    /// X-Amzn-Mtls-Clientcert-Subject behind an AWS ALB); otherwise 403.
+    /// When set, every event (POST) must carry this header holding a subject DN whose
+    /// CN is exactly --client-cn (e.g. X-Client-Subject behind the shipped Nginx site,
+    /// or X-Amzn-Mtls-Clientcert-Subject behind an AWS ALB); otherwise 403. The
+    /// verification GET is exempt: the verify token guards it.
     #[arg(long, value_name = "NAME", env = "XHUBD_CLIENT_CN_HEADER")]
     pub client_cn_header: Option<String>,
 

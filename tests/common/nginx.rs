@@ -30,10 +30,21 @@ fn replace_once(text: &mut String, from: &str, to: &str) {
     *text = text.replace(from, to);
 }
 
-/// Renders the shipped site file for a test: paths, port and socket only.
-/// `enable_no_mtls` uncomments the shipped variant location without mTLS.
-pub fn render_site(pki: &Pki, port: u16, socket: &Path, enable_no_mtls: bool) -> String {
+/// Renders the shipped site file for a test: paths, port and socket only; its logs go
+/// to `log_dir`. `enable_no_mtls` uncomments the shipped variant location without mTLS.
+pub fn render_site(
+    pki: &Pki,
+    port: u16,
+    socket: &Path,
+    log_dir: &Path,
+    enable_no_mtls: bool,
+) -> String {
     let mut site = std::fs::read_to_string(repo_file("nginx/xhubd.conf")).unwrap();
+    replace_once(
+        &mut site,
+        "/var/log/nginx/",
+        &format!("{}/", log_dir.display()),
+    );
     replace_once(
         &mut site,
         "listen 443 ssl;",
@@ -97,7 +108,11 @@ impl Nginx {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let site = dir.path().join("site.conf");
-        std::fs::write(&site, render_site(pki, port, socket, enable_no_mtls)).unwrap();
+        std::fs::write(
+            &site,
+            render_site(pki, port, socket, dir.path(), enable_no_mtls),
+        )
+        .unwrap();
         let d = dir.path().display();
         // The distribution's nginx.conf, reduced to what a test needs.
         let main = format!(
@@ -145,6 +160,11 @@ impl Nginx {
 
     pub fn error_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
+    }
+
+    /// The site's own access log (`xhubd.access.log` in the shipped file).
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("xhubd.access.log")).unwrap_or_default()
     }
 }
 
