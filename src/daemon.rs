@@ -139,7 +139,7 @@ impl Daemon {
     async fn start(config: Config, inherited: Option<SystemdSocket>) -> anyhow::Result<Daemon> {
         let signals = StopSignals::register().context("cannot install signal handlers")?;
         let lock = lock_state_dir(&config)?;
-        let conn = schema::open(&config.state_dir, &crate::webhook::stored_keys)?;
+        let conn = open_spool(&config)?;
         let queue = Queue::open(&config.state_dir)?;
         let checkpointer = Checkpointer::start(&config.state_dir)?;
         let mut writer = Writer::start(
@@ -284,6 +284,36 @@ impl Daemon {
         info!("stopped");
         ExitCode::SUCCESS
     }
+}
+
+/// Opens the spool, upgrading one an earlier release wrote. An upgrade recomputes each
+/// stored event's dedup keys, which on a large spool takes a while: every few seconds it
+/// logs how far it is and extends systemd's start timeout, so the unit is not killed
+/// (and the upgrade rolled back) half-way.
+fn open_spool(config: &Config) -> anyhow::Result<rusqlite::Connection> {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+    let done = std::cell::Cell::new(0u64);
+    let last = std::cell::Cell::new(std::time::Instant::now());
+    let rekey = |body: &[u8]| {
+        done.set(done.get() + 1);
+        if last.get().elapsed() >= EVERY {
+            last.set(std::time::Instant::now());
+            info!(
+                events = done.get(),
+                "upgrading the spool: dedup keys recomputed so far"
+            );
+            notify::still_starting("upgrading the spool", EVERY * 6);
+        }
+        crate::webhook::stored_keys(body)
+    };
+    let conn = schema::open(&config.state_dir, &rekey)?;
+    if done.get() > 0 {
+        info!(
+            events = done.get(),
+            "spool upgraded: dedup keys recomputed for every stored event"
+        );
+    }
+    Ok(conn)
 }
 
 /// Takes an exclusive lock on the state directory so two daemons never share a spool.

@@ -25,7 +25,7 @@ pub fn run(args: &EventsArgs) -> anyhow::Result<String> {
     )?;
     match &args.action {
         EventsAction::List { state, limit, json } => {
-            let state = state.as_deref().and_then(inspect::parse_state);
+            let state = state.as_deref().and_then(crate::types::EventState::parse);
             let list = inspect::list(&conn, state, *limit).context("cannot read the spool")?;
             if *json {
                 Ok(serde_json::to_string_pretty(&list)?)
@@ -50,6 +50,27 @@ pub fn run(args: &EventsArgs) -> anyhow::Result<String> {
             }
             if let Some(error) = &s.last_error {
                 out.push_str(&format!("last error: {error}\n"));
+            }
+            out.push_str("\ndeliveries:\n");
+            for d in &event.deliveries {
+                out.push_str(&format!(
+                    "  {} to {} (part {}/{}): {}, {} attempt(s)\n",
+                    d.id, d.destination, d.part, d.parts, d.state, d.attempts
+                ));
+                for a in &d.history {
+                    let status = a
+                        .status
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|| "-".into());
+                    let detail: String = a.detail.chars().take(120).collect();
+                    out.push_str(&format!(
+                        "    {}  {:<9}  {:>3}  {}\n",
+                        time(a.at),
+                        a.result,
+                        status,
+                        detail.replace(['\n', '\r'], " ")
+                    ));
+                }
             }
             out.push_str("\nheaders:\n");
             if let Some(headers) = event.headers.as_object() {

@@ -19,6 +19,16 @@ pub fn ready(listen: &str) {
     }
 }
 
+/// Tells systemd that a long start-up step (`what`, the spool's upgrade) is still
+/// making progress, so the start timeout (`TimeoutStartSec=`) is extended by `more`.
+pub fn still_starting(what: &str, more: std::time::Duration) {
+    let micros = u32::try_from(more.as_micros()).unwrap_or(u32::MAX);
+    let _ = sd_notify::notify(&[
+        NotifyState::ExtendTimeoutUsec(micros),
+        NotifyState::Status(what),
+    ]);
+}
+
 /// Tells systemd that xhubd is stopping.
 pub fn stopping() {
     if let Err(e) = sd_notify::notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]) {

@@ -82,7 +82,7 @@ fn metrics_count_what_was_sent() {
     assert_eq!(t.request("PUT", "/", &[], b"").status, 405);
     up.wait_for(3, WAIT);
     wait_for(WAIT, "outcomes recorded", || {
-        x.count("SELECT COUNT(*) FROM events WHERE state != 0") == 3
+        x.count("SELECT COUNT(*) FROM deliveries WHERE state != 0") == 3
     });
 
     let m = metrics(&admin);
@@ -166,7 +166,7 @@ fn json_views_and_replay_of_a_dead_event() {
     let body = page_event(5);
     assert_eq!(x.target.post_signed(&body).status, 200);
     wait_for(WAIT, "a dead event", || {
-        x.count("SELECT COUNT(*) FROM events WHERE state = 2") == 1
+        x.count("SELECT COUNT(*) FROM deliveries WHERE state = 2") == 1
     });
 
     let dead: serde_json::Value =
@@ -191,7 +191,7 @@ fn json_views_and_replay_of_a_dead_event() {
     let got = up.wait_for(2, WAIT);
     assert_eq!(got[1].header("x-xhubd-event-id"), Some(id.as_str()));
     wait_for(WAIT, "delivered after replay", || {
-        x.count("SELECT COUNT(*) FROM events WHERE state = 1") == 1
+        x.count("SELECT COUNT(*) FROM deliveries WHERE state = 1") == 1
     });
     assert!(x.logs().contains("replay requested"));
     assert_eq!(
@@ -287,8 +287,8 @@ fn events_commands_work_on_the_state_dir_while_the_daemon_runs() {
         assert_eq!(x.target.post_signed(&page_event(n)).status, 200);
     }
     wait_for(WAIT, "two dead, one delivered", || {
-        x.count("SELECT COUNT(*) FROM events WHERE state = 2") == 2
-            && x.count("SELECT COUNT(*) FROM events WHERE state = 1") == 1
+        x.count("SELECT COUNT(*) FROM deliveries WHERE state = 2") == 2
+            && x.count("SELECT COUNT(*) FROM deliveries WHERE state = 1") == 1
     });
     let state = x.state_dir.to_str().unwrap().to_owned();
     let (code, table, _) = run_xhubd(&["events", "list", "--state-dir", &state], None);
@@ -333,7 +333,7 @@ fn events_commands_work_on_the_state_dir_while_the_daemon_runs() {
     assert_eq!(code, 0);
     assert!(out.starts_with('1') || out.starts_with('0'), "{out}");
     wait_for(WAIT, "all delivered", || {
-        x.count("SELECT COUNT(*) FROM events WHERE state = 1") == 3
+        x.count("SELECT COUNT(*) FROM deliveries WHERE state = 1") == 3
     });
     let (code, _, err) = run_xhubd(
         &["events", "replay", "no-such-id", "--state-dir", &state],

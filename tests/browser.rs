@@ -101,19 +101,23 @@ fn status_page_in_chromium_shows_events_and_replays_a_dead_one() {
     let doomed = page_event(1);
     assert_eq!(x.target.post_signed(&doomed).status, 200);
     wait_for(WAIT, "a dead event", || {
-        x.count("SELECT COUNT(*) FROM events WHERE state = 2") == 1
+        x.count("SELECT COUNT(*) FROM deliveries WHERE state = 2") == 1
     });
     let hostile = br#"{"object":"page","entry":[{"id":"7","time":1,"messaging":[{"message":{"mid":"m.7","text":"<script>window.pwned=1;document.title='pwned'</script>"}}]}]}"#;
     assert_eq!(x.target.post_signed(hostile).status, 200);
     let whatsapp = br#"{"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"field":"messages","value":{"messages":[{"id":"wamid.XYZ","type":"text","text":{"body":"Caf\u00e9"}}]}}]}]}"#;
     assert_eq!(x.target.post_signed(whatsapp).status, 200);
     wait_for(WAIT, "two delivered", || {
-        x.count("SELECT COUNT(*) FROM events WHERE state = 1") == 2
+        x.count("SELECT COUNT(*) FROM deliveries WHERE state = 1") == 2
     });
     let dead_id: String = {
         let conn = rusqlite::Connection::open(x.db_path()).unwrap();
-        conn.query_row("SELECT id FROM events WHERE state = 2", [], |r| r.get(0))
-            .unwrap()
+        conn.query_row(
+            "SELECT e.id FROM events e JOIN deliveries d ON d.event_seq = e.seq WHERE d.state = 2",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
     };
     let hostile_id: String = {
         let conn = rusqlite::Connection::open(x.db_path()).unwrap();

@@ -91,19 +91,34 @@ fn seed(x: &Xhubd, n: usize, state: i64, age_ms: i64) {
     {
         let mut event = tx
             .prepare(
-                "INSERT INTO events (id, received_at, state, attempts, next_attempt_at, finished_at,
-                                     retry_from, size, signature)
-                 VALUES (?1, ?2, ?3, 1, ?2, ?2, ?2, 2, 'sha256=00')",
+                "INSERT INTO events (id, received_at, size, signature)
+                 VALUES (?1, ?2, 2, 'sha256=00')",
             )
             .unwrap();
         let mut body = tx
             .prepare("INSERT INTO bodies (seq, body) VALUES (?1, x'7b7d')")
             .unwrap();
+        let mut delivery = tx
+            .prepare(
+                "INSERT INTO deliveries (id, event_seq, destination, state, attempts,
+                                         next_attempt_at, retry_from, finished_at)
+                 VALUES (?1, ?2, 'default', ?3, 1, ?4, ?4, ?4)",
+            )
+            .unwrap();
         for i in 0..n {
             event
-                .execute(rusqlite::params![format!("seed-{state}-{i}"), at, state])
+                .execute(rusqlite::params![format!("seed-{state}-{i}"), at])
                 .unwrap();
-            body.execute([tx.last_insert_rowid()]).unwrap();
+            let seq = tx.last_insert_rowid();
+            body.execute([seq]).unwrap();
+            delivery
+                .execute(rusqlite::params![
+                    format!("seed-d-{state}-{i}"),
+                    seq,
+                    state,
+                    at
+                ])
+                .unwrap();
         }
     }
     tx.commit().unwrap();

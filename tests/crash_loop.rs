@@ -179,7 +179,7 @@ fn no_acknowledged_event_is_lost_across_kill_9_and_upstream_faults() {
         lost.iter().take(5).collect::<Vec<_>>()
     );
     assert_eq!(
-        x.count("SELECT COUNT(*) FROM events WHERE state = 2"),
+        x.count("SELECT COUNT(*) FROM deliveries WHERE state = 2"),
         0,
         "no event may be dead: 500s and outages are retried"
     );

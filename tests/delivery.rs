@@ -148,15 +148,68 @@ fn retries_after_500s_with_the_same_event_id() {
     let x = Xhubd::start(Options::new(&up.url("/")));
     assert_eq!(x.target.post_signed(&page_event(7)).status, 200);
     let got = up.wait_for(3, WAIT);
-    let ids: HashSet<_> = got
-        .iter()
-        .map(|r| r.header("x-xhubd-event-id").unwrap().to_owned())
-        .collect();
-    assert_eq!(ids.len(), 1, "one event id for every attempt");
+    let ids = |header: &str| -> HashSet<String> {
+        got.iter()
+            .map(|r| r.header(header).unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        ids("x-xhubd-event-id").len(),
+        1,
+        "one event id for every attempt"
+    );
+    let delivery = ids("x-xhubd-delivery-id");
+    assert_eq!(delivery.len(), 1, "one delivery id for every attempt");
+    assert!(delivery.is_disjoint(&ids("x-xhubd-event-id")));
     assert_eq!(got[2].header("x-xhubd-attempt"), Some("3"));
     wait_for(WAIT, "the event marked delivered", || {
-        x.count("SELECT COUNT(*) FROM events WHERE state = 1 AND attempts = 3") == 1
+        x.count("SELECT COUNT(*) FROM deliveries WHERE state = 1 AND attempts = 3") == 1
     });
+    // The attempt history: two failures with the upstream's status, then the success.
+    let state_dir = x.state_dir.display().to_string();
+    let event_id = got[0].header("x-xhubd-event-id").unwrap();
+    let (code, out, _) = run_xhubd(
+        &[
+            "events",
+            "show",
+            event_id,
+            "--json",
+            "--state-dir",
+            &state_dir,
+        ],
+        None,
+    );
+    assert_eq!(code, 0);
+    let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let delivery_shown = &shown["deliveries"][0];
+    assert_eq!(
+        delivery_shown["id"],
+        got[0].header("x-xhubd-delivery-id").unwrap()
+    );
+    assert_eq!(delivery_shown["destination"], "default");
+    let history: Vec<(String, u64)> = delivery_shown["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["result"].as_str().unwrap().to_owned(),
+                a["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        history,
+        [
+            ("pending".to_owned(), 500),
+            ("pending".to_owned(), 503),
+            ("delivered".to_owned(), 200)
+        ]
+    );
+    assert_eq!(
+        delivery_shown["history"][2]["detail"], "ok",
+        "the answer's first bytes"
+    );
     std::thread::sleep(Duration::from_millis(700));
     assert_eq!(up.count(), 3);
     let logs = x.logs();
@@ -173,7 +226,7 @@ fn a_4xx_or_3xx_answer_makes_the_event_dead_without_retrying() {
     assert_eq!(x.target.post_signed(&page_event(2)).status, 200);
     up.wait_for(2, WAIT);
     wait_for(WAIT, "two dead events", || {
-        x.count("SELECT COUNT(*) FROM events WHERE state = 2") == 2
+        x.count("SELECT COUNT(*) FROM deliveries WHERE state = 2") == 2
     });
     std::thread::sleep(Duration::from_millis(800));
     assert_eq!(up.count(), 2, "dead events are not retried");
@@ -187,12 +240,14 @@ fn the_end_of_retry_for_makes_the_event_dead_and_keeps_it() {
     let x = Xhubd::start(Options::new(&up.url("/")).arg("--retry-for").arg("1s"));
     assert_eq!(x.target.post_signed(&page_event(5)).status, 200);
     wait_for(WAIT, "the event to become dead", || {
-        x.count("SELECT COUNT(*) FROM events WHERE state = 2") == 1
+        x.count("SELECT COUNT(*) FROM deliveries WHERE state = 2") == 1
     });
     let attempts = up.count();
     assert!(attempts >= 2, "retried before giving up ({attempts})");
     assert_eq!(
-        x.count("SELECT COUNT(*) FROM events WHERE state = 2 AND last_error LIKE '%retry-for%'"),
+        x.count(
+            "SELECT COUNT(*) FROM deliveries WHERE state = 2 AND last_error LIKE '%retry-for%'"
+        ),
         1
     );
 }
@@ -229,7 +284,7 @@ fn when_the_upstream_answers_again_the_backlog_goes_at_once() {
     wait_for(
         WAIT,
         "every event tried once and scheduled for a retry",
-        || x.count("SELECT COUNT(*) FROM events WHERE state = 0 AND attempts = 1") == 30,
+        || x.count("SELECT COUNT(*) FROM deliveries WHERE state = 0 AND attempts = 1") == 30,
     );
     up.restart();
     // A new event is tried at once; its success shows the upstream is back.
@@ -335,7 +390,7 @@ fn pending_and_dead_events_are_never_pruned() {
     let x = Xhubd::start(Options::new(&up.url("/")).arg("--dedup-window").arg("1s"));
     assert_eq!(x.target.post_signed(&page_event(1)).status, 200);
     wait_for(WAIT, "a dead event", || {
-        x.count("SELECT COUNT(*) FROM events WHERE state = 2") == 1
+        x.count("SELECT COUNT(*) FROM deliveries WHERE state = 2") == 1
     });
     up.stop();
     assert_eq!(x.target.post_signed(&page_event(2)).status, 200);
@@ -343,6 +398,9 @@ fn pending_and_dead_events_are_never_pruned() {
     for n in 3..6 {
         assert_eq!(x.target.post_signed(&page_event(n)).status, 200);
     }
-    assert_eq!(x.count("SELECT COUNT(*) FROM events WHERE state = 2"), 1);
-    assert!(x.count("SELECT COUNT(*) FROM events WHERE state = 0") >= 4);
+    assert_eq!(
+        x.count("SELECT COUNT(*) FROM deliveries WHERE state = 2"),
+        1
+    );
+    assert!(x.count("SELECT COUNT(*) FROM deliveries WHERE state = 0") >= 4);
 }

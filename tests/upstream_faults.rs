@@ -16,7 +16,7 @@ const WAIT: Duration = Duration::from_secs(20);
 /// An acknowledgement must come back within this; every upstream delay used against it
 /// is at least three times as long (or endless).
 const ACK_BOUND: Duration = Duration::from_secs(1);
-/// `events.state` of a delivered event.
+/// `deliveries.state` of a delivered event.
 const DELIVERED: i64 = 1;
 
 /// POSTs a signed event, asserts `200`, and returns how long the answer took.
@@ -35,9 +35,11 @@ fn event_id(up: &FaultyUpstream, body: &[u8]) -> String {
     up.event_id_of(body).unwrap()
 }
 
-/// One integer column of one event, from the spool.
+/// One integer column of the (one) delivery of one event, from the spool.
 fn column(x: &Xhubd, id: &str, name: &str) -> i64 {
-    x.count(&format!("SELECT {name} FROM events WHERE id = '{id}'"))
+    x.count(&format!(
+        "SELECT d.{name} FROM deliveries d JOIN events e ON e.seq = d.event_seq WHERE e.id = '{id}'"
+    ))
 }
 
 /// The event as an operator sees it: `xhubd events show ID --json`.
@@ -142,10 +144,10 @@ fn a_slow_upstream_gets_every_event_and_acks_do_not_wait_for_it() {
     }
 
     wait_for(WAIT, "every event delivered", || {
-        x.count("SELECT COUNT(*) FROM events WHERE state = 1") == EVENTS as i64
+        x.count("SELECT COUNT(*) FROM deliveries WHERE state = 1") == EVENTS as i64
     });
     assert_eq!(
-        x.count("SELECT COUNT(*) FROM events WHERE state = 1 AND attempts = 1"),
+        x.count("SELECT COUNT(*) FROM deliveries WHERE state = 1 AND attempts = 1"),
         EVENTS as i64,
         "a slow answer within --upstream-timeout is not retried"
     );
@@ -209,7 +211,7 @@ fn redirects_and_client_errors_make_the_event_dead_at_once() {
         post(&x, body);
     }
     wait_for(WAIT, "every event dead", || {
-        x.count("SELECT COUNT(*) FROM events WHERE state = 2") == statuses.len() as i64
+        x.count("SELECT COUNT(*) FROM deliveries WHERE state = 2") == statuses.len() as i64
     });
     for (body, status) in bodies.iter().zip(statuses) {
         let id = up.event_id_of(body).unwrap();
@@ -242,7 +244,7 @@ fn request_timeouts_throttling_and_server_errors_are_retried_then_delivered() {
         post(&x, body);
     }
     wait_for(WAIT, "every event delivered", || {
-        x.count("SELECT COUNT(*) FROM events WHERE state = 1") == statuses.len() as i64
+        x.count("SELECT COUNT(*) FROM deliveries WHERE state = 1") == statuses.len() as i64
     });
     for (body, status) in bodies.iter().zip(statuses) {
         let id = up.event_id_of(body).unwrap();
@@ -278,7 +280,7 @@ fn a_retried_event_becomes_dead_when_retry_for_runs_out() {
         post(&x, body);
     }
     wait_for(WAIT, "every event dead", || {
-        x.count("SELECT COUNT(*) FROM events WHERE state = 2") == faults.len() as i64
+        x.count("SELECT COUNT(*) FROM deliveries WHERE state = 2") == faults.len() as i64
     });
     for (body, (fault, names)) in bodies.iter().zip(faults) {
         let id = up.event_id_of(body).unwrap();
@@ -342,7 +344,7 @@ fn a_burst_is_acknowledged_while_every_attempt_hangs_and_delivered_after_recover
     );
     let total = first.len() + burst.len();
     assert_eq!(
-        x.count("SELECT COUNT(*) FROM events WHERE state = 0"),
+        x.count("SELECT COUNT(*) FROM deliveries WHERE state = 0"),
         total as i64,
         "every acknowledged event is stored, pending"
     );
@@ -352,7 +354,7 @@ fn a_burst_is_acknowledged_while_every_attempt_hangs_and_delivered_after_recover
     up.set_default(Mode::Status(200));
     up.release_hung();
     wait_for(WAIT, "every event delivered", || {
-        x.count("SELECT COUNT(*) FROM events WHERE state = 1") == total as i64
+        x.count("SELECT COUNT(*) FROM deliveries WHERE state = 1") == total as i64
     });
     let mut delivered: HashMap<Vec<u8>, usize> = HashMap::new();
     for hit in up.hits() {
@@ -375,7 +377,7 @@ fn a_burst_is_acknowledged_while_every_attempt_hangs_and_delivered_after_recover
     assert_eq!(delivered.len(), total);
     assert!(up.max_in_flight() <= CONCURRENCY);
     assert_eq!(
-        x.count("SELECT COUNT(*) FROM events WHERE state = 1 AND attempts = 1"),
+        x.count("SELECT COUNT(*) FROM deliveries WHERE state = 1 AND attempts = 1"),
         total as i64
     );
 }

@@ -166,7 +166,7 @@ impl Admin {
                 Ok((
                     inspect::stats(c)?,
                     inspect::list(c, None, STATUS_PAGE_EVENTS)?,
-                    inspect::list(c, Some(2), STATUS_PAGE_EVENTS)?,
+                    inspect::list(c, Some(crate::types::EventState::Dead), STATUS_PAGE_EVENTS)?,
                 ))
             })
             .await;
@@ -204,7 +204,7 @@ impl Admin {
         let mut limit = 100usize;
         for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
             match k.as_ref() {
-                "state" => match inspect::parse_state(&v) {
+                "state" => match crate::types::EventState::parse(&v) {
                     Some(s) => state = Some(s),
                     None => {
                         return text(

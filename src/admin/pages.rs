@@ -180,8 +180,29 @@ pub fn event(e: &EventDetail) -> String {
                 @if let Some(done) = s.finished_at { tr { th { "finished" } td { (time(done)) } } }
                 tr { th { "last error" } td.err { (s.last_error.as_deref().unwrap_or("—")) } }
             }
-            @if s.state == "dead" || s.state == "delivered" {
+            @if s.state != crate::types::EventState::Pending {
                 p { (replay_form(&s.id)) }
+            }
+            h2 { "Deliveries" }
+            @for d in &e.deliveries {
+                h3 { "to " (d.destination) " " span.muted { "part " (d.part) "/" (d.parts) ", " (d.id) } }
+                table {
+                    tr { th { "attempt at (UTC)" } th { "result" } th { "status" } th { "error or answer" } }
+                    @for a in &d.history {
+                        tr {
+                            td { (time(a.at)) }
+                            td class={ "state-" (a.result) } { (a.result) }
+                            td.num { (a.status.map(|s| s.to_string()).unwrap_or_else(|| "—".into())) }
+                            td.err { (a.detail) }
+                        }
+                    }
+                    @if d.history.is_empty() {
+                        tr { td colspan="4" .muted { "no attempt yet" } }
+                    }
+                }
+                @if let Some(next) = d.next_attempt_at {
+                    p.muted { "next attempt: " (time(next)) }
+                }
             }
             h2 { "Request headers" }
             table {

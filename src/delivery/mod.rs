@@ -39,8 +39,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::metrics::{AttemptResult, Metrics};
-use crate::spool::queue::{DueEvent, Queue};
+use crate::spool::queue::Queue;
 use crate::spool::{now_ms, Outcome, Spool};
+use crate::types::{AttemptReport, DueDelivery};
 use backoff::RetryPolicy;
 use status::UpstreamStatus;
 use upstream::{Attempt, Upstream};
@@ -97,7 +98,7 @@ struct Claims {
     /// Taken and not yet recorded: waiting in `ready` or being attempted.
     claimed: HashSet<i64>,
     /// Taken, waiting for an attempt slot.
-    ready: VecDeque<DueEvent>,
+    ready: VecDeque<DueDelivery>,
     /// The highest row number a scan has claimed; fresh events at or below it are
     /// left to scans.
     max_scanned: i64,
@@ -105,14 +106,14 @@ struct Claims {
 
 impl Claims {
     /// Takes a fresh event unless a scan may have taken it.
-    fn offer_fresh(&mut self, event: DueEvent) {
+    fn offer_fresh(&mut self, event: DueDelivery) {
         if event.seq > self.max_scanned && self.claimed.insert(event.seq) {
             self.ready.push_back(event);
         }
     }
 
     /// Takes what a scan found, except events already claimed. Returns how many were new.
-    fn offer_scanned(&mut self, events: Vec<DueEvent>) -> usize {
+    fn offer_scanned(&mut self, events: Vec<DueDelivery>) -> usize {
         let mut taken = 0;
         for event in events {
             self.max_scanned = self.max_scanned.max(event.seq);
@@ -131,7 +132,7 @@ impl Delivery {
     /// `drain` for attempts in flight to finish and be recorded.
     pub async fn run(
         self,
-        mut fresh: mpsc::Receiver<DueEvent>,
+        mut fresh: mpsc::Receiver<DueDelivery>,
         shutdown: CancellationToken,
         drain: Duration,
     ) {
@@ -229,7 +230,7 @@ impl Delivery {
         }
     }
 
-    async fn fetch(&self, limit: usize) -> anyhow::Result<Vec<DueEvent>> {
+    async fn fetch(&self, limit: usize) -> anyhow::Result<Vec<DueDelivery>> {
         let queue = self.queue.clone();
         Ok(tokio::task::spawn_blocking(move || queue.due(now_ms(), limit)).await??)
     }
@@ -237,25 +238,22 @@ impl Delivery {
     /// One attempt: send, log, record the outcome, then report the event as no longer busy.
     async fn attempt(
         self: Arc<Self>,
-        event: DueEvent,
+        event: DueDelivery,
         permit: OwnedSemaphorePermit,
         done: mpsc::UnboundedSender<Done>,
     ) {
         let attempts = event.attempts + 1;
         let started = Instant::now();
-        let result = match self.body_of(&event).await {
-            Ok(body) => {
-                self.upstream
-                    .send(
-                        &event.id,
-                        &event.signature,
-                        event.signature_sha1.as_deref(),
-                        attempts,
-                        body,
-                    )
-                    .await
+        let (result, report) = match self.body_of(&event).await {
+            Ok(body) => self.upstream.send(&event, attempts, body).await,
+            Err(e) => {
+                let error = format!("cannot read the event from the spool: {e}");
+                let report = AttemptReport {
+                    status: None,
+                    detail: error.clone(),
+                };
+                (Attempt::Retryable(error), report)
             }
-            Err(e) => Attempt::Retryable(format!("cannot read the event from the spool: {e}")),
         };
         drop(permit);
         let elapsed = started.elapsed();
@@ -267,21 +265,21 @@ impl Delivery {
         let answered = matches!(result, Attempt::Delivered(_) | Attempt::Refused(_));
         let outcome = match result {
             Attempt::Delivered(status) => {
-                info!(event_id = %event.id, attempts, status = status.as_u16(), elapsed_ms, "delivered");
+                info!(event_id = %event.event_id, delivery_id = %event.id, attempts, status = status.as_u16(), elapsed_ms, "delivered");
                 Outcome::Delivered
             }
             Attempt::Retryable(error) => {
                 let now = now_ms();
                 match self.policy.next_attempt(event.retry_from, now, attempts) {
                     Some(next_attempt_at) => {
-                        warn!(event_id = %event.id, attempts, error = %error, retry_in_ms = next_attempt_at - now, "delivery failed; retry scheduled");
+                        warn!(event_id = %event.event_id, delivery_id = %event.id, attempts, error = %error, retry_in_ms = next_attempt_at - now, "delivery failed; retry scheduled");
                         Outcome::Retry {
                             next_attempt_at,
                             error,
                         }
                     }
                     None => {
-                        error!(event_id = %event.id, attempts, error = %error, "dead: --retry-for ran out");
+                        error!(event_id = %event.event_id, delivery_id = %event.id, attempts, error = %error, "dead: --retry-for ran out");
                         Outcome::Dead {
                             error: format!("{error} (gave up: --retry-for ran out)"),
                         }
@@ -289,7 +287,7 @@ impl Delivery {
                 }
             }
             Attempt::Refused(error) => {
-                error!(event_id = %event.id, attempts, error = %error, "dead: the upstream refused the event");
+                error!(event_id = %event.event_id, delivery_id = %event.id, attempts, error = %error, "dead: the upstream refused the event");
                 Outcome::Dead { error }
             }
         };
@@ -305,10 +303,14 @@ impl Delivery {
             } => Some(*next_attempt_at),
             _ => None,
         };
-        let due_again = match self.spool.record(event.seq, attempts, outcome).await {
+        let due_again = match self
+            .spool
+            .record(event.seq, attempts, outcome, report)
+            .await
+        {
             Ok(()) => due_again,
             Err(e) => {
-                warn!(event_id = %event.id, error = %e, "cannot record the delivery outcome; the event stays pending and will be sent again");
+                warn!(event_id = %event.event_id, delivery_id = %event.id, error = %e, "cannot record the delivery outcome; the event stays pending and will be sent again");
                 tokio::time::sleep(IDLE_POLL).await;
                 Some(now_ms())
             }
@@ -320,12 +322,12 @@ impl Delivery {
         });
     }
 
-    async fn body_of(&self, event: &DueEvent) -> anyhow::Result<Bytes> {
+    async fn body_of(&self, event: &DueDelivery) -> anyhow::Result<Bytes> {
         if let Some(body) = &event.body {
             return Ok(body.clone());
         }
         let queue = self.queue.clone();
-        let seq = event.seq;
+        let seq = event.event_seq;
         tokio::task::spawn_blocking(move || queue.body(seq))
             .await??
             .ok_or_else(|| anyhow::anyhow!("the event is no longer in the spool"))
@@ -379,10 +381,12 @@ async fn self_wait(this: &Delivery) -> Duration {
 mod tests {
     use super::*;
 
-    fn event(seq: i64) -> DueEvent {
-        DueEvent {
+    fn event(seq: i64) -> DueDelivery {
+        DueDelivery {
             seq,
-            id: format!("e{seq}"),
+            id: format!("d{seq}"),
+            event_seq: seq,
+            event_id: format!("e{seq}"),
             retry_from: 0,
             attempts: 0,
             signature: String::new(),

@@ -13,9 +13,13 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use url::Url;
 
+use crate::types::{AttemptReport, DueDelivery};
+
 /// Upstream answer bodies are read up to this size (so the connection can be reused),
 /// then dropped.
 const ANSWER_BODY_MAX: usize = 64 * 1024;
+/// Bytes of an answer's body kept in the attempt history (for a 4xx, usually why).
+const ANSWER_HEAD: usize = 256;
 
 /// The result of one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,16 +89,14 @@ impl Upstream {
         })
     }
 
-    /// Makes one attempt to deliver an event. `signature` and `signature_sha1` are
-    /// Meta's `X-Hub-Signature-256` and `X-Hub-Signature`, passed on unchanged.
+    /// Makes one attempt at a delivery: `delivery` says what to send. Returns how it
+    /// went, and what to keep of it in the attempt history.
     pub async fn send(
         &self,
-        event_id: &str,
-        signature: &str,
-        signature_sha1: Option<&str>,
+        delivery: &DueDelivery,
         attempt: i64,
         body: Bytes,
-    ) -> Attempt {
+    ) -> (Attempt, AttemptReport) {
         let mut request = Request::builder()
             .method(Method::POST)
             .uri(self.uri.clone())
@@ -103,42 +105,71 @@ impl Upstream {
                 header::USER_AGENT,
                 concat!("xhubd/", env!("CARGO_PKG_VERSION")),
             )
-            .header("x-xhubd-event-id", event_id)
+            .header("x-xhubd-event-id", &delivery.event_id)
+            .header("x-xhubd-delivery-id", &delivery.id)
             .header("x-xhubd-attempt", attempt.to_string());
-        if !signature.is_empty() {
-            request = request.header("x-hub-signature-256", signature);
+        if !delivery.signature.is_empty() {
+            request = request.header("x-hub-signature-256", &delivery.signature);
         }
-        if let Some(sha1) = signature_sha1 {
+        if let Some(sha1) = &delivery.signature_sha1 {
             request = request.header("x-hub-signature", sha1);
         }
         if let Some(auth) = &self.authorization {
             request = request.header(header::AUTHORIZATION, auth.clone());
         }
+        let failed = |attempt: Attempt| {
+            let detail = match &attempt {
+                Attempt::Retryable(e) | Attempt::Refused(e) => e.clone(),
+                Attempt::Delivered(_) => String::new(),
+            };
+            (
+                attempt,
+                AttemptReport {
+                    status: None,
+                    detail,
+                },
+            )
+        };
         let request = match request.body(Full::new(body)) {
             Ok(r) => r,
-            Err(e) => return Attempt::Refused(format!("cannot build the request: {e}")),
+            Err(e) => return failed(Attempt::Refused(format!("cannot build the request: {e}"))),
         };
         match tokio::time::timeout(self.timeout, self.exchange(request)).await {
-            Ok(result) => result,
-            Err(_) => Attempt::Retryable(format!("no answer within {:?}", self.timeout)),
+            Ok(Ok((status, head))) => (
+                classify(status),
+                AttemptReport {
+                    status: Some(status.as_u16()),
+                    detail: head,
+                },
+            ),
+            Ok(Err(e)) => failed(Attempt::Retryable(e)),
+            Err(_) => failed(Attempt::Retryable(format!(
+                "no answer within {:?}",
+                self.timeout
+            ))),
         }
     }
 
-    async fn exchange(&self, request: Request<Full<Bytes>>) -> Attempt {
+    /// Sends the request; returns the answer's status and the first bytes of its body
+    /// (as text), or the error.
+    async fn exchange(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<(StatusCode, String), String> {
         let response = match &self.inner {
             Inner::Plain(c) => c.request(request).await,
             Inner::Tls(c) => c.request(request).await,
         };
-        let response = match response {
-            Ok(r) => r,
-            Err(e) => return Attempt::Retryable(error_chain(&e)),
-        };
+        let response = response.map_err(|e| error_chain(&e))?;
         let status = response.status();
-        // Read the answer so the connection returns to the pool; its content is unused.
-        let _ = Limited::new(response.into_body(), ANSWER_BODY_MAX)
+        // Read the answer so the connection returns to the pool; its head is kept.
+        let body = Limited::new(response.into_body(), ANSWER_BODY_MAX)
             .collect()
-            .await;
-        classify(status)
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        let head = String::from_utf8_lossy(&body[..body.len().min(ANSWER_HEAD)]).into_owned();
+        Ok((status, head))
     }
 }
 

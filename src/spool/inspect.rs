@@ -1,5 +1,6 @@
-//! The operator's view of the spool: list and show events, replay dead ones, purge old
-//! delivered ones, and the figures behind the metrics. Used by the admin listener and by
+//! The operator's view of the spool: list and show events (each with the state its
+//! deliveries add up to, and their attempt history), replay dead deliveries, purge old
+//! delivered events, and the figures behind the metrics. Used by the admin listener and by
 //! `xhubd events`, on a connection of their own: safe while the daemon runs (WAL; writes
 //! wait for the writer's transaction through the busy timeout).
 
@@ -7,7 +8,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 
 use super::now_ms;
-use super::schema::state;
+use crate::types::{DeliveryState, EventState};
 
 /// One event, without its body.
 #[derive(Debug, Clone, Serialize)]
@@ -16,9 +17,9 @@ pub struct EventSummary {
     pub id: String,
     /// When it was accepted (unix ms).
     pub received_at: i64,
-    /// `pending`, `delivered` or `dead`.
-    pub state: &'static str,
-    /// Delivery attempts so far.
+    /// Pending while any delivery is, else dead while any is, else delivered.
+    pub state: EventState,
+    /// Delivery attempts so far, to every destination.
     pub attempts: i64,
     /// Body size in bytes.
     pub size: i64,
@@ -26,7 +27,7 @@ pub struct EventSummary {
     pub object: String,
     /// The first item's field.
     pub field: String,
-    /// The last delivery error, if any.
+    /// The last error of a delivery not (yet) delivered, if any.
     pub last_error: Option<String>,
     /// When the next attempt is due (pending events, unix ms).
     pub next_attempt_at: Option<i64>,
@@ -44,18 +45,56 @@ pub struct EventDetail {
     pub headers: serde_json::Value,
     /// The body, as text (lossy for invalid UTF-8, which a valid event never has).
     pub body: String,
+    /// Its deliveries, each with its attempts, oldest first.
+    pub deliveries: Vec<DeliveryDetail>,
+}
+
+/// One delivery of an event (to one destination, one part).
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryDetail {
+    /// `X-Xhubd-Delivery-Id`.
+    pub id: String,
+    /// The destination's name.
+    pub destination: String,
+    /// Which part, of how many (`split`; 1 of 1 otherwise).
+    pub part: i64,
+    /// How many parts.
+    pub parts: i64,
+    /// Its state.
+    pub state: DeliveryState,
+    /// Attempts so far.
+    pub attempts: i64,
+    /// When the next attempt is due (pending, unix ms).
+    pub next_attempt_at: Option<i64>,
+    /// The last error, if any.
+    pub last_error: Option<String>,
+    /// Every attempt, oldest first.
+    pub history: Vec<AttemptRecord>,
+}
+
+/// One attempt at a delivery.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptRecord {
+    /// When it ended (unix ms).
+    pub at: i64,
+    /// The state it left the delivery in.
+    pub result: DeliveryState,
+    /// The HTTP status the destination answered, if it answered.
+    pub status: Option<u16>,
+    /// The error, or the first bytes of the answer.
+    pub detail: String,
 }
 
 /// Counts for the metrics and the status page.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SpoolStats {
-    /// Events waiting for delivery.
+    /// Deliveries waiting (one per event and destination).
     pub pending: i64,
-    /// Events delivered (kept for the dedup window).
+    /// Deliveries done (kept for the dedup window).
     pub delivered: i64,
-    /// Events given up.
+    /// Deliveries given up.
     pub dead: i64,
-    /// Age of the oldest pending event, in seconds (0 when none).
+    /// Age of the oldest event with a pending delivery, in seconds (0 when none).
     pub oldest_pending_age_seconds: f64,
     /// Identities remembered.
     pub dedup_keys: i64,
@@ -72,96 +111,142 @@ pub enum Replay {
     NotFound,
 }
 
-const SUMMARY_COLUMNS: &str =
-    "id, received_at, state, attempts, size, object, field, last_error, next_attempt_at, finished_at";
+/// An event's summary: its columns and what its deliveries add up to (`d` joined on
+/// `e`, grouped by event).
+const SUMMARY_SELECT: &str = "
+    SELECT e.id, e.received_at,
+           CASE WHEN SUM(d.state = 0) > 0 THEN 0 WHEN SUM(d.state = 2) > 0 THEN 2 ELSE 1 END,
+           COALESCE(SUM(d.attempts), 0), e.size, e.object, e.field,
+           MAX(CASE WHEN d.state != 1 THEN d.last_error END),
+           MIN(CASE WHEN d.state = 0 THEN d.next_attempt_at END),
+           CASE WHEN SUM(d.state = 0) > 0 THEN NULL ELSE MAX(d.finished_at) END,
+           e.seq, e.headers
+    FROM events e LEFT JOIN deliveries d ON d.event_seq = e.seq";
 
 fn summary(row: &Row<'_>) -> rusqlite::Result<EventSummary> {
-    let st: i64 = row.get(2)?;
+    let code: i64 = row.get(2)?;
     Ok(EventSummary {
         id: row.get(0)?,
         received_at: row.get(1)?,
-        state: state::name(st),
+        state: EventState::from_code(code).unwrap_or(EventState::Pending),
         attempts: row.get(3)?,
         size: row.get(4)?,
         object: row.get(5)?,
         field: row.get(6)?,
         last_error: row.get(7)?,
-        next_attempt_at: if st == state::PENDING {
-            Some(row.get(8)?)
-        } else {
-            None
-        },
+        next_attempt_at: row.get(8)?,
         finished_at: row.get(9)?,
     })
 }
 
-/// Parses a state name.
-pub fn parse_state(name: &str) -> Option<i64> {
-    match name {
-        "pending" => Some(state::PENDING),
-        "delivered" => Some(state::DELIVERED),
-        "dead" => Some(state::DEAD),
-        _ => None,
-    }
-}
-
-/// The newest events (in one state, or all), newest first.
+/// The newest events (those with a delivery in one state, delivered ones, or all),
+/// newest first.
 pub fn list(
     conn: &Connection,
-    state_filter: Option<i64>,
+    state_filter: Option<EventState>,
     limit: usize,
 ) -> rusqlite::Result<Vec<EventSummary>> {
-    let limit = limit as i64;
-    match state_filter {
-        Some(st) => {
-            let sql = format!(
-                "SELECT {SUMMARY_COLUMNS} FROM events WHERE state = ?1 ORDER BY seq DESC LIMIT ?2"
-            );
-            let mut stmt = conn.prepare_cached(&sql)?;
-            let rows = stmt.query_map(params![st, limit], summary)?;
-            rows.collect()
+    let filter = match state_filter {
+        None => "",
+        Some(EventState::Pending) => {
+            "WHERE e.seq IN (SELECT event_seq FROM deliveries WHERE state = 0)"
         }
-        None => {
-            let sql = format!("SELECT {SUMMARY_COLUMNS} FROM events ORDER BY seq DESC LIMIT ?1");
-            let mut stmt = conn.prepare_cached(&sql)?;
-            let rows = stmt.query_map(params![limit], summary)?;
-            rows.collect()
+        Some(EventState::Dead) => "WHERE e.seq IN (SELECT event_seq FROM deliveries WHERE state = 2)",
+        Some(EventState::Delivered) => {
+            "WHERE NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.event_seq = e.seq AND o.state != 1)"
         }
-    }
+    };
+    let sql = format!("{SUMMARY_SELECT} {filter} GROUP BY e.seq ORDER BY e.seq DESC LIMIT ?1");
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params![limit as i64], summary)?;
+    rows.collect()
 }
 
-/// One event with headers and body.
+/// One event with headers, body and deliveries.
 pub fn show(conn: &Connection, id: &str) -> rusqlite::Result<Option<EventDetail>> {
-    let sql = format!(
-        "SELECT {SUMMARY_COLUMNS}, headers, (SELECT body FROM bodies WHERE bodies.seq = events.seq)
-         FROM events WHERE id = ?1"
-    );
-    conn.prepare_cached(&sql)?
+    let sql = format!("{SUMMARY_SELECT} WHERE e.id = ?1 GROUP BY e.seq");
+    let found = conn
+        .prepare_cached(&sql)?
         .query_row([id], |row| {
-            let headers: String = row.get(10)?;
-            let body: Vec<u8> = row.get::<_, Option<Vec<u8>>>(11)?.unwrap_or_default();
-            Ok(EventDetail {
-                summary: summary(row)?,
-                headers: serde_json::from_str(&headers).unwrap_or(serde_json::Value::Null),
-                body: String::from_utf8_lossy(&body).into_owned(),
-            })
+            let headers: String = row.get(11)?;
+            Ok((summary(row)?, row.get::<_, i64>(10)?, headers))
         })
-        .optional()
+        .optional()?;
+    let Some((summary, seq, headers)) = found else {
+        return Ok(None);
+    };
+    let body: Vec<u8> = conn
+        .prepare_cached("SELECT body FROM bodies WHERE seq = ?1")?
+        .query_row([seq], |r| r.get(0))
+        .optional()?
+        .unwrap_or_default();
+    Ok(Some(EventDetail {
+        summary,
+        headers: serde_json::from_str(&headers).unwrap_or(serde_json::Value::Null),
+        body: String::from_utf8_lossy(&body).into_owned(),
+        deliveries: deliveries(conn, seq)?,
+    }))
 }
 
-/// Makes a dead (or delivered) event pending again, due now, with a fresh `--retry-for`.
+/// The deliveries of event `seq`, with their attempts.
+fn deliveries(conn: &Connection, seq: i64) -> rusqlite::Result<Vec<DeliveryDetail>> {
+    let mut list: Vec<(i64, DeliveryDetail)> = conn
+        .prepare_cached(
+            "SELECT seq, id, destination, part, parts, state, attempts, next_attempt_at, last_error
+             FROM deliveries WHERE event_seq = ?1 ORDER BY seq",
+        )?
+        .query_map([seq], |r| {
+            let state = DeliveryState::from_code(r.get(5)?).unwrap_or(DeliveryState::Pending);
+            Ok((
+                r.get(0)?,
+                DeliveryDetail {
+                    id: r.get(1)?,
+                    destination: r.get(2)?,
+                    part: r.get(3)?,
+                    parts: r.get(4)?,
+                    state,
+                    attempts: r.get(6)?,
+                    next_attempt_at: (state == DeliveryState::Pending)
+                        .then(|| r.get(7))
+                        .transpose()?,
+                    last_error: r.get(8)?,
+                    history: Vec::new(),
+                },
+            ))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut attempts = conn.prepare_cached(
+        "SELECT at, result, status, detail FROM attempts WHERE delivery_seq = ?1 ORDER BY rowid",
+    )?;
+    for (delivery_seq, delivery) in &mut list {
+        delivery.history = attempts
+            .query_map([*delivery_seq], |r| {
+                Ok(AttemptRecord {
+                    at: r.get(0)?,
+                    result: DeliveryState::from_code(r.get(1)?).unwrap_or(DeliveryState::Pending),
+                    status: r.get(2)?,
+                    detail: r.get(3)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+    }
+    Ok(list.into_iter().map(|(_, d)| d).collect())
+}
+
+/// Makes the dead (or delivered) deliveries of an event pending again, due now, with a
+/// fresh retry period.
 pub fn replay(conn: &Connection, id: &str) -> rusqlite::Result<Replay> {
     let now = now_ms();
     let changed = conn.execute(
-        "UPDATE events SET state = 0, next_attempt_at = ?2, retry_from = ?2, finished_at = NULL
-         WHERE id = ?1 AND state != 0",
+        "UPDATE deliveries SET state = 0, next_attempt_at = ?2, retry_from = ?2, finished_at = NULL
+         WHERE event_seq = (SELECT seq FROM events WHERE id = ?1) AND state != 0",
         params![id, now],
     )?;
-    if changed == 1 {
+    if changed > 0 {
         return Ok(Replay::Replayed);
     }
     let exists: Option<i64> = conn
-        .query_row("SELECT state FROM events WHERE id = ?1", [id], |r| r.get(0))
+        .query_row("SELECT seq FROM events WHERE id = ?1", [id], |r| r.get(0))
         .optional()?;
     Ok(if exists.is_some() {
         Replay::AlreadyPending
@@ -191,23 +276,42 @@ fn in_chunks(mut chunk: impl FnMut() -> rusqlite::Result<usize>) -> rusqlite::Re
     }
 }
 
-/// Replays every dead event, in chunks; returns how many.
+/// Replays every delivery dead when it starts, in chunks, oldest first; returns how
+/// many. One that dies again while it runs is not replayed twice.
 pub fn replay_all_dead(conn: &Connection) -> rusqlite::Result<usize> {
     let now = now_ms();
-    let mut stmt = conn.prepare(
-        "UPDATE events SET state = 0, next_attempt_at = ?1, retry_from = ?1, finished_at = NULL
-         WHERE seq IN (SELECT seq FROM events WHERE state = 2 LIMIT ?2)",
+    let last: i64 = conn.query_row(
+        "SELECT COALESCE(MAX(seq), 0) FROM deliveries WHERE state = 2",
+        [],
+        |r| r.get(0),
     )?;
-    in_chunks(|| stmt.execute(params![now, BULK_CHUNK]))
+    let mut stmt = conn.prepare(
+        "UPDATE deliveries SET state = 0, next_attempt_at = ?1, retry_from = ?1, finished_at = NULL
+         WHERE seq IN (SELECT seq FROM deliveries WHERE state = 2 AND seq > ?3 AND seq <= ?4
+                       ORDER BY seq LIMIT ?2)
+         RETURNING seq",
+    )?;
+    let mut after = 0i64;
+    in_chunks(|| {
+        let replayed: Vec<i64> = stmt
+            .query_map(params![now, BULK_CHUNK, after, last], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        after = replayed.iter().copied().max().unwrap_or(last);
+        Ok(replayed.len())
+    })
 }
 
-/// Deletes delivered events accepted before `cutoff` (unix ms), in chunks; returns how
-/// many. Pending and dead events are never purged; the dedup keys of purged events stay
-/// until the window ends, so Meta's retries of them are still dropped.
+/// Deletes events accepted before `cutoff` (unix ms) and delivered to every
+/// destination, in chunks; returns how many. An event with a pending or dead delivery
+/// is never purged; the dedup keys of purged events stay until the window ends, so
+/// Meta's retries of them are still dropped.
 pub fn purge_delivered_before(conn: &Connection, cutoff: i64) -> rusqlite::Result<usize> {
     let mut stmt = conn.prepare(
         "DELETE FROM events WHERE seq IN
-           (SELECT seq FROM events WHERE state = 1 AND received_at < ?1 LIMIT ?2)",
+           (SELECT d.event_seq FROM deliveries d WHERE d.state = 1 AND d.finished_at < ?1
+            LIMIT ?2)
+         AND received_at < ?1
+         AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.event_seq = events.seq AND o.state != 1)",
     )?;
     in_chunks(|| stmt.execute(params![cutoff, BULK_CHUNK]))
 }
@@ -219,12 +323,16 @@ pub fn stats(conn: &Connection) -> rusqlite::Result<SpoolStats> {
             .query_row([], |r| r.get::<_, i64>(0))
     };
     let oldest: Option<i64> = conn
-        .prepare_cached("SELECT MIN(received_at) FROM events WHERE state = 0")?
-        .query_row([], |r| r.get(0))?;
+        .prepare_cached(
+            "SELECT received_at FROM events
+             WHERE seq = (SELECT MIN(event_seq) FROM deliveries WHERE state = 0)",
+        )?
+        .query_row([], |r| r.get(0))
+        .optional()?;
     Ok(SpoolStats {
-        pending: count("SELECT COUNT(*) FROM events WHERE state = 0")?,
-        delivered: count("SELECT COUNT(*) FROM events WHERE state = 1")?,
-        dead: count("SELECT COUNT(*) FROM events WHERE state = 2")?,
+        pending: count("SELECT COUNT(*) FROM deliveries WHERE state = 0")?,
+        delivered: count("SELECT COUNT(*) FROM deliveries WHERE state = 1")?,
+        dead: count("SELECT COUNT(*) FROM deliveries WHERE state = 2")?,
         oldest_pending_age_seconds: oldest.map_or(0.0, |t| ((now_ms() - t).max(0) as f64) / 1000.0),
         dedup_keys: count("SELECT COUNT(*) FROM dedup")?,
     })

@@ -10,6 +10,7 @@
 
 pub mod checkpoint;
 pub mod inspect;
+mod migrate;
 pub mod queue;
 pub mod schema;
 pub mod writer;
@@ -18,39 +19,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, Notify};
 
-pub use crate::types::DedupKeys;
-
-/// An event to store.
-#[derive(Debug)]
-pub struct NewEvent {
-    /// The raw body, byte for byte as received.
-    pub body: Bytes,
-    /// Meta's `X-Hub-Signature-256` value, forwarded unchanged.
-    pub signature: String,
-    /// Meta's SHA-1 `X-Hub-Signature` value, when it sent one: never checked, only
-    /// forwarded unchanged for backends that still check it.
-    pub signature_sha1: Option<String>,
-    /// What identifies it for dedup, hashed as stored.
-    pub keys: DedupKeys,
-    /// The notification's `object` (for operators), or empty.
-    pub object: String,
-    /// The first item's field (`changes[].field`, `messaging`, a Threads topic), or empty.
-    pub field: String,
-    /// The request headers as a JSON object (credentials removed), for operators.
-    pub headers: String,
-}
-
-/// What the spool did with an event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Stored {
-    /// Committed as a new event with this id.
-    New(String),
-    /// A retry of the event with this id; nothing stored.
-    Duplicate(String),
-}
+pub use crate::types::{AttemptReport, DedupKeys, NewEvent, Outcome, Stored};
 
 /// The spool could not commit.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -61,25 +32,6 @@ pub enum SpoolError {
     /// The writer has stopped (shutting down).
     #[error("the spool is shutting down")]
     Closed,
-}
-
-/// The outcome of a delivery attempt, to record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// The upstream answered 2xx.
-    Delivered,
-    /// Try again at `next_attempt_at` (unix ms).
-    Retry {
-        /// When.
-        next_attempt_at: i64,
-        /// What went wrong this time.
-        error: String,
-    },
-    /// Given up.
-    Dead {
-        /// Why.
-        error: String,
-    },
 }
 
 /// A request to the writer thread.
@@ -93,6 +45,7 @@ pub(crate) enum Command {
         seq: i64,
         attempts: i64,
         outcome: Outcome,
+        report: AttemptReport,
         reply: oneshot::Sender<Result<(), SpoolError>>,
     },
     /// Makes up to [`writer::RETRY_NOW_CHUNK`] pending events due now (the upstream
@@ -137,23 +90,26 @@ impl Spool {
         self.ask(|reply| Command::Accept { event, reply }).await
     }
 
-    /// Records the outcome of a delivery attempt (`attempts` is the new count).
+    /// Records the outcome of an attempt at delivery `seq` (`attempts` is the new
+    /// count), and the attempt in its history.
     pub async fn record(
         &self,
         seq: i64,
         attempts: i64,
         outcome: Outcome,
+        report: AttemptReport,
     ) -> Result<(), SpoolError> {
         self.ask(|reply| Command::Record {
             seq,
             attempts,
             outcome,
+            report,
             reply,
         })
         .await
     }
 
-    /// Brings pending events' next attempts forward to now, the earliest first, at most
+    /// Brings pending deliveries' next attempts forward to now, the earliest first, at most
     /// [`writer::RETRY_NOW_CHUNK`] per call; returns how many were waiting for a later
     /// time. Used when the upstream answers again after an outage, so the backlog goes
     /// at once instead of as each backoff runs out.

@@ -1,6 +1,6 @@
-//! The read side of the spool that feeds delivery: which events are due, and the body
-//! of a large event when its attempt starts. Reads use their own connection, so they
-//! never wait for the writer (WAL).
+//! The read side of the spool that feeds delivery: which deliveries are due, and the
+//! body of a large event when its attempt starts. Reads use their own connection, so
+//! they never wait for the writer (WAL).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -9,30 +9,12 @@ use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::schema;
+use crate::types::DueDelivery;
 
 /// Bodies up to this size come with the due list (and with the writer's hand-over of
 /// new events); larger ones are read when their attempt starts, so that events waiting
 /// for an attempt hold at most a few MiB (256 waiting: 4 MiB).
 pub const INLINE_BODY_MAX: usize = 16 * 1024;
-
-/// An event waiting for a delivery attempt.
-#[derive(Debug, Clone)]
-pub struct DueEvent {
-    /// Internal row number.
-    pub seq: i64,
-    /// The public event id (`X-Xhubd-Event-Id`).
-    pub id: String,
-    /// When its retry period began (unix ms): acceptance, or the last replay.
-    pub retry_from: i64,
-    /// Attempts made so far.
-    pub attempts: i64,
-    /// Meta's signature header, forwarded unchanged.
-    pub signature: String,
-    /// Meta's SHA-1 signature header, when it sent one, forwarded unchanged.
-    pub signature_sha1: Option<String>,
-    /// The body, when small enough to come with the list.
-    pub body: Option<Bytes>,
-}
 
 /// A shared read connection.
 #[derive(Clone)]
@@ -57,40 +39,44 @@ impl Queue {
         f(&conn)
     }
 
-    /// Up to `limit` pending events due at `now`, oldest first.
-    pub fn due(&self, now: i64, limit: usize) -> rusqlite::Result<Vec<DueEvent>> {
+    /// Up to `limit` pending deliveries due at `now`, oldest first.
+    pub fn due(&self, now: i64, limit: usize) -> rusqlite::Result<Vec<DueDelivery>> {
         self.with(|conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT e.seq, e.id, e.retry_from, e.attempts, e.signature, e.signature_sha1,
+                "SELECT d.seq, d.id, e.seq, e.id, d.retry_from, d.attempts, e.signature,
+                        e.signature_sha1,
                         CASE WHEN e.size <= ?3
                              THEN (SELECT b.body FROM bodies b WHERE b.seq = e.seq) END
-                 FROM events e WHERE e.state = 0 AND e.next_attempt_at <= ?1
-                 ORDER BY e.next_attempt_at, e.seq LIMIT ?2",
+                 FROM deliveries d JOIN events e ON e.seq = d.event_seq
+                 WHERE d.state = 0 AND d.next_attempt_at <= ?1
+                 ORDER BY d.next_attempt_at, d.seq LIMIT ?2",
             )?;
             let rows = stmt.query_map(params![now, limit as i64, INLINE_BODY_MAX as i64], |r| {
-                Ok(DueEvent {
+                Ok(DueDelivery {
                     seq: r.get(0)?,
                     id: r.get(1)?,
-                    retry_from: r.get(2)?,
-                    attempts: r.get(3)?,
-                    signature: r.get(4)?,
-                    signature_sha1: r.get(5)?,
-                    body: r.get::<_, Option<Vec<u8>>>(6)?.map(Bytes::from),
+                    event_seq: r.get(2)?,
+                    event_id: r.get(3)?,
+                    retry_from: r.get(4)?,
+                    attempts: r.get(5)?,
+                    signature: r.get(6)?,
+                    signature_sha1: r.get(7)?,
+                    body: r.get::<_, Option<Vec<u8>>>(8)?.map(Bytes::from),
                 })
             })?;
             rows.collect()
         })
     }
 
-    /// When the next pending event becomes due (unix ms), if any is pending.
+    /// When the next pending delivery becomes due (unix ms), if any is pending.
     pub fn next_due_at(&self) -> rusqlite::Result<Option<i64>> {
         self.with(|conn| {
-            conn.prepare_cached("SELECT MIN(next_attempt_at) FROM events WHERE state = 0")?
+            conn.prepare_cached("SELECT MIN(next_attempt_at) FROM deliveries WHERE state = 0")?
                 .query_row([], |r| r.get(0))
         })
     }
 
-    /// The body of one event.
+    /// The body of one event (by the event's row number).
     pub fn body(&self, seq: i64) -> rusqlite::Result<Option<Bytes>> {
         self.with(|conn| {
             conn.prepare_cached("SELECT body FROM bodies WHERE seq = ?1")?

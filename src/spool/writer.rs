@@ -18,9 +18,12 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBe
 use tokio::sync::{mpsc, Notify};
 use tracing::{debug, error, info, warn};
 
-use super::queue::{DueEvent, INLINE_BODY_MAX};
-use super::schema::state;
+use super::queue::INLINE_BODY_MAX;
 use super::{now_ms, Command, NewEvent, Outcome, Spool, SpoolError, SpoolHealth, Stored};
+use crate::types::{AttemptReport, DeliveryState, DueDelivery};
+
+/// The destination of every delivery while xhubd has one backend (the flags').
+const DEFAULT_DESTINATION: &str = "default";
 
 /// Most requests in one transaction.
 const MAX_BATCH: usize = 1024;
@@ -57,8 +60,8 @@ pub struct WriterSettings {
 pub struct Writer {
     /// Handle for request handlers and delivery.
     pub spool: Spool,
-    /// Newly committed events, in commit order, for delivery to take (once).
-    pub fresh: Option<mpsc::Receiver<DueEvent>>,
+    /// Deliveries of newly committed events, in commit order, for delivery to take (once).
+    pub fresh: Option<mpsc::Receiver<DueDelivery>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -103,7 +106,7 @@ impl Writer {
 fn run(
     mut conn: Connection,
     mut rx: mpsc::Receiver<Command>,
-    fresh: &mpsc::Sender<DueEvent>,
+    fresh: &mpsc::Sender<DueDelivery>,
     settings: WriterSettings,
     new_events: &Notify,
     health: &SpoolHealth,
@@ -161,8 +164,8 @@ fn run(
 
 /// What one request did inside the transaction, for its answer once committed.
 enum Applied {
-    /// Stored or recognised, with the new event's row number (0 for a duplicate).
-    Accepted(Stored, i64),
+    /// Stored or recognised, with the new event's delivery (none for a duplicate).
+    Accepted(Stored, Option<NewDelivery>),
     /// A delivery outcome was recorded.
     Recorded,
     /// This many pending events were made due now.
@@ -178,7 +181,7 @@ fn commit_batch(
     batch: &mut Vec<Command>,
     window_ms: i64,
     health: &SpoolHealth,
-    fresh: &mpsc::Sender<DueEvent>,
+    fresh: &mpsc::Sender<DueDelivery>,
 ) -> bool {
     let now = now_ms();
     let result = (|| -> rusqlite::Result<Vec<Applied>> {
@@ -187,22 +190,23 @@ fn commit_batch(
         for cmd in batch.iter() {
             results.push(match cmd {
                 Command::Accept { event, .. } => {
-                    let (stored, seq) = accept_one(&tx, event, now, window_ms)?;
-                    Applied::Accepted(stored, seq)
+                    let (stored, delivery) = accept_one(&tx, event, now, window_ms)?;
+                    Applied::Accepted(stored, delivery)
                 }
                 Command::Record {
                     seq,
                     attempts,
                     outcome,
+                    report,
                     ..
                 } => {
-                    record_one(&tx, *seq, *attempts, outcome, now)?;
+                    record_one(&tx, *seq, *attempts, outcome, report, now)?;
                     Applied::Recorded
                 }
                 Command::RetryNow { .. } => Applied::MadeDue(
                     tx.prepare_cached(
-                        "UPDATE events SET next_attempt_at = ?1 WHERE seq IN
-                           (SELECT seq FROM events WHERE state = 0 AND next_attempt_at > ?1
+                        "UPDATE deliveries SET next_attempt_at = ?1 WHERE seq IN
+                           (SELECT seq FROM deliveries WHERE state = 0 AND next_attempt_at > ?1
                             ORDER BY next_attempt_at LIMIT ?2)",
                     )?
                     .execute(params![now, RETRY_NOW_CHUNK as i64])?,
@@ -219,9 +223,9 @@ fn commit_batch(
             let mut handed_over = true;
             for (cmd, applied) in batch.drain(..).zip(results) {
                 match (cmd, applied) {
-                    (Command::Accept { reply, event }, Applied::Accepted(stored, seq)) => {
-                        if let Stored::New(id) = &stored {
-                            handed_over &= hand_over(fresh, &event, id, seq, now);
+                    (Command::Accept { reply, event }, Applied::Accepted(stored, delivery)) => {
+                        if let (Stored::New(id), Some(delivery)) = (&stored, delivery) {
+                            handed_over &= hand_over(fresh, &event, id, delivery, now);
                         }
                         let _ = reply.send(Ok(stored));
                     }
@@ -265,18 +269,27 @@ fn commit_batch(
     }
 }
 
-/// Gives a newly committed event to delivery, if its queue has room. Returns false when
-/// it has none (the event is then found by delivery's scan of the spool).
-fn hand_over(
-    fresh: &mpsc::Sender<DueEvent>,
-    event: &NewEvent,
-    id: &str,
+/// A delivery inserted with a new event: its row number and id.
+struct NewDelivery {
     seq: i64,
+    id: String,
+    event_seq: i64,
+}
+
+/// Gives a newly committed event's delivery to delivery, if its queue has room. Returns
+/// false when it has none (the delivery is then found by delivery's scan of the spool).
+fn hand_over(
+    fresh: &mpsc::Sender<DueDelivery>,
+    event: &NewEvent,
+    event_id: &str,
+    delivery: NewDelivery,
     now: i64,
 ) -> bool {
-    let due = DueEvent {
-        seq,
-        id: id.to_owned(),
+    let due = DueDelivery {
+        seq: delivery.seq,
+        id: delivery.id,
+        event_seq: delivery.event_seq,
+        event_id: event_id.to_owned(),
         retry_from: now,
         attempts: 0,
         signature: event.signature.clone(),
@@ -291,14 +304,14 @@ fn hand_over(
     }
 }
 
-/// Checks one event against the remembered identities and stores it if it is new.
-/// Returns what happened and, for a new event, its row number.
+/// Checks one event against the remembered identities and stores it if it is new, with
+/// its delivery. Returns what happened and, for a new event, its delivery.
 fn accept_one(
     tx: &Transaction<'_>,
     event: &NewEvent,
     now: i64,
     window_ms: i64,
-) -> rusqlite::Result<(Stored, i64)> {
+) -> rusqlite::Result<(Stored, Option<NewDelivery>)> {
     let cutoff = now.saturating_sub(window_ms);
     let mut lookup = tx.prepare_cached(
         "SELECT d.event_seq, e.id FROM dedup d LEFT JOIN events e ON e.seq = d.event_seq
@@ -314,7 +327,7 @@ fn accept_one(
             .optional()
     };
     if let Some(id) = seen(event.keys.body.as_bytes())? {
-        return Ok((Stored::Duplicate(id), 0));
+        return Ok((Stored::Duplicate(id), None));
     }
     if let Some(items) = &event.keys.items {
         let mut first_seen = None;
@@ -331,19 +344,18 @@ fn accept_one(
             }
         }
         if let (true, Some(id)) = (all_seen, first_seen) {
-            return Ok((Stored::Duplicate(id), 0));
+            return Ok((Stored::Duplicate(id), None));
         }
     }
     let id = uuid::Uuid::now_v7().to_string();
     tx.prepare_cached(
-        "INSERT INTO events (id, received_at, state, attempts, next_attempt_at, retry_from, size,
-                             object, field, headers, signature, signature_sha1)
-         VALUES (?1, ?2, ?3, 0, ?2, ?2, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT INTO events (id, received_at, size, object, field, headers, signature,
+                             signature_sha1)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
     .execute(params![
         id,
         now,
-        state::PENDING,
         event.body.len() as i64,
         event.object,
         event.field,
@@ -361,45 +373,66 @@ fn accept_one(
     for key in event.keys.items.iter().flatten() {
         remember.execute(params![&key.as_bytes()[..], seq, now])?;
     }
-    Ok((Stored::New(id), seq))
+    let delivery_id = uuid::Uuid::now_v7().to_string();
+    tx.prepare_cached(
+        "INSERT INTO deliveries (id, event_seq, destination, state, next_attempt_at, retry_from)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+    )?
+    .execute(params![
+        delivery_id,
+        seq,
+        DEFAULT_DESTINATION,
+        DeliveryState::Pending.code(),
+        now
+    ])?;
+    let delivery = NewDelivery {
+        seq: tx.last_insert_rowid(),
+        id: delivery_id,
+        event_seq: seq,
+    };
+    Ok((Stored::New(id), Some(delivery)))
 }
 
-/// Records a delivery outcome.
+/// Records an attempt at delivery `seq`: its outcome, and the attempt in its history.
 fn record_one(
     tx: &Transaction<'_>,
     seq: i64,
     attempts: i64,
     outcome: &Outcome,
+    report: &AttemptReport,
     now: i64,
 ) -> rusqlite::Result<()> {
-    let mut update = tx.prepare_cached(
-        "UPDATE events SET state = ?2, attempts = ?3, next_attempt_at = ?4, last_error = ?5, finished_at = ?6
-         WHERE seq = ?1",
-    )?;
-    match outcome {
-        Outcome::Delivered => update.execute(params![
-            seq,
-            state::DELIVERED,
-            attempts,
-            now,
-            None::<String>,
-            now
-        ])?,
+    let (next_attempt_at, error, finished_at) = match outcome {
+        Outcome::Delivered => (now, None, Some(now)),
         Outcome::Retry {
             next_attempt_at,
             error,
-        } => update.execute(params![
-            seq,
-            state::PENDING,
-            attempts,
-            next_attempt_at,
-            error,
-            None::<i64>
-        ])?,
-        Outcome::Dead { error } => {
-            update.execute(params![seq, state::DEAD, attempts, now, error, now])?
-        }
+        } => (*next_attempt_at, Some(error), None),
+        Outcome::Dead { error } => (now, Some(error), Some(now)),
     };
+    tx.prepare_cached(
+        "UPDATE deliveries SET state = ?2, attempts = ?3, next_attempt_at = ?4, last_error = ?5,
+                               finished_at = ?6
+         WHERE seq = ?1",
+    )?
+    .execute(params![
+        seq,
+        outcome.state().code(),
+        attempts,
+        next_attempt_at,
+        error,
+        finished_at
+    ])?;
+    tx.prepare_cached(
+        "INSERT INTO attempts (delivery_seq, at, result, status, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        seq,
+        now,
+        outcome.state().code(),
+        report.status,
+        report.detail
+    ])?;
     Ok(())
 }
 
@@ -408,25 +441,30 @@ fn record_one(
 struct Pruned(usize, usize);
 
 /// Forgets up to [`PRUNE_CHUNK`] identities older than the window and deletes up to as
-/// many delivered events older than it, in one short transaction, so that pruning
-/// never holds up the requests queued behind it. Returns true when there may be more:
-/// the writer then prunes another chunk after its next batch. Pending and dead events
-/// are never pruned.
+/// many events delivered (to every destination) longer ago than it, with their bodies,
+/// deliveries and attempts, in one short transaction, so that pruning never holds up
+/// the requests queued behind it. Returns true when there may be more: the writer then
+/// prunes another chunk after its next batch. An event with a pending or dead delivery
+/// is never pruned.
 fn prune_chunk(conn: &mut Connection, window_ms: i64, pruned: &mut Pruned) -> bool {
     let cutoff = now_ms().saturating_sub(window_ms);
-    let step = conn
-        .execute(
+    let step = (|| -> rusqlite::Result<(usize, usize)> {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let keys = tx.execute(
             "DELETE FROM dedup WHERE key IN (SELECT key FROM dedup WHERE seen_at < ?1 LIMIT ?2)",
             params![cutoff, PRUNE_CHUNK],
-        )
-        .and_then(|keys| {
-            conn.execute(
-                "DELETE FROM events WHERE seq IN
-                   (SELECT seq FROM events WHERE state = 1 AND received_at < ?1 LIMIT ?2)",
-                params![cutoff, PRUNE_CHUNK],
-            )
-            .map(|events| (keys, events))
-        });
+        )?;
+        let events = tx.execute(
+            "DELETE FROM events WHERE seq IN
+               (SELECT d.event_seq FROM deliveries d WHERE d.state = 1 AND d.finished_at < ?1
+                LIMIT ?2)
+             AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.event_seq = events.seq
+                             AND (o.state != 1 OR o.finished_at >= ?1))",
+            params![cutoff, PRUNE_CHUNK],
+        )?;
+        tx.commit()?;
+        Ok((keys, events))
+    })();
     match step {
         Ok((keys, events)) => {
             pruned.0 += keys;

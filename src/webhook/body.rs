@@ -65,7 +65,8 @@ pub async fn read_limited(
         };
         size += data.len() as u64;
         if size > limit {
-            let drained = discard(headers, body, limit, timeout).await;
+            // What was read already counts towards the bound.
+            let drained = discard(headers, body, limit.saturating_sub(size), timeout).await;
             return Err(BodyError::TooLarge { drained });
         }
         // One chunk (the usual case behind Nginx) is kept as it is, without a copy.
@@ -88,7 +89,7 @@ pub async fn read_limited(
 }
 
 /// Reads and drops what is left of a body that will not be used, so that the answer
-/// reaches the client. Gives up beyond `limit` + [`LINGER_BYTES`] bytes, after
+/// reaches the client. Gives up beyond `limit` + [`LINGER_BYTES`] more bytes, after
 /// `timeout` or [`LINGER_TIME`] (the shorter), and at once when the client waits for
 /// `100 Continue` (it then sends no body unless asked). Returns whether the body was
 /// read to its end, so that the connection may carry another request.

@@ -9,14 +9,14 @@
 //! | item | identity |
 //! |---|---|
 //! | WhatsApp `messages[]` | `wa.msg:<id>`; `wa.msg.edit:<id>` / `wa.msg.revoke:<id>` for `type` `edit` / `revoke` |
-//! | WhatsApp `statuses[]` | `wa.status:<id>:<status>` (`sent`, `delivered`, `read`, `failed` are four events) |
+//! | WhatsApp `statuses[]` | `wa.status:<id>:<status>` (`sent`, `delivered`, `read`, `failed` are four events), and `:<recipient_participant_id>` when present (a group message's status per member) |
 //! | WhatsApp `message_echoes[]` | `wa.echo:<id>:<type>` |
 //! | `messaging[].message` | `mid:<mid>`; `mid.echo:`, `mid.deleted:`, `mid.echo.deleted:` when `is_echo` / `is_deleted` is true |
 //! | `messaging[].message_edit` | `mid.edit:<mid>:<num_edit>` |
-//! | `messaging[].postback` | `postback:<mid>` |
 //!
 //! Everything else is an item without an id: reactions (a user may react, unreact and
-//! react again with the same content), reads, deliveries, optins, referrals, standby,
+//! react again with the same content), postbacks (Meta does not say whether their `mid`
+//! is the tap's or the message's that held the button), reads, deliveries, optins, referrals, standby,
 //! `changed_fields`, Graph `changes[]`, a WhatsApp value holding `errors` or any member
 //! not named above, Threads payloads, and an id that is empty or not a string. One such
 //! item turns item dedup off for the whole body: it is only dropped when byte-identical.
@@ -182,7 +182,13 @@ fn change_keys(change: &Value, keys: &mut Vec<String>) -> Option<()> {
     }
     for status in items(value.get("statuses"))? {
         let (id, state) = (id(status, "id")?, id(status, "status")?);
-        keys.push(format!("wa.status:{id}:{state}"));
+        keys.push(match status.get("recipient_participant_id") {
+            None => format!("wa.status:{id}:{state}"),
+            Some(_) => {
+                let member = self::id(status, "recipient_participant_id")?;
+                format!("wa.status:{id}:{state}:{member}")
+            }
+        });
     }
     for echo in items(value.get("message_echoes"))? {
         let (id, variant) = (id(echo, "id")?, id(echo, "type")?);
@@ -217,7 +223,6 @@ fn messaging_key(element: &Value) -> Option<String> {
             let edit = event.get("num_edit")?.as_u64()?;
             Some(format!("mid.edit:{mid}:{edit}"))
         }
-        "postback" => Some(format!("postback:{mid}")),
         _ => None,
     }
 }
@@ -246,6 +251,23 @@ mod tests {
             keys(v),
             strings(&["wa.msg:wamid.A", "wa.msg:wamid.B", "wa.status:wamid.C:read"])
         );
+    }
+
+    #[test]
+    fn a_group_message_s_status_is_one_event_per_member() {
+        let status = |member: Option<&str>| {
+            let mut s = json!({"id":"wamid.G","status":"read","recipient_id":"120363000000000001"});
+            if let Some(m) = member {
+                s["recipient_participant_id"] = json!(m);
+            }
+            keys(json!({"entry":[{"changes":[{"value":{"statuses":[s]}}]}]}))
+        };
+        assert_eq!(status(None), strings(&["wa.status:wamid.G:read"]));
+        assert_eq!(
+            status(Some("16505551234")),
+            strings(&["wa.status:wamid.G:read:16505551234"])
+        );
+        assert_eq!(status(Some("")), None);
     }
 
     #[test]
@@ -286,7 +308,7 @@ mod tests {
     }
 
     #[test]
-    fn edits_and_postbacks_carry_ids_reactions_do_not() {
+    fn edits_carry_ids_reactions_and_postbacks_do_not() {
         let one = |member: &str, event: Value| {
             let mut element = json!({"sender":{"id":"2"},"recipient":{"id":"1"},"timestamp":1});
             element[member] = event;
@@ -304,11 +326,9 @@ mod tests {
             strings(&["mid.edit:m_1:2"])
         );
         assert_eq!(one("message_edit", json!({"mid":"m_1"})), None);
-        assert_eq!(
-            one("postback", json!({"mid":"m_9","payload":"GO","title":"Go"})),
-            strings(&["postback:m_9"])
-        );
-        for member in ["reaction", "read", "delivery", "optin", "referral"] {
+        for member in [
+            "reaction", "postback", "read", "delivery", "optin", "referral",
+        ] {
             assert_eq!(
                 one(member, json!({"mid":"m_1","action":"react","watermark":1})),
                 None,

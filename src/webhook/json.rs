@@ -41,7 +41,10 @@ pub fn parse_object(raw: &[u8]) -> Result<Map<String, Value>, JsonError> {
 fn without_lone_surrogates(raw: &[u8]) -> Option<Vec<u8>> {
     let mut copy: Option<Vec<u8>> = None;
     let mut at = 0;
-    while let Some(found) = raw[at..].iter().position(|&b| b == b'\\') {
+    while let Some(found) = raw
+        .get(at..)
+        .and_then(|rest| rest.iter().position(|&b| b == b'\\'))
+    {
         let start = at + found;
         let Some(unit) = escaped_unit(raw, start) else {
             at = start + 2;
@@ -113,6 +116,10 @@ mod tests {
             r#"{"t":"\x"}"#,
             r#"\ud83d"#,
             "",
+            "\\",
+            r#"{"a":"\"#,
+            r#"{"a":"x\u"#,
+            r#"{"a":"\ud83d\"#,
         ] {
             assert!(
                 matches!(parse_object(raw.as_bytes()), Err(JsonError::Invalid(_))),

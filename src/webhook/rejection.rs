@@ -71,23 +71,6 @@ impl Rejection {
         }
     }
 
-    /// What the log line says was checked, after `rejected: `.
-    pub fn check(&self) -> &'static str {
-        match self {
-            Rejection::ClientSubject(_) => "client certificate",
-            Rejection::MethodNotAllowed => "method not allowed",
-            Rejection::ChallengeMissing(_)
-            | Rejection::ChallengeMode
-            | Rejection::ChallengeToken => "verification request",
-            Rejection::TooLarge => "body too large",
-            Rejection::BrokenBody => "could not read the body",
-            Rejection::BodyTimedOut => "the body did not arrive within --body-timeout",
-            Rejection::Signature(_) => "signature",
-            Rejection::NotAnObject | Rejection::NotJson => "body",
-            Rejection::Spool => "spool error",
-        }
-    }
-
     /// The short reason, for the answer body and the log line; never a secret.
     pub fn reason(&self) -> String {
         match self {

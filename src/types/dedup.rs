@@ -1,5 +1,4 @@
-//! Plain types that several stages of the data path share. This module uses nothing of
-//! the crate, so any module may use it without reaching back up the path.
+//! Dedup keys: what identifies an event for de-duplication, as the store keeps it.
 
 use sha2::{Digest, Sha256};
 

@@ -1,0 +1,96 @@
+//! What ingest hands the store (a new event), and what the store hands delivery (a due
+//! delivery) and takes back (an attempt's outcome).
+
+use super::dedup::DedupKeys;
+use super::state::DeliveryState;
+
+/// A new event to store, as ingest built it.
+#[derive(Debug)]
+pub struct NewEvent {
+    /// The raw body, byte for byte as received.
+    pub body: bytes::Bytes,
+    /// Meta's `X-Hub-Signature-256` value, forwarded unchanged.
+    pub signature: String,
+    /// Meta's SHA-1 `X-Hub-Signature` value, when it sent one: never checked, only
+    /// forwarded unchanged for backends that still check it.
+    pub signature_sha1: Option<String>,
+    /// What identifies it for dedup.
+    pub keys: DedupKeys,
+    /// The notification's `object` (for operators), or empty.
+    pub object: String,
+    /// The first item's field (`changes[].field`, `messaging`, a Threads topic), or empty.
+    pub field: String,
+    /// The request headers as a JSON object (credentials removed), for operators.
+    pub headers: String,
+}
+
+/// What the store did with an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    /// Committed as a new event with this id.
+    New(String),
+    /// A retry of the event with this id; nothing stored.
+    Duplicate(String),
+}
+
+/// A delivery that is due: what one attempt needs.
+#[derive(Debug, Clone)]
+pub struct DueDelivery {
+    /// The delivery's row number (its key in the store).
+    pub seq: i64,
+    /// `X-Xhubd-Delivery-Id`: the same on every attempt at this delivery.
+    pub id: String,
+    /// The event's row number.
+    pub event_seq: i64,
+    /// `X-Xhubd-Event-Id`: the event's id, the same for every destination and part.
+    pub event_id: String,
+    /// When its retry period began (unix ms): acceptance, or the last replay.
+    pub retry_from: i64,
+    /// Attempts made so far.
+    pub attempts: i64,
+    /// The `X-Hub-Signature-256` value to send.
+    pub signature: String,
+    /// The SHA-1 `X-Hub-Signature` value to send, when there is one.
+    pub signature_sha1: Option<String>,
+    /// The body, when small enough to come with the list (else read when sent).
+    pub body: Option<bytes::Bytes>,
+}
+
+/// What one attempt got, for the attempt history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptReport {
+    /// The HTTP status the destination answered, if it answered.
+    pub status: Option<u16>,
+    /// The error (no answer), or the first bytes of the answer's body.
+    pub detail: String,
+}
+
+/// The outcome of a delivery attempt, to record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The destination answered 2xx.
+    Delivered,
+    /// Try again at `next_attempt_at` (unix ms).
+    Retry {
+        /// When.
+        next_attempt_at: i64,
+        /// What went wrong this time.
+        error: String,
+    },
+    /// Given up.
+    Dead {
+        /// Why.
+        error: String,
+    },
+}
+
+impl Outcome {
+    /// The state the delivery is in after it.
+    pub fn state(&self) -> DeliveryState {
+        match self {
+            Outcome::Delivered => DeliveryState::Delivered,
+            Outcome::Retry { .. } => DeliveryState::Pending,
+            Outcome::Dead { .. } => DeliveryState::Dead,
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! Plain types that several stages of the data path share: ingest builds them, the
+//! store keeps them, delivery and the operator's views read them. This module uses
+//! nothing of the crate, so any module may use it without reaching back up the path.
+//!
+//! - [`dedup`]: dedup keys.
+//! - [`state`]: delivery and event states.
+//! - [`event`]: a new event, a stored one's fate, a due delivery, an attempt's outcome.
+
+pub mod dedup;
+pub mod event;
+pub mod state;
+
+pub use dedup::{DedupKey, DedupKeys};
+pub use event::{AttemptReport, DueDelivery, NewEvent, Outcome, Stored};
+pub use state::{DeliveryState, EventState};
