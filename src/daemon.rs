@@ -5,7 +5,7 @@
 use std::fs::{File, TryLockError};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::{anyhow, Context};
 use clap::error::ErrorKind;
@@ -27,10 +27,8 @@ use crate::notify;
 use crate::output;
 use crate::server::{self, ServerSettings};
 use crate::shutdown::StopSignals;
-use crate::spool::checkpoint::Checkpointer;
-use crate::spool::queue::Queue;
-use crate::spool::schema;
-use crate::spool::writer::{Writer, WriterSettings};
+use crate::spool::{Running, Store, WriterSettings};
+use crate::types::DueDelivery;
 use crate::webhook::client_cn::ClientCnCheck;
 use crate::webhook::Webhook;
 
@@ -128,34 +126,17 @@ struct Daemon {
     shutdown: CancellationToken,
     listeners: Vec<JoinHandle<()>>,
     delivery: JoinHandle<()>,
-    writer: Writer,
-    checkpointer: Checkpointer,
+    spool: Running,
     _lock: File,
 }
 
 impl Daemon {
-    /// Opens the spool, binds the listeners and starts every task. Any error here is a
-    /// start-up error.
+    /// Opens the spool, binds the listeners and starts every task, in the order an event
+    /// travels. Any error here is a start-up error.
     async fn start(config: Config, inherited: Option<SystemdSocket>) -> anyhow::Result<Daemon> {
         let signals = StopSignals::register().context("cannot install signal handlers")?;
         let lock = lock_state_dir(&config)?;
-        let conn = open_spool(&config)?;
-        let queue = Queue::open(&config.state_dir)?;
-        let checkpointer = Checkpointer::start(&config.state_dir)?;
-        let mut writer = Writer::start(
-            conn,
-            WriterSettings {
-                dedup_window: config.dedup_window,
-            },
-        )
-        .context("cannot start the spool writer")?;
-        let spool = writer.spool.clone();
-        let upstream = Upstream::new(
-            &config.upstream,
-            config.upstream_timeout,
-            config.upstream_concurrency,
-        )?;
-
+        let (store, spool, fresh) = open_spool(&config)?;
         let listener = match inherited {
             Some(socket) => Listener::from_systemd(socket)?,
             None => Listener::bind(&config.listen, config.socket_mode).await?,
@@ -168,47 +149,15 @@ impl Daemon {
             ),
             None => None,
         };
-
         let shutdown = CancellationToken::new();
         let settings = ServerSettings {
             max_connections: config.max_connections,
             header_timeout: config.header_timeout,
             shutdown_timeout: config.shutdown_timeout,
         };
-        let delivery_running = Arc::new(AtomicBool::new(false));
         let metrics = Arc::new(Metrics::new());
-        let upstream_status = Arc::new(UpstreamStatus::default());
-        let fresh = writer
-            .fresh
-            .take()
-            .context("the spool writer's fresh queue was already taken")?;
-        let delivery = Delivery {
-            spool: spool.clone(),
-            queue,
-            upstream,
-            policy: RetryPolicy {
-                initial: config.retry_initial,
-                max_delay: config.retry_max_delay,
-                retry_for: config.retry_for,
-            },
-            concurrency: config.upstream_concurrency,
-            running: delivery_running.clone(),
-            metrics: metrics.clone(),
-            status: upstream_status.clone(),
-        };
-        let delivery = tokio::spawn(delivery.run(fresh, shutdown.clone(), config.shutdown_timeout));
-
-        let webhook = Arc::new(Webhook {
-            verify_token: config.verify_token,
-            app_secrets: config.app_secrets,
-            max_body_bytes: config.max_body_bytes,
-            body_timeout: config.body_timeout,
-            client_cn: config
-                .client_cn
-                .map(|(header, cn)| ClientCnCheck::new(header, cn)),
-            spool: spool.clone(),
-            metrics: metrics.clone(),
-        });
+        let delivery = start_delivery(&config, &store, fresh, &metrics, shutdown.clone())?;
+        let webhook = Arc::new(webhook(&config, &store, &metrics));
         let listen_addr = listener.local_addr();
         let mut listeners = vec![tokio::spawn(server::serve(
             listener,
@@ -222,16 +171,11 @@ impl Daemon {
         if let Some(admin_listener) = admin_listener {
             info!(addr = %admin_listener.local_addr(), "admin listener ready");
             let admin = Arc::new(Admin {
-                spool: spool.health.clone(),
-                delivery_running,
+                store: store.clone(),
+                delivery_running: delivery.running,
                 metrics,
-                upstream: upstream_status,
+                upstream: delivery.status,
                 upstream_url: redacted_url(&config.upstream),
-                db: Arc::new(Mutex::new(schema::connect(
-                    &config.state_dir,
-                    schema::Access::ReadWrite,
-                )?)),
-                new_events: spool.new_events.clone(),
                 token: config.admin_token,
             });
             listeners.push(tokio::spawn(server::serve(
@@ -252,20 +196,19 @@ impl Daemon {
         );
         // Everything is spawned and the listener is bound: tell systemd.
         notify::ready(&listen_addr);
-        notify::spawn_watchdog(spool.health.clone(), shutdown.clone());
+        notify::spawn_watchdog(store.health().clone(), shutdown.clone());
         Ok(Daemon {
             signals,
             shutdown,
             listeners,
-            delivery,
-            writer,
-            checkpointer,
+            delivery: delivery.task,
+            spool,
             _lock: lock,
         })
     }
 
     /// Waits for a stop signal, then stops in order: listeners (requests in flight
-    /// finish), delivery (attempts in flight finish), and the writer (last batch
+    /// finish), delivery (attempts in flight finish), and the spool (last batch
     /// committed).
     async fn run(mut self) -> ExitCode {
         let signal = self.signals.wait().await;
@@ -279,18 +222,79 @@ impl Daemon {
             let _ = listener.await;
         }
         let _ = self.delivery.await;
-        self.writer.stop().await;
-        drop(self.checkpointer);
+        self.spool.stop().await;
         info!("stopped");
         ExitCode::SUCCESS
     }
+}
+
+/// The request handler of the webhook listener.
+fn webhook(config: &Config, store: &Store, metrics: &Arc<Metrics>) -> Webhook {
+    Webhook {
+        verify_token: config.verify_token.clone(),
+        app_secrets: config.app_secrets.clone(),
+        max_body_bytes: config.max_body_bytes,
+        body_timeout: config.body_timeout,
+        client_cn: config
+            .client_cn
+            .clone()
+            .map(|(header, cn)| ClientCnCheck::new(header, cn)),
+        store: store.clone(),
+        metrics: metrics.clone(),
+    }
+}
+
+/// The running delivery scheduler, and what the admin listener reads of it.
+struct DeliveryTask {
+    task: JoinHandle<()>,
+    running: Arc<AtomicBool>,
+    status: Arc<UpstreamStatus>,
+}
+
+/// Starts delivery to the upstream, taking new deliveries from `fresh` and the rest
+/// from the store.
+fn start_delivery(
+    config: &Config,
+    store: &Store,
+    fresh: tokio::sync::mpsc::Receiver<DueDelivery>,
+    metrics: &Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<DeliveryTask> {
+    let upstream = Upstream::new(
+        &config.upstream,
+        config.upstream_timeout,
+        config.upstream_concurrency,
+    )?;
+    let running = Arc::new(AtomicBool::new(false));
+    let status = Arc::new(UpstreamStatus::default());
+    let delivery = Delivery {
+        store: store.clone(),
+        upstream,
+        policy: RetryPolicy {
+            initial: config.retry_initial,
+            max_delay: config.retry_max_delay,
+            retry_for: config.retry_for,
+        },
+        concurrency: config.upstream_concurrency,
+        running: running.clone(),
+        metrics: metrics.clone(),
+        status: status.clone(),
+    };
+    let task = tokio::spawn(delivery.run(fresh, shutdown, config.shutdown_timeout));
+    Ok(DeliveryTask {
+        task,
+        running,
+        status,
+    })
 }
 
 /// Opens the spool, upgrading one an earlier release wrote. An upgrade recomputes each
 /// stored event's dedup keys, which on a large spool takes a while: every few seconds it
 /// logs how far it is and extends systemd's start timeout, so the unit is not killed
 /// (and the upgrade rolled back) half-way.
-fn open_spool(config: &Config) -> anyhow::Result<rusqlite::Connection> {
+fn open_spool(
+    config: &Config,
+) -> anyhow::Result<(Store, Running, tokio::sync::mpsc::Receiver<DueDelivery>)> {
     const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
     let done = std::cell::Cell::new(0u64);
     let last = std::cell::Cell::new(std::time::Instant::now());
@@ -306,14 +310,17 @@ fn open_spool(config: &Config) -> anyhow::Result<rusqlite::Connection> {
         }
         crate::webhook::stored_keys(body)
     };
-    let conn = schema::open(&config.state_dir, &rekey)?;
+    let settings = WriterSettings {
+        dedup_window: config.dedup_window,
+    };
+    let opened = Store::open(&config.state_dir, settings, &rekey)?;
     if done.get() > 0 {
         info!(
             events = done.get(),
             "spool upgraded: dedup keys recomputed for every stored event"
         );
     }
-    Ok(conn)
+    Ok(opened)
 }
 
 /// Takes an exclusive lock on the state directory so two daemons never share a spool.

@@ -19,22 +19,21 @@ pub mod auth;
 pub mod pages;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use rusqlite::Connection;
 use serde::Serialize;
-use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::delivery::status::UpstreamStatus;
 use crate::metrics::Metrics;
 use crate::secret::Secret;
-use crate::spool::inspect::{self, Replay};
-use crate::spool::SpoolHealth;
+use crate::spool::inspect::Replay;
+use crate::spool::{SpoolError, Store};
+use crate::types::EventState;
 use crate::webhook::{text, Answer};
 
 /// Events shown on the status page.
@@ -42,8 +41,8 @@ const STATUS_PAGE_EVENTS: usize = 100;
 
 /// What the admin routes look at.
 pub struct Admin {
-    /// The spool's health flags.
-    pub spool: Arc<SpoolHealth>,
+    /// The spool.
+    pub store: Store,
     /// Whether the delivery scheduler runs.
     pub delivery_running: Arc<AtomicBool>,
     /// Counters and histograms.
@@ -52,10 +51,6 @@ pub struct Admin {
     pub upstream: Arc<UpstreamStatus>,
     /// The upstream URL, password removed.
     pub upstream_url: String,
-    /// A connection of the admin's own to the spool.
-    pub db: Arc<Mutex<Connection>>,
-    /// Woken after a replay, so delivery picks the event up at once.
-    pub new_events: Arc<Notify>,
     /// When set, every route but the health checks requires it.
     pub token: Option<Secret>,
 }
@@ -111,9 +106,10 @@ impl Admin {
     }
 
     fn readyz(&self) -> Answer {
-        if !self.spool.writer_running.load(Ordering::Relaxed) {
+        let health = self.store.health();
+        if !health.writer_running.load(Ordering::Relaxed) {
             text(StatusCode::SERVICE_UNAVAILABLE, "spool writer not running")
-        } else if !self.spool.last_commit_ok.load(Ordering::Relaxed) {
+        } else if !health.last_commit_ok.load(Ordering::Relaxed) {
             text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "spool: the last commit failed",
@@ -125,32 +121,17 @@ impl Admin {
         }
     }
 
-    /// Runs a query on the admin's connection, off the async threads.
-    async fn query<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
-    ) -> Result<T, Answer> {
-        let db = self.db.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            let conn = db.lock().unwrap_or_else(|p| p.into_inner());
-            f(&conn)
-        })
-        .await;
-        match result {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => {
-                warn!(error = %e, "admin: spool query failed");
-                Err(text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the spool could not be read",
-                ))
-            }
-            Err(_) => Err(text(StatusCode::INTERNAL_SERVER_ERROR, "internal error")),
-        }
+    /// The answer to a spool that could not be read.
+    fn unreadable(e: SpoolError) -> Answer {
+        warn!(error = %e, "admin: spool query failed");
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the spool could not be read",
+        )
     }
 
     async fn metrics(&self) -> Answer {
-        match self.query(inspect::stats).await {
+        match self.store.stats().await.map_err(Self::unreadable) {
             Ok(stats) => respond(
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -161,15 +142,17 @@ impl Admin {
     }
 
     async fn status_page(&self) -> Answer {
-        let data = self
-            .query(|c| {
-                Ok((
-                    inspect::stats(c)?,
-                    inspect::list(c, None, STATUS_PAGE_EVENTS)?,
-                    inspect::list(c, Some(crate::types::EventState::Dead), STATUS_PAGE_EVENTS)?,
-                ))
-            })
-            .await;
+        let data = async {
+            Ok((
+                self.store.stats().await?,
+                self.store.list(None, STATUS_PAGE_EVENTS).await?,
+                self.store
+                    .list(Some(EventState::Dead), STATUS_PAGE_EVENTS)
+                    .await?,
+            ))
+        }
+        .await
+        .map_err(Self::unreadable);
         match data {
             Ok((stats, recent, dead)) => {
                 let page = pages::status(&pages::Status {
@@ -178,7 +161,8 @@ impl Admin {
                     dead: &dead,
                     upstream_url: &self.upstream_url,
                     upstream: &self.upstream.snapshot(),
-                    ready: self.spool.is_ready() && self.delivery_running.load(Ordering::Relaxed),
+                    ready: self.store.health().is_ready()
+                        && self.delivery_running.load(Ordering::Relaxed),
                 });
                 respond(StatusCode::OK, "text/html; charset=utf-8", page)
             }
@@ -187,8 +171,7 @@ impl Admin {
     }
 
     async fn event_page(&self, id: &str) -> Answer {
-        let id = id.to_owned();
-        match self.query(move |c| inspect::show(c, &id)).await {
+        match self.store.show(id).await.map_err(Self::unreadable) {
             Ok(Some(event)) => respond(
                 StatusCode::OK,
                 "text/html; charset=utf-8",
@@ -204,7 +187,7 @@ impl Admin {
         let mut limit = 100usize;
         for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
             match k.as_ref() {
-                "state" => match crate::types::EventState::parse(&v) {
+                "state" => match EventState::parse(&v) {
                     Some(s) => state = Some(s),
                     None => {
                         return text(
@@ -220,15 +203,19 @@ impl Admin {
                 _ => {}
             }
         }
-        match self.query(move |c| inspect::list(c, state, limit)).await {
+        match self
+            .store
+            .list(state, limit)
+            .await
+            .map_err(Self::unreadable)
+        {
             Ok(list) => json(StatusCode::OK, &list),
             Err(answer) => answer,
         }
     }
 
     async fn event_json(&self, id: &str) -> Answer {
-        let id = id.to_owned();
-        match self.query(move |c| inspect::show(c, &id)).await {
+        match self.store.show(id).await.map_err(Self::unreadable) {
             Ok(Some(event)) => json(StatusCode::OK, &event),
             Ok(None) => text(StatusCode::NOT_FOUND, "no such event"),
             Err(answer) => answer,
@@ -236,15 +223,13 @@ impl Admin {
     }
 
     async fn replay(&self, id: &str, from_form: bool) -> Answer {
-        let owned = id.to_owned();
-        let result = match self.query(move |c| inspect::replay(c, &owned)).await {
+        let result = match self.store.replay(id).await {
             Ok(r) => r,
-            Err(answer) => return answer,
+            Err(e) => return Self::unreadable(e),
         };
         match result {
             Replay::Replayed => {
                 info!(event_id = %id, "replay requested on the admin listener");
-                self.new_events.notify_one();
                 if from_form {
                     let mut answer = text(StatusCode::SEE_OTHER, "replayed");
                     if let Ok(location) = HeaderValue::from_str(&format!("/event/{id}")) {

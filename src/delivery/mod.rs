@@ -39,8 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::metrics::{AttemptResult, Metrics};
-use crate::spool::queue::Queue;
-use crate::spool::{now_ms, Outcome, Spool};
+use crate::spool::{now_ms, Outcome, Store};
 use crate::types::{AttemptReport, DueDelivery};
 use backoff::RetryPolicy;
 use status::UpstreamStatus;
@@ -58,10 +57,8 @@ const BUSY_POLL: Duration = Duration::from_millis(100);
 
 /// Everything an attempt needs.
 pub struct Delivery {
-    /// Where outcomes are recorded.
-    pub spool: Spool,
-    /// Where due events are read.
-    pub queue: Queue,
+    /// Where due deliveries are read and outcomes recorded.
+    pub store: Store,
     /// The upstream client.
     pub upstream: Upstream,
     /// When to retry.
@@ -191,7 +188,7 @@ impl Delivery {
                     } else {
                         if failures_in_a_row >= OUTAGE_FAILURES {
                             info!(failures_in_a_row, "the upstream answers again: every pending event is due now");
-                            tokio::spawn(retry_backlog_now(this.spool.clone()));
+                            tokio::spawn(retry_backlog_now(this.store.clone()));
                         }
                         failures_in_a_row = 0;
                     }
@@ -201,7 +198,7 @@ impl Delivery {
                     tokio::spawn(this.clone().attempt(event, permit, done_tx.clone()));
                 }
                 Some(event) = fresh.recv(), if room => claims.offer_fresh(event),
-                _ = this.spool.new_events.notified() => scan_now = true,
+                _ = this.store.delivery_woken() => scan_now = true,
                 _ = tokio::time::sleep_until(next_scan), if !have_ready => {}
             }
         }
@@ -231,8 +228,7 @@ impl Delivery {
     }
 
     async fn fetch(&self, limit: usize) -> anyhow::Result<Vec<DueDelivery>> {
-        let queue = self.queue.clone();
-        Ok(tokio::task::spawn_blocking(move || queue.due(now_ms(), limit)).await??)
+        Ok(self.store.due(limit).await?)
     }
 
     /// One attempt: send, log, record the outcome, then report the event as no longer busy.
@@ -304,7 +300,7 @@ impl Delivery {
             _ => None,
         };
         let due_again = match self
-            .spool
+            .store
             .record(event.seq, attempts, outcome, report)
             .await
         {
@@ -326,36 +322,24 @@ impl Delivery {
         if let Some(body) = &event.body {
             return Ok(body.clone());
         }
-        let queue = self.queue.clone();
-        let seq = event.event_seq;
-        tokio::task::spawn_blocking(move || queue.body(seq))
-            .await??
+        self.store
+            .body(event.event_seq)
+            .await?
             .ok_or_else(|| anyhow::anyhow!("the event is no longer in the spool"))
     }
 }
 
 /// Makes the whole backlog due now, a chunk at a time, waking the scheduler after each.
-async fn retry_backlog_now(spool: Spool) {
-    let mut total = 0;
-    loop {
-        match spool.retry_now().await {
-            Ok(n) => {
-                total += n;
-                spool.new_events.notify_one();
-                if n < crate::spool::writer::RETRY_NOW_CHUNK {
-                    break;
-                }
-            }
-            Err(e) => {
-                warn!(error = %e, "cannot bring the pending events forward; they go as their retries fall due");
-                break;
-            }
+async fn retry_backlog_now(store: Store) {
+    match store.retry_all_now().await {
+        Ok(total) => info!(
+            deliveries = total,
+            "pending deliveries waiting for a retry are due now"
+        ),
+        Err(e) => {
+            warn!(error = %e, "cannot bring the pending deliveries forward; they go as their retries fall due")
         }
     }
-    info!(
-        events = total,
-        "pending events waiting for a retry are due now"
-    );
 }
 
 /// The tokio instant of a unix-ms time (now, if it is in the past).
@@ -366,10 +350,8 @@ fn instant_at(unix_ms: i64) -> TokioInstant {
 
 /// How long to sleep when nothing is due: until the next retry, at most [`IDLE_POLL`].
 async fn self_wait(this: &Delivery) -> Duration {
-    let queue = this.queue.clone();
-    let next = tokio::task::spawn_blocking(move || queue.next_due_at()).await;
-    match next {
-        Ok(Ok(Some(at))) => {
+    match this.store.next_due_at().await {
+        Ok(Some(at)) => {
             let ms = (at - now_ms()).clamp(0, IDLE_POLL.as_millis() as i64);
             Duration::from_millis(ms as u64)
         }

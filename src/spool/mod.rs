@@ -2,18 +2,24 @@
 //! 200. One writer thread owns all writes and commits many events per transaction
 //! (group commit); readers feed delivery.
 //!
-//! - [`schema`]: opening the database and its tables.
-//! - [`writer`]: the writer thread: accept (dedup check + insert, atomically) and
-//!   delivery outcomes, batched into one transaction.
-//! - [`queue`]: the read side used by delivery (due events, bodies).
-//! - [`inspect`]: the operator's view: list, show, replay, purge, counts.
+//! - [`store`]: the seam every other stage uses: accept, due deliveries, outcomes,
+//!   replay, the operator's views. What follows is behind it.
+//! - [`schema`]: opening the database and its tables; `migrate`: upgrading an older
+//!   layout.
+//! - `writer`: the writer thread: accept (dedup check + insert, atomically) and
+//!   delivery outcomes, batched into one transaction; `checkpoint`: copying the log
+//!   back.
+//! - `queue`: the read side used by delivery (due deliveries, bodies).
+//! - [`inspect`]: the operator's view: list, show, replay, purge, counts (also used by
+//!   `xhubd events` on a connection of its own).
 
-pub mod checkpoint;
+mod checkpoint;
 pub mod inspect;
 mod migrate;
-pub mod queue;
+mod queue;
 pub mod schema;
-pub mod writer;
+pub mod store;
+mod writer;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -22,8 +28,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot, Notify};
 
 pub use crate::types::{AttemptReport, DedupKeys, NewEvent, Outcome, Stored};
+pub use store::{Running, Store};
+pub use writer::WriterSettings;
 
-/// The spool could not commit.
+/// The spool could not commit, or be read.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SpoolError {
     /// SQLite refused the transaction (disk full, read-only, I/O error).
@@ -32,6 +40,9 @@ pub enum SpoolError {
     /// The writer has stopped (shutting down).
     #[error("the spool is shutting down")]
     Closed,
+    /// A read failed.
+    #[error("the spool could not be read: {0}")]
+    Read(String),
 }
 
 /// A request to the writer thread.
@@ -73,9 +84,9 @@ impl SpoolHealth {
     }
 }
 
-/// A cheap, cloneable handle to the writer thread.
+/// A cheap, cloneable handle to the writer thread (behind [`Store`]).
 #[derive(Clone, Debug)]
-pub struct Spool {
+pub(crate) struct Spool {
     tx: mpsc::Sender<Command>,
     /// Woken after a commit that stored new events.
     pub new_events: Arc<Notify>,

@@ -30,7 +30,7 @@ use tracing::{error, info, warn};
 
 use crate::metrics::{Metrics, RequestOutcome};
 use crate::secret::Secret;
-use crate::spool::{NewEvent, Spool, Stored};
+use crate::spool::{NewEvent, Store, Stored};
 use crate::types::{DedupKey, DedupKeys};
 use challenge::Challenge;
 use client_cn::ClientCnCheck;
@@ -53,7 +53,7 @@ pub struct Webhook {
     /// The client certificate subject check, when configured.
     pub client_cn: Option<ClientCnCheck>,
     /// Where events go.
-    pub spool: Spool,
+    pub store: Store,
     /// Counters and histograms.
     pub metrics: Arc<Metrics>,
 }
@@ -280,7 +280,7 @@ impl Webhook {
             field,
             headers: headers_json(headers),
         };
-        match self.spool.accept(event).await {
+        match self.store.accept(event).await {
             Ok(Stored::New(id)) => {
                 info!(event_id = %id, bytes, object = %object, "accepted");
                 Ok(Done::Accepted)
