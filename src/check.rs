@@ -18,9 +18,21 @@ pub fn run(args: ServeArgs) -> (Vec<String>, bool) {
             return (report, false);
         }
     };
+    let apps = config
+        .routes
+        .iter()
+        .map(|r| {
+            format!(
+                "{} ({} App Secret(s), verify token, {} destination(s))",
+                r.name,
+                r.app_secrets.len(),
+                r.destinations.len()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
     report.push(format!(
-        "ok   configuration: {} App Secret(s), verify token, state dir {}",
-        config.app_secrets.len(),
+        "ok   configuration: route(s) {apps}; state dir {}",
         config.state_dir.display()
     ));
     let mut ok = true;
@@ -39,7 +51,26 @@ pub fn run(args: ServeArgs) -> (Vec<String>, bool) {
             report.push(format!("FAIL spool: {e:#}"));
         }
     }
-    let url = &config.upstream;
+    for route in &config.routes {
+        for destination in &route.destinations {
+            let what = format!("{}/{}", route.name, destination.name);
+            match reachable(&destination.url) {
+                Ok(line) => report.push(format!("ok   destination {what}: {line}")),
+                // A backend that is down is where delivery's retries are for: a warning,
+                // not a failure, once there are several.
+                Err(line) if route.path.is_none() => {
+                    ok = false;
+                    report.push(format!("FAIL upstream: {line}"));
+                }
+                Err(line) => report.push(format!("warn destination {what}: {line}")),
+            }
+        }
+    }
+    (report, ok)
+}
+
+/// Whether a backend accepts connections: the line to print either way.
+fn reachable(url: &url::Url) -> Result<String, String> {
     let shown = redacted_url(url);
     match url.socket_addrs(|| None) {
         Ok(addrs) if !addrs.is_empty() => {
@@ -47,18 +78,13 @@ pub fn run(args: ServeArgs) -> (Vec<String>, bool) {
                 .iter()
                 .any(|a| std::net::TcpStream::connect_timeout(a, Duration::from_secs(5)).is_ok());
             if reached {
-                report.push(format!("ok   upstream: {shown} accepts connections"));
+                Ok(format!("{shown} accepts connections"))
             } else {
-                ok = false;
-                report.push(format!(
-                    "FAIL upstream: cannot connect to {shown} (is the backend running?)"
-                ));
+                Err(format!(
+                    "cannot connect to {shown} (is the backend running?)"
+                ))
             }
         }
-        Ok(_) | Err(_) => {
-            ok = false;
-            report.push(format!("FAIL upstream: cannot resolve {shown}"));
-        }
+        Ok(_) | Err(_) => Err(format!("cannot resolve {shown}")),
     }
-    (report, ok)
 }

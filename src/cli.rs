@@ -46,7 +46,8 @@ pub enum Command {
 }
 
 /// Output format of the logs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// One human-readable line per event.
     Text,
@@ -58,6 +59,21 @@ pub enum LogFormat {
 #[derive(Debug, Args)]
 #[command(next_line_help = false)]
 pub struct ServeArgs {
+    /// A TOML config file: routes and destinations (several apps and backends), and
+    /// any option below by its long name with _ for - (a flag or variable wins).
+    #[arg(long, value_name = "FILE", env = "XHUBD_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// The options given as flags or variables (their ids), which the config file does
+    /// not override. Filled in after parsing.
+    #[arg(skip)]
+    pub explicit: std::collections::BTreeSet<String>,
+
+    /// App Secrets given as a list in the config file (each one whole, never split at
+    /// commas).
+    #[arg(skip)]
+    pub app_secret_list: Option<Vec<String>>,
+
     /// Where to listen: unix:/path/to.sock or HOST:PORT. Ignored when systemd passes a
     /// socket (LISTEN_FDS).
     #[arg(

@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Context};
 use clap::error::ErrorKind;
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -28,7 +29,7 @@ use crate::output;
 use crate::server::{self, ServerSettings};
 use crate::shutdown::StopSignals;
 use crate::spool::{Running, Store, WriterSettings};
-use crate::types::DueDelivery;
+use crate::types::{DestinationKey, DueDelivery};
 use crate::webhook::client_cn::ClientCnCheck;
 use crate::webhook::Webhook;
 
@@ -37,10 +38,19 @@ pub const EXIT_STARTUP: u8 = 2;
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let matches = match Cli::command().try_get_matches() {
+        Ok(m) => m,
+        Err(e) => return clap_error(e),
+    };
+    let mut cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => return clap_error(e),
     };
+    if let (Command::Serve(args) | Command::Check(args), Some((_, sub))) =
+        (&mut cli.command, matches.subcommand())
+    {
+        args.explicit = explicit_options(sub);
+    }
     match cli.command {
         Command::Completions { shell } => output::print_and_exit(&crate::docs::completions(shell)),
         Command::Man { out_dir } => match crate::docs::man_pages(&out_dir) {
@@ -93,6 +103,21 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The ids of the options given on the command line or in the environment: the config
+/// file does not override those.
+fn explicit_options(matches: &clap::ArgMatches) -> std::collections::BTreeSet<String> {
+    matches
+        .ids()
+        .filter(|id| {
+            matches!(
+                matches.value_source(id.as_str()),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            )
+        })
+        .map(|id| id.as_str().to_owned())
+        .collect()
+}
+
 /// Prints a start-up error as one line and returns exit status 2.
 fn startup_error(e: &anyhow::Error) -> ExitCode {
     eprintln!("xhubd: {e:#}");
@@ -125,7 +150,7 @@ struct Daemon {
     signals: StopSignals,
     shutdown: CancellationToken,
     listeners: Vec<JoinHandle<()>>,
-    delivery: JoinHandle<()>,
+    delivery: Vec<JoinHandle<()>>,
     spool: Running,
     _lock: File,
 }
@@ -157,6 +182,11 @@ impl Daemon {
         };
         let metrics = Arc::new(Metrics::new());
         let delivery = start_delivery(&config, &store, fresh, &metrics, shutdown.clone())?;
+        let destinations: Vec<String> = delivery
+            .destinations
+            .iter()
+            .map(|(key, url, _)| format!("{key} -> {url}"))
+            .collect();
         let webhook = Arc::new(webhook(&config, &store, &metrics));
         let listen_addr = listener.local_addr();
         let mut listeners = vec![tokio::spawn(server::serve(
@@ -174,8 +204,7 @@ impl Daemon {
                 store: store.clone(),
                 delivery_running: delivery.running,
                 metrics,
-                upstream: delivery.status,
-                upstream_url: redacted_url(&config.upstream),
+                destinations: delivery.destinations,
                 token: config.admin_token,
             });
             listeners.push(tokio::spawn(server::serve(
@@ -190,7 +219,7 @@ impl Daemon {
         }
         info!(
             listen = %listen_addr,
-            upstream = %redacted_url(&config.upstream),
+            destinations = %destinations.join(", "),
             state_dir = %config.state_dir.display(),
             "xhubd ready"
         );
@@ -201,7 +230,7 @@ impl Daemon {
             signals,
             shutdown,
             listeners,
-            delivery: delivery.task,
+            delivery: delivery.tasks,
             spool,
             _lock: lock,
         })
@@ -221,7 +250,9 @@ impl Daemon {
         for listener in self.listeners {
             let _ = listener.await;
         }
-        let _ = self.delivery.await;
+        for task in self.delivery {
+            let _ = task.await;
+        }
         self.spool.stop().await;
         info!("stopped");
         ExitCode::SUCCESS
@@ -231,8 +262,7 @@ impl Daemon {
 /// The request handler of the webhook listener.
 fn webhook(config: &Config, store: &Store, metrics: &Arc<Metrics>) -> Webhook {
     Webhook {
-        verify_token: config.verify_token.clone(),
-        app_secrets: config.app_secrets.clone(),
+        routes: config.routes.clone(),
         max_body_bytes: config.max_body_bytes,
         body_timeout: config.body_timeout,
         client_cn: config
@@ -244,49 +274,95 @@ fn webhook(config: &Config, store: &Store, metrics: &Arc<Metrics>) -> Webhook {
     }
 }
 
-/// The running delivery scheduler, and what the admin listener reads of it.
-struct DeliveryTask {
-    task: JoinHandle<()>,
-    running: Arc<AtomicBool>,
-    status: Arc<UpstreamStatus>,
+/// The running delivery schedulers (one per destination), and what the admin listener
+/// reads of them.
+struct DeliveryTasks {
+    tasks: Vec<JoinHandle<()>>,
+    running: Vec<Arc<AtomicBool>>,
+    destinations: Vec<(DestinationKey, String, Arc<UpstreamStatus>)>,
 }
 
-/// Starts delivery to the upstream, taking new deliveries from `fresh` and the rest
-/// from the store.
+/// Starts one delivery scheduler per destination of every route. The writer hands new
+/// deliveries over on one queue (`fresh`); a dispatcher passes each to its
+/// destination's scheduler, and wakes the schedulers to scan the spool when one has no
+/// room.
 fn start_delivery(
     config: &Config,
     store: &Store,
-    fresh: tokio::sync::mpsc::Receiver<DueDelivery>,
+    mut fresh: tokio::sync::mpsc::Receiver<DueDelivery>,
     metrics: &Arc<Metrics>,
     shutdown: CancellationToken,
-) -> anyhow::Result<DeliveryTask> {
-    let upstream = Upstream::new(
-        &config.upstream,
-        config.upstream_timeout,
-        config.upstream_concurrency,
-    )?;
-    let running = Arc::new(AtomicBool::new(false));
-    let status = Arc::new(UpstreamStatus::default());
-    let delivery = Delivery {
-        store: store.clone(),
-        upstream,
-        policy: RetryPolicy {
-            initial: config.retry_initial,
-            max_delay: config.retry_max_delay,
-            retry_for: config.retry_for,
-        },
-        concurrency: config.upstream_concurrency,
-        running: running.clone(),
-        metrics: metrics.clone(),
-        status: status.clone(),
+) -> anyhow::Result<DeliveryTasks> {
+    let mut out = DeliveryTasks {
+        tasks: Vec::new(),
+        running: Vec::new(),
+        destinations: Vec::new(),
     };
-    let task = tokio::spawn(delivery.run(fresh, shutdown, config.shutdown_timeout));
-    Ok(DeliveryTask {
-        task,
-        running,
-        status,
-    })
+    let mut handovers = std::collections::HashMap::new();
+    for route in &config.routes {
+        for destination in &route.destinations {
+            let key = DestinationKey::new(&route.name, &destination.name);
+            let upstream = Upstream::new(
+                &destination.url,
+                destination.timeout,
+                destination.concurrency,
+                destination.headers.clone(),
+            )
+            .with_context(|| {
+                format!("route {:?}: destination {:?}", route.name, destination.name)
+            })?;
+            let running = Arc::new(AtomicBool::new(false));
+            let status = Arc::new(UpstreamStatus::default());
+            let (tx, rx) = tokio::sync::mpsc::channel(FRESH_PER_DESTINATION);
+            handovers.insert(key.clone(), tx);
+            let delivery = Delivery {
+                store: store.clone(),
+                destination: key.clone(),
+                upstream,
+                policy: RetryPolicy {
+                    initial: destination.retry_initial,
+                    max_delay: destination.retry_max_delay,
+                    retry_for: destination.retry_for,
+                },
+                concurrency: destination.concurrency,
+                running: running.clone(),
+                metrics: metrics.clone(),
+                status: status.clone(),
+            };
+            out.tasks.push(tokio::spawn(delivery.run(
+                rx,
+                shutdown.clone(),
+                config.shutdown_timeout,
+            )));
+            out.running.push(running);
+            out.destinations
+                .push((key, redacted_url(&destination.url), status));
+        }
+    }
+    let store = store.clone();
+    out.tasks.push(tokio::spawn(async move {
+        loop {
+            let delivery = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                next = fresh.recv() => match next {
+                    Some(delivery) => delivery,
+                    None => break,
+                },
+            };
+            let taken = handovers
+                .get(&delivery.destination)
+                .is_some_and(|tx| tx.try_send(delivery).is_ok());
+            if !taken {
+                // Full, or a destination no longer configured: the spool has it.
+                store.wake_delivery();
+            }
+        }
+    }));
+    Ok(out)
 }
+
+/// New deliveries waiting for one destination's scheduler in memory, at most.
+const FRESH_PER_DESTINATION: usize = 512;
 
 /// Opens the spool, upgrading one an earlier release wrote. An upgrade recomputes each
 /// stored event's dedup keys, which on a large spool takes a while: every few seconds it

@@ -54,8 +54,8 @@ pub fn run(args: &EventsArgs) -> anyhow::Result<String> {
             out.push_str("\ndeliveries:\n");
             for d in &event.deliveries {
                 out.push_str(&format!(
-                    "  {} to {} (part {}/{}): {}, {} attempt(s)\n",
-                    d.id, d.destination, d.part, d.parts, d.state, d.attempts
+                    "  {} to {}/{} (part {}/{}): {}, {} attempt(s)\n",
+                    d.id, d.route, d.destination, d.part, d.parts, d.state, d.attempts
                 ));
                 for a in &d.history {
                     let status = a

@@ -41,11 +41,13 @@ pub enum RequestOutcome {
     ClientRefused,
     /// Any other method (405).
     MethodNotAllowed,
+    /// No route has the path (404).
+    UnknownPath,
 }
 
 impl RequestOutcome {
     /// Every outcome, in the order README lists them.
-    pub const ALL: [RequestOutcome; 11] = [
+    pub const ALL: [RequestOutcome; 12] = [
         RequestOutcome::Verified,
         RequestOutcome::ChallengeRefused,
         RequestOutcome::SignatureRefused,
@@ -57,6 +59,7 @@ impl RequestOutcome {
         RequestOutcome::SpoolError,
         RequestOutcome::ClientRefused,
         RequestOutcome::MethodNotAllowed,
+        RequestOutcome::UnknownPath,
     ];
 
     /// The label value.
@@ -73,6 +76,7 @@ impl RequestOutcome {
             RequestOutcome::SpoolError => "spool_error",
             RequestOutcome::ClientRefused => "client_refused",
             RequestOutcome::MethodNotAllowed => "method_not_allowed",
+            RequestOutcome::UnknownPath => "unknown_path",
         }
     }
 }

@@ -102,7 +102,7 @@ fn seed(x: &Xhubd, n: usize, state: i64, age_ms: i64) {
             .prepare(
                 "INSERT INTO deliveries (id, event_seq, destination, state, attempts,
                                          next_attempt_at, retry_from, finished_at)
-                 VALUES (?1, ?2, 'default', ?3, 1, ?4, ?4, ?4)",
+                 VALUES (?1, ?2, 'default/default', ?3, 1, ?4, ?4, ?4)",
             )
             .unwrap();
         for i in 0..n {

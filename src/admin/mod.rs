@@ -33,7 +33,7 @@ use crate::metrics::Metrics;
 use crate::secret::Secret;
 use crate::spool::inspect::Replay;
 use crate::spool::{SpoolError, Store};
-use crate::types::EventState;
+use crate::types::{DestinationKey, EventState};
 use crate::webhook::{text, Answer};
 
 /// Events shown on the status page.
@@ -43,14 +43,12 @@ const STATUS_PAGE_EVENTS: usize = 100;
 pub struct Admin {
     /// The spool.
     pub store: Store,
-    /// Whether the delivery scheduler runs.
-    pub delivery_running: Arc<AtomicBool>,
+    /// Whether each destination's delivery scheduler runs.
+    pub delivery_running: Vec<Arc<AtomicBool>>,
     /// Counters and histograms.
     pub metrics: Arc<Metrics>,
-    /// The upstream's state.
-    pub upstream: Arc<UpstreamStatus>,
-    /// The upstream URL, password removed.
-    pub upstream_url: String,
+    /// Each destination: its key, its URL (password removed) and how it is doing.
+    pub destinations: Vec<(DestinationKey, String, Arc<UpstreamStatus>)>,
     /// When set, every route but the health checks requires it.
     pub token: Option<Secret>,
 }
@@ -114,11 +112,18 @@ impl Admin {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "spool: the last commit failed",
             )
-        } else if !self.delivery_running.load(Ordering::Relaxed) {
+        } else if !self.delivering() {
             text(StatusCode::SERVICE_UNAVAILABLE, "delivery not running")
         } else {
             text(StatusCode::OK, "ready")
         }
+    }
+
+    /// Whether every destination's scheduler runs.
+    fn delivering(&self) -> bool {
+        self.delivery_running
+            .iter()
+            .all(|running| running.load(Ordering::Relaxed))
     }
 
     /// The answer to a spool that could not be read.
@@ -159,10 +164,12 @@ impl Admin {
                     stats: &stats,
                     recent: &recent,
                     dead: &dead,
-                    upstream_url: &self.upstream_url,
-                    upstream: &self.upstream.snapshot(),
-                    ready: self.store.health().is_ready()
-                        && self.delivery_running.load(Ordering::Relaxed),
+                    destinations: &self
+                        .destinations
+                        .iter()
+                        .map(|(key, url, status)| (key.to_string(), url.clone(), status.snapshot()))
+                        .collect::<Vec<_>>(),
+                    ready: self.store.health().is_ready() && self.delivering(),
                 });
                 respond(StatusCode::OK, "text/html; charset=utf-8", page)
             }

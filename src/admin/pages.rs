@@ -28,10 +28,9 @@ pub struct Status<'a> {
     pub recent: &'a [EventSummary],
     /// The newest dead events.
     pub dead: &'a [EventSummary],
-    /// The upstream URL (no password).
-    pub upstream_url: &'a str,
-    /// How the upstream is doing.
-    pub upstream: &'a UpstreamSnapshot,
+    /// Each destination: its key (`route/destination`), URL (no password) and how it is
+    /// doing.
+    pub destinations: &'a [(String, String, UpstreamSnapshot)],
     /// /readyz's verdict.
     pub ready: bool,
 }
@@ -105,7 +104,6 @@ fn events_table(events: &[EventSummary], with_replay: bool) -> Markup {
 
 /// The status page.
 pub fn status(s: &Status<'_>) -> String {
-    let u = s.upstream;
     page(
         "xhubd status",
         html! {
@@ -125,13 +123,22 @@ pub fn status(s: &Status<'_>) -> String {
                     td.num { (s.stats.dedup_keys) }
                 }
             }
-            h2 { "Upstream" }
+            h2 { "Destinations" }
             table {
-                tr { th { "URL" } td { (s.upstream_url) } }
-                tr { th { "last success" } td { (opt_time(u.last_success_at)) } }
-                tr { th { "last failure" } td { (opt_time(u.last_failure_at)) } }
-                tr { th { "last error" } td.err { (u.last_error.as_deref().unwrap_or("—")) } }
-                tr { th { "failures in a row" } td.num { (u.consecutive_failures) } }
+                tr {
+                    th { "route/destination" } th { "URL" } th { "last success" }
+                    th { "last failure" } th { "last error" } th { "failures in a row" }
+                }
+                @for (key, url, u) in s.destinations {
+                    tr {
+                        td { (key) }
+                        td { (url) }
+                        td { (opt_time(u.last_success_at)) }
+                        td { (opt_time(u.last_failure_at)) }
+                        td.err { (u.last_error.as_deref().unwrap_or("—")) }
+                        td.num { (u.consecutive_failures) }
+                    }
+                }
             }
             h2 id="dead" { "Dead events" }
             @if s.dead.is_empty() {
@@ -185,7 +192,7 @@ pub fn event(e: &EventDetail) -> String {
             }
             h2 { "Deliveries" }
             @for d in &e.deliveries {
-                h3 { "to " (d.destination) " " span.muted { "part " (d.part) "/" (d.parts) ", " (d.id) } }
+                h3 { "to " (d.route) "/" (d.destination) " " span.muted { "part " (d.part) "/" (d.parts) ", " (d.id) } }
                 table {
                     tr { th { "attempt at (UTC)" } th { "result" } th { "status" } th { "error or answer" } }
                     @for a in &d.history {

@@ -40,7 +40,7 @@ use tracing::{error, info, warn};
 
 use crate::metrics::{AttemptResult, Metrics};
 use crate::spool::{now_ms, Outcome, Store};
-use crate::types::{AttemptReport, DueDelivery};
+use crate::types::{AttemptReport, DestinationKey, DueDelivery};
 use backoff::RetryPolicy;
 use status::UpstreamStatus;
 use upstream::{Attempt, Upstream};
@@ -59,6 +59,9 @@ const BUSY_POLL: Duration = Duration::from_millis(100);
 pub struct Delivery {
     /// Where due deliveries are read and outcomes recorded.
     pub store: Store,
+    /// The destination this scheduler delivers to (one scheduler per destination, so
+    /// one that is down or slow holds up no other).
+    pub destination: DestinationKey,
     /// The upstream client.
     pub upstream: Upstream,
     /// When to retry.
@@ -134,6 +137,7 @@ impl Delivery {
         drain: Duration,
     ) {
         let this = Arc::new(self);
+        let mut wakeups = this.store.wakeups();
         this.running.store(true, Ordering::Relaxed);
         let permits = Arc::new(Semaphore::new(this.concurrency));
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
@@ -188,7 +192,7 @@ impl Delivery {
                     } else {
                         if failures_in_a_row >= OUTAGE_FAILURES {
                             info!(failures_in_a_row, "the upstream answers again: every pending event is due now");
-                            tokio::spawn(retry_backlog_now(this.store.clone()));
+                            tokio::spawn(retry_backlog_now(this.store.clone(), this.destination.clone()));
                         }
                         failures_in_a_row = 0;
                     }
@@ -198,7 +202,7 @@ impl Delivery {
                     tokio::spawn(this.clone().attempt(event, permit, done_tx.clone()));
                 }
                 Some(event) = fresh.recv(), if room => claims.offer_fresh(event),
-                _ = this.store.delivery_woken() => scan_now = true,
+                Ok(()) = wakeups.changed() => scan_now = true,
                 _ = tokio::time::sleep_until(next_scan), if !have_ready => {}
             }
         }
@@ -228,7 +232,7 @@ impl Delivery {
     }
 
     async fn fetch(&self, limit: usize) -> anyhow::Result<Vec<DueDelivery>> {
-        Ok(self.store.due(limit).await?)
+        Ok(self.store.due(&self.destination, limit).await?)
     }
 
     /// One attempt: send, log, record the outcome, then report the event as no longer busy.
@@ -261,21 +265,21 @@ impl Delivery {
         let answered = matches!(result, Attempt::Delivered(_) | Attempt::Refused(_));
         let outcome = match result {
             Attempt::Delivered(status) => {
-                info!(event_id = %event.event_id, delivery_id = %event.id, attempts, status = status.as_u16(), elapsed_ms, "delivered");
+                info!(event_id = %event.event_id, delivery_id = %event.id, destination = %event.destination, attempts, status = status.as_u16(), elapsed_ms, "delivered");
                 Outcome::Delivered
             }
             Attempt::Retryable(error) => {
                 let now = now_ms();
                 match self.policy.next_attempt(event.retry_from, now, attempts) {
                     Some(next_attempt_at) => {
-                        warn!(event_id = %event.event_id, delivery_id = %event.id, attempts, error = %error, retry_in_ms = next_attempt_at - now, "delivery failed; retry scheduled");
+                        warn!(event_id = %event.event_id, delivery_id = %event.id, destination = %event.destination, attempts, error = %error, retry_in_ms = next_attempt_at - now, "delivery failed; retry scheduled");
                         Outcome::Retry {
                             next_attempt_at,
                             error,
                         }
                     }
                     None => {
-                        error!(event_id = %event.event_id, delivery_id = %event.id, attempts, error = %error, "dead: --retry-for ran out");
+                        error!(event_id = %event.event_id, delivery_id = %event.id, destination = %event.destination, attempts, error = %error, "dead: --retry-for ran out");
                         Outcome::Dead {
                             error: format!("{error} (gave up: --retry-for ran out)"),
                         }
@@ -283,7 +287,7 @@ impl Delivery {
                 }
             }
             Attempt::Refused(error) => {
-                error!(event_id = %event.event_id, delivery_id = %event.id, attempts, error = %error, "dead: the upstream refused the event");
+                error!(event_id = %event.event_id, delivery_id = %event.id, destination = %event.destination, attempts, error = %error, "dead: the upstream refused the event");
                 Outcome::Dead { error }
             }
         };
@@ -306,7 +310,7 @@ impl Delivery {
         {
             Ok(()) => due_again,
             Err(e) => {
-                warn!(event_id = %event.event_id, delivery_id = %event.id, error = %e, "cannot record the delivery outcome; the event stays pending and will be sent again");
+                warn!(event_id = %event.event_id, delivery_id = %event.id, destination = %event.destination, error = %e, "cannot record the delivery outcome; the event stays pending and will be sent again");
                 tokio::time::sleep(IDLE_POLL).await;
                 Some(now_ms())
             }
@@ -330,9 +334,10 @@ impl Delivery {
 }
 
 /// Makes the whole backlog due now, a chunk at a time, waking the scheduler after each.
-async fn retry_backlog_now(store: Store) {
-    match store.retry_all_now().await {
+async fn retry_backlog_now(store: Store, destination: DestinationKey) {
+    match store.retry_all_now(&destination).await {
         Ok(total) => info!(
+            destination = %destination,
             deliveries = total,
             "pending deliveries waiting for a retry are due now"
         ),
@@ -350,7 +355,7 @@ fn instant_at(unix_ms: i64) -> TokioInstant {
 
 /// How long to sleep when nothing is due: until the next retry, at most [`IDLE_POLL`].
 async fn self_wait(this: &Delivery) -> Duration {
-    match this.store.next_due_at().await {
+    match this.store.next_due_at(&this.destination).await {
         Ok(Some(at)) => {
             let ms = (at - now_ms()).clamp(0, IDLE_POLL.as_millis() as i64);
             Duration::from_millis(ms as u64)
@@ -369,6 +374,7 @@ mod tests {
             id: format!("d{seq}"),
             event_seq: seq,
             event_id: format!("e{seq}"),
+            destination: DestinationKey::new("default", "default"),
             retry_from: 0,
             attempts: 0,
             signature: String::new(),

@@ -45,12 +45,19 @@ pub struct Upstream {
     inner: Inner,
     uri: Uri,
     authorization: Option<HeaderValue>,
+    headers: Vec<(http::HeaderName, HeaderValue)>,
     timeout: Duration,
 }
 
 impl Upstream {
-    /// A client for `url`, keeping up to `pool` idle connections.
-    pub fn new(url: &Url, timeout: Duration, pool: usize) -> anyhow::Result<Upstream> {
+    /// A client for `url`, keeping up to `pool` idle connections, sending `headers`
+    /// (values marked sensitive) with every request.
+    pub fn new(
+        url: &Url,
+        timeout: Duration,
+        pool: usize,
+        headers: Vec<(http::HeaderName, HeaderValue)>,
+    ) -> anyhow::Result<Upstream> {
         let mut clean = url.clone();
         let authorization = basic_auth(url);
         let _ = clean.set_username("");
@@ -85,6 +92,7 @@ impl Upstream {
             inner,
             uri,
             authorization,
+            headers,
             timeout,
         })
     }
@@ -113,6 +121,9 @@ impl Upstream {
         }
         if let Some(sha1) = &delivery.signature_sha1 {
             request = request.header("x-hub-signature", sha1);
+        }
+        for (name, value) in &self.headers {
+            request = request.header(name, value.clone());
         }
         if let Some(auth) = &self.authorization {
             request = request.header(header::AUTHORIZATION, auth.clone());

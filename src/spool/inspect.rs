@@ -8,7 +8,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 
 use super::now_ms;
-use crate::types::{DeliveryState, EventState};
+use crate::types::{DeliveryState, DestinationKey, EventState};
 
 /// One event, without its body.
 #[derive(Debug, Clone, Serialize)]
@@ -54,7 +54,9 @@ pub struct EventDetail {
 pub struct DeliveryDetail {
     /// `X-Xhubd-Delivery-Id`.
     pub id: String,
-    /// The destination's name.
+    /// The route of its event.
+    pub route: String,
+    /// The destination's name (within the route).
     pub destination: String,
     /// Which part, of how many (`split`; 1 of 1 otherwise).
     pub part: i64,
@@ -197,11 +199,13 @@ fn deliveries(conn: &Connection, seq: i64) -> rusqlite::Result<Vec<DeliveryDetai
         )?
         .query_map([seq], |r| {
             let state = DeliveryState::from_code(r.get(5)?).unwrap_or(DeliveryState::Pending);
+            let key = DestinationKey::from_stored(r.get(2)?);
             Ok((
                 r.get(0)?,
                 DeliveryDetail {
                     id: r.get(1)?,
-                    destination: r.get(2)?,
+                    route: key.route().to_owned(),
+                    destination: key.destination().to_owned(),
                     part: r.get(3)?,
                     parts: r.get(4)?,
                     state,

@@ -52,6 +52,20 @@ pub(super) fn apply(conn: &mut Connection, version: i64, rekey: Rekey<'_>) -> ru
         }
         tx.execute_batch("DROP TABLE dedup_v1;")?;
     }
+    // Layouts 1 to 5 lack the route column (every event so far came in on the flags'
+    // route, `default`).
+    if existing > 0 {
+        let has_route: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('events') WHERE name = 'route'",
+            [],
+            |r| r.get(0),
+        )?;
+        if has_route == 0 {
+            tx.execute_batch(
+                "ALTER TABLE events ADD COLUMN route TEXT NOT NULL DEFAULT 'default';",
+            )?;
+        }
+    }
     let has_sha1: i64 = tx.query_row(
         "SELECT COUNT(*) FROM pragma_table_info('events') WHERE name = 'signature_sha1'",
         [],
@@ -91,6 +105,15 @@ pub(super) fn apply(conn: &mut Connection, version: i64, rekey: Rekey<'_>) -> ru
         deliveries_from_events(&tx)?;
         // The triggers of the current layout, in place of the ones dropped.
         tx.execute_batch(SCHEMA)?;
+    }
+    if older(6) {
+        // The route column was added above (every event so far came in on the flags'
+        // route); due deliveries are now indexed per destination.
+        tx.execute_batch(
+            "DROP INDEX IF EXISTS deliveries_pending;
+             UPDATE deliveries SET destination = 'default/' || destination
+             WHERE instr(destination, '/') = 0;",
+        )?;
     }
     tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))?;
     tx.commit()
@@ -429,7 +452,7 @@ mod tests {
             .unwrap()
             .collect::<rusqlite::Result<_>>()
             .unwrap();
-        let default = || "default".to_owned();
+        let default = || "default/default".to_owned();
         assert_eq!(
             rows,
             [

@@ -25,9 +25,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, watch};
 
-pub use crate::types::{AttemptReport, DedupKeys, NewEvent, Outcome, Stored};
+pub use crate::types::{AttemptReport, DedupKeys, DestinationKey, NewEvent, Outcome, Stored};
 pub use store::{Running, Store};
 pub use writer::WriterSettings;
 
@@ -62,6 +62,7 @@ pub(crate) enum Command {
     /// Makes up to [`writer::RETRY_NOW_CHUNK`] pending events due now (the upstream
     /// answers again).
     RetryNow {
+        destination: DestinationKey,
         reply: oneshot::Sender<Result<usize, SpoolError>>,
     },
     /// Commit what is queued before this, then stop.
@@ -88,8 +89,10 @@ impl SpoolHealth {
 #[derive(Clone, Debug)]
 pub(crate) struct Spool {
     tx: mpsc::Sender<Command>,
-    /// Woken after a commit that stored new events.
-    pub new_events: Arc<Notify>,
+    /// Counts up whenever deliveries may have become due that delivery has not been
+    /// handed (a commit whose hand-over was full, a replay, a backlog brought forward):
+    /// every destination's scheduler watches it.
+    pub wakeups: Arc<watch::Sender<u64>>,
     /// Health flags.
     pub health: Arc<SpoolHealth>,
 }
@@ -120,12 +123,13 @@ impl Spool {
         .await
     }
 
-    /// Brings pending deliveries' next attempts forward to now, the earliest first, at most
-    /// [`writer::RETRY_NOW_CHUNK`] per call; returns how many were waiting for a later
-    /// time. Used when the upstream answers again after an outage, so the backlog goes
-    /// at once instead of as each backoff runs out.
-    pub async fn retry_now(&self) -> Result<usize, SpoolError> {
-        self.ask(|reply| Command::RetryNow { reply }).await
+    /// Brings the next attempts of `destination`'s pending deliveries forward to now,
+    /// the earliest first, at most [`writer::RETRY_NOW_CHUNK`] per call; returns how
+    /// many were waiting for a later time. Used when a destination answers again after
+    /// an outage, so its backlog goes at once instead of as each backoff runs out.
+    pub async fn retry_now(&self, destination: DestinationKey) -> Result<usize, SpoolError> {
+        self.ask(|reply| Command::RetryNow { destination, reply })
+            .await
     }
 
     /// Sends the writer one request and waits for its answer (after the commit).

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::schema;
-use crate::types::DueDelivery;
+use crate::types::{DestinationKey, DueDelivery};
 
 /// Bodies up to this size come with the due list (and with the writer's hand-over of
 /// new events); larger ones are read when their attempt starts, so that events waiting
@@ -39,8 +39,13 @@ impl Queue {
         f(&conn)
     }
 
-    /// Up to `limit` pending deliveries due at `now`, oldest first.
-    pub fn due(&self, now: i64, limit: usize) -> rusqlite::Result<Vec<DueDelivery>> {
+    /// Up to `limit` pending deliveries to `destination` due at `now`, oldest first.
+    pub fn due(
+        &self,
+        destination: &DestinationKey,
+        now: i64,
+        limit: usize,
+    ) -> rusqlite::Result<Vec<DueDelivery>> {
         self.with(|conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT d.seq, d.id, e.seq, e.id, d.retry_from, d.attempts, e.signature,
@@ -48,15 +53,22 @@ impl Queue {
                         CASE WHEN e.size <= ?3
                              THEN (SELECT b.body FROM bodies b WHERE b.seq = e.seq) END
                  FROM deliveries d JOIN events e ON e.seq = d.event_seq
-                 WHERE d.state = 0 AND d.next_attempt_at <= ?1
+                 WHERE d.state = 0 AND d.destination = ?4 AND d.next_attempt_at <= ?1
                  ORDER BY d.next_attempt_at, d.seq LIMIT ?2",
             )?;
-            let rows = stmt.query_map(params![now, limit as i64, INLINE_BODY_MAX as i64], |r| {
+            let params = params![
+                now,
+                limit as i64,
+                INLINE_BODY_MAX as i64,
+                destination.as_str()
+            ];
+            let rows = stmt.query_map(params, |r| {
                 Ok(DueDelivery {
                     seq: r.get(0)?,
                     id: r.get(1)?,
                     event_seq: r.get(2)?,
                     event_id: r.get(3)?,
+                    destination: destination.clone(),
                     retry_from: r.get(4)?,
                     attempts: r.get(5)?,
                     signature: r.get(6)?,
@@ -68,11 +80,13 @@ impl Queue {
         })
     }
 
-    /// When the next pending delivery becomes due (unix ms), if any is pending.
-    pub fn next_due_at(&self) -> rusqlite::Result<Option<i64>> {
+    /// When the next pending delivery to `destination` becomes due (unix ms), if any.
+    pub fn next_due_at(&self, destination: &DestinationKey) -> rusqlite::Result<Option<i64>> {
         self.with(|conn| {
-            conn.prepare_cached("SELECT MIN(next_attempt_at) FROM deliveries WHERE state = 0")?
-                .query_row([], |r| r.get(0))
+            conn.prepare_cached(
+                "SELECT MIN(next_attempt_at) FROM deliveries WHERE state = 0 AND destination = ?1",
+            )?
+            .query_row([destination.as_str()], |r| r.get(0))
         })
     }
 

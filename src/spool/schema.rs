@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS events (
     seq             INTEGER PRIMARY KEY,
     id              TEXT    NOT NULL UNIQUE,
     received_at     INTEGER NOT NULL,
+    route           TEXT    NOT NULL DEFAULT 'default',
     size            INTEGER NOT NULL,
     object          TEXT    NOT NULL DEFAULT '',
     field           TEXT    NOT NULL DEFAULT '',
@@ -71,7 +72,8 @@ CREATE TABLE IF NOT EXISTS deliveries (
     finished_at     INTEGER,
     last_error      TEXT
 );
-CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries(next_attempt_at) WHERE state = 0;
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(destination, next_attempt_at)
+    WHERE state = 0;
 CREATE INDEX IF NOT EXISTS deliveries_delivered ON deliveries(finished_at) WHERE state = 1;
 CREATE INDEX IF NOT EXISTS deliveries_dead ON deliveries(finished_at) WHERE state = 2;
 CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries(event_seq);
@@ -108,8 +110,9 @@ CREATE INDEX IF NOT EXISTS dedup_seen ON dedup(seen_at);
 /// event's `seq`; 3: bodies in a table of their own; 4: Meta's SHA-1 `X-Hub-Signature`
 /// kept with each event, and dedup keys recomputed with the identity rules that tell an
 /// echo, an unsend and an edit from the message they are about; 5: delivery state in
-/// `deliveries` (one row per event, destination and part), with an `attempts` history.
-pub const SCHEMA_VERSION: i64 = 5;
+/// `deliveries` (one row per event, destination and part), with an `attempts` history;
+/// 6: each event's route, and due deliveries indexed per destination.
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// The dedup keys of a stored body under this build's identity rules, for the upgrade
 /// of a spool written with older ones. The spool does not know those rules: the daemon

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use rusqlite::Connection;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::checkpoint::Checkpointer;
 use super::inspect::{self, EventDetail, EventSummary, Replay, SpoolStats};
@@ -20,7 +20,9 @@ use super::queue::Queue;
 use super::schema::{self, Rekey};
 use super::writer::{Writer, WriterSettings, RETRY_NOW_CHUNK};
 use super::{now_ms, Spool, SpoolError, SpoolHealth};
-use crate::types::{AttemptReport, DueDelivery, EventState, NewEvent, Outcome, Stored};
+use crate::types::{
+    AttemptReport, DestinationKey, DueDelivery, EventState, NewEvent, Outcome, Stored,
+};
 
 /// The handle every stage uses.
 #[derive(Clone)]
@@ -97,12 +99,12 @@ impl Store {
         self.writer.record(seq, attempts, outcome, report).await
     }
 
-    /// Makes every pending delivery due now (a destination answers again after an
+    /// Makes every pending delivery to `destination` due now (it answers again after an
     /// outage), a chunk per transaction; returns how many were waiting for later.
-    pub async fn retry_all_now(&self) -> Result<usize, SpoolError> {
+    pub async fn retry_all_now(&self, destination: &DestinationKey) -> Result<usize, SpoolError> {
         let mut total = 0;
         loop {
-            let n = self.writer.retry_now().await?;
+            let n = self.writer.retry_now(destination.clone()).await?;
             total += n;
             self.wake_delivery();
             if n < RETRY_NOW_CHUNK {
@@ -111,16 +113,25 @@ impl Store {
         }
     }
 
-    /// Up to `limit` pending deliveries due now, oldest first.
-    pub async fn due(&self, limit: usize) -> Result<Vec<DueDelivery>, SpoolError> {
+    /// Up to `limit` pending deliveries to `destination` due now, oldest first.
+    pub async fn due(
+        &self,
+        destination: &DestinationKey,
+        limit: usize,
+    ) -> Result<Vec<DueDelivery>, SpoolError> {
         let queue = self.queue.clone();
-        blocking(move || queue.due(now_ms(), limit)).await
+        let destination = destination.clone();
+        blocking(move || queue.due(&destination, now_ms(), limit)).await
     }
 
-    /// When the next pending delivery falls due (unix ms), if any is pending.
-    pub async fn next_due_at(&self) -> Result<Option<i64>, SpoolError> {
+    /// When the next pending delivery to `destination` falls due (unix ms), if any.
+    pub async fn next_due_at(
+        &self,
+        destination: &DestinationKey,
+    ) -> Result<Option<i64>, SpoolError> {
         let queue = self.queue.clone();
-        blocking(move || queue.next_due_at()).await
+        let destination = destination.clone();
+        blocking(move || queue.next_due_at(&destination)).await
     }
 
     /// The body of event `event_seq`, if it is still stored.
@@ -129,15 +140,16 @@ impl Store {
         blocking(move || queue.body(event_seq)).await
     }
 
-    /// Waits until new deliveries may be due (a commit stored some the hand-over had no
-    /// room for, a replay, a retry brought forward).
-    pub async fn delivery_woken(&self) {
-        self.writer.new_events.notified().await;
+    /// A watch that changes whenever deliveries may have become due that were not
+    /// handed over (a commit whose hand-over was full, a replay, a backlog brought
+    /// forward): each destination's scheduler keeps one.
+    pub fn wakeups(&self) -> watch::Receiver<u64> {
+        self.writer.wakeups.subscribe()
     }
 
-    /// Wakes whoever waits in [`Store::delivery_woken`].
+    /// Wakes every destination's scheduler.
     pub fn wake_delivery(&self) {
-        self.writer.new_events.notify_one();
+        self.writer.wakeups.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// The writer's health flags.

@@ -15,15 +15,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
 use super::queue::INLINE_BODY_MAX;
 use super::{now_ms, Command, NewEvent, Outcome, Spool, SpoolError, SpoolHealth, Stored};
-use crate::types::{AttemptReport, DeliveryState, DueDelivery};
-
-/// The destination of every delivery while xhubd has one backend (the flags').
-const DEFAULT_DESTINATION: &str = "default";
+use crate::types::{AttemptReport, DeliveryState, DestinationKey, DueDelivery};
 
 /// Most requests in one transaction.
 const MAX_BATCH: usize = 1024;
@@ -70,20 +67,20 @@ impl Writer {
     pub fn start(conn: Connection, settings: WriterSettings) -> std::io::Result<Writer> {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let (fresh_tx, fresh) = mpsc::channel(FRESH_DEPTH);
-        let new_events = Arc::new(Notify::new());
+        let wakeups = Arc::new(watch::Sender::new(0u64));
         let health = Arc::new(SpoolHealth {
             last_commit_ok: true.into(),
             writer_running: true.into(),
         });
         let spool = Spool {
             tx,
-            new_events: new_events.clone(),
+            wakeups: wakeups.clone(),
             health: health.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("spool-writer".into())
             .spawn(move || {
-                run(conn, rx, &fresh_tx, settings, &new_events, &health);
+                run(conn, rx, &fresh_tx, settings, &wakeups, &health);
                 health.writer_running.store(false, Ordering::Relaxed);
             })?;
         Ok(Writer {
@@ -108,7 +105,7 @@ fn run(
     mut rx: mpsc::Receiver<Command>,
     fresh: &mpsc::Sender<DueDelivery>,
     settings: WriterSettings,
-    new_events: &Notify,
+    wakeups: &watch::Sender<u64>,
     health: &SpoolHealth,
 ) {
     let window_ms = settings.dedup_window.as_millis().min(i64::MAX as u128) as i64;
@@ -147,7 +144,7 @@ fn run(
         );
         if !handed_over {
             // Some new event is only in the spool: delivery must look there.
-            new_events.notify_one();
+            wakeups.send_modify(|n| *n = n.wrapping_add(1));
         }
         if prune_behind || last_prune.elapsed() >= prune_every {
             prune_behind = prune_chunk(&mut conn, window_ms, &mut pruning);
@@ -164,8 +161,8 @@ fn run(
 
 /// What one request did inside the transaction, for its answer once committed.
 enum Applied {
-    /// Stored or recognised, with the new event's delivery (none for a duplicate).
-    Accepted(Stored, Option<NewDelivery>),
+    /// Stored or recognised, with the new event's deliveries (none for a duplicate).
+    Accepted(Stored, Vec<NewDelivery>),
     /// A delivery outcome was recorded.
     Recorded,
     /// This many pending events were made due now.
@@ -203,13 +200,18 @@ fn commit_batch(
                     record_one(&tx, *seq, *attempts, outcome, report, now)?;
                     Applied::Recorded
                 }
-                Command::RetryNow { .. } => Applied::MadeDue(
+                Command::RetryNow { destination, .. } => Applied::MadeDue(
                     tx.prepare_cached(
                         "UPDATE deliveries SET next_attempt_at = ?1 WHERE seq IN
-                           (SELECT seq FROM deliveries WHERE state = 0 AND next_attempt_at > ?1
+                           (SELECT seq FROM deliveries
+                            WHERE state = 0 AND destination = ?3 AND next_attempt_at > ?1
                             ORDER BY next_attempt_at LIMIT ?2)",
                     )?
-                    .execute(params![now, RETRY_NOW_CHUNK as i64])?,
+                    .execute(params![
+                        now,
+                        RETRY_NOW_CHUNK as i64,
+                        destination.as_str()
+                    ])?,
                 ),
                 Command::Close => Applied::Nothing,
             });
@@ -223,22 +225,24 @@ fn commit_batch(
             let mut handed_over = true;
             for (cmd, applied) in batch.drain(..).zip(results) {
                 match (cmd, applied) {
-                    (Command::Accept { reply, event }, Applied::Accepted(stored, delivery)) => {
-                        if let (Stored::New(id), Some(delivery)) = (&stored, delivery) {
-                            handed_over &= hand_over(fresh, &event, id, delivery, now);
+                    (Command::Accept { reply, event }, Applied::Accepted(stored, deliveries)) => {
+                        if let Stored::New(id) = &stored {
+                            for delivery in deliveries {
+                                handed_over &= hand_over(fresh, &event, id, delivery, now);
+                            }
                         }
                         let _ = reply.send(Ok(stored));
                     }
                     (Command::Record { reply, .. }, _) => {
                         let _ = reply.send(Ok(()));
                     }
-                    (Command::RetryNow { reply }, Applied::MadeDue(n)) => {
+                    (Command::RetryNow { reply, .. }, Applied::MadeDue(n)) => {
                         let _ = reply.send(Ok(n));
                     }
                     (Command::Accept { reply, .. }, _) => {
                         let _ = reply.send(Err(SpoolError::Commit("internal".into())));
                     }
-                    (Command::RetryNow { reply }, _) => {
+                    (Command::RetryNow { reply, .. }, _) => {
                         let _ = reply.send(Err(SpoolError::Commit("internal".into())));
                     }
                     (Command::Close, _) => {}
@@ -258,7 +262,7 @@ fn commit_batch(
                     Command::Record { reply, .. } => {
                         let _ = reply.send(Err(failure.clone()));
                     }
-                    Command::RetryNow { reply } => {
+                    Command::RetryNow { reply, .. } => {
                         let _ = reply.send(Err(failure.clone()));
                     }
                     Command::Close => {}
@@ -269,11 +273,12 @@ fn commit_batch(
     }
 }
 
-/// A delivery inserted with a new event: its row number and id.
+/// A delivery inserted with a new event: its row number, id and destination.
 struct NewDelivery {
     seq: i64,
     id: String,
     event_seq: i64,
+    destination: DestinationKey,
 }
 
 /// Gives a newly committed event's delivery to delivery, if its queue has room. Returns
@@ -290,6 +295,7 @@ fn hand_over(
         id: delivery.id,
         event_seq: delivery.event_seq,
         event_id: event_id.to_owned(),
+        destination: delivery.destination,
         retry_from: now,
         attempts: 0,
         signature: event.signature.clone(),
@@ -305,13 +311,14 @@ fn hand_over(
 }
 
 /// Checks one event against the remembered identities and stores it if it is new, with
-/// its delivery. Returns what happened and, for a new event, its delivery.
+/// one delivery per destination. Returns what happened and, for a new event, its
+/// deliveries.
 fn accept_one(
     tx: &Transaction<'_>,
     event: &NewEvent,
     now: i64,
     window_ms: i64,
-) -> rusqlite::Result<(Stored, Option<NewDelivery>)> {
+) -> rusqlite::Result<(Stored, Vec<NewDelivery>)> {
     let cutoff = now.saturating_sub(window_ms);
     let mut lookup = tx.prepare_cached(
         "SELECT d.event_seq, e.id FROM dedup d LEFT JOIN events e ON e.seq = d.event_seq
@@ -327,7 +334,7 @@ fn accept_one(
             .optional()
     };
     if let Some(id) = seen(event.keys.body.as_bytes())? {
-        return Ok((Stored::Duplicate(id), None));
+        return Ok((Stored::Duplicate(id), Vec::new()));
     }
     if let Some(items) = &event.keys.items {
         let mut first_seen = None;
@@ -344,14 +351,14 @@ fn accept_one(
             }
         }
         if let (true, Some(id)) = (all_seen, first_seen) {
-            return Ok((Stored::Duplicate(id), None));
+            return Ok((Stored::Duplicate(id), Vec::new()));
         }
     }
     let id = uuid::Uuid::now_v7().to_string();
     tx.prepare_cached(
         "INSERT INTO events (id, received_at, size, object, field, headers, signature,
-                             signature_sha1)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                             signature_sha1, route)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![
         id,
@@ -362,6 +369,7 @@ fn accept_one(
         event.headers,
         event.signature,
         event.signature_sha1,
+        event.route,
     ])?;
     let seq = tx.last_insert_rowid();
     tx.prepare_cached("INSERT INTO bodies (seq, body) VALUES (?1, ?2)")?
@@ -373,24 +381,28 @@ fn accept_one(
     for key in event.keys.items.iter().flatten() {
         remember.execute(params![&key.as_bytes()[..], seq, now])?;
     }
-    let delivery_id = uuid::Uuid::now_v7().to_string();
-    tx.prepare_cached(
+    let mut insert = tx.prepare_cached(
         "INSERT INTO deliveries (id, event_seq, destination, state, next_attempt_at, retry_from)
          VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
-    )?
-    .execute(params![
-        delivery_id,
-        seq,
-        DEFAULT_DESTINATION,
-        DeliveryState::Pending.code(),
-        now
-    ])?;
-    let delivery = NewDelivery {
-        seq: tx.last_insert_rowid(),
-        id: delivery_id,
-        event_seq: seq,
-    };
-    Ok((Stored::New(id), Some(delivery)))
+    )?;
+    let mut deliveries = Vec::with_capacity(event.destinations.len());
+    for destination in &event.destinations {
+        let delivery_id = uuid::Uuid::now_v7().to_string();
+        insert.execute(params![
+            delivery_id,
+            seq,
+            destination.as_str(),
+            DeliveryState::Pending.code(),
+            now
+        ])?;
+        deliveries.push(NewDelivery {
+            seq: tx.last_insert_rowid(),
+            id: delivery_id,
+            event_seq: seq,
+            destination: destination.clone(),
+        });
+    }
+    Ok((Stored::New(id), deliveries))
 }
 
 /// Records an attempt at delivery `seq`: its outcome, and the attempt in its history.

@@ -28,6 +28,28 @@ impl DedupKey {
     }
 }
 
+impl DedupKeys {
+    /// The keys within a dedup group: routes of one group share their memory, others
+    /// do not. The flags' route (group `default`) keeps the bare keys, as releases
+    /// before routes stored them.
+    pub fn in_group(self, group: &str) -> DedupKeys {
+        if group == "default" {
+            return self;
+        }
+        let scoped = |key: DedupKey| {
+            let mut text = format!("group:{group}:");
+            text.extend(key.0.iter().map(|b| format!("{b:02x}")));
+            DedupKey::of(&text)
+        };
+        DedupKeys {
+            body: scoped(self.body),
+            items: self
+                .items
+                .map(|items| items.into_iter().map(scoped).collect()),
+        }
+    }
+}
+
 /// Every dedup key of one notification.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DedupKeys {

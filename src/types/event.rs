@@ -7,6 +7,10 @@ use super::state::DeliveryState;
 /// A new event to store, as ingest built it.
 #[derive(Debug)]
 pub struct NewEvent {
+    /// The route it came in on.
+    pub route: String,
+    /// The destinations it goes to, one delivery each (none: stored, delivered nowhere).
+    pub destinations: Vec<DestinationKey>,
     /// The raw body, byte for byte as received.
     pub body: bytes::Bytes,
     /// Meta's `X-Hub-Signature-256` value, forwarded unchanged.
@@ -44,6 +48,8 @@ pub struct DueDelivery {
     pub event_seq: i64,
     /// `X-Xhubd-Event-Id`: the event's id, the same for every destination and part.
     pub event_id: String,
+    /// The destination it goes to.
+    pub destination: DestinationKey,
     /// When its retry period began (unix ms): acceptance, or the last replay.
     pub retry_from: i64,
     /// Attempts made so far.
@@ -92,5 +98,43 @@ impl Outcome {
             Outcome::Retry { .. } => DeliveryState::Pending,
             Outcome::Dead { .. } => DeliveryState::Dead,
         }
+    }
+}
+
+/// Which backend a delivery goes to: a destination of a route. Destination names are
+/// unique within their route only, so the store keeps both, as `route/destination`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DestinationKey(String);
+
+impl DestinationKey {
+    /// The key of destination `destination` of route `route` (names hold no `/`).
+    pub fn new(route: &str, destination: &str) -> DestinationKey {
+        DestinationKey(format!("{route}/{destination}"))
+    }
+
+    /// A key as stored.
+    pub fn from_stored(text: String) -> DestinationKey {
+        DestinationKey(text)
+    }
+
+    /// The stored form, `route/destination`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The route's name.
+    pub fn route(&self) -> &str {
+        self.0.split_once('/').map_or("", |(route, _)| route)
+    }
+
+    /// The destination's name.
+    pub fn destination(&self) -> &str {
+        self.0.split_once('/').map_or(self.0.as_str(), |(_, d)| d)
+    }
+}
+
+impl std::fmt::Display for DestinationKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }

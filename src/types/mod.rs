@@ -11,5 +11,5 @@ pub mod event;
 pub mod state;
 
 pub use dedup::{DedupKey, DedupKeys};
-pub use event::{AttemptReport, DueDelivery, NewEvent, Outcome, Stored};
+pub use event::{AttemptReport, DestinationKey, DueDelivery, NewEvent, Outcome, Stored};
 pub use state::{DeliveryState, EventState};

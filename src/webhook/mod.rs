@@ -1,5 +1,5 @@
-//! One webhook request, on any path, read straight through: client certificate
-//! subject (POST only, when configured), method, size (413), signature (401), JSON
+//! One webhook request, read straight through: client certificate subject (POST only,
+//! when configured), route (by path: 404 when none), method, size (413), signature (401), JSON
 //! (400); then the event is committed to the spool before the 200. Every refusal is a
 //! [`Rejection`], counted and logged in one place.
 //!
@@ -28,10 +28,10 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use tracing::{error, info, warn};
 
+use crate::config::routes::{route_for, Route};
 use crate::metrics::{Metrics, RequestOutcome};
-use crate::secret::Secret;
 use crate::spool::{NewEvent, Store, Stored};
-use crate::types::{DedupKey, DedupKeys};
+use crate::types::{DedupKey, DedupKeys, DestinationKey};
 use challenge::Challenge;
 use client_cn::ClientCnCheck;
 use identity::Identity;
@@ -42,10 +42,9 @@ pub type Answer = Response<Full<Bytes>>;
 
 /// The request handler, shared by all connections.
 pub struct Webhook {
-    /// The verify token.
-    pub verify_token: Secret,
-    /// Every accepted App Secret.
-    pub app_secrets: Vec<Secret>,
+    /// The routes: a request goes to the one whose path it has (the flags' route takes
+    /// every path).
+    pub routes: Vec<Route>,
     /// Largest accepted body.
     pub max_body_bytes: u64,
     /// Time allowed for a body to arrive whole once the headers are in.
@@ -90,7 +89,6 @@ impl Webhook {
         let started = Instant::now();
         let (outcome, answer) = match self.answer(request).await {
             Ok(Done::Verified(challenge)) => {
-                info!("verification challenge answered");
                 (RequestOutcome::Verified, challenge_answer(challenge))
             }
             Ok(Done::Accepted) => (
@@ -149,9 +147,15 @@ impl Webhook {
                 }
             }
         }
+        let Some(route) = route_for(&self.routes, parts.uri.path()) else {
+            warn!(path = parts.uri.path(), "rejected: no route has this path");
+            return Err(self
+                .refuse_early(&parts.headers, incoming, Rejection::UnknownPath)
+                .await);
+        };
         match parts.method {
-            Method::GET => self.verify(parts.uri.query()).map_err(Refused::from),
-            Method::POST => self.event(&parts.headers, incoming).await,
+            Method::GET => self.verify(route, parts.uri.query()).map_err(Refused::from),
+            Method::POST => self.event(route, &parts.headers, incoming).await,
             _ => {
                 warn!(method = %parts.method, "rejected: method not allowed");
                 Err(self
@@ -178,9 +182,12 @@ impl Webhook {
     }
 
     /// The verification request. The query string is never logged: it holds the token.
-    fn verify(&self, query: Option<&str>) -> Result<Done, Rejection> {
-        let refused = match challenge::check(query, &self.verify_token) {
-            Challenge::Answer(value) => return Ok(Done::Verified(value)),
+    fn verify(&self, route: &Route, query: Option<&str>) -> Result<Done, Rejection> {
+        let refused = match challenge::check(query, &route.verify_token) {
+            Challenge::Answer(value) => {
+                info!(route = %route.name, "verification challenge answered");
+                return Ok(Done::Verified(value));
+            }
             Challenge::Missing(param) => {
                 warn!(
                     missing = param,
@@ -201,7 +208,12 @@ impl Webhook {
     }
 
     /// An event notification: size, signature, JSON, then the commit.
-    async fn event(&self, headers: &http::HeaderMap, incoming: Incoming) -> Result<Done, Refused> {
+    async fn event(
+        &self,
+        route: &Route,
+        headers: &http::HeaderMap,
+        incoming: Incoming,
+    ) -> Result<Done, Refused> {
         let raw =
             match body::read_limited(headers, incoming, self.max_body_bytes, self.body_timeout)
                 .await
@@ -233,7 +245,7 @@ impl Webhook {
         if let Err(e) = signature::verify(
             signature_header.map(|v| v.as_bytes()),
             &raw,
-            &self.app_secrets,
+            &route.app_secrets,
         ) {
             warn!(
                 reason = e.reason(),
@@ -272,21 +284,27 @@ impl Webhook {
             .map(str::to_owned);
         let bytes = raw.len();
         let event = NewEvent {
+            route: route.name.clone(),
+            destinations: route
+                .destinations
+                .iter()
+                .map(|d| DestinationKey::new(&route.name, &d.name))
+                .collect(),
             body: raw,
             signature,
             signature_sha1,
-            keys: identity.keys(),
+            keys: identity.keys().in_group(&route.dedup_group),
             object: object.clone(),
             field,
             headers: headers_json(headers),
         };
         match self.store.accept(event).await {
             Ok(Stored::New(id)) => {
-                info!(event_id = %id, bytes, object = %object, "accepted");
+                info!(event_id = %id, route = %route.name, bytes, object = %object, "accepted");
                 Ok(Done::Accepted)
             }
             Ok(Stored::Duplicate(id)) => {
-                info!(event_id = %id, bytes, object = %object, "duplicate: already accepted, not delivered again");
+                info!(event_id = %id, route = %route.name, bytes, object = %object, "duplicate: already accepted, not delivered again");
                 Ok(Done::Duplicate)
             }
             Err(e) => {

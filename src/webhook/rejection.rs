@@ -11,6 +11,8 @@ use crate::metrics::RequestOutcome;
 pub enum Rejection {
     /// The client certificate subject check failed (`--client-cn-header`): 403.
     ClientSubject(&'static str),
+    /// No route has the request's path: 404.
+    UnknownPath,
     /// A method other than GET and POST: 405 with `Allow: GET, POST`.
     MethodNotAllowed,
     /// A verification request without `hub.mode`, `hub.challenge` or
@@ -43,6 +45,7 @@ impl Rejection {
             Rejection::ClientSubject(_) | Rejection::ChallengeMode | Rejection::ChallengeToken => {
                 StatusCode::FORBIDDEN
             }
+            Rejection::UnknownPath => StatusCode::NOT_FOUND,
             Rejection::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Rejection::ChallengeMissing(_)
             | Rejection::BrokenBody
@@ -59,6 +62,7 @@ impl Rejection {
     pub fn outcome(&self) -> RequestOutcome {
         match self {
             Rejection::ClientSubject(_) => RequestOutcome::ClientRefused,
+            Rejection::UnknownPath => RequestOutcome::UnknownPath,
             Rejection::MethodNotAllowed => RequestOutcome::MethodNotAllowed,
             Rejection::ChallengeMissing(_)
             | Rejection::ChallengeMode
@@ -75,6 +79,7 @@ impl Rejection {
     pub fn reason(&self) -> String {
         match self {
             Rejection::ClientSubject(why) | Rejection::Signature(why) => (*why).to_owned(),
+            Rejection::UnknownPath => "no webhook at this path".to_owned(),
             Rejection::MethodNotAllowed => "only GET and POST are allowed".to_owned(),
             Rejection::ChallengeMissing(param) => format!("missing {param}"),
             Rejection::ChallengeMode => "hub.mode must be subscribe".to_owned(),
@@ -93,6 +98,7 @@ impl Rejection {
     pub fn examples() -> Vec<Rejection> {
         vec![
             Rejection::ClientSubject("no CN"),
+            Rejection::UnknownPath,
             Rejection::MethodNotAllowed,
             Rejection::ChallengeMissing("hub.challenge"),
             Rejection::ChallengeMode,
@@ -120,7 +126,7 @@ mod tests {
             .collect();
         assert_eq!(
             statuses,
-            [403, 405, 400, 403, 403, 413, 400, 408, 401, 400, 400, 503]
+            [403, 404, 405, 400, 403, 403, 413, 400, 408, 401, 400, 400, 503]
         );
     }
 

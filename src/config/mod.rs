@@ -1,6 +1,13 @@
-//! Turns the raw [`ServeArgs`] into a [`Config`] whose every field is already checked:
-//! secrets loaded, durations and sizes parsed, the upstream URL parsed, the state
-//! directory created and writable. Nothing later re-checks these.
+//! Turns the raw [`ServeArgs`] (and the config file they name) into a [`Config`] whose
+//! every field is already checked: secrets loaded, durations and sizes parsed, routes
+//! and destinations validated, the state directory created and writable. Nothing later
+//! re-checks these.
+//!
+//! - [`file`]: the TOML config file, and its overlay onto the command line.
+//! - [`routes`]: routes and destinations, validated.
+
+pub mod file;
+pub mod routes;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,6 +19,7 @@ use crate::cli::{LogFormat, ServeArgs};
 use crate::duration::{parse_duration, parse_size};
 use crate::listener::ListenAddr;
 use crate::secret::{self, load_app_secrets, load_token, load_verify_token, Secret};
+use routes::{Defaults, Route};
 
 /// The validated configuration of `xhubd serve`.
 #[derive(Debug)]
@@ -20,28 +28,16 @@ pub struct Config {
     pub listen: ListenAddr,
     /// Mode of the Unix socket file.
     pub socket_mode: u32,
-    /// Where events are delivered.
-    pub upstream: Url,
-    /// The verify token of the verification challenge.
-    pub verify_token: Secret,
-    /// Every accepted App Secret.
-    pub app_secrets: Vec<Secret>,
+    /// The config file, when one was given.
+    pub config_file: Option<PathBuf>,
+    /// The routes: the file's, or the one the flags make (`default`, every path).
+    pub routes: Vec<Route>,
     /// The spool directory, created and writable.
     pub state_dir: PathBuf,
     /// Largest accepted body, in bytes.
     pub max_body_bytes: u64,
     /// How long event identities are remembered.
     pub dedup_window: Duration,
-    /// How long delivery is retried.
-    pub retry_for: Duration,
-    /// First retry delay.
-    pub retry_initial: Duration,
-    /// Longest retry delay.
-    pub retry_max_delay: Duration,
-    /// Upstream requests in flight at most.
-    pub upstream_concurrency: usize,
-    /// Time limit of one delivery attempt.
-    pub upstream_timeout: Duration,
     /// Header holding the client certificate subject, with the expected CN.
     pub client_cn: Option<(http::HeaderName, String)>,
     /// Admin listener address.
@@ -82,7 +78,14 @@ impl Config {
         Config::build(args, StateDir::Inspect)
     }
 
-    fn build(args: ServeArgs, state: StateDir) -> anyhow::Result<Config> {
+    fn build(mut args: ServeArgs, state: StateDir) -> anyhow::Result<Config> {
+        let file = match &args.config {
+            Some(path) => Some((path.clone(), file::load(path)?)),
+            None => None,
+        };
+        if let Some((_, loaded)) = &file {
+            file::overlay(&mut args, loaded);
+        }
         let listen = ListenAddr::parse(&args.listen).context("--listen")?;
         let socket_mode = u32::from_str_radix(args.socket_mode.trim_start_matches("0o"), 8)
             .ok()
@@ -93,21 +96,41 @@ impl Config {
                     args.socket_mode
                 )
             })?;
-        let upstream = parse_upstream(args.upstream.as_deref())?;
-        let verify_token = load_verify_token(&secret::require(
-            "--verify-token",
-            args.verify_token.as_deref(),
-            args.verify_token_file.as_deref(),
-            "verify_token",
-        )?)
-        .context("verify token")?;
-        let app_secrets = load_app_secrets(&secret::require(
-            "--app-secret",
-            args.app_secret.as_deref(),
-            args.app_secret_file.as_deref(),
-            "app_secret",
-        )?)
-        .context("App Secret")?;
+        let positive = |flag: &str, text: &str| -> anyhow::Result<Duration> {
+            let d = parse_duration(text).map_err(|e| anyhow!("{flag}: {e}"))?;
+            if d.is_zero() {
+                bail!("{flag} must be more than 0");
+            }
+            Ok(d)
+        };
+        if args.upstream_concurrency == 0 {
+            bail!("--upstream-concurrency must be at least 1");
+        }
+        let defaults = Defaults {
+            concurrency: args.upstream_concurrency,
+            timeout: positive("--upstream-timeout", &args.upstream_timeout)?,
+            retry_for: positive("--retry-for", &args.retry_for)?,
+            retry_initial: positive("--retry-initial", &args.retry_initial)?,
+            retry_max_delay: positive("--retry-max-delay", &args.retry_max_delay)?,
+        };
+        let routes = match &file {
+            Some((path, loaded)) if !loaded.route.is_empty() => {
+                let single_app = args.upstream.is_some()
+                    || args.verify_token.is_some()
+                    || args.verify_token_file.is_some()
+                    || args.app_secret.is_some()
+                    || args.app_secret_list.is_some()
+                    || args.app_secret_file.is_some();
+                if single_app {
+                    bail!(
+                        "{}: with [[route]], --upstream, --verify-token* and --app-secret* (flags, variables or top-level keys) are refused: each route has its own",
+                        path.display()
+                    );
+                }
+                routes::from_file(path, &loaded.route, defaults)?
+            }
+            _ => vec![flags_route(&args, defaults)?],
+        };
         let state_dir = match state {
             StateDir::Prepare => prepare_state_dir(&args.state_dir)?,
             StateDir::Inspect => inspect_state_dir(&args.state_dir)?,
@@ -140,33 +163,17 @@ impl Config {
         )?
         .map(|source| load_token(&source, "admin token"))
         .transpose()?;
-        if args.upstream_concurrency == 0 {
-            bail!("--upstream-concurrency must be at least 1");
-        }
         if args.max_connections == 0 {
             bail!("--max-connections must be at least 1");
         }
-        let positive = |flag: &str, text: &str| -> anyhow::Result<Duration> {
-            let d = parse_duration(text).map_err(|e| anyhow!("{flag}: {e}"))?;
-            if d.is_zero() {
-                bail!("{flag} must be more than 0");
-            }
-            Ok(d)
-        };
         Ok(Config {
             listen,
             socket_mode,
-            upstream,
-            verify_token,
-            app_secrets,
+            config_file: file.map(|(path, _)| path),
+            routes,
             state_dir,
             max_body_bytes,
             dedup_window: positive("--dedup-window", &args.dedup_window)?,
-            retry_for: positive("--retry-for", &args.retry_for)?,
-            retry_initial: positive("--retry-initial", &args.retry_initial)?,
-            retry_max_delay: positive("--retry-max-delay", &args.retry_max_delay)?,
-            upstream_concurrency: args.upstream_concurrency,
-            upstream_timeout: positive("--upstream-timeout", &args.upstream_timeout)?,
             client_cn,
             admin_listen,
             admin_token,
@@ -179,18 +186,60 @@ impl Config {
     }
 }
 
-/// Parses the upstream URL: http or https, with a host.
-fn parse_upstream(text: Option<&str>) -> anyhow::Result<Url> {
-    let text = text.ok_or_else(|| anyhow!("--upstream is required (or XHUBD_UPSTREAM)"))?;
-    let url = Url::parse(text).map_err(|e| anyhow!("--upstream: not a valid URL ({e})"))?;
+/// The route the flags make: `--upstream`, `--verify-token*`, `--app-secret*` (or their
+/// variables, top-level keys or systemd credentials).
+fn flags_route(args: &ServeArgs, defaults: Defaults) -> anyhow::Result<Route> {
+    let text = args.upstream.as_deref().ok_or_else(|| {
+        anyhow!("--upstream is required (or XHUBD_UPSTREAM, or routes in --config)")
+    })?;
+    let upstream = parse_url(text).context("--upstream")?;
+    let verify_token = load_verify_token(&secret::require(
+        "--verify-token",
+        args.verify_token.as_deref(),
+        args.verify_token_file.as_deref(),
+        "verify_token",
+    )?)
+    .context("verify token")?;
+    let app_secrets = match &args.app_secret_list {
+        Some(list) if !args.explicit.contains("app_secret_file") => {
+            let secrets: Vec<Secret> = list
+                .iter()
+                .map(|s| s.trim())
+                .filter(|s| !s.is_empty())
+                .map(|s| Secret::new(s.as_bytes().to_vec()))
+                .collect();
+            if secrets.is_empty() {
+                bail!("App Secret: no App Secret given: the value is empty");
+            }
+            secrets
+        }
+        _ => load_app_secrets(&secret::require(
+            "--app-secret",
+            args.app_secret.as_deref(),
+            args.app_secret_file.as_deref(),
+            "app_secret",
+        )?)
+        .context("App Secret")?,
+    };
+    Ok(routes::default_route(
+        verify_token,
+        app_secrets,
+        upstream,
+        defaults,
+    ))
+}
+
+/// Parses a backend's URL: http or https, with a host.
+pub(crate) fn parse_url(text: &str) -> anyhow::Result<Url> {
+    let url = Url::parse(text).map_err(|e| anyhow!("not a valid URL ({e})"))?;
     if !matches!(url.scheme(), "http" | "https") {
         bail!(
-            "--upstream: scheme {:?} is not supported, use http:// or https://",
+            "scheme {:?} is not supported, use http:// or https://",
             url.scheme()
         );
     }
     if url.host_str().is_none_or(str::is_empty) {
-        bail!("--upstream: the URL has no host");
+        bail!("the URL has no host");
     }
     Ok(url)
 }

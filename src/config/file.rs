@@ -1,0 +1,374 @@
+//! The config file (`--config FILE`, `XHUBD_CONFIG`), as TOML: the raw shapes serde reads
+//! (unknown keys refused), and the overlay of its top-level keys onto the command line,
+//! where a flag or variable wins. DESIGN.md "Routes and destinations" is the contract.
+//!
+//! Errors name the file, the line and the key, never a value: a TOML parser's message
+//! quotes the offending line and serde's quote the offending value, and either may be a
+//! secret, so both are left out.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Context};
+use serde::Deserialize;
+
+use crate::cli::{LogFormat, ServeArgs};
+
+/// A size: bytes as an integer, or text with a unit (`"8MiB"`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Size {
+    /// Bytes.
+    Bytes(u64),
+    /// With a unit, as the command line takes it.
+    Text(String),
+}
+
+impl Size {
+    /// The command line's form.
+    pub fn as_text(&self) -> String {
+        match self {
+            Size::Bytes(n) => n.to_string(),
+            Size::Text(t) => t.clone(),
+        }
+    }
+}
+
+/// App Secrets: one string (one secret, never split at commas) or a list.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum SecretList {
+    /// One secret.
+    One(String),
+    /// Several (rotation, several apps).
+    Many(Vec<String>),
+}
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// `--listen`.
+    pub listen: Option<String>,
+    /// `--socket-mode`.
+    pub socket_mode: Option<String>,
+    /// `--upstream` (refused with routes).
+    pub upstream: Option<String>,
+    /// `--verify-token` (refused with routes).
+    pub verify_token: Option<String>,
+    /// `--verify-token-file` (refused with routes).
+    pub verify_token_file: Option<PathBuf>,
+    /// `--app-secret` (refused with routes).
+    pub app_secret: Option<SecretList>,
+    /// `--app-secret-file` (refused with routes).
+    pub app_secret_file: Option<PathBuf>,
+    /// `--state-dir`.
+    pub state_dir: Option<String>,
+    /// `--max-body-bytes`.
+    pub max_body_bytes: Option<Size>,
+    /// `--dedup-window`.
+    pub dedup_window: Option<String>,
+    /// `--retry-for`.
+    pub retry_for: Option<String>,
+    /// `--retry-initial`.
+    pub retry_initial: Option<String>,
+    /// `--retry-max-delay`.
+    pub retry_max_delay: Option<String>,
+    /// `--upstream-concurrency`.
+    pub upstream_concurrency: Option<usize>,
+    /// `--upstream-timeout`.
+    pub upstream_timeout: Option<String>,
+    /// `--client-cn-header`.
+    pub client_cn_header: Option<String>,
+    /// `--client-cn`.
+    pub client_cn: Option<String>,
+    /// `--admin-listen`.
+    pub admin_listen: Option<String>,
+    /// `--admin-token`.
+    pub admin_token: Option<String>,
+    /// `--admin-token-file`.
+    pub admin_token_file: Option<PathBuf>,
+    /// `--max-connections`.
+    pub max_connections: Option<usize>,
+    /// `--header-timeout`.
+    pub header_timeout: Option<String>,
+    /// `--body-timeout`.
+    pub body_timeout: Option<String>,
+    /// `--shutdown-timeout`.
+    pub shutdown_timeout: Option<String>,
+    /// `--log-format`.
+    pub log_format: Option<LogFormat>,
+    /// The routes, in file order.
+    #[serde(default)]
+    pub route: Vec<RouteFile>,
+}
+
+/// One `[[route]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    /// `[a-z0-9_-]`, unique.
+    pub name: String,
+    /// The exact request path, unique.
+    pub path: String,
+    /// The verify token.
+    pub verify_token: Option<String>,
+    /// A file holding it (relative: in `$CREDENTIALS_DIRECTORY`, else the file's folder).
+    pub verify_token_file: Option<PathBuf>,
+    /// The App Secret(s).
+    pub app_secret: Option<SecretList>,
+    /// A file holding them.
+    pub app_secret_file: Option<PathBuf>,
+    /// Routes with the same group share their dedup memory.
+    pub dedup_group: Option<String>,
+    /// Where its events go.
+    #[serde(default)]
+    pub destination: Vec<DestinationFile>,
+}
+
+/// One `[[route.destination]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationFile {
+    /// Unique within its route.
+    pub name: String,
+    /// `http://` or `https://`.
+    pub url: String,
+    /// Which items it takes (all when absent).
+    #[serde(rename = "match")]
+    pub match_: Option<MatchFile>,
+    /// `"none"` or `"item"`.
+    pub split: Option<String>,
+    /// Takes what no other destination of the route matches.
+    pub fallback: Option<bool>,
+    /// Signs every request to it with this secret instead.
+    pub sign_secret_file: Option<PathBuf>,
+    /// Requests in flight at most.
+    pub concurrency: Option<usize>,
+    /// Time limit of one attempt.
+    pub timeout: Option<String>,
+    /// How long delivery is retried.
+    pub retry_for: Option<String>,
+    /// First retry delay.
+    pub retry_initial: Option<String>,
+    /// Longest retry delay.
+    pub retry_max_delay: Option<String>,
+    /// Extra request headers (values never logged).
+    pub headers: Option<BTreeMap<String, String>>,
+}
+
+/// A destination's `match` table: every given key must hold; a list means any of.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchFile {
+    /// The body's `object` (`threads` for a Threads body).
+    pub object: Option<OneOrMany>,
+    /// The item's `entry[].id` (a Threads body's `target_id`).
+    pub entry_id: Option<OneOrMany>,
+    /// The dashboard's name of the item's webhook field.
+    pub field: Option<OneOrMany>,
+    /// The change's `value` holds a non-empty array of this name.
+    pub value_has: Option<OneOrMany>,
+    /// A change's `value.metadata.phone_number_id`.
+    pub phone_number_id: Option<OneOrMany>,
+}
+
+/// One text or a list of them; ids may be written as numbers (compared as text).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    /// One value.
+    One(Scalar),
+    /// Any of these.
+    Many(Vec<Scalar>),
+}
+
+/// A match value: text, or an integer written without quotes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Scalar {
+    /// Text.
+    Text(String),
+    /// An integer, taken as its decimal text.
+    Integer(i64),
+}
+
+impl OneOrMany {
+    /// The values as text.
+    pub fn texts(&self) -> Vec<String> {
+        let text = |s: &Scalar| match s {
+            Scalar::Text(t) => t.clone(),
+            Scalar::Integer(n) => n.to_string(),
+        };
+        match self {
+            OneOrMany::One(s) => vec![text(s)],
+            OneOrMany::Many(list) => list.iter().map(text).collect(),
+        }
+    }
+}
+
+/// Reads and parses the file. The error names the file and the line, never a value.
+pub fn load(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the config file {}", path.display()))?;
+    toml::from_str::<FileConfig>(&text).map_err(|e| {
+        let line = e.span().map(|span| {
+            text.as_bytes()[..span.start.min(text.len())]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count()
+                + 1
+        });
+        let at = line.map(|l| format!(" (line {l})")).unwrap_or_default();
+        anyhow!("{}{at}: {}", path.display(), without_values(e.message()))
+    })
+}
+
+/// serde's message without the values it quotes (between backticks, after "invalid
+/// type" or "invalid value"): a value may be a secret.
+fn without_values(message: &str) -> String {
+    let message = message.trim();
+    if !(message.starts_with("invalid type") || message.starts_with("invalid value")) {
+        return message.to_owned();
+    }
+    let mut out = String::new();
+    let mut quoted = false;
+    for c in message.chars() {
+        match (c, quoted) {
+            ('`', false) => {
+                quoted = true;
+                out.push_str("`…");
+            }
+            ('`', true) => {
+                quoted = false;
+                out.push('`');
+            }
+            (_, true) => {}
+            (c, false) => out.push(c),
+        }
+    }
+    out
+}
+
+/// Puts the file's top-level serve options into `args`, except where `explicit` (the
+/// options given as flags or variables) already has them.
+pub fn overlay(args: &mut ServeArgs, file: &FileConfig) {
+    macro_rules! take {
+        ($($field:ident),* $(,)?) => {$(
+            if !args.explicit.contains(stringify!($field)) {
+                if let Some(v) = &file.$field {
+                    args.$field = v.clone();
+                }
+            }
+        )*};
+    }
+    macro_rules! take_some {
+        ($($field:ident),* $(,)?) => {$(
+            if !args.explicit.contains(stringify!($field)) {
+                if let Some(v) = &file.$field {
+                    args.$field = Some(v.clone());
+                }
+            }
+        )*};
+    }
+    take!(
+        listen,
+        socket_mode,
+        state_dir,
+        dedup_window,
+        retry_for,
+        retry_initial,
+        retry_max_delay,
+        upstream_concurrency,
+        upstream_timeout,
+        client_cn,
+        max_connections,
+        header_timeout,
+        body_timeout,
+        shutdown_timeout,
+        log_format,
+    );
+    take_some!(
+        upstream,
+        verify_token,
+        verify_token_file,
+        app_secret_file,
+        client_cn_header,
+        admin_listen,
+        admin_token,
+        admin_token_file,
+    );
+    if !args.explicit.contains("max_body_bytes") {
+        if let Some(size) = &file.max_body_bytes {
+            args.max_body_bytes = size.as_text();
+        }
+    }
+    if !args.explicit.contains("app_secret") {
+        if let Some(secrets) = &file.app_secret {
+            args.app_secret_list = Some(match secrets {
+                SecretList::One(s) => vec![s.clone()],
+                SecretList::Many(list) => list.clone(),
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> anyhow::Result<FileConfig> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("xhubd.toml");
+        std::fs::write(&path, text).unwrap();
+        load(&path)
+    }
+
+    #[test]
+    fn routes_destinations_and_matches_parse() {
+        let file = parse(
+            r#"
+            state_dir = "/tmp/x"
+            max_body_bytes = "4MiB"
+            [[route]]
+            name = "wa"
+            path = "/webhook/wa"
+            verify_token = "t"
+            app_secret = ["a", "b"]
+              [[route.destination]]
+              name = "bot"
+              url = "http://127.0.0.1:8081/wa"
+              match = { field = ["messages"], value_has = "messages", entry_id = 102290129340398 }
+              headers = { Authorization = "Bearer x" }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(file.route.len(), 1);
+        let m = file.route[0].destination[0].match_.clone().unwrap();
+        assert_eq!(m.field.unwrap().texts(), ["messages"]);
+        assert_eq!(m.value_has.unwrap().texts(), ["messages"]);
+        assert_eq!(m.entry_id.unwrap().texts(), ["102290129340398"]);
+        assert!(matches!(file.max_body_bytes, Some(Size::Text(_))));
+    }
+
+    #[test]
+    fn errors_name_the_line_and_key_never_the_value() {
+        let e = parse("[[route]]\nname = \"a\"\npath = \"/a\"\nverify_tokn = \"s3cret-value\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 4") && e.contains("verify_tokn"), "{e}");
+        assert!(!e.contains("s3cret-value"), "{e}");
+        let e = parse("[[route]]\nname = \"a\"\npath = \"/a\"\napp_secret = 123456789\n")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("123456789"), "{e}");
+        let e = parse("verify_token = [\"s3cret-value\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("s3cret-value"), "{e}");
+        let e = parse("[[route]]\nname = \"a\"\npath = \"/a\"\n[[route.destination]]\nname = \"d\"\nurl = \"http://x\"\nmatch = { feild = \"messages\" }\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("feild"), "{e}");
+    }
+}
