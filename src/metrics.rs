@@ -119,6 +119,11 @@ struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
     state: &'static str,
 }
@@ -133,6 +138,7 @@ pub struct Metrics {
     spool_events: Family<StateLabels, Gauge>,
     oldest_pending_seconds: Gauge<f64, AtomicU64>,
     dedup_keys: Gauge,
+    unrouted: Family<RouteLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -187,7 +193,14 @@ impl Metrics {
             "Event identities remembered to drop Meta's retries",
             dedup_keys.clone(),
         );
+        let unrouted = Family::<RouteLabels, Counter>::default();
+        registry.register(
+            "items_unrouted",
+            "Items of accepted events that no destination of their route takes (stored, delivered nowhere)",
+            unrouted.clone(),
+        );
         Metrics {
+            unrouted,
             registry: Mutex::new(registry),
             requests,
             ack_seconds,
@@ -204,6 +217,15 @@ impl Metrics {
         self.requests
             .get_or_create(&OutcomeLabels { outcome })
             .inc();
+    }
+
+    /// Counts `items` of an accepted event on `route` that no destination takes.
+    pub fn unrouted(&self, route: &str, items: usize) {
+        self.unrouted
+            .get_or_create(&RouteLabels {
+                route: route.to_owned(),
+            })
+            .inc_by(items as u64);
     }
 
     /// Records the time to acknowledge an event.

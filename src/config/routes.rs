@@ -13,7 +13,7 @@ use url::Url;
 
 use super::file::{DestinationFile, RouteFile, SecretList};
 use crate::duration::parse_duration;
-use crate::secret::{load_app_secrets, load_verify_token, Secret, SecretSource};
+use crate::secret::{load_app_secrets, load_token, load_verify_token, Secret, SecretSource};
 
 /// The name of the route and destination the flags make.
 pub const DEFAULT: &str = "default";
@@ -54,6 +54,39 @@ pub struct Destination {
     pub retry_max_delay: Duration,
     /// Extra request headers (e.g. `Authorization`); values are never logged.
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Which items it takes: every given key must hold (none given: every item).
+    pub matches: Match,
+    /// Takes the items no other (non-fallback) destination of the route takes.
+    pub fallback: bool,
+    /// One request per item (`split = "item"`), or one per event.
+    pub split: Split,
+    /// Signs every request to it with this secret instead of the App Secret.
+    pub sign_secret: Option<Secret>,
+}
+
+/// A destination's `match` (DESIGN.md): each key given is a list, any of which must
+/// equal the item's (ids compared as text).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Match {
+    /// The body's `object` (`threads` for a Threads body).
+    pub object: Option<Vec<String>>,
+    /// The item's `entry[].id` (a Threads body's `target_id`).
+    pub entry_id: Option<Vec<String>>,
+    /// The item's field, as the dashboard names the subscription.
+    pub field: Option<Vec<String>>,
+    /// A non-empty array in the change's `value` (WhatsApp `messages`, `statuses`, ...).
+    pub value_has: Option<Vec<String>>,
+    /// The change's `value.metadata.phone_number_id`.
+    pub phone_number_id: Option<Vec<String>>,
+}
+
+/// How a destination receives what it takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    /// One request per event, holding its items (narrowed when it takes only some).
+    None,
+    /// One request per item, each one entry holding one item, with `X-Xhubd-Part: i/n`.
+    Item,
 }
 
 /// What a destination falls back to when it does not set a value: the flags.
@@ -105,6 +138,10 @@ pub fn default_route(
             retry_initial: defaults.retry_initial,
             retry_max_delay: defaults.retry_max_delay,
             headers: Vec::new(),
+            matches: Match::default(),
+            fallback: false,
+            split: Split::None,
+            sign_secret: None,
         }],
     }
 }
@@ -168,7 +205,7 @@ pub fn from_file(
             if !destination_names.insert(d.name.clone()) {
                 bail!("{at}: name: another destination of this route has this name");
             }
-            destinations.push(destination(d, defaults).with_context(|| at.clone())?);
+            destinations.push(destination(d, defaults, file).with_context(|| at.clone())?);
         }
         out.push(Route {
             name: route.name.clone(),
@@ -186,16 +223,52 @@ pub fn from_file(
 }
 
 /// One destination, with the flags' values where it sets none.
-fn destination(d: &DestinationFile, defaults: Defaults) -> anyhow::Result<Destination> {
-    if d.match_.is_some() || d.split.is_some() || d.fallback.is_some() {
-        // Until items are routed one by one, a destination takes every event of its
-        // route whole: a `match` cannot be honoured, and would send an operator's
-        // customer the events of another.
-        bail!("match, split and fallback are not supported by this release");
-    }
-    if d.sign_secret_file.is_some() {
-        bail!("sign_secret_file is not supported by this release");
-    }
+fn destination(
+    d: &DestinationFile,
+    defaults: Defaults,
+    file: &Path,
+) -> anyhow::Result<Destination> {
+    let split = match d.split.as_deref() {
+        None | Some("none") => Split::None,
+        Some("item") => Split::Item,
+        Some(other) => bail!("split: {other:?} is neither \"none\" nor \"item\""),
+    };
+    let matches = d
+        .match_
+        .as_ref()
+        .map(|m| {
+            let list = |key: &str,
+                        v: &Option<super::file::OneOrMany>|
+             -> anyhow::Result<Option<Vec<String>>> {
+                match v {
+                    None => Ok(None),
+                    Some(v) => {
+                        let texts = v.texts();
+                        if texts.is_empty() || texts.iter().any(String::is_empty) {
+                            bail!("match: {key}: an empty list or value matches nothing");
+                        }
+                        Ok(Some(texts))
+                    }
+                }
+            };
+            Ok::<_, anyhow::Error>(Match {
+                object: list("object", &m.object)?,
+                entry_id: list("entry_id", &m.entry_id)?,
+                field: list("field", &m.field)?,
+                value_has: list("value_has", &m.value_has)?,
+                phone_number_id: list("phone_number_id", &m.phone_number_id)?,
+            })
+        })
+        .transpose()?
+        .unwrap_or_default();
+    let sign_secret = d
+        .sign_secret_file
+        .as_ref()
+        .map(|f| {
+            load_token(&SecretSource::File(resolve(f, file)), "signing secret")
+                .map_err(|e| anyhow!("sign_secret_file: {e:#}"))
+        })
+        .transpose()?;
     let url = super::parse_url(&d.url).context("url")?;
     let positive = |key: &str, value: &Option<String>, default: Duration| match value {
         None => Ok(default),
@@ -237,6 +310,10 @@ fn destination(d: &DestinationFile, defaults: Defaults) -> anyhow::Result<Destin
             defaults.retry_max_delay,
         )?,
         headers,
+        matches,
+        fallback: d.fallback.unwrap_or(false),
+        split,
+        sign_secret,
     })
 }
 

@@ -327,7 +327,7 @@ impl Delivery {
             return Ok(body.clone());
         }
         self.store
-            .body(event.event_seq)
+            .body(event.seq)
             .await?
             .ok_or_else(|| anyhow::anyhow!("the event is no longer in the spool"))
     }
@@ -375,6 +375,7 @@ mod tests {
             event_seq: seq,
             event_id: format!("e{seq}"),
             destination: DestinationKey::new("default", "default"),
+            part: None,
             retry_from: 0,
             attempts: 0,
             signature: String::new(),

@@ -116,6 +116,9 @@ impl Upstream {
             .header("x-xhubd-event-id", &delivery.event_id)
             .header("x-xhubd-delivery-id", &delivery.id)
             .header("x-xhubd-attempt", attempt.to_string());
+        if let Some((part, parts)) = delivery.part {
+            request = request.header("x-xhubd-part", format!("{part}/{parts}"));
+        }
         if !delivery.signature.is_empty() {
             request = request.header("x-hub-signature-256", &delivery.signature);
         }

@@ -106,6 +106,30 @@ pub(super) fn apply(conn: &mut Connection, version: i64, rekey: Rekey<'_>) -> ru
         // The triggers of the current layout, in place of the ones dropped.
         tx.execute_batch(SCHEMA)?;
     }
+    // A delivery's own signatures and split flag (added within layout 6).
+    let deliveries_exist: i64 = tx.query_row(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'deliveries'",
+        [],
+        |r| r.get(0),
+    )?;
+    if deliveries_exist > 0 {
+        for (column, definition) in [
+            ("split", "INTEGER NOT NULL DEFAULT 0"),
+            ("signature", "TEXT"),
+            ("signature_sha1", "TEXT"),
+        ] {
+            let has: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('deliveries') WHERE name = ?1",
+                [column],
+                |r| r.get(0),
+            )?;
+            if has == 0 {
+                tx.execute_batch(&format!(
+                    "ALTER TABLE deliveries ADD COLUMN {column} {definition};"
+                ))?;
+            }
+        }
+    }
     if older(6) {
         // The route column was added above (every event so far came in on the flags'
         // route); due deliveries are now indexed per destination.

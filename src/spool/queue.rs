@@ -48,10 +48,13 @@ impl Queue {
     ) -> rusqlite::Result<Vec<DueDelivery>> {
         self.with(|conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT d.seq, d.id, e.seq, e.id, d.retry_from, d.attempts, e.signature,
-                        e.signature_sha1,
+                "SELECT d.seq, d.id, e.seq, e.id, d.retry_from, d.attempts,
+                        COALESCE(d.signature, e.signature),
+                        CASE WHEN d.signature IS NULL THEN e.signature_sha1 ELSE d.signature_sha1 END,
                         CASE WHEN e.size <= ?3
-                             THEN (SELECT b.body FROM bodies b WHERE b.seq = e.seq) END
+                             THEN COALESCE((SELECT o.body FROM delivery_bodies o WHERE o.seq = d.seq),
+                                           (SELECT b.body FROM bodies b WHERE b.seq = e.seq)) END,
+                        d.split, d.part, d.parts
                  FROM deliveries d JOIN events e ON e.seq = d.event_seq
                  WHERE d.state = 0 AND d.destination = ?4 AND d.next_attempt_at <= ?1
                  ORDER BY d.next_attempt_at, d.seq LIMIT ?2",
@@ -69,6 +72,10 @@ impl Queue {
                     event_seq: r.get(2)?,
                     event_id: r.get(3)?,
                     destination: destination.clone(),
+                    part: r
+                        .get::<_, bool>(9)?
+                        .then(|| Ok::<_, rusqlite::Error>((r.get(10)?, r.get(11)?)))
+                        .transpose()?,
                     retry_from: r.get(4)?,
                     attempts: r.get(5)?,
                     signature: r.get(6)?,
@@ -90,13 +97,17 @@ impl Queue {
         })
     }
 
-    /// The body of one event (by the event's row number).
+    /// The body delivery `seq` sends: its own (narrowed, split), else its event's.
     pub fn body(&self, seq: i64) -> rusqlite::Result<Option<Bytes>> {
         self.with(|conn| {
-            conn.prepare_cached("SELECT body FROM bodies WHERE seq = ?1")?
-                .query_row([seq], |r| r.get::<_, Vec<u8>>(0))
-                .optional()
-                .map(|b| b.map(Bytes::from))
+            conn.prepare_cached(
+                "SELECT COALESCE((SELECT o.body FROM delivery_bodies o WHERE o.seq = d.seq),
+                                 (SELECT b.body FROM bodies b WHERE b.seq = d.event_seq))
+                 FROM deliveries d WHERE d.seq = ?1",
+            )?
+            .query_row([seq], |r| r.get::<_, Option<Vec<u8>>>(0))
+            .optional()
+            .map(|b| b.flatten().map(Bytes::from))
         })
     }
 }

@@ -70,7 +70,16 @@ CREATE TABLE IF NOT EXISTS deliveries (
     next_attempt_at INTEGER NOT NULL,
     retry_from      INTEGER NOT NULL,
     finished_at     INTEGER,
-    last_error      TEXT
+    last_error      TEXT,
+    split           INTEGER NOT NULL DEFAULT 0,
+    signature       TEXT,
+    signature_sha1  TEXT
+);
+-- A delivery's own bytes (narrowed to the items its destination takes, or one item),
+-- when not the event's body; signature and signature_sha1 are then its own too.
+CREATE TABLE IF NOT EXISTS delivery_bodies (
+    seq  INTEGER PRIMARY KEY,
+    body BLOB    NOT NULL
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(destination, next_attempt_at)
     WHERE state = 0;
@@ -96,6 +105,10 @@ CREATE TRIGGER IF NOT EXISTS deliveries_delete_attempts AFTER DELETE ON deliveri
 BEGIN
     DELETE FROM attempts WHERE delivery_seq = OLD.seq;
 END;
+CREATE TRIGGER IF NOT EXISTS deliveries_delete_body AFTER DELETE ON deliveries
+BEGIN
+    DELETE FROM delivery_bodies WHERE seq = OLD.seq;
+END;
 -- key: the first 16 bytes of the SHA-256 of an identity (body hash or item id).
 CREATE TABLE IF NOT EXISTS dedup (
     key       BLOB    PRIMARY KEY,
@@ -111,7 +124,8 @@ CREATE INDEX IF NOT EXISTS dedup_seen ON dedup(seen_at);
 /// kept with each event, and dedup keys recomputed with the identity rules that tell an
 /// echo, an unsend and an edit from the message they are about; 5: delivery state in
 /// `deliveries` (one row per event, destination and part), with an `attempts` history;
-/// 6: each event's route, and due deliveries indexed per destination.
+/// 6: each event's route, due deliveries indexed per destination, and a delivery's own
+/// (narrowed or split) body and signatures.
 pub const SCHEMA_VERSION: i64 = 6;
 
 /// The dedup keys of a stored body under this build's identity rules, for the upgrade

@@ -134,10 +134,10 @@ impl Store {
         blocking(move || queue.next_due_at(&destination)).await
     }
 
-    /// The body of event `event_seq`, if it is still stored.
-    pub async fn body(&self, event_seq: i64) -> Result<Option<Bytes>, SpoolError> {
+    /// The body delivery `seq` sends, if it is still stored.
+    pub async fn body(&self, seq: i64) -> Result<Option<Bytes>, SpoolError> {
         let queue = self.queue.clone();
-        blocking(move || queue.body(event_seq)).await
+        blocking(move || queue.body(seq)).await
     }
 
     /// A watch that changes whenever deliveries may have become due that were not

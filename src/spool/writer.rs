@@ -20,7 +20,7 @@ use tracing::{debug, error, info, warn};
 
 use super::queue::INLINE_BODY_MAX;
 use super::{now_ms, Command, NewEvent, Outcome, Spool, SpoolError, SpoolHealth, Stored};
-use crate::types::{AttemptReport, DeliveryState, DestinationKey, DueDelivery};
+use crate::types::{AttemptReport, DeliveryState, DueDelivery, NewDelivery};
 
 /// Most requests in one transaction.
 const MAX_BATCH: usize = 1024;
@@ -162,7 +162,7 @@ fn run(
 /// What one request did inside the transaction, for its answer once committed.
 enum Applied {
     /// Stored or recognised, with the new event's deliveries (none for a duplicate).
-    Accepted(Stored, Vec<NewDelivery>),
+    Accepted(Stored, Vec<Inserted>),
     /// A delivery outcome was recorded.
     Recorded,
     /// This many pending events were made due now.
@@ -273,12 +273,12 @@ fn commit_batch(
     }
 }
 
-/// A delivery inserted with a new event: its row number, id and destination.
-struct NewDelivery {
+/// A delivery inserted with a new event: its row number and id, and what it sends.
+struct Inserted {
     seq: i64,
     id: String,
     event_seq: i64,
-    destination: DestinationKey,
+    planned: NewDelivery,
 }
 
 /// Gives a newly committed event's delivery to delivery, if its queue has room. Returns
@@ -287,20 +287,29 @@ fn hand_over(
     fresh: &mpsc::Sender<DueDelivery>,
     event: &NewEvent,
     event_id: &str,
-    delivery: NewDelivery,
+    delivery: Inserted,
     now: i64,
 ) -> bool {
+    let planned = delivery.planned;
+    let body = planned.body.unwrap_or_else(|| event.body.clone());
     let due = DueDelivery {
         seq: delivery.seq,
         id: delivery.id,
         event_seq: delivery.event_seq,
         event_id: event_id.to_owned(),
-        destination: delivery.destination,
+        destination: planned.destination,
+        part: planned.part,
         retry_from: now,
         attempts: 0,
-        signature: event.signature.clone(),
-        signature_sha1: event.signature_sha1.clone(),
-        body: (event.body.len() <= INLINE_BODY_MAX).then(|| event.body.clone()),
+        signature: planned
+            .signature
+            .clone()
+            .unwrap_or_else(|| event.signature.clone()),
+        signature_sha1: match planned.signature {
+            Some(_) => planned.signature_sha1,
+            None => event.signature_sha1.clone(),
+        },
+        body: (body.len() <= INLINE_BODY_MAX).then_some(body),
     };
     match fresh.try_send(due) {
         Ok(()) => true,
@@ -318,7 +327,7 @@ fn accept_one(
     event: &NewEvent,
     now: i64,
     window_ms: i64,
-) -> rusqlite::Result<(Stored, Vec<NewDelivery>)> {
+) -> rusqlite::Result<(Stored, Vec<Inserted>)> {
     let cutoff = now.saturating_sub(window_ms);
     let mut lookup = tx.prepare_cached(
         "SELECT d.event_seq, e.id FROM dedup d LEFT JOIN events e ON e.seq = d.event_seq
@@ -382,24 +391,37 @@ fn accept_one(
         remember.execute(params![&key.as_bytes()[..], seq, now])?;
     }
     let mut insert = tx.prepare_cached(
-        "INSERT INTO deliveries (id, event_seq, destination, state, next_attempt_at, retry_from)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+        "INSERT INTO deliveries (id, event_seq, destination, part, parts, split, state,
+                                 next_attempt_at, retry_from, signature, signature_sha1)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?10)",
     )?;
-    let mut deliveries = Vec::with_capacity(event.destinations.len());
-    for destination in &event.destinations {
+    let mut own_body =
+        tx.prepare_cached("INSERT INTO delivery_bodies (seq, body) VALUES (?1, ?2)")?;
+    let mut deliveries = Vec::with_capacity(event.deliveries.len());
+    for planned in &event.deliveries {
         let delivery_id = uuid::Uuid::now_v7().to_string();
+        let (part, parts) = planned.part.unwrap_or((1, 1));
         insert.execute(params![
             delivery_id,
             seq,
-            destination.as_str(),
+            planned.destination.as_str(),
+            part,
+            parts,
+            planned.part.is_some(),
             DeliveryState::Pending.code(),
-            now
+            now,
+            planned.signature,
+            planned.signature_sha1,
         ])?;
-        deliveries.push(NewDelivery {
-            seq: tx.last_insert_rowid(),
+        let delivery_seq = tx.last_insert_rowid();
+        if let Some(body) = &planned.body {
+            own_body.execute(params![delivery_seq, &body[..]])?;
+        }
+        deliveries.push(Inserted {
+            seq: delivery_seq,
             id: delivery_id,
             event_seq: seq,
-            destination: destination.clone(),
+            planned: planned.clone(),
         });
     }
     Ok((Stored::New(id), deliveries))

@@ -9,8 +9,9 @@ use super::state::DeliveryState;
 pub struct NewEvent {
     /// The route it came in on.
     pub route: String,
-    /// The destinations it goes to, one delivery each (none: stored, delivered nowhere).
-    pub destinations: Vec<DestinationKey>,
+    /// What goes where: one delivery per destination and part (none: stored, delivered
+    /// nowhere). Decided now, so a later reload or secret rotation never changes it.
+    pub deliveries: Vec<NewDelivery>,
     /// The raw body, byte for byte as received.
     pub body: bytes::Bytes,
     /// Meta's `X-Hub-Signature-256` value, forwarded unchanged.
@@ -26,6 +27,22 @@ pub struct NewEvent {
     pub field: String,
     /// The request headers as a JSON object (credentials removed), for operators.
     pub headers: String,
+}
+
+/// One delivery of a new event: where it goes, and what it sends when that is not
+/// Meta's body and signatures as they came.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    /// The destination.
+    pub destination: DestinationKey,
+    /// `Some((i, n))` for part `i` of `n` of a destination that splits (`X-Xhubd-Part`).
+    pub part: Option<(u32, u32)>,
+    /// The bytes to send, when not the event's own (narrowed, or one item).
+    pub body: Option<bytes::Bytes>,
+    /// The `X-Hub-Signature-256` to send, when not Meta's (re-signed).
+    pub signature: Option<String>,
+    /// The `X-Hub-Signature` to send with a re-signed body (when Meta sent one).
+    pub signature_sha1: Option<String>,
 }
 
 /// What the store did with an event.
@@ -50,6 +67,8 @@ pub struct DueDelivery {
     pub event_id: String,
     /// The destination it goes to.
     pub destination: DestinationKey,
+    /// `Some((i, n))`: part `i` of `n` (`X-Xhubd-Part`), for a destination that splits.
+    pub part: Option<(u32, u32)>,
     /// When its retry period began (unix ms): acceptance, or the last replay.
     pub retry_from: i64,
     /// Attempts made so far.

@@ -11,5 +11,7 @@ pub mod event;
 pub mod state;
 
 pub use dedup::{DedupKey, DedupKeys};
-pub use event::{AttemptReport, DestinationKey, DueDelivery, NewEvent, Outcome, Stored};
+pub use event::{
+    AttemptReport, DestinationKey, DueDelivery, NewDelivery, NewEvent, Outcome, Stored,
+};
 pub use state::{DeliveryState, EventState};

@@ -35,6 +35,14 @@ pub fn parse_object(raw: &[u8]) -> Result<Map<String, Value>, JsonError> {
     }
 }
 
+/// Parses any JSON value by the same grammar, `None` when it is not JSON.
+pub fn parse_value(raw: &[u8]) -> Option<Value> {
+    match serde_json::from_slice::<Value>(raw) {
+        Ok(v) => Some(v),
+        Err(_) => serde_json::from_slice::<Value>(&without_lone_surrogates(raw)?).ok(),
+    }
+}
+
 /// A copy of `raw` with every lone surrogate escape replaced by `\ufffd`, or `None`
 /// when it has none. A `\` always starts a two-character escape or a `\uXXXX` one, so
 /// scanning from one backslash to the next never mistakes `\\u` for an escape.

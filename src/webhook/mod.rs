@@ -9,13 +9,19 @@
 //! - [`body`]: reading the body within the size limit, and draining a refused one.
 //! - [`json`]: the body as a JSON object, by RFC 8259's grammar.
 //! - [`identity`]: what makes two notifications the same event.
+//! - [`items`]: the items of a notification, what each is about, narrowed bodies
+//!   ([`raw`]: where members and elements lie in the bytes).
+//! - [`fanout`]: which destinations take which items, and what each is sent.
 //! - [`rejection`]: why a request was refused, as status, metric and reason.
 
 pub mod body;
 pub mod challenge;
 pub mod client_cn;
+pub mod fanout;
 pub mod identity;
+pub mod items;
 pub mod json;
+pub mod raw;
 pub mod rejection;
 pub mod signature;
 
@@ -31,10 +37,11 @@ use tracing::{error, info, warn};
 use crate::config::routes::{route_for, Route};
 use crate::metrics::{Metrics, RequestOutcome};
 use crate::spool::{NewEvent, Store, Stored};
-use crate::types::{DedupKey, DedupKeys, DestinationKey};
+use crate::types::{DedupKey, DedupKeys};
 use challenge::Challenge;
 use client_cn::ClientCnCheck;
 use identity::Identity;
+use items::Notification;
 use rejection::Rejection;
 
 /// The answer type of every request.
@@ -242,18 +249,21 @@ impl Webhook {
                 }
             };
         let signature_header = headers.get("x-hub-signature-256");
-        if let Err(e) = signature::verify(
+        let secret = match signature::verify_which(
             signature_header.map(|v| v.as_bytes()),
             &raw,
             &route.app_secrets,
         ) {
-            warn!(
-                reason = e.reason(),
-                bytes = raw.len(),
-                "rejected: signature"
-            );
-            return Err(Rejection::Signature(e.reason()).into());
-        }
+            Ok(index) => &route.app_secrets[index],
+            Err(e) => {
+                warn!(
+                    reason = e.reason(),
+                    bytes = raw.len(),
+                    "rejected: signature"
+                );
+                return Err(Rejection::Signature(e.reason()).into());
+            }
+        };
         let doc = match json::parse_object(&raw) {
             Ok(doc) => doc,
             Err(json::JsonError::NotAnObject) => {
@@ -270,6 +280,8 @@ impl Webhook {
         };
         let identity = Identity::of(&raw, &doc);
         let (object, field) = identity::describe(&doc);
+        let meta_sha1 = headers.get("x-hub-signature").is_some();
+        let plan = fanout::plan(route, &Notification::parse(&raw, &doc), secret, meta_sha1);
         drop(doc);
         // The header passed the check above, so it is visible ASCII.
         let signature = signature_header
@@ -285,11 +297,7 @@ impl Webhook {
         let bytes = raw.len();
         let event = NewEvent {
             route: route.name.clone(),
-            destinations: route
-                .destinations
-                .iter()
-                .map(|d| DestinationKey::new(&route.name, &d.name))
-                .collect(),
+            deliveries: plan.deliveries,
             body: raw,
             signature,
             signature_sha1,
@@ -300,6 +308,10 @@ impl Webhook {
         };
         match self.store.accept(event).await {
             Ok(Stored::New(id)) => {
+                if plan.unrouted > 0 {
+                    self.metrics.unrouted(&route.name, plan.unrouted);
+                    info!(event_id = %id, route = %route.name, items = plan.unrouted, "items no destination takes: stored, delivered nowhere");
+                }
                 info!(event_id = %id, route = %route.name, bytes, object = %object, "accepted");
                 Ok(Done::Accepted)
             }

@@ -52,20 +52,29 @@ pub fn verify(
     body: &[u8],
     secrets: &[Secret],
 ) -> Result<(), SignatureError> {
+    verify_which(header, body, secrets).map(|_| ())
+}
+
+/// Like [`verify`], and says which secret made the signature (its index in `secrets`,
+/// the first if several did): the one a narrowed body is signed with again. Every
+/// secret is tried, whichever matches, so the time taken does not say which.
+pub fn verify_which(
+    header: Option<&[u8]>,
+    body: &[u8],
+    secrets: &[Secret],
+) -> Result<usize, SignatureError> {
     let digest = parse_header(header.ok_or(SignatureError::Missing)?)?;
-    let mut matched = false;
-    for secret in secrets {
+    let mut matched = None;
+    for (index, secret) in secrets.iter().enumerate() {
         // HMAC accepts keys of any length, so this cannot fail; a failure counts as no match.
         if let Ok(mut mac) = HmacSha256::new_from_slice(secret.expose()) {
             mac.update(body);
-            matched |= mac.verify_slice(&digest).is_ok();
+            if mac.verify_slice(&digest).is_ok() && matched.is_none() {
+                matched = Some(index);
+            }
         }
     }
-    if matched {
-        Ok(())
-    } else {
-        Err(SignatureError::Mismatch)
-    }
+    matched.ok_or(SignatureError::Mismatch)
 }
 
 /// The header value Meta would send for `body` signed with `secret`.
