@@ -56,7 +56,7 @@ pub enum LogFormat {
 }
 
 /// Options of `xhubd serve`.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 #[command(next_line_help = false)]
 pub struct ServeArgs {
     /// A TOML config file: routes and destinations (several apps and backends), and

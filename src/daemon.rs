@@ -4,8 +4,7 @@
 
 use std::fs::{File, TryLockError};
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use anyhow::{anyhow, Context};
 use clap::error::ErrorKind;
@@ -13,23 +12,21 @@ use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{error, info, warn};
 
 use crate::admin::Admin;
-use crate::cli::{Cli, Command};
-use crate::config::{redacted_url, Config};
-use crate::delivery::backoff::RetryPolicy;
-use crate::delivery::status::UpstreamStatus;
-use crate::delivery::upstream::Upstream;
-use crate::delivery::Delivery;
+use crate::cli::{Cli, Command, ServeArgs};
+use crate::config::routes::Route;
+use crate::config::Config;
+use crate::delivery::fleet::Fleet;
 use crate::listener::{take_systemd_socket, Listener, SystemdSocket};
 use crate::metrics::Metrics;
 use crate::notify;
 use crate::output;
 use crate::server::{self, ServerSettings};
-use crate::shutdown::StopSignals;
+use crate::shutdown::{Asked, StopSignals};
 use crate::spool::{Running, Store, WriterSettings};
-use crate::types::{DestinationKey, DueDelivery};
+use crate::types::DueDelivery;
 use crate::webhook::client_cn::ClientCnCheck;
 use crate::webhook::Webhook;
 
@@ -75,7 +72,8 @@ pub fn main() -> ExitCode {
             Err(e) => startup_error(&e),
         },
         Command::Serve(args) => {
-            let config = match Config::from_args(*args) {
+            let args = *args;
+            let config = match Config::from_args(args.clone()) {
                 Ok(c) => c,
                 Err(e) => return startup_error(&e),
             };
@@ -94,7 +92,7 @@ pub fn main() -> ExitCode {
                 Err(e) => return startup_error(&anyhow!(e).context("cannot start the runtime")),
             };
             runtime.block_on(async move {
-                match Daemon::start(config, inherited).await {
+                match Daemon::start(args, config, inherited).await {
                     Ok(daemon) => daemon.run().await,
                     Err(e) => startup_error(&e),
                 }
@@ -150,15 +148,42 @@ struct Daemon {
     signals: StopSignals,
     shutdown: CancellationToken,
     listeners: Vec<JoinHandle<()>>,
-    delivery: Vec<JoinHandle<()>>,
+    fleet: Arc<Fleet>,
+    routes: Arc<RwLock<Arc<Vec<Route>>>>,
+    /// What was given to start, for a reload: the command line, and what a reload may
+    /// not change.
+    args: ServeArgs,
+    fixed: Fixed,
     spool: Running,
     _lock: File,
+}
+
+/// What only a restart changes: a reload that changes one of these is refused.
+#[derive(Debug, PartialEq)]
+struct Fixed {
+    listen: String,
+    state_dir: std::path::PathBuf,
+    max_body_bytes: u64,
+}
+
+impl Fixed {
+    fn of(config: &Config) -> Fixed {
+        Fixed {
+            listen: config.listen.to_string(),
+            state_dir: config.state_dir.clone(),
+            max_body_bytes: config.max_body_bytes,
+        }
+    }
 }
 
 impl Daemon {
     /// Opens the spool, binds the listeners and starts every task, in the order an event
     /// travels. Any error here is a start-up error.
-    async fn start(config: Config, inherited: Option<SystemdSocket>) -> anyhow::Result<Daemon> {
+    async fn start(
+        args: ServeArgs,
+        config: Config,
+        inherited: Option<SystemdSocket>,
+    ) -> anyhow::Result<Daemon> {
         let signals = StopSignals::register().context("cannot install signal handlers")?;
         let lock = lock_state_dir(&config)?;
         let (store, spool, fresh) = open_spool(&config)?;
@@ -181,13 +206,21 @@ impl Daemon {
             shutdown_timeout: config.shutdown_timeout,
         };
         let metrics = Arc::new(Metrics::new());
-        let delivery = start_delivery(&config, &store, fresh, &metrics, shutdown.clone())?;
-        let destinations: Vec<String> = delivery
-            .destinations
+        let fleet = Arc::new(Fleet::new(
+            store.clone(),
+            metrics.clone(),
+            fresh,
+            shutdown.clone(),
+            config.shutdown_timeout,
+        ));
+        fleet.apply(&config.routes)?;
+        let destinations: Vec<String> = fleet
+            .views()
             .iter()
-            .map(|(key, url, _)| format!("{key} -> {url}"))
+            .map(|v| format!("{} -> {}", v.key, v.url))
             .collect();
-        let webhook = Arc::new(webhook(&config, &store, &metrics));
+        let routes = Arc::new(RwLock::new(Arc::new(config.routes.clone())));
+        let webhook = Arc::new(webhook(&config, &routes, &store, &metrics));
         let listen_addr = listener.local_addr();
         let mut listeners = vec![tokio::spawn(server::serve(
             listener,
@@ -202,10 +235,9 @@ impl Daemon {
             info!(addr = %admin_listener.local_addr(), "admin listener ready");
             let admin = Arc::new(Admin {
                 store: store.clone(),
-                delivery_running: delivery.running,
+                fleet: fleet.clone(),
                 metrics,
-                destinations: delivery.destinations,
-                token: config.admin_token,
+                token: config.admin_token.clone(),
             });
             listeners.push(tokio::spawn(server::serve(
                 admin_listener,
@@ -230,7 +262,10 @@ impl Daemon {
             signals,
             shutdown,
             listeners,
-            delivery: delivery.tasks,
+            fleet,
+            routes,
+            args,
+            fixed: Fixed::of(&config),
             spool,
             _lock: lock,
         })
@@ -240,7 +275,12 @@ impl Daemon {
     /// finish), delivery (attempts in flight finish), and the spool (last batch
     /// committed).
     async fn run(mut self) -> ExitCode {
-        let signal = self.signals.wait().await;
+        let signal = loop {
+            match self.signals.wait().await {
+                Asked::Stop(name) => break name,
+                Asked::Reload => self.reload(),
+            }
+        };
         info!(
             signal,
             "stopping: no new connections; finishing requests in flight"
@@ -250,19 +290,58 @@ impl Daemon {
         for listener in self.listeners {
             let _ = listener.await;
         }
-        for task in self.delivery {
-            let _ = task.await;
-        }
+        self.fleet.join().await;
         self.spool.stop().await;
         info!("stopped");
         ExitCode::SUCCESS
     }
 }
 
+impl Daemon {
+    /// Reloads the config file (SIGHUP): a valid one takes effect for new events, with
+    /// no connection or event dropped; an invalid one, or one that changes what only a
+    /// restart changes, is refused with a log line and the running configuration stays.
+    fn reload(&mut self) {
+        let Some(file) = self.args.config.clone() else {
+            warn!("SIGHUP: no --config file to reload; nothing changed");
+            return;
+        };
+        let args = self.args.clone();
+        let config = match Config::from_args(args) {
+            Ok(config) => config,
+            Err(e) => {
+                error!(file = %file.display(), error = %format!("{e:#}"), "reload refused: the running configuration stays");
+                return;
+            }
+        };
+        let fixed = Fixed::of(&config);
+        if fixed != self.fixed {
+            error!(file = %file.display(), "reload refused: listen, state_dir and max_body_bytes need a restart; the running configuration stays");
+            return;
+        }
+        if let Err(e) = self.fleet.apply(&config.routes) {
+            error!(file = %file.display(), error = %format!("{e:#}"), "reload refused: the running configuration stays");
+            return;
+        }
+        let names: Vec<String> = config
+            .routes
+            .iter()
+            .map(|r| format!("{} ({} destination(s))", r.name, r.destinations.len()))
+            .collect();
+        *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config.routes);
+        info!(file = %file.display(), routes = %names.join(", "), "configuration reloaded");
+    }
+}
+
 /// The request handler of the webhook listener.
-fn webhook(config: &Config, store: &Store, metrics: &Arc<Metrics>) -> Webhook {
+fn webhook(
+    config: &Config,
+    routes: &Arc<RwLock<Arc<Vec<Route>>>>,
+    store: &Store,
+    metrics: &Arc<Metrics>,
+) -> Webhook {
     Webhook {
-        routes: config.routes.clone(),
+        routes: routes.clone(),
         max_body_bytes: config.max_body_bytes,
         body_timeout: config.body_timeout,
         client_cn: config
@@ -273,96 +352,6 @@ fn webhook(config: &Config, store: &Store, metrics: &Arc<Metrics>) -> Webhook {
         metrics: metrics.clone(),
     }
 }
-
-/// The running delivery schedulers (one per destination), and what the admin listener
-/// reads of them.
-struct DeliveryTasks {
-    tasks: Vec<JoinHandle<()>>,
-    running: Vec<Arc<AtomicBool>>,
-    destinations: Vec<(DestinationKey, String, Arc<UpstreamStatus>)>,
-}
-
-/// Starts one delivery scheduler per destination of every route. The writer hands new
-/// deliveries over on one queue (`fresh`); a dispatcher passes each to its
-/// destination's scheduler, and wakes the schedulers to scan the spool when one has no
-/// room.
-fn start_delivery(
-    config: &Config,
-    store: &Store,
-    mut fresh: tokio::sync::mpsc::Receiver<DueDelivery>,
-    metrics: &Arc<Metrics>,
-    shutdown: CancellationToken,
-) -> anyhow::Result<DeliveryTasks> {
-    let mut out = DeliveryTasks {
-        tasks: Vec::new(),
-        running: Vec::new(),
-        destinations: Vec::new(),
-    };
-    let mut handovers = std::collections::HashMap::new();
-    for route in &config.routes {
-        for destination in &route.destinations {
-            let key = DestinationKey::new(&route.name, &destination.name);
-            let upstream = Upstream::new(
-                &destination.url,
-                destination.timeout,
-                destination.concurrency,
-                destination.headers.clone(),
-            )
-            .with_context(|| {
-                format!("route {:?}: destination {:?}", route.name, destination.name)
-            })?;
-            let running = Arc::new(AtomicBool::new(false));
-            let status = Arc::new(UpstreamStatus::default());
-            let (tx, rx) = tokio::sync::mpsc::channel(FRESH_PER_DESTINATION);
-            handovers.insert(key.clone(), tx);
-            let delivery = Delivery {
-                store: store.clone(),
-                destination: key.clone(),
-                upstream,
-                policy: RetryPolicy {
-                    initial: destination.retry_initial,
-                    max_delay: destination.retry_max_delay,
-                    retry_for: destination.retry_for,
-                },
-                concurrency: destination.concurrency,
-                running: running.clone(),
-                metrics: metrics.clone(),
-                status: status.clone(),
-            };
-            out.tasks.push(tokio::spawn(delivery.run(
-                rx,
-                shutdown.clone(),
-                config.shutdown_timeout,
-            )));
-            out.running.push(running);
-            out.destinations
-                .push((key, redacted_url(&destination.url), status));
-        }
-    }
-    let store = store.clone();
-    out.tasks.push(tokio::spawn(async move {
-        loop {
-            let delivery = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                next = fresh.recv() => match next {
-                    Some(delivery) => delivery,
-                    None => break,
-                },
-            };
-            let taken = handovers
-                .get(&delivery.destination)
-                .is_some_and(|tx| tx.try_send(delivery).is_ok());
-            if !taken {
-                // Full, or a destination no longer configured: the spool has it.
-                store.wake_delivery();
-            }
-        }
-    }));
-    Ok(out)
-}
-
-/// New deliveries waiting for one destination's scheduler in memory, at most.
-const FRESH_PER_DESTINATION: usize = 512;
 
 /// Opens the spool, upgrading one an earlier release wrote. An upgrade recomputes each
 /// stored event's dedup keys, which on a large spool takes a while: every few seconds it

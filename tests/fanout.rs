@@ -397,6 +397,9 @@ fn items_nobody_takes_are_stored_and_counted() {
     up.wait_for(1, WAIT);
     assert_eq!(x.count("SELECT COUNT(*) FROM events"), 2);
     assert_eq!(x.count("SELECT COUNT(*) FROM deliveries"), 1);
+    wait_for(WAIT, "the delivery recorded", || {
+        x.count("SELECT COUNT(*) FROM deliveries WHERE state = 1") == 1
+    });
     let admin = Target::Tcp(format!("127.0.0.1:{port}").parse().unwrap());
     let metrics = admin.get("/metrics").text();
     assert!(

@@ -194,10 +194,9 @@ fn a_destination_that_is_down_holds_up_no_other() {
         assert_eq!(post(&x, "/hook", "s", &page_event(n)).status, 200);
     }
     up.wait_for(50, WAIT);
-    assert_eq!(
-        x.count("SELECT COUNT(*) FROM deliveries WHERE destination = 'wa/up' AND state = 1"),
-        50
-    );
+    wait_for(WAIT, "50 deliveries recorded as delivered", || {
+        x.count("SELECT COUNT(*) FROM deliveries WHERE destination = 'wa/up' AND state = 1") == 50
+    });
     assert_eq!(
         x.count("SELECT COUNT(*) FROM deliveries WHERE destination = 'wa/down' AND state = 0"),
         50

@@ -18,7 +18,7 @@
 pub mod auth;
 pub mod pages;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -28,12 +28,12 @@ use hyper::body::Incoming;
 use serde::Serialize;
 use tracing::{info, warn};
 
-use crate::delivery::status::UpstreamStatus;
+use crate::delivery::fleet::Fleet;
 use crate::metrics::Metrics;
 use crate::secret::Secret;
 use crate::spool::inspect::Replay;
 use crate::spool::{SpoolError, Store};
-use crate::types::{DestinationKey, EventState};
+use crate::types::EventState;
 use crate::webhook::{text, Answer};
 
 /// Events shown on the status page.
@@ -43,12 +43,10 @@ const STATUS_PAGE_EVENTS: usize = 100;
 pub struct Admin {
     /// The spool.
     pub store: Store,
-    /// Whether each destination's delivery scheduler runs.
-    pub delivery_running: Vec<Arc<AtomicBool>>,
+    /// The delivery schedulers, one per destination.
+    pub fleet: Arc<Fleet>,
     /// Counters and histograms.
     pub metrics: Arc<Metrics>,
-    /// Each destination: its key, its URL (password removed) and how it is doing.
-    pub destinations: Vec<(DestinationKey, String, Arc<UpstreamStatus>)>,
     /// When set, every route but the health checks requires it.
     pub token: Option<Secret>,
 }
@@ -121,9 +119,7 @@ impl Admin {
 
     /// Whether every destination's scheduler runs.
     fn delivering(&self) -> bool {
-        self.delivery_running
-            .iter()
-            .all(|running| running.load(Ordering::Relaxed))
+        self.fleet.all_running()
     }
 
     /// The answer to a spool that could not be read.
@@ -165,9 +161,10 @@ impl Admin {
                     recent: &recent,
                     dead: &dead,
                     destinations: &self
-                        .destinations
-                        .iter()
-                        .map(|(key, url, status)| (key.to_string(), url.clone(), status.snapshot()))
+                        .fleet
+                        .views()
+                        .into_iter()
+                        .map(|v| (v.key.to_string(), v.url, v.status))
                         .collect::<Vec<_>>(),
                     ready: self.store.health().is_ready() && self.delivering(),
                 });

@@ -24,6 +24,7 @@
 //! the restart (at-least-once).
 
 pub mod backoff;
+pub mod fleet;
 pub mod status;
 pub mod upstream;
 

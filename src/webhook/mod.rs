@@ -25,7 +25,7 @@ pub mod raw;
 pub mod rejection;
 pub mod signature;
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -50,8 +50,8 @@ pub type Answer = Response<Full<Bytes>>;
 /// The request handler, shared by all connections.
 pub struct Webhook {
     /// The routes: a request goes to the one whose path it has (the flags' route takes
-    /// every path).
-    pub routes: Vec<Route>,
+    /// every path). A reload swaps the list; a request keeps the one it started with.
+    pub routes: Arc<RwLock<Arc<Vec<Route>>>>,
     /// Largest accepted body.
     pub max_body_bytes: u64,
     /// Time allowed for a body to arrive whole once the headers are in.
@@ -154,7 +154,12 @@ impl Webhook {
                 }
             }
         }
-        let Some(route) = route_for(&self.routes, parts.uri.path()) else {
+        let routes = self
+            .routes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some(route) = route_for(&routes, parts.uri.path()) else {
             warn!(path = parts.uri.path(), "rejected: no route has this path");
             return Err(self
                 .refuse_early(&parts.headers, incoming, Rejection::UnknownPath)
