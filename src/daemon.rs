@@ -186,6 +186,7 @@ impl Daemon {
     ) -> anyhow::Result<Daemon> {
         let signals = StopSignals::register().context("cannot install signal handlers")?;
         let lock = lock_state_dir(&config)?;
+        warn_about_exposure(&config);
         let (store, spool, fresh) = open_spool(&config)?;
         let listener = match inherited {
             Some(socket) => Listener::from_systemd(socket)?,
@@ -386,6 +387,32 @@ fn open_spool(
         );
     }
     Ok(opened)
+}
+
+/// Warns (once, at start) about what exposes secrets or events: a config file others
+/// can read (it may hold secrets), and an admin listener beyond loopback without a token
+/// (it shows payloads and replays events).
+fn warn_about_exposure(config: &Config) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(file) = &config.config_file {
+        let mode = std::fs::metadata(file)
+            .map(|m| m.permissions().mode())
+            .unwrap_or(0);
+        if mode & 0o004 != 0 {
+            warn!(file = %file.display(), mode = %format!("{:o}", mode & 0o777), "the config file is readable by every user; it may hold secrets: chmod o-r it");
+        }
+    }
+    if let (Some(crate::listener::ListenAddr::Tcp(addr)), None) =
+        (&config.admin_listen, &config.admin_token)
+    {
+        let loopback = addr
+            .parse::<std::net::SocketAddr>()
+            .map(|a| a.ip().is_loopback())
+            .unwrap_or_else(|_| addr.starts_with("localhost:"));
+        if !loopback {
+            warn!(addr = %addr, "the admin listener is reachable beyond loopback without --admin-token: it shows payloads and replays events");
+        }
+    }
 }
 
 /// Takes an exclusive lock on the state directory so two daemons never share a spool.

@@ -329,3 +329,100 @@ fn the_verify_token_stays_out_of_nginx_s_logs() {
     // The failed event's connection error is in the error log (POSTs carry no token).
     assert!(error.contains("connect() to unix:"), "{error}");
 }
+
+#[test]
+fn two_routes_behind_the_shipped_site() {
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = Pki::create(pki_dir.path());
+    let (a, b) = (Upstream::start(), Upstream::start());
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("xhubd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+            client_cn_header = "X-Client-Subject"
+            [[route]]
+            name = "app-a"
+            path = "/webhook/app-a"
+            verify_token = "token-a"
+            app_secret = "secret-a"
+              [[route.destination]]
+              name = "backend"
+              url = "{}"
+            [[route]]
+            name = "app-b"
+            path = "/webhook/app-b"
+            verify_token = "token-b"
+            app_secret = "secret-b"
+              [[route.destination]]
+              name = "backend"
+              url = "{}"
+            "#,
+            a.url("/a"),
+            b.url("/b")
+        ),
+    )
+    .unwrap();
+    let x = Xhubd::start(
+        Options::new("unused")
+            .omit("--upstream")
+            .omit("--verify-token")
+            .omit("--app-secret-file")
+            .arg("--config")
+            .arg(config.to_str().unwrap()),
+    );
+    let Target::Unix(socket) = x.target.clone() else {
+        unreachable!()
+    };
+    let nginx = Nginx::start(&pki, &socket, false);
+    let curl = Curl {
+        pki: &pki,
+        port: nginx.port,
+    };
+    let verify = |path: &str, token: &str| {
+        curl.send(
+            "GET",
+            &format!("{path}?hub.mode=subscribe&hub.challenge=31&hub.verify_token={token}"),
+            None,
+            &[],
+            None,
+        )
+    };
+    // Verification, with no client certificate, per route with its own token.
+    assert_eq!(verify("/webhook/app-a", "token-a").body, b"31");
+    assert_eq!(verify("/webhook/app-b", "token-b").body, b"31");
+    assert_eq!(verify("/webhook/app-b", "token-a").status, 403);
+    // Events need Meta's certificate, and go to their route's backend only.
+    let body = page_event(1);
+    let send = |path: &str, secret: &str, client| {
+        curl.send(
+            "POST",
+            path,
+            client,
+            &[("X-Hub-Signature-256", &sign(secret, &body))],
+            Some(&body),
+        )
+        .status
+    };
+    assert_eq!(send("/webhook/app-a", "secret-a", None), 403);
+    assert_eq!(send("/webhook/app-a", "secret-b", Some(&pki.good)), 401);
+    assert_eq!(send("/webhook/app-c", "secret-a", Some(&pki.good)), 404);
+    assert_eq!(send("/webhook/app-a", "secret-a", Some(&pki.good)), 200);
+    assert_eq!(send("/webhook/app-b", "secret-b", Some(&pki.good)), 200);
+    let got_a = a.wait_for(1, Duration::from_secs(20));
+    let got_b = b.wait_for(1, Duration::from_secs(20));
+    assert_eq!(
+        (
+            got_a[0].path_and_query.as_str(),
+            got_b[0].path_and_query.as_str()
+        ),
+        ("/a", "/b")
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!((a.count(), b.count()), (1, 1));
+    let logs = nginx.access_log() + &nginx.error_log() + &x.logs();
+    for secret in ["token-a", "token-b", "secret-a", "secret-b"] {
+        assert!(!logs.contains(secret), "{secret} in the logs");
+    }
+}

@@ -65,6 +65,7 @@ fn the_package_holds_everything_an_operator_needs() {
         "./usr/lib/systemd/system/xhubd.service",
         "./usr/lib/systemd/system/xhubd.socket",
         "./etc/default/xhubd",
+        "./etc/xhubd/xhubd.toml",
         "./etc/nginx/sites-available/xhubd",
         "./etc/nginx/snippets/xhubd-proxy.conf",
         "./usr/share/man/man1/xhubd.1.gz",
@@ -100,6 +101,26 @@ fn the_package_holds_everything_an_operator_needs() {
         conffiles.contains("/etc/nginx/sites-available/xhubd"),
         "conffiles: {conffiles}"
     );
+    assert!(
+        conffiles.contains("/etc/xhubd/xhubd.toml"),
+        "conffiles: {conffiles}"
+    );
+    // The config file may hold secrets: not readable by others.
+    let mode = listing
+        .lines()
+        .find(|l| l.ends_with("./etc/xhubd/xhubd.toml"))
+        .map(|l| l.split_whitespace().next().unwrap_or_default().to_owned())
+        .unwrap_or_default();
+    assert_eq!(mode, "-rw-r-----", "{listing}");
+    // /etc/default/xhubd sets nothing: with routes, a set XHUBD_UPSTREAM would be refused.
+    let default = String::from_utf8(
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("debian/xhubd.default")).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        default.lines().all(|l| l.is_empty() || l.starts_with('#')),
+        "every line of /etc/default/xhubd is commented"
+    );
     let postinst = Command::new("dpkg-deb")
         .arg("-I")
         .arg(&deb)
@@ -108,8 +129,9 @@ fn the_package_holds_everything_an_operator_needs() {
         .unwrap();
     let postinst = String::from_utf8_lossy(&postinst.stdout);
     assert!(
-        postinst.contains("/etc/xhubd"),
-        "postinst creates the credentials directory: {postinst}"
+        postinst.contains("install -d -m 0750 -o root -g xhubd /etc/xhubd")
+            && postinst.contains("addgroup --system xhubd"),
+        "postinst creates /etc/xhubd for the group the service reads it with: {postinst}"
     );
 
     // What is shipped is what this tree holds.
@@ -125,6 +147,7 @@ fn the_package_holds_everything_an_operator_needs() {
         ),
         ("etc/nginx/sites-available/xhubd", "nginx/xhubd.conf"),
         ("etc/default/xhubd", "debian/xhubd.default"),
+        ("etc/xhubd/xhubd.toml", "debian/xhubd.toml"),
     ] {
         assert_eq!(
             packaged_file(&deb, packaged),

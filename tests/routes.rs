@@ -411,3 +411,93 @@ fn top_level_keys_are_options_and_a_flag_wins() {
     );
     assert_eq!(x.target.post_signed(big.as_bytes()).status, 200);
 }
+
+#[test]
+fn the_shipped_config_file_passes_check_as_shipped_and_with_its_examples() {
+    let shipped = std::fs::read_to_string("debian/xhubd.toml").unwrap();
+    // As shipped (every line commented): one app from the options.
+    let (code, out, err) = check(
+        &shipped,
+        &[
+            "--upstream",
+            "http://127.0.0.1:9/",
+            "--verify-token",
+            VERIFY_TOKEN,
+            "--app-secret",
+            APP_SECRET,
+        ],
+    );
+    assert_eq!(code, 2, "the upstream is down: {out}{err}");
+    assert!(
+        out.contains("ok   configuration: route(s) default"),
+        "{out}"
+    );
+    // Its examples, uncommented, with the secret files they name.
+    let (head, examples) = shipped.split_once("# --- Examples").unwrap();
+    let uncommented: Vec<String> = examples
+        .lines()
+        // Prose is "# text"; example lines are "#key", "#[[...]]" or "#  indented".
+        .map(|l| match l.strip_prefix('#') {
+            Some("") => String::new(),
+            Some(rest) if !rest.starts_with(' ') || rest.starts_with("  ") => rest.to_owned(),
+            _ => l.to_owned(),
+        })
+        .collect();
+    let config = format!("{head}# --- Examples{}\n", uncommented.join("\n"));
+    let dir = tempfile::tempdir().unwrap();
+    for app in ["whatsapp", "page", "instagram", "threads"] {
+        std::fs::write(dir.path().join(format!("{app}.verify_token")), "a-token\n").unwrap();
+        std::fs::write(dir.path().join(format!("{app}.app_secret")), "a-secret\n").unwrap();
+    }
+    let path = dir.path().join("xhubd.toml");
+    std::fs::write(&path, &config).unwrap();
+    let state = dir.path().join("state").display().to_string();
+    let (code, out, err) = run_xhubd(
+        &[
+            "check",
+            "--config",
+            path.to_str().unwrap(),
+            "--state-dir",
+            &state,
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{config}\n{out}{err}");
+    for route in ["whatsapp", "page", "instagram", "threads"] {
+        assert!(out.contains(route), "{out}");
+    }
+    assert!(out.contains("warn destination whatsapp/bot"), "{out}");
+}
+
+#[test]
+fn a_config_file_others_can_read_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let up = Upstream::start();
+    let config = route_config(&up);
+    for (mode, warned) in [(0o644, true), (0o640, false)] {
+        let (x, dir) = start(&config, &[]);
+        drop(x);
+        let path = dir.path().join("xhubd.toml");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        let x = Xhubd::start(
+            Options::new("unused")
+                .omit("--upstream")
+                .omit("--verify-token")
+                .omit("--app-secret-file")
+                .arg("--config")
+                .arg(path.to_str().unwrap()),
+        );
+        assert_eq!(
+            x.logs().contains("readable by every user"),
+            warned,
+            "{mode:o}"
+        );
+    }
+}
+
+fn route_config(up: &Upstream) -> String {
+    format!(
+        "[[route]]\nname = \"r\"\npath = \"/r\"\nverify_token = \"t\"\napp_secret = \"s\"\n[[route.destination]]\nname = \"d\"\nurl = \"{}\"\n",
+        up.url("/")
+    )
+}

@@ -78,7 +78,7 @@ pub fn render_site(
     );
     if enable_no_mtls {
         let start = site
-            .find("    #location = /webhook/no-mtls {")
+            .find("    #location /webhook/no-mtls {")
             .expect("the shipped no-mTLS variant");
         let end = start + site[start..].find("    #}\n").unwrap() + "    #}\n".len();
         let block = site[start..end].replace("    #", "    ");
