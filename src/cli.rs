@@ -300,9 +300,15 @@ pub struct EventsArgs {
 pub enum EventsAction {
     /// List the newest events.
     List {
-        /// Only events in this state.
+        /// Only events with a delivery in this state (delivered: to every destination).
         #[arg(long, value_parser = ["pending", "delivered", "dead"])]
         state: Option<String>,
+        /// Only events of this route.
+        #[arg(long, value_name = "NAME")]
+        route: Option<String>,
+        /// Only events with a delivery to this destination (of --route, when given).
+        #[arg(long, value_name = "NAME")]
+        destination: Option<String>,
         /// How many.
         #[arg(long, default_value_t = 50)]
         limit: usize,
@@ -318,12 +324,16 @@ pub enum EventsAction {
         #[arg(long)]
         json: bool,
     },
-    /// Make a dead (or delivered) event pending again, with a fresh --retry-for.
+    /// Make a dead (or delivered) event pending again (each of its deliveries that is
+    /// not), or one delivery, with a fresh retry period.
     Replay {
         /// The event id.
-        #[arg(required_unless_present = "all_dead", conflicts_with = "all_dead")]
+        #[arg(required_unless_present_any = ["all_dead", "delivery"], conflicts_with_all = ["all_dead", "delivery"])]
         id: Option<String>,
-        /// Every dead event.
+        /// Only this delivery (X-Xhubd-Delivery-Id).
+        #[arg(long, value_name = "ID", conflicts_with = "all_dead")]
+        delivery: Option<String>,
+        /// Every dead delivery.
         #[arg(long)]
         all_dead: bool,
     },
@@ -340,9 +350,17 @@ pub enum EventsAction {
 #[derive(Debug, Args)]
 pub struct SendTestArgs {
     /// The callback URL, as entered in Meta's dashboard (https://…/webhook), or the
-    /// daemon's own address (http://127.0.0.1:8080/).
+    /// daemon's own address (http://127.0.0.1:8080/). With --route, its path is the
+    /// route's.
     #[arg(long, value_name = "URL")]
     pub url: String,
+    /// Test this route of the config file: its path, verify token and (first) App
+    /// Secret, so no secret goes on the command line.
+    #[arg(long, value_name = "NAME", requires = "config")]
+    pub route: Option<String>,
+    /// The config file holding --route.
+    #[arg(long, value_name = "FILE", env = "XHUBD_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
     /// The App Secret to sign with (of a list, the first).
     #[arg(
         long,

@@ -24,9 +24,19 @@ pub fn run(args: &EventsArgs) -> anyhow::Result<String> {
         access,
     )?;
     match &args.action {
-        EventsAction::List { state, limit, json } => {
-            let state = state.as_deref().and_then(crate::types::EventState::parse);
-            let list = inspect::list(&conn, state, *limit).context("cannot read the spool")?;
+        EventsAction::List {
+            state,
+            route,
+            destination,
+            limit,
+            json,
+        } => {
+            let filter = inspect::ListFilter {
+                state: state.as_deref().and_then(crate::types::EventState::parse),
+                route: route.clone(),
+                destination: destination.clone(),
+            };
+            let list = inspect::list(&conn, &filter, *limit).context("cannot read the spool")?;
             if *json {
                 Ok(serde_json::to_string_pretty(&list)?)
             } else {
@@ -97,6 +107,15 @@ pub fn run(args: &EventsArgs) -> anyhow::Result<String> {
                 Replay::NotFound => bail!("no event {id}"),
             }
         }
+        EventsAction::Replay {
+            delivery: Some(id), ..
+        } => match inspect::replay_delivery(&conn, id).context("cannot update the spool")? {
+            Replay::Replayed => Ok(format!(
+                "delivery {id}: pending again; the daemon sends it within a second"
+            )),
+            Replay::AlreadyPending => bail!("delivery {id} is already pending"),
+            Replay::NotFound => bail!("no delivery {id}"),
+        },
         EventsAction::Replay { id: None, .. } => {
             let n = inspect::replay_all_dead(&conn).context("cannot update the spool")?;
             Ok(format!("{n} dead event(s) pending again"))
@@ -122,12 +141,18 @@ fn time(ms: i64) -> String {
 
 /// A plain table, one event a line.
 fn table(list: &[EventSummary]) -> String {
+    // Columns as wide as their widest value, so long names never run into the next.
+    let what: Vec<String> = list
+        .iter()
+        .map(|e| format!("{}/{}", e.object, e.field))
+        .collect();
+    let route_width = list.iter().map(|e| e.route.len()).max().unwrap_or(0).max(5);
+    let what_width = what.iter().map(String::len).max().unwrap_or(0).max(12);
     let mut out = format!(
-        "{:<20}  {:<36}  {:<9}  {:>8}  {:>8}  {:<32}  {}\n",
-        "RECEIVED (UTC)", "ID", "STATE", "ATTEMPTS", "SIZE", "OBJECT/FIELD", "LAST ERROR"
+        "{:<20}  {:<36}  {:<route_width$}  {:<9}  {:>8}  {:>8}  {:<what_width$}  {}\n",
+        "RECEIVED (UTC)", "ID", "ROUTE", "STATE", "ATTEMPTS", "SIZE", "OBJECT/FIELD", "LAST ERROR"
     );
-    for e in list {
-        let what = format!("{}/{}", e.object, e.field);
+    for (e, what) in list.iter().zip(&what) {
         let error: String = e
             .last_error
             .as_deref()
@@ -136,9 +161,10 @@ fn table(list: &[EventSummary]) -> String {
             .take(60)
             .collect();
         out.push_str(&format!(
-            "{:<20}  {:<36}  {:<9}  {:>8}  {:>8}  {:<32}  {}\n",
+            "{:<20}  {:<36}  {:<route_width$}  {:<9}  {:>8}  {:>8}  {:<what_width$}  {}\n",
             time(e.received_at),
             e.id,
+            e.route,
             e.state,
             e.attempts,
             e.size,

@@ -14,6 +14,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::spool::inspect::SpoolStats;
+use crate::types::DestinationKey;
 
 /// What happened to one request on the webhook listener.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -115,7 +116,15 @@ struct OutcomeLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
+    route: String,
+    destination: String,
     result: AttemptResult,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DestinationLabels {
+    route: String,
+    destination: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -134,7 +143,10 @@ pub struct Metrics {
     requests: Family<OutcomeLabels, Counter>,
     ack_seconds: Histogram,
     attempts: Family<ResultLabels, Counter>,
-    delivery_seconds: Histogram,
+    delivery_seconds: Family<DestinationLabels, Histogram>,
+    backlog: Family<DestinationLabels, Gauge>,
+    dead: Family<DestinationLabels, Gauge>,
+    oldest_pending: Family<DestinationLabels, Gauge<f64, AtomicU64>>,
     spool_events: Family<StateLabels, Gauge>,
     oldest_pending_seconds: Gauge<f64, AtomicU64>,
     dedup_keys: Gauge,
@@ -166,14 +178,34 @@ impl Metrics {
         let attempts = Family::<ResultLabels, Counter>::default();
         registry.register(
             "delivery_attempts",
-            "Delivery attempts to the upstream, by result",
+            "Delivery attempts, by route, destination and result",
             attempts.clone(),
         );
-        let delivery_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        let delivery_seconds = Family::<DestinationLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 16))
+        });
         registry.register(
             "delivery_duration_seconds",
-            "Duration of one delivery attempt to the upstream",
+            "Duration of one delivery attempt, by route and destination",
             delivery_seconds.clone(),
+        );
+        let backlog = Family::<DestinationLabels, Gauge>::default();
+        registry.register(
+            "destination_backlog",
+            "Deliveries waiting, by route and destination",
+            backlog.clone(),
+        );
+        let dead = Family::<DestinationLabels, Gauge>::default();
+        registry.register(
+            "destination_dead",
+            "Dead deliveries, by route and destination",
+            dead.clone(),
+        );
+        let oldest_pending = Family::<DestinationLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "destination_oldest_pending_age_seconds",
+            "Age of a destination's oldest pending delivery (since acceptance or replay)",
+            oldest_pending.clone(),
         );
         let spool_events = Family::<StateLabels, Gauge>::default();
         registry.register(
@@ -206,6 +238,9 @@ impl Metrics {
             ack_seconds,
             attempts,
             delivery_seconds,
+            backlog,
+            dead,
+            oldest_pending,
             spool_events,
             oldest_pending_seconds,
             dedup_keys,
@@ -233,10 +268,22 @@ impl Metrics {
         self.ack_seconds.observe(seconds);
     }
 
-    /// Counts one delivery attempt and its duration.
-    pub fn attempt(&self, result: AttemptResult, seconds: f64) {
-        self.attempts.get_or_create(&ResultLabels { result }).inc();
-        self.delivery_seconds.observe(seconds);
+    /// Counts one delivery attempt to `destination` and its duration.
+    pub fn attempt(&self, destination: &DestinationKey, result: AttemptResult, seconds: f64) {
+        let (route, destination) = (
+            destination.route().to_owned(),
+            destination.destination().to_owned(),
+        );
+        self.attempts
+            .get_or_create(&ResultLabels {
+                route: route.clone(),
+                destination: destination.clone(),
+                result,
+            })
+            .inc();
+        self.delivery_seconds
+            .get_or_create(&DestinationLabels { route, destination })
+            .observe(seconds);
     }
 
     /// The text exposition, with the spool's gauges set from `stats`.
@@ -253,6 +300,21 @@ impl Metrics {
         self.oldest_pending_seconds
             .set(stats.oldest_pending_age_seconds);
         self.dedup_keys.set(stats.dedup_keys);
+        // Destinations with nothing waiting read 0, not their last value.
+        self.backlog.clear();
+        self.dead.clear();
+        self.oldest_pending.clear();
+        for d in &stats.destinations {
+            let labels = DestinationLabels {
+                route: d.route.clone(),
+                destination: d.destination.clone(),
+            };
+            self.backlog.get_or_create(&labels).set(d.pending);
+            self.dead.get_or_create(&labels).set(d.dead);
+            self.oldest_pending
+                .get_or_create(&labels)
+                .set(d.oldest_pending_age_seconds);
+        }
         let mut out = String::new();
         let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
         if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {

@@ -18,7 +18,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::cli::SendTestArgs;
 use crate::delivery::upstream::error_chain;
-use crate::secret::{self, load_app_secrets, load_token};
+use crate::secret::{self, load_app_secrets, load_token, Secret};
 use crate::spool::now_ms;
 use crate::webhook::signature;
 
@@ -55,8 +55,32 @@ pub fn main(args: &SendTestArgs) -> ExitCode {
     }
 }
 
-async fn run(args: &SendTestArgs) -> anyhow::Result<bool> {
-    let url = url::Url::parse(&args.url).map_err(|e| anyhow!("--url: {e}"))?;
+/// The URL, App Secret and verify token to test with: a route's of the config file, or
+/// the options'.
+fn target(args: &SendTestArgs) -> anyhow::Result<(url::Url, Secret, Secret)> {
+    let mut url = url::Url::parse(&args.url).map_err(|e| anyhow!("--url: {e}"))?;
+    if let (Some(name), Some(path)) = (&args.route, &args.config) {
+        let file = crate::config::file::load(path)?;
+        let defaults = crate::config::routes::Defaults {
+            concurrency: 1,
+            timeout: Duration::from_secs(30),
+            retry_for: Duration::from_secs(60),
+            retry_initial: Duration::from_secs(1),
+            retry_max_delay: Duration::from_secs(1),
+        };
+        let routes = crate::config::routes::from_file(path, &file.route, defaults)?;
+        let route = routes
+            .into_iter()
+            .find(|r| &r.name == name)
+            .ok_or_else(|| anyhow!("--route: no route {name:?} in {}", path.display()))?;
+        url.set_path(route.path.as_deref().unwrap_or("/"));
+        let secret = route
+            .app_secrets
+            .into_iter()
+            .next()
+            .context("the route has no App Secret")?;
+        return Ok((url, secret, route.verify_token));
+    }
     // The daemon's rule for secrets, so a pass here means Meta's requests pass too.
     let app_secret = load_app_secrets(&secret::require(
         "--app-secret",
@@ -77,6 +101,11 @@ async fn run(args: &SendTestArgs) -> anyhow::Result<bool> {
         )?,
         "verify token",
     )?;
+    Ok((url, app_secret, verify_token))
+}
+
+async fn run(args: &SendTestArgs) -> anyhow::Result<bool> {
+    let (url, app_secret, verify_token) = target(args)?;
     let verify_token = String::from_utf8_lossy(verify_token.expose()).into_owned();
     let client = client(args)?;
     let mut all_ok = true;

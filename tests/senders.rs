@@ -145,8 +145,11 @@ fn a_lone_surrogate_is_json_and_its_bytes_are_kept() {
         br#"{"object":"page","entry":[{"id":"1","time":2,"changed_fields":["name"],"note":"\ude00 alone"}]}"#.to_vec(),
     ];
     let got = delivered(&x, &up, &bodies, 2);
-    for (sent, received) in bodies.iter().zip(&got) {
-        assert_eq!(&received.body[..], &sent[..], "byte-identical");
+    for sent in &bodies {
+        let received = got
+            .iter()
+            .find(|r| r.body[..] == sent[..])
+            .expect("delivered byte-identical");
         assert_eq!(
             received.header("x-hub-signature-256"),
             Some(sign(APP_SECRET, sent).as_str())

@@ -31,7 +31,7 @@ use tracing::{info, warn};
 use crate::delivery::fleet::Fleet;
 use crate::metrics::Metrics;
 use crate::secret::Secret;
-use crate::spool::inspect::Replay;
+use crate::spool::inspect::{ListFilter, Replay};
 use crate::spool::{SpoolError, Store};
 use crate::types::EventState;
 use crate::webhook::{text, Answer};
@@ -74,6 +74,26 @@ impl Admin {
             (&Method::GET, ["event", id]) => self.event_page(id).await,
             (&Method::GET, ["events"]) => self.events_json(request.uri().query()).await,
             (&Method::GET, ["events", id]) => self.event_json(id).await,
+            (&Method::POST, ["deliveries", id, "replay"]) => {
+                if !auth::same_origin(request.headers()) {
+                    warn!("admin: refused a cross-site replay request");
+                    return text(StatusCode::FORBIDDEN, "cross-site request refused");
+                }
+                match self.store.replay_delivery(id).await {
+                    Ok(Replay::Replayed) => {
+                        info!(delivery_id = %id, "replay of a delivery requested on the admin listener");
+                        json(
+                            StatusCode::OK,
+                            &serde_json::json!({ "delivery": id, "replayed": true }),
+                        )
+                    }
+                    Ok(Replay::AlreadyPending) => {
+                        text(StatusCode::CONFLICT, "the delivery is already pending")
+                    }
+                    Ok(Replay::NotFound) => text(StatusCode::NOT_FOUND, "no such delivery"),
+                    Err(e) => Self::unreadable(e),
+                }
+            }
             (&Method::POST, ["events", id, "replay"]) => {
                 if !auth::same_origin(request.headers()) {
                     warn!("admin: refused a cross-site replay request");
@@ -95,7 +115,8 @@ impl Admin {
                 | ["event", _]
                 | ["events"]
                 | ["events", _]
-                | ["events", _, "replay"],
+                | ["events", _, "replay"]
+                | ["deliveries", _, "replay"],
             ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here"),
             _ => text(StatusCode::NOT_FOUND, "not found"),
         }
@@ -146,9 +167,17 @@ impl Admin {
         let data = async {
             Ok((
                 self.store.stats().await?,
-                self.store.list(None, STATUS_PAGE_EVENTS).await?,
                 self.store
-                    .list(Some(EventState::Dead), STATUS_PAGE_EVENTS)
+                    .list(ListFilter::default(), STATUS_PAGE_EVENTS)
+                    .await?,
+                self.store
+                    .list(
+                        ListFilter {
+                            state: Some(EventState::Dead),
+                            ..ListFilter::default()
+                        },
+                        STATUS_PAGE_EVENTS,
+                    )
                     .await?,
             ))
         }
@@ -187,12 +216,14 @@ impl Admin {
     }
 
     async fn events_json(&self, query: Option<&str>) -> Answer {
-        let mut state = None;
+        let mut filter = ListFilter::default();
         let mut limit = 100usize;
         for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
             match k.as_ref() {
+                "route" => filter.route = Some(v.into_owned()),
+                "destination" => filter.destination = Some(v.into_owned()),
                 "state" => match EventState::parse(&v) {
-                    Some(s) => state = Some(s),
+                    Some(s) => filter.state = Some(s),
                     None => {
                         return text(
                             StatusCode::BAD_REQUEST,
@@ -209,7 +240,7 @@ impl Admin {
         }
         match self
             .store
-            .list(state, limit)
+            .list(filter, limit)
             .await
             .map_err(Self::unreadable)
         {

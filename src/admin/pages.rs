@@ -118,7 +118,7 @@ pub fn status(s: &Status<'_>) -> String {
                 tr {
                     td.num { (s.stats.pending) }
                     td.num { (s.stats.delivered) }
-                    td.num class=@if s.stats.dead > 0 { "state-dead" } { (s.stats.dead) }
+                    td class={ "num" @if s.stats.dead > 0 { " state-dead" } } { (s.stats.dead) }
                     td.num { (format!("{:.1} s", s.stats.oldest_pending_age_seconds)) }
                     td.num { (s.stats.dedup_keys) }
                 }
@@ -126,13 +126,19 @@ pub fn status(s: &Status<'_>) -> String {
             h2 { "Destinations" }
             table {
                 tr {
-                    th { "route/destination" } th { "URL" } th { "last success" }
+                    th { "route/destination" } th { "URL" } th { "backlog" } th { "oldest pending" }
+                    th { "dead" } th { "last success" }
                     th { "last failure" } th { "last error" } th { "failures in a row" }
                 }
                 @for (key, url, u) in s.destinations {
+                    @let backlog = s.stats.destinations.iter().find(|d| format!("{}/{}", d.route, d.destination) == *key);
                     tr {
                         td { (key) }
                         td { (url) }
+                        td.num { (backlog.map_or(0, |b| b.pending)) }
+                        td.num { (format!("{:.1} s", backlog.map_or(0.0, |b| b.oldest_pending_age_seconds))) }
+                        @let dead = backlog.map_or(0, |b| b.dead);
+                        td class={ "num" @if dead > 0 { " state-dead" } } { (dead) }
                         td { (opt_time(u.last_success_at)) }
                         td { (opt_time(u.last_failure_at)) }
                         td.err { (u.last_error.as_deref().unwrap_or("—")) }

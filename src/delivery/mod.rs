@@ -297,7 +297,8 @@ impl Delivery {
             Outcome::Retry { .. } => AttemptResult::Retry,
             Outcome::Dead { .. } => AttemptResult::Dead,
         };
-        self.metrics.attempt(counted, elapsed.as_secs_f64());
+        self.metrics
+            .attempt(&self.destination, counted, elapsed.as_secs_f64());
         let due_again = match &outcome {
             Outcome::Retry {
                 next_attempt_at, ..

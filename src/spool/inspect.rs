@@ -17,6 +17,8 @@ pub struct EventSummary {
     pub id: String,
     /// When it was accepted (unix ms).
     pub received_at: i64,
+    /// The route it came in on.
+    pub route: String,
     /// Pending while any delivery is, else dead while any is, else delivered.
     pub state: EventState,
     /// Delivery attempts so far, to every destination.
@@ -100,6 +102,23 @@ pub struct SpoolStats {
     pub oldest_pending_age_seconds: f64,
     /// Identities remembered.
     pub dedup_keys: i64,
+    /// The same per destination that has deliveries not yet delivered.
+    pub destinations: Vec<DestinationStats>,
+}
+
+/// A destination's backlog.
+#[derive(Debug, Clone, Serialize)]
+pub struct DestinationStats {
+    /// The route's name.
+    pub route: String,
+    /// The destination's name.
+    pub destination: String,
+    /// Deliveries waiting.
+    pub pending: i64,
+    /// Deliveries given up.
+    pub dead: i64,
+    /// Age of its oldest pending delivery (since acceptance or replay), in seconds.
+    pub oldest_pending_age_seconds: f64,
 }
 
 /// What a replay request did.
@@ -122,7 +141,7 @@ const SUMMARY_SELECT: &str = "
            MAX(CASE WHEN d.state != 1 THEN d.last_error END),
            MIN(CASE WHEN d.state = 0 THEN d.next_attempt_at END),
            CASE WHEN SUM(d.state = 0) > 0 THEN NULL ELSE MAX(d.finished_at) END,
-           e.seq, e.headers
+           e.seq, e.headers, e.route
     FROM events e LEFT JOIN deliveries d ON d.event_seq = e.seq";
 
 fn summary(row: &Row<'_>) -> rusqlite::Result<EventSummary> {
@@ -130,6 +149,7 @@ fn summary(row: &Row<'_>) -> rusqlite::Result<EventSummary> {
     Ok(EventSummary {
         id: row.get(0)?,
         received_at: row.get(1)?,
+        route: row.get(12)?,
         state: EventState::from_code(code).unwrap_or(EventState::Pending),
         attempts: row.get(3)?,
         size: row.get(4)?,
@@ -141,26 +161,54 @@ fn summary(row: &Row<'_>) -> rusqlite::Result<EventSummary> {
     })
 }
 
-/// The newest events (those with a delivery in one state, delivered ones, or all),
-/// newest first.
+/// Which events to list.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    /// With a delivery in this state (`Delivered`: delivered everywhere), or any.
+    pub state: Option<EventState>,
+    /// Of this route, or any.
+    pub route: Option<String>,
+    /// With a delivery to this destination (of `route` when given), or any.
+    pub destination: Option<String>,
+}
+
+/// The newest events that `filter` lets through, newest first.
 pub fn list(
     conn: &Connection,
-    state_filter: Option<EventState>,
+    filter: &ListFilter,
     limit: usize,
 ) -> rusqlite::Result<Vec<EventSummary>> {
-    let filter = match state_filter {
-        None => "",
-        Some(EventState::Pending) => {
-            "WHERE e.seq IN (SELECT event_seq FROM deliveries WHERE state = 0)"
-        }
-        Some(EventState::Dead) => "WHERE e.seq IN (SELECT event_seq FROM deliveries WHERE state = 2)",
-        Some(EventState::Delivered) => {
-            "WHERE NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.event_seq = e.seq AND o.state != 1)"
-        }
+    // The deliveries the destination filter looks at (`route/destination` keys).
+    let destination_clause = match (&filter.route, &filter.destination) {
+        // Always true; it names ?3 so every statement takes the same parameters.
+        (_, None) => "?3 IS NULL",
+        (Some(_), Some(_)) => "destination = ?2 || '/' || ?3",
+        (None, Some(_)) => "destination LIKE '%/' || ?3",
     };
-    let sql = format!("{SUMMARY_SELECT} {filter} GROUP BY e.seq ORDER BY e.seq DESC LIMIT ?1");
+    let state_clause = match filter.state {
+        None => format!(
+            "e.seq IN (SELECT event_seq FROM deliveries WHERE {destination_clause}) OR ?3 IS NULL"
+        ),
+        Some(EventState::Pending) => format!(
+            "e.seq IN (SELECT event_seq FROM deliveries WHERE state = 0 AND {destination_clause})"
+        ),
+        Some(EventState::Dead) => format!(
+            "e.seq IN (SELECT event_seq FROM deliveries WHERE state = 2 AND {destination_clause})"
+        ),
+        Some(EventState::Delivered) => format!(
+            "NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.event_seq = e.seq AND o.state != 1)
+             AND (e.seq IN (SELECT event_seq FROM deliveries WHERE {destination_clause}) OR ?3 IS NULL)"
+        ),
+    };
+    let sql = format!(
+        "{SUMMARY_SELECT} WHERE ({state_clause}) AND (?2 IS NULL OR e.route = ?2)
+         GROUP BY e.seq ORDER BY e.seq DESC LIMIT ?1"
+    );
     let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(params![limit as i64], summary)?;
+    let rows = stmt.query_map(
+        params![limit as i64, filter.route, filter.destination],
+        summary,
+    )?;
     rows.collect()
 }
 
@@ -235,6 +283,30 @@ fn deliveries(conn: &Connection, seq: i64) -> rusqlite::Result<Vec<DeliveryDetai
             .collect::<rusqlite::Result<_>>()?;
     }
     Ok(list.into_iter().map(|(_, d)| d).collect())
+}
+
+/// Makes one delivery (by its `X-Xhubd-Delivery-Id`) pending again, due now, with a
+/// fresh retry period, if it is dead or delivered.
+pub fn replay_delivery(conn: &Connection, id: &str) -> rusqlite::Result<Replay> {
+    let now = now_ms();
+    let changed = conn.execute(
+        "UPDATE deliveries SET state = 0, next_attempt_at = ?2, retry_from = ?2, finished_at = NULL
+         WHERE id = ?1 AND state != 0",
+        params![id, now],
+    )?;
+    if changed > 0 {
+        return Ok(Replay::Replayed);
+    }
+    let exists: Option<i64> = conn
+        .query_row("SELECT seq FROM deliveries WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    Ok(if exists.is_some() {
+        Replay::AlreadyPending
+    } else {
+        Replay::NotFound
+    })
 }
 
 /// Makes the dead (or delivered) deliveries of an event pending again, due now, with a
@@ -333,7 +405,28 @@ pub fn stats(conn: &Connection) -> rusqlite::Result<SpoolStats> {
         )?
         .query_row([], |r| r.get(0))
         .optional()?;
+    let now = now_ms();
+    let destinations = conn
+        .prepare_cached(
+            "SELECT destination, SUM(state = 0), SUM(state = 2),
+                    MIN(CASE WHEN state = 0 THEN retry_from END)
+             FROM deliveries WHERE state != 1 GROUP BY destination ORDER BY destination",
+        )?
+        .query_map([], |r| {
+            let key = DestinationKey::from_stored(r.get(0)?);
+            let oldest: Option<i64> = r.get(3)?;
+            Ok(DestinationStats {
+                route: key.route().to_owned(),
+                destination: key.destination().to_owned(),
+                pending: r.get(1)?,
+                dead: r.get(2)?,
+                oldest_pending_age_seconds: oldest
+                    .map_or(0.0, |t| ((now - t).max(0) as f64) / 1000.0),
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
     Ok(SpoolStats {
+        destinations,
         pending: count("SELECT COUNT(*) FROM deliveries WHERE state = 0")?,
         delivered: count("SELECT COUNT(*) FROM deliveries WHERE state = 1")?,
         dead: count("SELECT COUNT(*) FROM deliveries WHERE state = 2")?,

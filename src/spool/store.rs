@@ -15,14 +15,12 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, watch};
 
 use super::checkpoint::Checkpointer;
-use super::inspect::{self, EventDetail, EventSummary, Replay, SpoolStats};
+use super::inspect::{self, EventDetail, EventSummary, ListFilter, Replay, SpoolStats};
 use super::queue::Queue;
 use super::schema::{self, Rekey};
 use super::writer::{Writer, WriterSettings, RETRY_NOW_CHUNK};
 use super::{now_ms, Spool, SpoolError, SpoolHealth};
-use crate::types::{
-    AttemptReport, DestinationKey, DueDelivery, EventState, NewEvent, Outcome, Stored,
-};
+use crate::types::{AttemptReport, DestinationKey, DueDelivery, NewEvent, Outcome, Stored};
 
 /// The handle every stage uses.
 #[derive(Clone)]
@@ -162,13 +160,23 @@ impl Store {
         self.view(inspect::stats).await
     }
 
-    /// The newest events (with a delivery in `state`, or all), newest first.
+    /// The newest events `filter` lets through, newest first.
     pub async fn list(
         &self,
-        state: Option<EventState>,
+        filter: ListFilter,
         limit: usize,
     ) -> Result<Vec<EventSummary>, SpoolError> {
-        self.view(move |c| inspect::list(c, state, limit)).await
+        self.view(move |c| inspect::list(c, &filter, limit)).await
+    }
+
+    /// Makes one delivery pending again, and wakes delivery.
+    pub async fn replay_delivery(&self, id: &str) -> Result<Replay, SpoolError> {
+        let id = id.to_owned();
+        let replay = self.view(move |c| inspect::replay_delivery(c, &id)).await?;
+        if replay == Replay::Replayed {
+            self.wake_delivery();
+        }
+        Ok(replay)
     }
 
     /// One event with its headers, body, deliveries and their attempts.

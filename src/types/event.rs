@@ -154,6 +154,6 @@ impl DestinationKey {
 
 impl std::fmt::Display for DestinationKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.pad(&self.0)
     }
 }

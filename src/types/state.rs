@@ -50,7 +50,7 @@ impl DeliveryState {
 
 impl std::fmt::Display for DeliveryState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 

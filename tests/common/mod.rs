@@ -517,6 +517,8 @@ struct Script {
     /// Statuses to answer next, in order; then `default_status`.
     next: VecDeque<u16>,
     default_status: u16,
+    /// Statuses for particular paths (after the scripted ones, before the default).
+    by_path: std::collections::HashMap<String, u16>,
 }
 
 /// A fake backend on 127.0.0.1 that records requests and answers as scripted. It can
@@ -594,7 +596,11 @@ impl Upstream {
                                 .unwrap_or_default();
                             let status = {
                                 let mut s = script.lock().unwrap();
-                                let d = s.default_status;
+                                let d = s
+                                    .by_path
+                                    .get(&path_and_query)
+                                    .copied()
+                                    .unwrap_or(s.default_status);
                                 let status = s.next.pop_front().unwrap_or(d);
                                 s.received.push(Received {
                                     path_and_query,
@@ -644,6 +650,15 @@ impl Upstream {
     /// Answers the next requests with these statuses, in order.
     pub fn fail_next(&self, statuses: &[u16]) {
         self.script.lock().unwrap().next.extend(statuses);
+    }
+
+    /// Answers later requests for `path` (after the scripted ones) with `status`.
+    pub fn answer_path(&self, path: &str, status: u16) {
+        self.script
+            .lock()
+            .unwrap()
+            .by_path
+            .insert(path.to_owned(), status);
     }
 
     /// Answers every later request (after the scripted ones) with `status`.

@@ -1,0 +1,180 @@
+//! What operators see of routes and destinations: metrics labelled by route and
+//! destination, per-destination backlog gauges, the status page's destinations, `events
+//! list --route/--destination`, replay of one delivery, and `send-test --route`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[test]
+fn routes_and_destinations_everywhere() {
+    let up = Upstream::start();
+    let admin_port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("xhubd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+            [[route]]
+            name = "shop"
+            path = "/shop"
+            verify_token = "shop-token"
+            app_secret = "shop-secret"
+              [[route.destination]]
+              name = "orders"
+              url = "{}"
+              [[route.destination]]
+              name = "refusing"
+              url = "{}"
+            [[route]]
+            name = "blog"
+            path = "/blog"
+            verify_token = "blog-token"
+            app_secret = "blog-secret"
+              [[route.destination]]
+              name = "comments"
+              url = "{}"
+            "#,
+            up.url("/orders"),
+            up.url("/refuse"),
+            up.url("/comments"),
+        ),
+    )
+    .unwrap();
+    // The backend refuses everything sent to /refuse (404: dead at once).
+    up.answer_path("/refuse", 404);
+    let x = Xhubd::start(
+        Options::new("unused")
+            .omit("--upstream")
+            .omit("--verify-token")
+            .omit("--app-secret-file")
+            .arg("--config")
+            .arg(config.to_str().unwrap())
+            .arg("--admin-listen")
+            .arg(&format!("127.0.0.1:{admin_port}")),
+    );
+    let post = |path: &str, secret: &str, n: usize| {
+        let body = page_event(n);
+        x.target
+            .request(
+                "POST",
+                path,
+                &[("X-Hub-Signature-256", &sign(secret, &body))],
+                &body,
+            )
+            .status
+    };
+    assert_eq!(post("/shop", "shop-secret", 1), 200);
+    assert_eq!(post("/blog", "blog-secret", 2), 200);
+    up.wait_for(3, WAIT);
+    wait_for(WAIT, "the refused delivery dead", || {
+        x.count("SELECT COUNT(*) FROM deliveries WHERE state = 2") == 1
+    });
+    let admin = Target::Tcp(format!("127.0.0.1:{admin_port}").parse().unwrap());
+    let metrics = admin.get("/metrics").text();
+    for line in [
+        r#"xhubd_delivery_attempts_total{route="shop",destination="orders",result="delivered"} 1"#,
+        r#"xhubd_delivery_attempts_total{route="shop",destination="refusing",result="dead"} 1"#,
+        r#"xhubd_delivery_attempts_total{route="blog",destination="comments",result="delivered"} 1"#,
+        r#"xhubd_destination_dead{route="shop",destination="refusing"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} not in:\n{metrics}");
+    }
+    // The status page lists each destination, with its dead count.
+    let page = admin.get("/").text();
+    for key in ["shop/orders", "shop/refusing", "blog/comments"] {
+        assert!(page.contains(key), "{key}: {page}");
+    }
+    assert!(
+        page.contains(r#"<td class="num state-dead">1</td>"#),
+        "{page}"
+    );
+
+    // The command line filters by route and destination.
+    let state = x.state_dir.display().to_string();
+    let list = |extra: &[&str]| {
+        let mut args = vec!["events", "list", "--json", "--state-dir", &state];
+        args.extend_from_slice(extra);
+        let (code, out, err) = run_xhubd(&args, None);
+        assert_eq!(code, 0, "{err}");
+        let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+        list.as_array().unwrap().len()
+    };
+    assert_eq!(list(&[]), 2);
+    assert_eq!(list(&["--route", "shop"]), 1);
+    assert_eq!(list(&["--route", "blog", "--destination", "orders"]), 0);
+    assert_eq!(list(&["--destination", "refusing", "--state", "dead"]), 1);
+    assert_eq!(list(&["--destination", "comments", "--state", "dead"]), 0);
+
+    // One delivery replayed: only it is sent again.
+    let id: String = rusqlite::Connection::open(x.db_path())
+        .unwrap()
+        .query_row("SELECT id FROM deliveries WHERE state = 2", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    up.answer_path("/refuse", 200);
+    let (code, out, err) = run_xhubd(
+        &["events", "replay", "--delivery", &id, "--state-dir", &state],
+        None,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let got = up.wait_for(4, WAIT);
+    assert_eq!(got[3].path_and_query, "/refuse");
+    assert_eq!(got[3].header("x-xhubd-delivery-id"), Some(id.as_str()));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(up.count(), 4, "only that delivery was sent again");
+    // And on the admin listener (a delivered delivery may be replayed too).
+    wait_for(WAIT, "the replayed delivery recorded", || {
+        x.count("SELECT COUNT(*) FROM deliveries WHERE state = 1") == 3
+    });
+    let replay = admin.request("POST", &format!("/deliveries/{id}/replay"), &[], b"");
+    assert_eq!(replay.status, 200, "{}", replay.text());
+    let got = up.wait_for(5, WAIT);
+    assert_eq!(got[4].header("x-xhubd-delivery-id"), Some(id.as_str()));
+    let missing = admin.request("POST", "/deliveries/no-such-id/replay", &[], b"");
+    assert_eq!(missing.status, 404);
+
+    // send-test with a route of the config file: no secret on the command line.
+    let Target::Unix(_) = &x.target else {
+        unreachable!()
+    };
+    drop(x);
+    let tcp = Xhubd::start(
+        Options::new("unused")
+            .omit("--upstream")
+            .omit("--verify-token")
+            .omit("--app-secret-file")
+            .arg("--config")
+            .arg(config.to_str().unwrap())
+            .tcp(),
+    );
+    let Target::Tcp(addr) = &tcp.target else {
+        unreachable!()
+    };
+    let (code, out, err) = run_xhubd(
+        &[
+            "send-test",
+            "--url",
+            &format!("http://{addr}/"),
+            "--config",
+            config.to_str().unwrap(),
+            "--route",
+            "blog",
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("/blog") && out.contains("all steps passed"),
+        "{out}"
+    );
+    for secret in ["blog-secret", "blog-token", "shop-secret"] {
+        assert!(!out.contains(secret) && !err.contains(secret));
+    }
+}
