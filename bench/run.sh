@@ -32,7 +32,15 @@
 # table with the ratios C/baseline and B/A (with --tls, a second table for the
 # bench-load loads, with B-tls/A-tls, B-load/A-load and A-load/A).
 #
-# Usage: bash bench/run.sh [--smoke] [--nginx] [--tls] [--catch-up]
+# and with --fanout: xhubd with a config file of one route and three destinations, two
+# of them matching one phone number each (narrowed, re-signed bodies), the third taking
+# everything; wrk sends 1 KiB WhatsApp batches for the two numbers. Reports events/s,
+# deliveries/s (three per event) and CPU per event, next to C.
+# With BASELINE_XHUBD=PATH (an earlier release's binary), C is measured again with it
+# and with this build, alternated (C-prev, C, C-prev, C), and the ratio of the medians
+# is printed.
+#
+# Usage: bash bench/run.sh [--smoke] [--nginx] [--tls] [--catch-up] [--fanout]
 #   --smoke (or SMOKE=1)  2 s loads, for CI
 # Environment (defaults in brackets):
 #   DURATION [10s; 2s with --smoke]  wrk -d, per load (and bench-load's)
@@ -63,12 +71,14 @@ SMOKE=${SMOKE:-0}
 WITH_NGINX=0
 WITH_TLS=0
 CATCH_UP=0
+FANOUT=0
 for arg in "$@"; do
   case $arg in
     --smoke) SMOKE=1 ;;
     --nginx) WITH_NGINX=1 ;;
     --tls) WITH_TLS=1; WITH_NGINX=1 ;;
     --catch-up) CATCH_UP=1 ;;
+    --fanout) FANOUT=1 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $arg (try --help)" >&2; exit 2 ;;
   esac
@@ -187,7 +197,7 @@ run_load() { # URL OUTFILE ARRAYNAME: runs the load, parses the WRKSTATS line
   local kv kvs=()
   if [ "$load_tool" = wrk ]; then
     timeout $(($(seconds "$DURATION") + 60)) \
-      env BENCH_APP_SECRET="$secret" BODY_BYTES="$BODY_BYTES" \
+      env BENCH_APP_SECRET="$secret" BODY_BYTES="$BODY_BYTES" BODY_SHAPE="${BODY_SHAPE:-user}" \
       wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s bench/sign.lua "$1" >"$2"
   else
     timeout $(($(seconds "$DURATION") + 60)) \
@@ -246,8 +256,10 @@ wait_socket() { # PID PATH NAME
 }
 
 # Loads xhubd (through URL) and measures acceptance, delivery until drained, RSS, CPU.
-measure_xhubd() { # NAME URL ARRAYNAME
+# FANOUT: deliveries per accepted event (default 1).
+measure_xhubd() { # NAME URL ARRAYNAME [FANOUT]
   local -n m=$3
+  local fanout=${4:-1}
   local before t_start t_load_end t_now deadline delivered cpu_start cpu_end rss_kib
   local drained=0
   before=$(upstream_count)
@@ -262,17 +274,18 @@ measure_xhubd() { # NAME URL ARRAYNAME
   while :; do
     delivered=$(($(upstream_count) - before))
     t_now=$(now)
-    if [ "$delivered" -ge "${m[ok]}" ]; then drained=1; break; fi
+    if [ "$delivered" -ge $((m[ok] * fanout)) ]; then drained=1; break; fi
     [ "$(calc %d "($t_now > $deadline)")" = 1 ] && break
     sleep 0.02
   done
   cpu_end=$(cpu_ticks "$xhubd_pid")
   sleep 1 # the stragglers wrk did not wait for
-  m["extra"]=$(($(upstream_count) - before - m[ok]))
+  m["extra"]=$(($(upstream_count) - before - m[ok] * fanout))
   rss_kib=$(awk '/^VmHWM:/ { print $2 }' "/proc/$xhubd_pid/status")
   m["rss"]=$(calc %.1f "$rss_kib / 1024")
   if [ "$drained" = 1 ]; then
-    m["delivered_rate"]=$(calc %.0f "$delivered / ($t_now - $t_start)")
+    m["delivered_rate"]=$(calc %.0f "$delivered / $fanout / ($t_now - $t_start)")
+    m["deliveries_rate"]=$(calc %.0f "$delivered / ($t_now - $t_start)")
     m["drain"]=$(calc %.2f "$t_now - $t_load_end")
   else
     m["delivered_rate"]="-"
@@ -281,7 +294,7 @@ measure_xhubd() { # NAME URL ARRAYNAME
   fi
   m["cpu_per_k"]="-"
   if [ "$delivered" -gt 0 ]; then
-    m["cpu_per_k"]=$(calc %.3f "($cpu_end - $cpu_start) / $(getconf CLK_TCK) / $delivered * 1000")
+    m["cpu_per_k"]=$(calc %.3f "($cpu_end - $cpu_start) / $(getconf CLK_TCK) / ($delivered / $fanout) * 1000")
   fi
 }
 
@@ -391,6 +404,79 @@ start_xhubd "$HOST:$xhubd_port" "$tmp/state-c" "http://$HOST:$upstream_port/"
 wait_listening "$xhubd_pid" "$xhubd_port" xhubd || { tail -n 20 "$LOG_FILE" >&2; exit 1; }
 measure_xhubd "C: wrk -> xhubd -> bench-upstream" "http://$HOST:$xhubd_port/" xhub_c
 stop "$xhubd_pid"
+
+# C again, alternating an earlier release's binary and this one.
+compare=""
+if [ -n "${BASELINE_XHUBD:-}" ]; then
+  declare -A c_round
+  prev_rates=() this_rates=() prev_cpu=() this_cpu=()
+  for round in 1 2; do
+    for which in prev this; do
+      bin=$xhubd_bin
+      [ "$which" = this ] || bin=$BASELINE_XHUBD
+      xhubd_bin_saved=$xhubd_bin
+      xhubd_bin=$bin
+      xhubd_port=$(free_port)
+      start_xhubd "$HOST:$xhubd_port" "$tmp/state-c-$which-$round" "http://$HOST:$upstream_port/"
+      xhubd_bin=$xhubd_bin_saved
+      wait_listening "$xhubd_pid" "$xhubd_port" xhubd || { tail -n 20 "$LOG_FILE" >&2; exit 1; }
+      measure_xhubd "C ($which, round $round)" "http://$HOST:$xhubd_port/" c_round
+      stop "$xhubd_pid"
+      if [ "$which" = prev ]; then
+        prev_rates+=("${c_round[rate]}"); prev_cpu+=("${c_round[cpu_per_k]}")
+      else
+        this_rates+=("${c_round[rate]}"); this_cpu+=("${c_round[cpu_per_k]}")
+      fi
+    done
+  done
+  median2() { calc %.0f "($1 + $2) / 2"; }
+  prev_mid=$(median2 "${prev_rates[@]}")
+  this_mid=$(median2 "${this_rates[@]}")
+  compare="C alternated with $BASELINE_XHUBD: previous ${prev_rates[*]} events/s"
+  compare+=" (CPU s per 1,000: ${prev_cpu[*]}), this build ${this_rates[*]}"
+  compare+=" (${this_cpu[*]}); this / previous, mean of two: $(calc %.3f "$this_mid / $prev_mid")"
+fi
+
+# Fan-out: one route, three destinations, narrowing.
+fanout_line=""
+if [ "$FANOUT" = 1 ]; then
+  declare -A fan
+  cat >"$tmp/fanout.toml" <<TOML
+[[route]]
+name = "wa"
+path = "/"
+verify_token = "bench"
+app_secret = "$secret"
+  [[route.destination]]
+  name = "number-111"
+  url = "http://$HOST:$upstream_port/a"
+  concurrency = $CONCURRENCY
+  match = { phone_number_id = "111" }
+  [[route.destination]]
+  name = "number-222"
+  url = "http://$HOST:$upstream_port/b"
+  concurrency = $CONCURRENCY
+  match = { phone_number_id = "222" }
+  [[route.destination]]
+  name = "archive"
+  url = "http://$HOST:$upstream_port/all"
+  concurrency = $CONCURRENCY
+TOML
+  xhubd_port=$(free_port)
+  XHUBD_LOG=$LOG_LEVEL "$xhubd_bin" serve --listen "$HOST:$xhubd_port" \
+    --config "$tmp/fanout.toml" --state-dir "$tmp/state-fanout" 2>>"$LOG_FILE" &
+  xhubd_pid=$!
+  pids+=("$xhubd_pid")
+  wait_listening "$xhubd_pid" "$xhubd_port" xhubd || { tail -n 20 "$LOG_FILE" >&2; exit 1; }
+  BODY_SHAPE=whatsapp measure_xhubd "fan-out: wrk -> xhubd (3 destinations, 2 narrowed)" \
+    "http://$HOST:$xhubd_port/" fan 3
+  stop "$xhubd_pid"
+  fanout_line="fan-out (1 route, 3 destinations, 2 narrowed and re-signed; WhatsApp batches"
+  fanout_line+=" of two numbers): ${fan[rate]} events/s accepted, ${fan[delivered_rate]} events/s"
+  fanout_line+=" = ${fan[deliveries_rate]:--} deliveries/s delivered, p50/p99/max ${fan[latency]} ms,"
+  fanout_line+=" xhubd CPU ${fan[cpu_per_k]} s per 1,000 events, peak RSS ${fan[rss]} MiB"
+  fanout_line+=" (C: ${xhub_c[rate]} events/s, ${xhub_c[cpu_per_k]} s per 1,000)"
+fi
 
 if [ "$WITH_NGINX" = 1 ]; then
   nginx_port=$(free_port)
@@ -559,9 +645,11 @@ report=bench/out/run-$(date +%Y%m%dT%H%M%S).txt
       "$(calc %.3f "${ceiling_load[rate]} / ${ceiling[rate]}")"
   fi
   [ -z "$catch_up" ] || echo "$catch_up"
+  [ -z "$compare" ] || echo "$compare"
+  [ -z "$fanout_line" ] || echo "$fanout_line"
 } | tee "$report"
 
-for name in base xhub_c ceiling xhub_b ceiling_load xhub_b_load ceiling_tls xhub_b_tls backlog; do
+for name in base xhub_c ceiling xhub_b ceiling_load xhub_b_load ceiling_tls xhub_b_tls backlog fan; do
   declare -n r=$name
   if [ -z "${r[ok]:-}" ]; then unset -n r; continue; fi
   [ "${r[status]}" -eq 0 ] || failures+=("$name: ${r[status]} non-2xx answers")
