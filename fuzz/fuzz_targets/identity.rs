@@ -14,6 +14,7 @@ use libfuzzer_sys::fuzz_target;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use xhubd_fuzz::webhook::identity::{describe, Identity};
+use xhubd_fuzz::webhook::items::Notification;
 use xhubd_fuzz::webhook::json::parse_object;
 
 /// An id field as it may arrive: a string, something else, or absent.
@@ -177,6 +178,32 @@ fn identity(raw: &[u8]) -> Identity {
     }
 }
 
+/// Items and narrowing: at least one item; keeping all gives the raw bytes; keeping any
+/// other selection gives a JSON object; nothing panics.
+fn check_items(raw: &[u8], doc: &Map<String, Value>) {
+    let n = Notification::parse(raw, doc);
+    assert!(!n.items.is_empty());
+    let all = vec![true; n.items.len()];
+    assert_eq!(n.narrowed(&all), raw);
+    for pattern in [1usize, 2, 5] {
+        let keep: Vec<bool> = (0..n.items.len()).map(|i| i % pattern == 0).collect();
+        let narrowed = n.narrowed(&keep);
+        match serde_json::from_slice::<Value>(&narrowed) {
+            Ok(Value::Object(_)) => {}
+            other => panic!(
+                "narrowed to {:?}: {other:?}",
+                String::from_utf8_lossy(&narrowed)
+            ),
+        }
+    }
+    for part in n.split(&all) {
+        assert!(matches!(
+            serde_json::from_slice::<Value>(&part),
+            Ok(Value::Object(_))
+        ));
+    }
+}
+
 /// The invariants every JSON object must satisfy.
 fn check_object(raw: &[u8], doc: &Map<String, Value>) {
     let id = Identity::of(raw, doc);
@@ -258,6 +285,7 @@ fuzz_target!(|input: Input<'_>| match input {
         if let Ok(Value::Object(doc)) = serde_json::from_slice::<Value>(raw) {
             assert_eq!(tolerant.ok().as_ref(), Some(&doc));
             check_object(raw, &doc);
+            check_items(raw, &doc);
         }
     }
     Input::Built {

@@ -19,6 +19,8 @@ pub mod webhook {
     pub mod challenge;
     pub mod client_cn;
     pub mod identity;
+    pub mod items;
     pub mod json;
+    pub mod raw;
     pub mod signature;
 }
