@@ -501,3 +501,42 @@ fn route_config(up: &Upstream) -> String {
         up.url("/")
     )
 }
+
+#[test]
+fn kill_9_with_deliveries_pending_to_three_destinations_loses_none() {
+    let mut ups = [Upstream::start(), Upstream::start(), Upstream::start()];
+    let config = format!(
+        "[[route]]\nname = \"wa\"\npath = \"/wa\"\nverify_token = \"t\"\napp_secret = \"s\"\n{}",
+        ups.iter()
+            .enumerate()
+            .map(|(i, up)| format!(
+                "[[route.destination]]\nname = \"d{i}\"\nurl = \"{}\"\nretry_initial = \"100ms\"\nretry_max_delay = \"200ms\"\n",
+                up.url("/")
+            ))
+            .collect::<String>()
+    );
+    for up in &mut ups {
+        up.stop();
+    }
+    let (mut x, _dir) = start(&config, &[]);
+    for n in 0..20 {
+        assert_eq!(post(&x, "/wa", "s", &page_event(n)).status, 200);
+    }
+    assert_eq!(
+        x.count("SELECT COUNT(*) FROM deliveries WHERE state = 0"),
+        60
+    );
+    x.kill9();
+    for up in &mut ups {
+        up.restart();
+    }
+    x.spawn();
+    for up in &ups {
+        let got = up.wait_for(20, WAIT);
+        let bodies: HashSet<Vec<u8>> = got.iter().map(|r| r.body.to_vec()).collect();
+        assert_eq!(bodies.len(), 20, "every event, to every destination");
+    }
+    wait_for(WAIT, "all 60 deliveries recorded", || {
+        x.count("SELECT COUNT(*) FROM deliveries WHERE state = 1") == 60
+    });
+}
