@@ -158,21 +158,35 @@ struct Daemon {
     _lock: File,
 }
 
-/// What only a restart changes: a reload that changes one of these is refused.
+/// What only a restart changes: every option but the routes and destinations (and the
+/// flags that are their defaults). A reload that changes one of these is refused, so
+/// that "configuration reloaded" never hides an option that did not take effect.
 #[derive(Debug, PartialEq)]
-struct Fixed {
-    listen: String,
-    state_dir: std::path::PathBuf,
-    max_body_bytes: u64,
-}
+struct Fixed(String);
 
 impl Fixed {
-    fn of(config: &Config) -> Fixed {
-        Fixed {
-            listen: config.listen.to_string(),
-            state_dir: config.state_dir.clone(),
-            max_body_bytes: config.max_body_bytes,
-        }
+    fn of(c: &Config) -> Fixed {
+        // The admin token by its hash: the text never holds a secret.
+        let token = c.admin_token.as_ref().map(|t| {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(t.expose()))
+        });
+        Fixed(format!(
+            "{:?}",
+            (
+                &c.listen,
+                c.socket_mode,
+                &c.state_dir,
+                c.max_body_bytes,
+                c.dedup_window,
+                &c.client_cn,
+                &c.admin_listen,
+                token,
+                c.max_connections,
+                (c.header_timeout, c.body_timeout, c.shutdown_timeout),
+                c.log_format,
+            )
+        ))
     }
 }
 
@@ -317,7 +331,7 @@ impl Daemon {
         };
         let fixed = Fixed::of(&config);
         if fixed != self.fixed {
-            error!(file = %file.display(), "reload refused: listen, state_dir and max_body_bytes need a restart; the running configuration stays");
+            error!(file = %file.display(), "reload refused: a reload changes routes and destinations only; other options (listen, state_dir, max_body_bytes, client_cn_header, dedup_window, admin_*, timeouts, ...) need a restart; the running configuration stays");
             return;
         }
         if let Err(e) = self.fleet.apply(&config.routes) {

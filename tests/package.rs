@@ -190,3 +190,59 @@ fn the_packaged_binary_runs() {
         format!("xhubd {}", env!("CARGO_PKG_VERSION"))
     );
 }
+
+/// The postinst's upgrade of a one-app setup from the releases whose unit loaded the
+/// secrets as credentials: run on a copy of /etc in a temporary directory (the group
+/// and ownership commands stubbed), twice, as dpkg may.
+#[test]
+fn an_upgraded_one_app_setup_keeps_its_secrets() {
+    let root = tempfile::tempdir().unwrap();
+    let etc = root.path().join("etc");
+    std::fs::create_dir_all(etc.join("xhubd")).unwrap();
+    std::fs::create_dir_all(etc.join("default")).unwrap();
+    std::fs::write(etc.join("xhubd/app_secret"), "s\n").unwrap();
+    std::fs::write(etc.join("xhubd/verify_token"), "t\n").unwrap();
+    std::fs::write(
+        etc.join("default/xhubd"),
+        "XHUBD_UPSTREAM=http://127.0.0.1:8080/\n",
+    )
+    .unwrap();
+    let script =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("debian/postinst"))
+            .unwrap()
+            .replace("/etc/", &format!("{}/", etc.display()))
+            .replace("getent group xhubd", "true")
+            .replace("addgroup --system xhubd", "true")
+            .replace("-o root -g xhubd ", "")
+            .replace("chgrp xhubd", "true");
+    let path = root.path().join("postinst");
+    std::fs::write(&path, script).unwrap();
+    for _ in 0..2 {
+        let status = Command::new("sh")
+            .arg(&path)
+            .arg("configure")
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let default = std::fs::read_to_string(etc.join("default/xhubd")).unwrap();
+    let app = format!("XHUBD_APP_SECRET_FILE={}/xhubd/app_secret", etc.display());
+    let token = format!(
+        "XHUBD_VERIFY_TOKEN_FILE={}/xhubd/verify_token",
+        etc.display()
+    );
+    assert_eq!(default.matches(&app).count(), 1, "{default}");
+    assert_eq!(default.matches(&token).count(), 1, "{default}");
+    // A setup with routes (no XHUBD_UPSTREAM) is left alone.
+    std::fs::write(etc.join("default/xhubd"), "#XHUBD_UPSTREAM=x\n").unwrap();
+    assert!(Command::new("sh")
+        .arg(&path)
+        .arg("configure")
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(
+        std::fs::read_to_string(etc.join("default/xhubd")).unwrap(),
+        "#XHUBD_UPSTREAM=x\n"
+    );
+}

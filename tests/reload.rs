@@ -212,3 +212,42 @@ fn sighup_without_a_config_file_never_kills_the_daemon() {
     up.wait_for(1, WAIT);
     assert!(x.terminate().success());
 }
+
+#[test]
+fn a_destination_whose_settings_change_sends_nothing_twice() {
+    let up = Upstream::start();
+    let r = Arc::new(Running::start(&route(&destination("a", &up.url("/v1")))));
+    let streaming = Arc::new(AtomicBool::new(true));
+    let sender = {
+        let (r, streaming) = (r.clone(), streaming.clone());
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while streaming.load(Ordering::Relaxed) || n < 100 {
+                n += 1;
+                assert_eq!(r.post(n), 200);
+            }
+            n
+        })
+    };
+    wait_for(WAIT, "deliveries before the reload", || up.count() >= 30);
+    r.reload(
+        &route(&destination("a", &up.url("/v2"))),
+        "configuration reloaded",
+    );
+    let at_reload = up.count();
+    wait_for(WAIT, "deliveries after the reload", || {
+        up.count() >= at_reload + 30
+    });
+    streaming.store(false, Ordering::Relaxed);
+    let sent = sender.join().unwrap();
+    let got = up.wait_for(sent, WAIT);
+    std::thread::sleep(Duration::from_millis(500));
+    let ids: std::collections::HashSet<String> = up
+        .received()
+        .iter()
+        .map(|r| r.header("x-xhubd-delivery-id").unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), sent, "every delivery once");
+    assert_eq!(up.count(), sent, "none twice");
+    assert!(got.iter().any(|r| r.path_and_query == "/v2"));
+}

@@ -167,8 +167,10 @@ fn each_route_has_its_own_path_secrets_and_destinations() {
 }
 
 #[test]
-fn a_destination_that_is_down_holds_up_no_other() {
+fn a_destination_that_hangs_holds_up_no_other() {
     let up = Upstream::start();
+    // Accepts connections (the backlog) and never answers: every attempt hangs.
+    let hanging = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let (x, _dir) = start(
         &format!(
             r#"
@@ -179,13 +181,14 @@ fn a_destination_that_is_down_holds_up_no_other() {
         app_secret = "s"
           [[route.destination]]
           name = "down"
-          url = "http://127.0.0.1:9/never"
-          retry_initial = "50ms"
-          retry_max_delay = "100ms"
+          url = "http://{}/never"
+          concurrency = 1
+          timeout = "60s"
           [[route.destination]]
           name = "up"
           url = "{}"
         "#,
+            hanging.local_addr().unwrap(),
             up.url("/")
         ),
         &[],
@@ -201,6 +204,82 @@ fn a_destination_that_is_down_holds_up_no_other() {
         x.count("SELECT COUNT(*) FROM deliveries WHERE destination = 'wa/down' AND state = 0"),
         50
     );
+}
+
+#[test]
+fn events_delivered_everywhere_or_nowhere_are_pruned_a_dead_delivery_keeps_its_event() {
+    let up = Upstream::start();
+    up.answer_path("/refuse", 404);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("xhubd.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+            [[route]]
+            name = "two"
+            path = "/two"
+            verify_token = "t"
+            app_secret = "s"
+              [[route.destination]]
+              name = "ok"
+              url = "{ok}"
+              [[route.destination]]
+              name = "refusing"
+              url = "{refuse}"
+              match = {{ object = "page" }}
+            [[route]]
+            name = "nowhere"
+            path = "/nowhere"
+            verify_token = "t"
+            app_secret = "s"
+              [[route.destination]]
+              name = "never"
+              url = "{ok}"
+              match = {{ object = "no-such-object" }}
+            "#,
+            ok = up.url("/ok"),
+            refuse = up.url("/refuse"),
+        ),
+    )
+    .unwrap();
+    let x = Xhubd::start(
+        Options::new("unused")
+            .omit("--upstream")
+            .omit("--verify-token")
+            .omit("--app-secret-file")
+            .arg("--config")
+            .arg(path.to_str().unwrap())
+            .arg("--dedup-window")
+            .arg("1s"),
+    );
+    let page = |n: usize| {
+        format!(r#"{{"object":"page","entry":[{{"id":"{n}","changed_fields":["name"]}}]}}"#)
+    };
+    // 3 events with a dead delivery, 3 delivered everywhere, 3 that no destination takes.
+    for n in 0..3 {
+        assert_eq!(post(&x, "/two", "s", page(n).as_bytes()).status, 200);
+        assert_eq!(post(&x, "/two", "s", &page_event(100 + n)).status, 200);
+        assert_eq!(post(&x, "/nowhere", "s", &page_event(200 + n)).status, 200);
+    }
+    wait_for(WAIT, "the deliveries done", || {
+        x.count("SELECT COUNT(*) FROM deliveries WHERE state = 0") == 0
+    });
+    // Older than the window, with the writer busy (it prunes between its batches).
+    std::thread::sleep(Duration::from_millis(1200));
+    let mut n = 1000;
+    wait_for(WAIT, "the pruning", || {
+        n += 1;
+        post(&x, "/two", "s", &page_event(n));
+        x.count("SELECT COUNT(*) FROM events WHERE route = 'nowhere'") == 0
+            && x.count("SELECT COUNT(*) FROM events e WHERE e.route = 'two' AND e.seq NOT IN (SELECT event_seq FROM deliveries WHERE state = 2) AND e.received_at < (SELECT MAX(received_at) FROM events) - 1100") == 0
+    });
+    assert_eq!(
+        x.count("SELECT COUNT(*) FROM deliveries WHERE state = 2"),
+        3,
+        "events with a dead delivery are kept"
+    );
+    assert_eq!(x.count("SELECT COUNT(*) FROM events WHERE route = 'two' AND seq IN (SELECT event_seq FROM deliveries WHERE state = 2)"), 3);
 }
 
 #[test]

@@ -224,30 +224,26 @@ pub fn load(path: &Path) -> anyhow::Result<FileConfig> {
     })
 }
 
-/// serde's message without the values it quotes (between backticks, after "invalid
-/// type" or "invalid value"): a value may be a secret.
+/// serde's message without the value it quotes: "invalid type: string \"...\",
+/// expected a map" and the like name the offending value, which may be a secret. Field
+/// names (in "unknown field `x`") stay: they are what the operator must fix.
 fn without_values(message: &str) -> String {
     let message = message.trim();
-    if !(message.starts_with("invalid type") || message.starts_with("invalid value")) {
+    let prefix = [
+        "invalid type",
+        "invalid value",
+        "invalid length",
+        "unknown variant",
+    ]
+    .into_iter()
+    .find(|p| message.starts_with(p));
+    let Some(prefix) = prefix else {
         return message.to_owned();
+    };
+    match message.find(", expected") {
+        Some(expected) => format!("{prefix}: (value not shown){}", &message[expected..]),
+        None => format!("{prefix}: (value not shown)"),
     }
-    let mut out = String::new();
-    let mut quoted = false;
-    for c in message.chars() {
-        match (c, quoted) {
-            ('`', false) => {
-                quoted = true;
-                out.push_str("`…");
-            }
-            ('`', true) => {
-                quoted = false;
-                out.push('`');
-            }
-            (_, true) => {}
-            (c, false) => out.push(c),
-        }
-    }
-    out
 }
 
 /// Puts the file's top-level serve options into `args`, except where `explicit` (the
@@ -363,6 +359,14 @@ mod tests {
             .to_string();
         assert!(!e.contains("123456789"), "{e}");
         let e = parse("verify_token = [\"s3cret-value\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("s3cret-value"), "{e}");
+        let e = parse("[[route]]\nname = \"a\"\npath = \"/a\"\n[[route.destination]]\nname = \"d\"\nurl = \"http://x\"\nheaders = \"Bearer s3cret-value\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("s3cret-value") && e.contains("expected"), "{e}");
+        let e = parse("log_format = \"s3cret-value\"\n")
             .unwrap_err()
             .to_string();
         assert!(!e.contains("s3cret-value"), "{e}");

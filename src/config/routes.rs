@@ -355,20 +355,22 @@ fn one<'a>(
     }
 }
 
-/// A secret file named in the config file: absolute as given; relative, in
-/// `$CREDENTIALS_DIRECTORY` when systemd passes credentials (the packaged unit loads
-/// `/etc/xhubd/credentials/` there), else next to the config file.
+/// A secret file named in the config file: absolute as given; relative, a systemd
+/// credential of that name when one was passed (`$CREDENTIALS_DIRECTORY`), else next to
+/// the config file (the packaged layout: `/etc/xhubd/`).
 fn resolve(path: &Path, file: &Path) -> PathBuf {
     if path.is_absolute() {
         return path.to_path_buf();
     }
-    match std::env::var_os("CREDENTIALS_DIRECTORY") {
-        Some(dir) => PathBuf::from(dir).join(path),
-        None => file
-            .parent()
-            .map(|p| p.join(path))
-            .unwrap_or_else(|| path.to_path_buf()),
+    if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+        let credential = PathBuf::from(dir).join(path);
+        if credential.exists() {
+            return credential;
+        }
     }
+    file.parent()
+        .map(|p| p.join(path))
+        .unwrap_or_else(|| path.to_path_buf())
 }
 
 #[cfg(test)]

@@ -150,6 +150,10 @@ impl Fleet {
             .filter(|k| !wanted.contains_key(*k) || clients.contains_key(*k))
             .cloned()
             .collect();
+        // A destination restarted with new settings: its new scheduler starts only once
+        // the old one has finished its attempts in flight, so no delivery is sent twice
+        // at once.
+        let mut previous = HashMap::new();
         for key in gone {
             if let Some(old) = running.remove(&key) {
                 self.handovers
@@ -157,13 +161,15 @@ impl Fleet {
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&key);
                 old.stop.cancel();
-                if !wanted.contains_key(&key) {
+                if wanted.contains_key(&key) {
+                    previous.insert(key, old.task);
+                } else {
                     info!(destination = %key, "destination removed: its pending deliveries stay on disk");
+                    self.stopped
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(old.task);
                 }
-                self.stopped
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(old.task);
             }
         }
         for (key, upstream) in clients {
@@ -188,7 +194,15 @@ impl Fleet {
                 metrics: self.metrics.clone(),
                 status: status.clone(),
             };
-            let task = tokio::spawn(delivery.run(rx, stop.clone(), self.drain));
+            let before = previous.remove(&key);
+            let drain = self.drain;
+            let stopping = stop.clone();
+            let task = tokio::spawn(async move {
+                if let Some(before) = before {
+                    let _ = before.await;
+                }
+                delivery.run(rx, stopping, drain).await;
+            });
             self.handovers
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())

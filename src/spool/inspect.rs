@@ -183,7 +183,7 @@ pub fn list(
         // Always true; it names ?3 so every statement takes the same parameters.
         (_, None) => "?3 IS NULL",
         (Some(_), Some(_)) => "destination = ?2 || '/' || ?3",
-        (None, Some(_)) => "destination LIKE '%/' || ?3",
+        (None, Some(_)) => "substr(destination, instr(destination, '/') + 1) = ?3",
     };
     let state_clause = match filter.state {
         None => format!(
@@ -384,10 +384,9 @@ pub fn replay_all_dead(conn: &Connection) -> rusqlite::Result<usize> {
 pub fn purge_delivered_before(conn: &Connection, cutoff: i64) -> rusqlite::Result<usize> {
     let mut stmt = conn.prepare(
         "DELETE FROM events WHERE seq IN
-           (SELECT d.event_seq FROM deliveries d WHERE d.state = 1 AND d.finished_at < ?1
-            LIMIT ?2)
-         AND received_at < ?1
-         AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.event_seq = events.seq AND o.state != 1)",
+           (SELECT e.seq FROM events e WHERE e.received_at < ?1
+            AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.event_seq = e.seq AND o.state != 1)
+            LIMIT ?2)",
     )?;
     in_chunks(|| stmt.execute(params![cutoff, BULK_CHUNK]))
 }

@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS events (
     signature       TEXT    NOT NULL,
     signature_sha1  TEXT
 );
+CREATE INDEX IF NOT EXISTS events_received ON events(received_at);
 -- The bodies, apart from the rows that delivery updates: recording an outcome then
 -- rewrites a short row, not a page full of body.
 CREATE TABLE IF NOT EXISTS bodies (

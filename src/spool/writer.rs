@@ -447,7 +447,7 @@ fn record_one(
     tx.prepare_cached(
         "UPDATE deliveries SET state = ?2, attempts = ?3, next_attempt_at = ?4, last_error = ?5,
                                finished_at = ?6
-         WHERE seq = ?1",
+         WHERE seq = ?1 AND state = 0",
     )?
     .execute(params![
         seq,
@@ -488,12 +488,14 @@ fn prune_chunk(conn: &mut Connection, window_ms: i64, pruned: &mut Pruned) -> bo
             "DELETE FROM dedup WHERE key IN (SELECT key FROM dedup WHERE seen_at < ?1 LIMIT ?2)",
             params![cutoff, PRUNE_CHUNK],
         )?;
+        // Candidates are chosen after the filter, so events kept for a dead or pending
+        // delivery never fill the chunk; an event with no delivery (unrouted) goes too.
         let events = tx.execute(
             "DELETE FROM events WHERE seq IN
-               (SELECT d.event_seq FROM deliveries d WHERE d.state = 1 AND d.finished_at < ?1
-                LIMIT ?2)
-             AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.event_seq = events.seq
-                             AND (o.state != 1 OR o.finished_at >= ?1))",
+               (SELECT e.seq FROM events e WHERE e.received_at < ?1
+                AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.event_seq = e.seq
+                                AND (o.state != 1 OR o.finished_at >= ?1))
+                LIMIT ?2)",
             params![cutoff, PRUNE_CHUNK],
         )?;
         tx.commit()?;

@@ -33,7 +33,7 @@ pub struct ItemFacts {
 }
 
 /// Where an item lies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Place {
     /// Element `element` of item array `group` of entry `entry`.
     Element {
@@ -108,6 +108,19 @@ impl<'a> Notification<'a> {
             }],
         };
         let find = |name: &str| top.iter().rposition(|m| m.key == name);
+        // A key given twice where items live: what serde read (the last) and what a
+        // narrowed body would copy (all) could differ, so such a body is never split.
+        let twice = |members: &[Member], names: &[&str]| {
+            names
+                .iter()
+                .any(|n| members.iter().filter(|m| m.key == *n).count() > 1)
+        };
+        if twice(&top, &["entry", "values", "object"]) {
+            return whole(ItemFacts {
+                object,
+                ..ItemFacts::default()
+            });
+        }
         if let Some(entry_member) = find("entry") {
             let Some(spans) = raw::elements(raw, top[entry_member].value.clone()) else {
                 return whole(ItemFacts {
@@ -118,12 +131,16 @@ impl<'a> Notification<'a> {
             let mut entries = Vec::new();
             let mut items = Vec::new();
             for (e, span) in spans.into_iter().enumerate() {
-                let Some(members) = raw::members(raw, span.clone()) else {
-                    // Not an object: no entry xhubd can narrow; the body goes whole.
-                    return whole(ItemFacts {
-                        object,
-                        ..ItemFacts::default()
-                    });
+                let members = match raw::members(raw, span.clone()) {
+                    Some(members) if !twice(&members, &ITEM_ARRAYS) => members,
+                    // Not an object, or an item array named twice: no entry xhubd can
+                    // narrow; the body goes whole.
+                    _ => {
+                        return whole(ItemFacts {
+                            object,
+                            ..ItemFacts::default()
+                        })
+                    }
                 };
                 let entry_id = text_of(raw, &members, "id");
                 let mut groups = Vec::new();
@@ -144,9 +161,15 @@ impl<'a> Notification<'a> {
                         };
                         match name {
                             "changes" => change_facts(raw, element, &value, &mut facts),
-                            "messaging" => facts
-                                .fields
-                                .extend(messaging_field(&value, &object).map(str::to_owned)),
+                            "messaging" => {
+                                // Its members in body order: the first known one decides.
+                                let order: Vec<String> = raw::members(raw, element.clone())
+                                    .map(|m| m.into_iter().map(|m| m.key).collect())
+                                    .unwrap_or_default();
+                                facts.fields.extend(
+                                    messaging_field(&value, &object, &order).map(str::to_owned),
+                                )
+                            }
                             _ => facts.fields.push("standby".to_owned()),
                         }
                         items.push(Item {
@@ -259,12 +282,14 @@ impl<'a> Notification<'a> {
         if keep.iter().all(|k| *k) {
             return self.raw.to_vec();
         }
-        let kept = |place: Place| {
-            self.items
-                .iter()
-                .zip(keep)
-                .any(|(item, k)| *k && item.place == place)
-        };
+        let chosen: std::collections::HashSet<Place> = self
+            .items
+            .iter()
+            .zip(keep)
+            .filter(|(_, k)| **k)
+            .map(|(item, _)| item.place)
+            .collect();
+        let kept = |place: Place| chosen.contains(&place);
         let raw = self.raw;
         let mut out = Vec::with_capacity(raw.len());
         out.push(b'{');
@@ -305,19 +330,87 @@ impl<'a> Notification<'a> {
         out
     }
 
-    /// One body per kept item, each holding only that item (in its entry).
+    /// One body per kept item, each holding only that item (in its entry), each built
+    /// in the time its own bytes take (a 1000-item batch is 1000 small copies).
     pub fn split(&self, keep: &[bool]) -> Vec<Vec<u8>> {
-        (0..self.items.len())
-            .filter(|i| keep.get(*i).copied().unwrap_or(false))
-            .map(|i| {
-                if self.items.len() == 1 {
-                    return self.raw.to_vec();
-                }
-                let only: Vec<bool> = (0..self.items.len()).map(|j| j == i).collect();
-                self.narrowed(&only)
-            })
+        if self.items.len() == 1 {
+            return if keep.first().copied().unwrap_or(false) {
+                vec![self.raw.to_vec()]
+            } else {
+                Vec::new()
+            };
+        }
+        self.items
+            .iter()
+            .zip(keep)
+            .filter(|(_, k)| **k)
+            .map(|(item, _)| self.part(item.place))
             .collect()
     }
+
+    /// The body holding only the item at `place`.
+    fn part(&self, place: Place) -> Vec<u8> {
+        let raw = self.raw;
+        let mut out = vec![b'{'];
+        for (index, member) in self.top.iter().enumerate() {
+            let value = match (&self.shape, place) {
+                (Shape::Entries(entry_member, entries), Place::Element { entry, .. })
+                | (Shape::Entries(entry_member, entries), Place::Entry(entry))
+                    if *entry_member == index =>
+                {
+                    let bytes = entries
+                        .get(entry)
+                        .and_then(|e| entry_with_one(raw, e, place))
+                        .unwrap_or_default();
+                    join_array(&[bytes])
+                }
+                (Shape::Values(values_member, elements), Place::Value(i))
+                    if *values_member == index =>
+                {
+                    let bytes = elements.get(i).map(|s| raw[s.clone()].to_vec());
+                    join_array(&[bytes.unwrap_or_default()])
+                }
+                _ => raw[member.value.clone()].to_vec(),
+            };
+            if index > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(&raw[member.key_span.clone()]);
+            out.push(b':');
+            out.extend_from_slice(&value);
+        }
+        out.push(b'}');
+        out
+    }
+}
+
+/// An entry holding only the item at `place` (the whole entry for `Place::Entry`),
+/// built without looking at its other items.
+fn entry_with_one(raw: &[u8], entry: &Entry, place: Place) -> Option<Vec<u8>> {
+    let Place::Element { group, element, .. } = place else {
+        return Some(raw[entry.span.clone()].to_vec());
+    };
+    let (item_member, elements) = entry.groups.get(group)?;
+    let mut out = vec![b'{'];
+    let mut first = true;
+    for (index, member) in entry.members.iter().enumerate() {
+        let value = if index == *item_member {
+            join_array(&[raw[elements.get(element)?.clone()].to_vec()])
+        } else if entry.groups.iter().any(|(m, _)| *m == index) {
+            continue; // the entry's other item arrays are left empty: removed
+        } else {
+            raw[member.value.clone()].to_vec()
+        };
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        out.extend_from_slice(&raw[member.key_span.clone()]);
+        out.push(b':');
+        out.extend_from_slice(&value);
+    }
+    out.push(b'}');
+    Some(out)
 }
 
 /// An entry with only its kept items, or `None` when none is left.
@@ -420,11 +513,13 @@ fn change_facts(raw: &[u8], span: &Range<usize>, change: &Value, facts: &mut Ite
 }
 
 /// The webhook field of a `messaging[]` element, as Meta's dashboard names the
-/// subscription: its first event member that has one decides (README keeps the table).
-pub fn messaging_field(element: &Value, object: &str) -> Option<&'static str> {
+/// subscription: its first event member that has one decides, in `order` (the
+/// members' order in the body; README keeps the table).
+pub fn messaging_field(element: &Value, object: &str, order: &[String]) -> Option<&'static str> {
     let element = element.as_object()?;
     let instagram = object == "instagram";
-    element.iter().find_map(|(member, value)| {
+    order.iter().find_map(|member| {
+        let value = element.get(member)?;
         Some(match member.as_str() {
             "message" => {
                 let echo = value.get("is_echo").and_then(Value::as_bool) == Some(true);
@@ -524,7 +619,13 @@ mod tests {
 
     #[test]
     fn messaging_fields_speak_the_dashboard_s_names() {
-        let field = |element: Value, object: &str| messaging_field(&element, object);
+        let field = |element: Value, object: &str| {
+            let order: Vec<String> = element
+                .as_object()
+                .map(|m| m.keys().cloned().collect())
+                .unwrap_or_default();
+            messaging_field(&element, object, &order)
+        };
         assert_eq!(
             field(
                 serde_json::json!({"sender":{},"message":{"mid":"x"}}),
@@ -555,5 +656,39 @@ mod tests {
             Some("messaging_seen")
         );
         assert_eq!(field(serde_json::json!({"unknown":{}}), "page"), None);
+    }
+
+    #[test]
+    fn each_split_part_is_the_body_narrowed_to_its_item() {
+        let raw = br#"{"object":"page","entry":[{"id":"1","messaging":[{"message":{"mid":"a"}},{"read":{"watermark":1}}],"standby":[{"message":{"mid":"s"}}]},{"id":"2","changed_fields":["name"]},{"id":"3","time":4,"changes":[{"field":"feed","value":{}}]}]}"#;
+        let n = parse(raw);
+        assert_eq!(n.items.len(), 5);
+        let all = vec![true; 5];
+        let parts = n.split(&all);
+        for (i, part) in parts.iter().enumerate() {
+            let only: Vec<bool> = (0..5).map(|j| j == i).collect();
+            assert_eq!(
+                String::from_utf8_lossy(part),
+                String::from_utf8_lossy(&n.narrowed(&only)),
+                "part {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_key_named_twice_where_items_live_keeps_the_body_whole() {
+        let raw = br#"{"object":"page","entry":[{"id":"1","messaging":[{"message":{"mid":"a"}}]}],"entry":[{"id":"2","messaging":[{"read":{}}]}]}"#;
+        let n = parse(raw);
+        assert_eq!(n.items.len(), 1);
+        assert_eq!(n.items[0].facts.fields, Vec::<String>::new());
+        let raw = br#"{"object":"page","entry":[{"id":"1","messaging":[{"message":{"mid":"a"}}],"messaging":[{"read":{}}]}]}"#;
+        assert_eq!(parse(raw).items.len(), 1);
+    }
+
+    #[test]
+    fn the_first_member_in_the_body_decides_the_field() {
+        // "read" sorts before "referral" but comes second here.
+        let raw = br#"{"object":"page","entry":[{"id":"1","messaging":[{"referral":{"ref":"x"},"read":{"watermark":1}}]}]}"#;
+        assert_eq!(parse(raw).items[0].facts.fields, ["messaging_referrals"]);
     }
 }
