@@ -30,14 +30,7 @@ fn start(config: &str, up: &Upstream, files: &[(&str, &str)]) -> (Xhubd, tempfil
         .replace("{dir}", &dir.path().display().to_string());
     let path = dir.path().join("xhubd.toml");
     std::fs::write(&path, text).unwrap();
-    let x = Xhubd::start(
-        Options::new("unused")
-            .omit("--upstream")
-            .omit("--verify-token")
-            .omit("--app-secret-file")
-            .arg("--config")
-            .arg(path.to_str().unwrap()),
-    );
+    let x = Xhubd::start(Options::config(path.to_str().unwrap()));
     (x, dir)
 }
 
@@ -383,12 +376,7 @@ fn items_nobody_takes_are_stored_and_counted() {
     )
     .unwrap();
     let x = Xhubd::start(
-        Options::new("unused")
-            .omit("--upstream")
-            .omit("--verify-token")
-            .omit("--app-secret-file")
-            .arg("--config")
-            .arg(path.to_str().unwrap())
+        Options::config(path.to_str().unwrap())
             .arg("--admin-listen")
             .arg(&format!("127.0.0.1:{port}")),
     );

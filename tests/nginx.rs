@@ -364,14 +364,7 @@ fn two_routes_behind_the_shipped_site() {
         ),
     )
     .unwrap();
-    let x = Xhubd::start(
-        Options::new("unused")
-            .omit("--upstream")
-            .omit("--verify-token")
-            .omit("--app-secret-file")
-            .arg("--config")
-            .arg(config.to_str().unwrap()),
-    );
+    let x = Xhubd::start(Options::config(config.to_str().unwrap()));
     let Target::Unix(socket) = x.target.clone() else {
         unreachable!()
     };

@@ -49,12 +49,7 @@ fn routes_and_destinations_everywhere() {
     // The backend refuses everything sent to /refuse (404: dead at once).
     up.answer_path("/refuse", 404);
     let x = Xhubd::start(
-        Options::new("unused")
-            .omit("--upstream")
-            .omit("--verify-token")
-            .omit("--app-secret-file")
-            .arg("--config")
-            .arg(config.to_str().unwrap())
+        Options::config(config.to_str().unwrap())
             .arg("--admin-listen")
             .arg(&format!("127.0.0.1:{admin_port}")),
     );
@@ -145,15 +140,7 @@ fn routes_and_destinations_everywhere() {
         unreachable!()
     };
     drop(x);
-    let tcp = Xhubd::start(
-        Options::new("unused")
-            .omit("--upstream")
-            .omit("--verify-token")
-            .omit("--app-secret-file")
-            .arg("--config")
-            .arg(config.to_str().unwrap())
-            .tcp(),
-    );
+    let tcp = Xhubd::start(Options::config(config.to_str().unwrap()).tcp());
     let Target::Tcp(addr) = &tcp.target else {
         unreachable!()
     };

@@ -36,14 +36,7 @@ impl Running {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("xhubd.toml");
         std::fs::write(&path, config).unwrap();
-        let x = Xhubd::start(
-            Options::new("unused")
-                .omit("--upstream")
-                .omit("--verify-token")
-                .omit("--app-secret-file")
-                .arg("--config")
-                .arg(path.to_str().unwrap()),
-        );
+        let x = Xhubd::start(Options::config(path.to_str().unwrap()));
         Running {
             x,
             config: path,

@@ -22,14 +22,7 @@ fn start(config: &str, files: &[(&str, &str)]) -> (Xhubd, tempfile::TempDir) {
     let text = config.replace("{dir}", &dir.path().display().to_string());
     let path = dir.path().join("xhubd.toml");
     std::fs::write(&path, text).unwrap();
-    let x = Xhubd::start(
-        Options::new("unused")
-            .omit("--upstream")
-            .omit("--verify-token")
-            .omit("--app-secret-file")
-            .arg("--config")
-            .arg(path.to_str().unwrap()),
-    );
+    let x = Xhubd::start(Options::config(path.to_str().unwrap()));
     (x, dir)
 }
 
@@ -244,12 +237,7 @@ fn events_delivered_everywhere_or_nowhere_are_pruned_a_dead_delivery_keeps_its_e
     )
     .unwrap();
     let x = Xhubd::start(
-        Options::new("unused")
-            .omit("--upstream")
-            .omit("--verify-token")
-            .omit("--app-secret-file")
-            .arg("--config")
-            .arg(path.to_str().unwrap())
+        Options::config(path.to_str().unwrap())
             .arg("--dedup-window")
             .arg("1s"),
     );
@@ -475,12 +463,7 @@ fn top_level_keys_are_options_and_a_flag_wins() {
     drop(x);
     // A flag wins over the file.
     let x = Xhubd::start(
-        Options::new("unused")
-            .omit("--upstream")
-            .omit("--verify-token")
-            .omit("--app-secret-file")
-            .arg("--config")
-            .arg(path.to_str().unwrap())
+        Options::config(path.to_str().unwrap())
             .arg("--max-body-bytes")
             .arg("1000"),
     );
@@ -558,14 +541,7 @@ fn a_config_file_others_can_read_is_warned_about() {
         drop(x);
         let path = dir.path().join("xhubd.toml");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
-        let x = Xhubd::start(
-            Options::new("unused")
-                .omit("--upstream")
-                .omit("--verify-token")
-                .omit("--app-secret-file")
-                .arg("--config")
-                .arg(path.to_str().unwrap()),
-        );
+        let x = Xhubd::start(Options::config(path.to_str().unwrap()));
         assert_eq!(
             x.logs().contains("readable by every user"),
             warned,

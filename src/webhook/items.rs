@@ -317,13 +317,7 @@ impl<'a> Notification<'a> {
                 _ => Some(raw[member.value.clone()].to_vec()),
             };
             if let Some(value) = value {
-                if !first {
-                    out.push(b',');
-                }
-                first = false;
-                out.extend_from_slice(&raw[member.key_span.clone()]);
-                out.push(b':');
-                out.extend_from_slice(&value);
+                member_out(&mut out, &mut first, &raw[member.key_span.clone()], &value);
             }
         }
         out.push(b'}');
@@ -372,12 +366,12 @@ impl<'a> Notification<'a> {
                 }
                 _ => raw[member.value.clone()].to_vec(),
             };
-            if index > 0 {
-                out.push(b',');
-            }
-            out.extend_from_slice(&raw[member.key_span.clone()]);
-            out.push(b':');
-            out.extend_from_slice(&value);
+            member_out(
+                &mut out,
+                &mut (index == 0),
+                &raw[member.key_span.clone()],
+                &value,
+            );
         }
         out.push(b'}');
         out
@@ -401,13 +395,7 @@ fn entry_with_one(raw: &[u8], entry: &Entry, place: Place) -> Option<Vec<u8>> {
         } else {
             raw[member.value.clone()].to_vec()
         };
-        if !first {
-            out.push(b',');
-        }
-        first = false;
-        out.extend_from_slice(&raw[member.key_span.clone()]);
-        out.push(b':');
-        out.extend_from_slice(&value);
+        member_out(&mut out, &mut first, &raw[member.key_span.clone()], &value);
     }
     out.push(b'}');
     Some(out)
@@ -450,16 +438,21 @@ fn narrowed_entry(
             }
             None => raw[member.value.clone()].to_vec(),
         };
-        if !first {
-            out.push(b',');
-        }
-        first = false;
-        out.extend_from_slice(&raw[member.key_span.clone()]);
-        out.push(b':');
-        out.extend_from_slice(&value);
+        member_out(&mut out, &mut first, &raw[member.key_span.clone()], &value);
     }
     out.push(b'}');
     any.then_some(out)
+}
+
+/// Appends `"key":value` to an object being written, after a comma unless `first`.
+fn member_out(out: &mut Vec<u8>, first: &mut bool, key: &[u8], value: &[u8]) {
+    if !*first {
+        out.push(b',');
+    }
+    *first = false;
+    out.extend_from_slice(key);
+    out.push(b':');
+    out.extend_from_slice(value);
 }
 
 fn join_array(list: &[Vec<u8>]) -> Vec<u8> {

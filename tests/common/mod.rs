@@ -206,6 +206,17 @@ impl Options {
             omit: vec![],
         }
     }
+    /// Options for a daemon configured by the config file at `path` (its routes bring
+    /// their own secrets and destinations): no --upstream, --verify-token or
+    /// --app-secret-file.
+    pub fn config(path: &str) -> Options {
+        Options::new("unused")
+            .omit("--upstream")
+            .omit("--verify-token")
+            .omit("--app-secret-file")
+            .arg("--config")
+            .arg(path)
+    }
     pub fn omit(mut self, flag: &str) -> Self {
         self.omit.push(flag.to_owned());
         self
