@@ -268,7 +268,7 @@ fn deliveries(conn: &Connection, seq: i64) -> rusqlite::Result<Vec<DeliveryDetai
         })?
         .collect::<rusqlite::Result<_>>()?;
     let mut attempts = conn.prepare_cached(
-        "SELECT at, result, status, detail FROM attempts WHERE delivery_seq = ?1 ORDER BY rowid",
+        "SELECT at, result, status, detail FROM attempts WHERE delivery_seq = ?1 ORDER BY attempt",
     )?;
     for (delivery_seq, delivery) in &mut list {
         delivery.history = attempts

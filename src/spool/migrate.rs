@@ -134,7 +134,8 @@ pub(super) fn apply(conn: &mut Connection, version: i64, rekey: Rekey<'_>) -> ru
         // The route column was added above (every event so far came in on the flags'
         // route); due deliveries are now indexed per destination.
         tx.execute_batch(
-            "DROP INDEX IF EXISTS deliveries_pending;
+            "DROP INDEX IF EXISTS deliveries_delivered;
+             DROP INDEX IF EXISTS deliveries_pending;
              UPDATE deliveries SET destination = 'default/' || destination
              WHERE instr(destination, '/') = 0;",
         )?;
@@ -519,7 +520,7 @@ mod tests {
         assert_eq!(state_columns, 0, "delivery state lives in deliveries only");
         // Deleting an event deletes its body, its deliveries and their attempts.
         conn.execute(
-            "INSERT INTO attempts (delivery_seq, at, result) SELECT seq, 1, 0 FROM deliveries",
+            "INSERT INTO attempts (delivery_seq, attempt, at, result) SELECT seq, 1, 1, 0 FROM deliveries",
             [],
         )
         .unwrap();

@@ -61,7 +61,7 @@ CREATE TABLE IF NOT EXISTS bodies (
 -- state: 0 pending, 1 delivered, 2 dead (types::DeliveryState).
 CREATE TABLE IF NOT EXISTS deliveries (
     seq             INTEGER PRIMARY KEY,
-    id              TEXT    NOT NULL UNIQUE,
+    id              TEXT    NOT NULL,
     event_seq       INTEGER NOT NULL,
     destination     TEXT    NOT NULL,
     part            INTEGER NOT NULL DEFAULT 1,
@@ -84,19 +84,20 @@ CREATE TABLE IF NOT EXISTS delivery_bodies (
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(destination, next_attempt_at)
     WHERE state = 0;
-CREATE INDEX IF NOT EXISTS deliveries_delivered ON deliveries(finished_at) WHERE state = 1;
 CREATE INDEX IF NOT EXISTS deliveries_dead ON deliveries(finished_at) WHERE state = 2;
 CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries(event_seq);
 -- Every attempt at a delivery: when, its result (a state code), the destination's
 -- status if it answered, and the error or the first bytes of its answer.
+-- Clustered by delivery: one b-tree, no index to keep.
 CREATE TABLE IF NOT EXISTS attempts (
     delivery_seq INTEGER NOT NULL,
+    attempt      INTEGER NOT NULL,
     at           INTEGER NOT NULL,
     result       INTEGER NOT NULL,
     status       INTEGER,
-    detail       TEXT    NOT NULL DEFAULT ''
-);
-CREATE INDEX IF NOT EXISTS attempts_delivery ON attempts(delivery_seq);
+    detail       TEXT    NOT NULL DEFAULT '',
+    PRIMARY KEY (delivery_seq, attempt)
+) WITHOUT ROWID;
 CREATE TRIGGER IF NOT EXISTS events_delete_body AFTER DELETE ON events
 BEGIN
     DELETE FROM bodies WHERE seq = OLD.seq;

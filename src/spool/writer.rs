@@ -458,10 +458,12 @@ fn record_one(
         finished_at
     ])?;
     tx.prepare_cached(
-        "INSERT INTO attempts (delivery_seq, at, result, status, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT OR REPLACE INTO attempts (delivery_seq, attempt, at, result, status, detail)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?
     .execute(params![
         seq,
+        attempts,
         now,
         outcome.state().code(),
         report.status,

@@ -24,14 +24,35 @@ pub struct Plan {
     pub unrouted: usize,
 }
 
-/// Plans the deliveries of an event on `route`. `secret` verified the request;
-/// `meta_sha1` says whether Meta sent an `X-Hub-Signature`.
+/// Plans the deliveries of an event on `route` (`raw`, parsed as `doc`). `secret`
+/// verified the request; `meta_sha1` says whether Meta sent an `X-Hub-Signature`. When
+/// every destination takes every event whole (no `match`, `fallback`, `split` or
+/// signing secret of its own), the items are not even looked at.
 pub fn plan(
     route: &Route,
-    notification: &Notification<'_>,
+    raw: &[u8],
+    doc: &serde_json::Map<String, serde_json::Value>,
     secret: &Secret,
     meta_sha1: bool,
 ) -> Plan {
+    if route.destinations.iter().all(takes_every_event_whole) {
+        return Plan {
+            deliveries: route
+                .destinations
+                .iter()
+                .map(|d| NewDelivery {
+                    destination: DestinationKey::new(&route.name, &d.name),
+                    part: None,
+                    body: None,
+                    signature: None,
+                    signature_sha1: None,
+                })
+                .collect(),
+            unrouted: 0,
+        };
+    }
+    let notification = Notification::parse(raw, doc);
+    let notification = &notification;
     let items = &notification.items;
     // For each item, the destinations that take it.
     let mut takers: Vec<Vec<usize>> = Vec::with_capacity(items.len());
@@ -154,6 +175,14 @@ pub fn sign_sha1(secret: &[u8], body: &[u8]) -> String {
         }
         Err(_) => unreachable!("HMAC accepts keys of any length"),
     }
+}
+
+/// Whether a destination takes every event as Meta sent it.
+fn takes_every_event_whole(d: &Destination) -> bool {
+    d.matches == Match::default()
+        && !d.fallback
+        && d.split == Split::None
+        && d.sign_secret.is_none()
 }
 
 /// Whether a destination's `match` allows an item: every key given must hold.

@@ -41,7 +41,6 @@ use crate::types::{DedupKey, DedupKeys};
 use challenge::Challenge;
 use client_cn::ClientCnCheck;
 use identity::Identity;
-use items::Notification;
 use rejection::Rejection;
 
 /// The answer type of every request.
@@ -286,7 +285,7 @@ impl Webhook {
         let identity = Identity::of(&raw, &doc);
         let (object, field) = identity::describe(&doc);
         let meta_sha1 = headers.get("x-hub-signature").is_some();
-        let plan = fanout::plan(route, &Notification::parse(&raw, &doc), secret, meta_sha1);
+        let plan = fanout::plan(route, &raw, &doc, secret, meta_sha1);
         drop(doc);
         // The header passed the check above, so it is visible ASCII.
         let signature = signature_header
