@@ -26,7 +26,7 @@ pub fn print(text: &str) -> io::Result<()> {
     }
 }
 
-/// Writes `text` like [`print`] and returns the exit status: 0, or 1 with a line on
+/// Writes `text` like [`print`](fn@print) and returns the exit status: 0, or 1 with a line on
 /// standard error when standard output cannot be written (a full disk, say).
 pub fn print_and_exit(text: &str) -> ExitCode {
     match print(text) {

@@ -40,7 +40,7 @@ use crate::webhook::{text, Answer};
 const STATUS_PAGE_EVENTS: usize = 100;
 
 /// What the admin routes look at.
-pub struct Admin {
+pub(crate) struct Admin {
     /// The spool.
     pub store: Store,
     /// The delivery schedulers, one per destination.

@@ -3,7 +3,7 @@
 //! and destinations validated, the state directory created and writable. Nothing later
 //! re-checks these.
 //!
-//! - [`file`]: the TOML config file, and its overlay onto the command line.
+//! - [`file`](mod@file): the TOML config file, and its overlay onto the command line.
 //! - [`routes`]: routes and destinations, validated.
 
 pub mod file;

@@ -50,7 +50,7 @@ pub struct DestinationView {
 }
 
 /// The schedulers.
-pub struct Fleet {
+pub(crate) struct Fleet {
     store: Store,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,

@@ -57,7 +57,7 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 const BUSY_POLL: Duration = Duration::from_millis(100);
 
 /// Everything an attempt needs.
-pub struct Delivery {
+pub(crate) struct Delivery {
     /// Where due deliveries are read and outcomes recorded.
     pub store: Store,
     /// The destination this scheduler delivers to (one scheduler per destination, so

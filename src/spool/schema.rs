@@ -121,7 +121,7 @@ CREATE INDEX IF NOT EXISTS dedup_seen ON dedup(seen_at);
 ";
 
 /// The layout version this build reads and writes (`PRAGMA user_version`).
-/// 1: dedup keys stored as text with the event's id; 2: as [`DedupKey`] hashes with the
+/// 1: dedup keys stored as text with the event's id; 2: as [`crate::types::DedupKey`] hashes with the
 /// event's `seq`; 3: bodies in a table of their own; 4: Meta's SHA-1 `X-Hub-Signature`
 /// kept with each event, and dedup keys recomputed with the identity rules that tell an
 /// echo, an unsend and an edit from the message they are about; 5: delivery state in

@@ -47,7 +47,7 @@ use rejection::Rejection;
 pub type Answer = Response<Full<Bytes>>;
 
 /// The request handler, shared by all connections.
-pub struct Webhook {
+pub(crate) struct Webhook {
     /// The routes: a request goes to the one whose path it has (the flags' route takes
     /// every path). A reload swaps the list; a request keeps the one it started with.
     pub routes: Arc<RwLock<Arc<Vec<Route>>>>,
