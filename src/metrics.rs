@@ -151,6 +151,7 @@ pub struct Metrics {
     oldest_pending_seconds: Gauge<f64, AtomicU64>,
     dedup_keys: Gauge,
     unrouted: Family<RouteLabels, Counter>,
+    needs_attention: Gauge,
 }
 
 impl Default for Metrics {
@@ -231,7 +232,14 @@ impl Metrics {
             "Items of accepted events that no destination of their route takes (stored, delivered nowhere)",
             unrouted.clone(),
         );
+        let needs_attention = Gauge::default();
+        registry.register(
+            "needs_attention",
+            "1 when something needs the operator's attention (dead deliveries, a destination failing, delivery behind), as the status page's top line says; else 0",
+            needs_attention.clone(),
+        );
         Metrics {
+            needs_attention,
             unrouted,
             registry: Mutex::new(registry),
             requests,
@@ -286,8 +294,10 @@ impl Metrics {
             .observe(seconds);
     }
 
-    /// The text exposition, with the spool's gauges set from `stats`.
-    pub fn render(&self, stats: &SpoolStats) -> String {
+    /// The text exposition, with the spool's gauges set from `stats`, and
+    /// `xhubd_needs_attention` from the status page's verdict (`all_well`).
+    pub fn render(&self, stats: &SpoolStats, all_well: bool) -> String {
+        self.needs_attention.set(i64::from(!all_well));
         for (state, count) in [
             ("pending", stats.pending),
             ("delivered", stats.delivered),

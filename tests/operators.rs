@@ -89,6 +89,13 @@ fn routes_and_destinations_everywhere() {
         page.contains(r#"<td class="num state-dead">1</td>"#),
         "{page}"
     );
+    // Ready, yet something needs attention: the verdict says what, and so does a metric.
+    assert!(
+        page.contains("Needs attention") && page.contains("1 dead deliveries"),
+        "{page}"
+    );
+    assert!(page.contains("Ready"), "{page}");
+    assert!(metrics.contains("xhubd_needs_attention 1"), "{metrics}");
 
     // The command line filters by route and destination.
     let state = x.state_dir.display().to_string();
@@ -134,6 +141,15 @@ fn routes_and_destinations_everywhere() {
     assert_eq!(got[4].header("x-xhubd-delivery-id"), Some(id.as_str()));
     let missing = admin.request("POST", "/deliveries/no-such-id/replay", &[], b"");
     assert_eq!(missing.status, 404);
+    // Nothing dead any more: all well.
+    wait_for(WAIT, "all delivered", || {
+        x.count("SELECT COUNT(*) FROM deliveries WHERE state != 1") == 0
+    });
+    assert!(admin.get("/").text().contains("All well"));
+    assert!(admin
+        .get("/metrics")
+        .text()
+        .contains("xhubd_needs_attention 0"));
 
     // send-test with a route of the config file: no secret on the command line.
     let Target::Unix(_) = &x.target else {

@@ -14,9 +14,11 @@
 //!
 //! - [`auth`]: the optional `--admin-token`.
 //! - [`pages`]: the HTML.
+//! - [`verdict`]: whether something needs the operator's attention.
 
 pub mod auth;
 pub mod pages;
+pub mod verdict;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -154,11 +156,14 @@ impl Admin {
 
     async fn metrics(&self) -> Answer {
         match self.store.stats().await.map_err(Self::unreadable) {
-            Ok(stats) => respond(
-                StatusCode::OK,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                self.metrics.render(&stats),
-            ),
+            Ok(stats) => {
+                let verdict = verdict::Verdict::of(&stats, &self.fleet.views());
+                respond(
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    self.metrics.render(&stats, verdict.all_well()),
+                )
+            }
             Err(answer) => answer,
         }
     }
@@ -185,17 +190,18 @@ impl Admin {
         .map_err(Self::unreadable);
         match data {
             Ok((stats, recent, dead)) => {
+                let views = self.fleet.views();
+                let verdict = verdict::Verdict::of(&stats, &views);
                 let page = pages::status(&pages::Status {
                     stats: &stats,
                     recent: &recent,
                     dead: &dead,
-                    destinations: &self
-                        .fleet
-                        .views()
+                    destinations: &views
                         .into_iter()
                         .map(|v| (v.key.to_string(), v.url, v.status))
                         .collect::<Vec<_>>(),
                     ready: self.store.health().is_ready() && self.delivering(),
+                    verdict: &verdict,
                 });
                 respond(StatusCode::OK, "text/html; charset=utf-8", page)
             }

@@ -33,6 +33,8 @@ pub struct Status<'a> {
     pub destinations: &'a [(String, String, UpstreamSnapshot)],
     /// /readyz's verdict.
     pub ready: bool,
+    /// Whether something needs attention, and what.
+    pub verdict: &'a super::verdict::Verdict,
 }
 
 /// Unix ms as `2026-11-22T21:40:00Z`.
@@ -108,9 +110,19 @@ pub fn status(s: &Status<'_>) -> String {
         "xhubd status",
         html! {
             h1 { "xhubd " span.muted { (env!("CARGO_PKG_VERSION")) } }
+            p.verdict {
+                @if s.verdict.all_well() {
+                    span.ready { "All well" } " — nothing dead, no destination failing, delivery keeping up"
+                } @else {
+                    span.notready { "Needs attention" }
+                    ul {
+                        @for reason in &s.verdict.reasons { li { (reason) } }
+                    }
+                }
+            }
             p {
                 @if s.ready { span.ready { "Ready" } } @else { span.notready { "Not ready" } }
-                " — spool and delivery, as /readyz reports"
+                " — taking and storing events (spool and delivery), as /readyz reports"
             }
             h2 { "Spool" }
             table {
