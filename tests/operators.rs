@@ -97,6 +97,28 @@ fn routes_and_destinations_everywhere() {
     assert!(page.contains("Ready"), "{page}");
     assert!(metrics.contains("xhubd_needs_attention 1"), "{metrics}");
 
+    // The event page shows the payload as received (member order kept), and offers the
+    // raw bytes as a download that never renders on the admin origin.
+    let event_id = up.received()[0]
+        .header("x-xhubd-event-id")
+        .unwrap()
+        .to_owned();
+    let sent = up.received()[0].body.clone();
+    let event_page = admin.get(&format!("/event/{event_id}")).text();
+    assert!(
+        event_page.contains("{&quot;object&quot;:&quot;user&quot;,&quot;entry&quot;:"),
+        "{event_page}"
+    );
+    let raw = admin.get(&format!("/events/{event_id}/body"));
+    assert_eq!(raw.status, 200);
+    assert_eq!(raw.body, sent.to_vec());
+    assert!(raw
+        .header("content-disposition")
+        .unwrap()
+        .starts_with("attachment"));
+    assert_eq!(raw.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(admin.get("/events/no-such-event/body").status, 404);
+
     // The command line filters by route and destination.
     let state = x.state_dir.display().to_string();
     let list = |extra: &[&str]| {

@@ -76,6 +76,7 @@ impl Admin {
             (&Method::GET, ["event", id]) => self.event_page(id).await,
             (&Method::GET, ["events"]) => self.events_json(request.uri().query()).await,
             (&Method::GET, ["events", id]) => self.event_json(id).await,
+            (&Method::GET, ["events", id, "body"]) => self.event_body(id).await,
             (&Method::POST, ["deliveries", id, "replay"]) => {
                 if !auth::same_origin(request.headers()) {
                     warn!("admin: refused a cross-site replay request");
@@ -117,6 +118,7 @@ impl Admin {
                 | ["event", _]
                 | ["events"]
                 | ["events", _]
+                | ["events", _, "body"]
                 | ["events", _, "replay"]
                 | ["deliveries", _, "replay"],
             ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here"),
@@ -251,6 +253,29 @@ impl Admin {
             .map_err(Self::unreadable)
         {
             Ok(list) => json(StatusCode::OK, &list),
+            Err(answer) => answer,
+        }
+    }
+
+    /// The body as received, as a download: never rendered on the admin origin (which
+    /// has Replay buttons), whatever it holds.
+    async fn event_body(&self, id: &str) -> Answer {
+        match self.store.show(id).await.map_err(Self::unreadable) {
+            Ok(Some(event)) => {
+                let mut answer = respond(StatusCode::OK, "application/octet-stream", event.body);
+                let headers = answer.headers_mut();
+                if let Ok(disposition) =
+                    HeaderValue::from_str(&format!("attachment; filename=\"xhubd-{id}.json\""))
+                {
+                    headers.insert(header::CONTENT_DISPOSITION, disposition);
+                }
+                headers.insert(
+                    header::X_CONTENT_TYPE_OPTIONS,
+                    HeaderValue::from_static("nosniff"),
+                );
+                answer
+            }
+            Ok(None) => text(StatusCode::NOT_FOUND, "no such event"),
             Err(answer) => answer,
         }
     }

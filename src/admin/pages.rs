@@ -175,12 +175,10 @@ pub fn status(s: &Status<'_>) -> String {
     )
 }
 
-/// One event's page: its state, the request headers and the pretty-printed payload.
+/// One event's page: its state, its deliveries and their attempts, the request headers,
+/// and the payload as received.
 pub fn event(e: &EventDetail) -> String {
     let s = &e.summary;
-    let payload = serde_json::from_str::<serde_json::Value>(&e.body)
-        .and_then(|v| serde_json::to_string_pretty(&v))
-        .unwrap_or_else(|_| e.body.clone());
     let headers: Vec<(String, String)> = e
         .headers
         .as_object()
@@ -236,7 +234,11 @@ pub fn event(e: &EventDetail) -> String {
                 }
             }
             h2 { "Payload" }
-            pre { (payload) }
+            p.muted {
+                "As received, byte for byte (what was forwarded and signed). "
+                a href={ "/events/" (s.id) "/body" } { "Download the raw body" }
+            }
+            pre { (e.body) }
         },
     )
 }
