@@ -246,3 +246,71 @@ fn an_upgraded_one_app_setup_keeps_its_secrets() {
         "#XHUBD_UPSTREAM=x\n"
     );
 }
+
+/// The postrm on purge: the enabled site, whose target dpkg has just deleted with the
+/// conffiles, goes (else Nginx's next reload fails); an enabled site whose file is still
+/// there (a plain remove, or a site of the operator's own) and the spool stay. Run on a
+/// copy of /etc and /var/lib in a temporary directory.
+#[test]
+fn purging_removes_the_dangling_site_and_keeps_the_spool() {
+    let deb = deb();
+    let packaged = Command::new("dpkg-deb")
+        .arg("-I")
+        .arg(&deb)
+        .arg("postrm")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&packaged.stdout).contains("/etc/nginx/sites-enabled/xhubd"),
+        "the package's postrm is debian/postrm"
+    );
+    let root = tempfile::tempdir().unwrap();
+    let etc = root.path().join("etc");
+    let var = root.path().join("var/lib/");
+    let enabled = etc.join("nginx/sites-enabled");
+    let available = etc.join("nginx/sites-available");
+    let spool = var.join("private/xhubd");
+    for d in [&enabled, &available, &spool] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::write(spool.join("spool.db"), "events").unwrap();
+    let site = enabled.join("xhubd");
+    std::os::unix::fs::symlink("../sites-available/xhubd", &site).unwrap();
+    let script =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("debian/postrm"))
+            .unwrap()
+            .replace("/etc/", &format!("{}/", etc.display()))
+            .replace("/var/lib/", &format!("{}/", var.display()));
+    let path = root.path().join("postrm");
+    std::fs::write(&path, script).unwrap();
+    let run = |arg: &str| {
+        let out = Command::new("sh").arg(&path).arg(arg).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+
+    // The site file is there: neither remove nor purge touches the link.
+    std::fs::write(available.join("xhubd"), "server {}").unwrap();
+    run("remove");
+    run("purge");
+    assert!(
+        site.symlink_metadata().is_ok(),
+        "a working enabled site stays"
+    );
+
+    // dpkg deleted the conffile: purge removes the dangling link, keeps the spool.
+    std::fs::remove_file(available.join("xhubd")).unwrap();
+    run("remove");
+    assert!(site.symlink_metadata().is_ok(), "remove leaves it to purge");
+    let said = run("purge");
+    assert!(
+        site.symlink_metadata().is_err(),
+        "the dangling site is gone"
+    );
+    assert!(
+        said.contains("reload Nginx") && said.contains("is kept"),
+        "{said}"
+    );
+    assert_eq!(std::fs::read(spool.join("spool.db")).unwrap(), b"events");
+    run("purge");
+}
