@@ -215,8 +215,10 @@ pub struct ServeArgs {
     )]
     pub client_cn: String,
 
-    /// Address of the health listener (unix:/path or HOST:PORT, meant for loopback).
-    /// Off when unset.
+    /// Address of the admin listener (unix:/path or HOST:PORT): health, readiness,
+    /// metrics, the status page, but also event payloads and replay, so keep it on
+    /// loopback or set --admin-token (a warning is logged at start otherwise). Off when
+    /// unset.
     #[arg(long, value_name = "ADDR", env = "XHUBD_ADMIN_LISTEN")]
     pub admin_listen: Option<String>,
 

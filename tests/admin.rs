@@ -247,6 +247,26 @@ fn the_admin_token_protects_everything_but_health() {
     assert!(!x.logs().contains("adm1n-t0ken"));
 }
 
+/// The admin listener shows payloads and replays events: listening beyond loopback
+/// without a token is allowed (a private network) but logged at start.
+#[test]
+fn an_open_admin_listener_is_warned_about() {
+    const WARNING: &str = "reachable beyond loopback without --admin-token";
+    let up = Upstream::start();
+    let (local, _) = start_with_admin(&up, &[]);
+    assert!(!local.logs().contains(WARNING), "{}", local.logs());
+    for (token, warned) in [(None, true), (Some("adm1n-t0ken"), false)] {
+        let mut opts = Options::new(&up.url("/"))
+            .arg("--admin-listen")
+            .arg(&format!("0.0.0.0:{}", free_port()));
+        if let Some(token) = token {
+            opts = opts.arg("--admin-token").arg(token);
+        }
+        let x = Xhubd::start(opts);
+        assert_eq!(x.logs().contains(WARNING), warned, "{}", x.logs());
+    }
+}
+
 #[test]
 fn the_status_page_escapes_payloads() {
     let up = Upstream::start();

@@ -163,10 +163,47 @@ fn the_package_holds_everything_an_operator_needs() {
     )
     .unwrap();
     let man = Command::new("zcat").arg(&page).output().unwrap();
+    let man = String::from_utf8_lossy(&man.stdout);
     assert!(
-        String::from_utf8_lossy(&man.stdout).contains("XHUBD_UPSTREAM"),
-        "the man page documents the options"
+        man.contains("XHUBD_UPSTREAM") && man.contains(".SH SIGNALS"),
+        "the packaged man page documents the options and the signals"
     );
+}
+
+/// The man pages have the sections an operator looks for, each page its own exit
+/// statuses, and only the daemon's a SIGNALS section.
+#[test]
+fn man_pages_tell_environment_files_exit_status_and_signals() {
+    let dir = tempfile::tempdir().unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_xhubd"))
+        .args(["man", "--out-dir"])
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let page = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+    let serve = page("xhubd-serve.1");
+    for needle in [
+        ".SH \"EXIT STATUS\"",
+        ".SH ENVIRONMENT",
+        ".SH FILES",
+        ".SH SIGNALS",
+        "XHUBD_LOG",
+        "CREDENTIALS_DIRECTORY",
+        "/etc/default/xhubd",
+        "/etc/xhubd/xhubd.toml",
+        "SIGHUP",
+        "SIGTERM",
+        "replay",
+    ] {
+        assert!(serve.contains(needle), "xhubd-serve.1 lacks {needle}");
+    }
+    assert!(page("xhubd.1").contains(".SH SIGNALS"));
+    let sign = page("xhubd-sign.1");
+    assert!(sign.contains(".SH \"EXIT STATUS\"") && sign.contains(".SH FILES"));
+    assert!(!sign.contains(".SH SIGNALS"), "sign is not a daemon");
+    assert!(page("xhubd-send-test.1").contains("A step failed"));
+    assert!(page("xhubd-check.1").contains("Every check passed"));
 }
 
 #[test]
