@@ -27,8 +27,9 @@ pub enum Command {
     /// while the daemon runs).
     Events(EventsArgs),
     /// Check a configuration (the options of serve): secrets readable, state dir
-    /// writable, upstream reachable. Exits 0, or 2 with the reasons.
-    Check(Box<ServeArgs>),
+    /// writable, upstream reachable. With no option, what xhubd.service runs with.
+    /// Exits 0, or 2 with the reasons.
+    Check(Box<CheckArgs>),
     /// Do what Meta's dashboard does: a verification request, then a signed sample
     /// event, and print what happened at each step.
     SendTest(SendTestArgs),
@@ -53,6 +54,26 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line, for log collectors.
     Json,
+}
+
+/// Options of `xhubd check`: those of serve, and the service's file of variables.
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    /// The file of variables xhubd.service reads (EnvironmentFile=): each XHUBD_
+    /// variable in it that is not set already counts, as for the service. When neither
+    /// --config nor XHUBD_CONFIG is given, the unit's config file is checked if it
+    /// exists. "none" reads neither.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "XHUBD_ENVIRONMENT_FILE",
+        default_value = crate::service_env::ENVIRONMENT_FILE
+    )]
+    pub environment_file: PathBuf,
+
+    /// The options of serve.
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }
 
 /// Options of `xhubd serve`.

@@ -35,18 +35,24 @@ pub const EXIT_STARTUP: u8 = 2;
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    let matches = match Cli::command().try_get_matches() {
-        Ok(m) => m,
-        Err(e) => return clap_error(e),
-    };
-    let mut cli = match Cli::from_arg_matches(&matches) {
+    let mut cli = match parse() {
         Ok(cli) => cli,
         Err(e) => return clap_error(e),
     };
-    if let (Command::Serve(args) | Command::Check(args), Some((_, sub))) =
-        (&mut cli.command, matches.subcommand())
-    {
-        args.explicit = explicit_options(sub);
+    // `check` reads the service's variables, then the command line is read again with
+    // them in the environment, so they count exactly as they do under systemd.
+    let mut preface = Vec::new();
+    if let Command::Check(args) = &cli.command {
+        if args.environment_file.as_os_str() != "none" {
+            match crate::service_env::adopt(&args.environment_file, args.serve.config.is_some()) {
+                Ok(lines) => preface = lines,
+                Err(e) => return startup_error(&e),
+            }
+            cli = match parse() {
+                Ok(cli) => cli,
+                Err(e) => return clap_error(e),
+            };
+        }
     }
     match cli.command {
         Command::Completions { shell } => output::print_and_exit(&crate::docs::completions(shell)),
@@ -59,7 +65,8 @@ pub fn main() -> ExitCode {
             Err(e) => startup_error(&e),
         },
         Command::Check(args) => {
-            let (report, ok) = crate::check::run(*args);
+            let (report, ok) = crate::check::run(args.serve);
+            let report: Vec<String> = preface.into_iter().chain(report).collect();
             match output::print(&report.join("\n")) {
                 Ok(()) if ok => ExitCode::SUCCESS,
                 Ok(()) => ExitCode::from(EXIT_STARTUP),
@@ -99,6 +106,21 @@ pub fn main() -> ExitCode {
             })
         }
     }
+}
+
+/// The command line (and the environment), with the options given as flags or
+/// variables noted in the serve options.
+fn parse() -> Result<Cli, clap::Error> {
+    let matches = Cli::command().try_get_matches()?;
+    let mut cli = Cli::from_arg_matches(&matches)?;
+    if let Some((_, sub)) = matches.subcommand() {
+        match &mut cli.command {
+            Command::Serve(args) => args.explicit = explicit_options(sub),
+            Command::Check(args) => args.serve.explicit = explicit_options(sub),
+            _ => {}
+        }
+    }
+    Ok(cli)
 }
 
 /// The ids of the options given on the command line or in the environment: the config

@@ -45,6 +45,7 @@ pub mod output;
 pub mod secret;
 pub mod send_test;
 pub mod server;
+pub mod service_env;
 pub mod shutdown;
 pub mod sign;
 pub mod spool;

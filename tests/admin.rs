@@ -421,6 +421,78 @@ fn check_reports_each_problem() {
     assert!(!out.contains(APP_SECRET));
 }
 
+/// `check` with no option checks what the service runs with: the variables of its
+/// environment file (the packaged one reads nothing), a flag still winning over them,
+/// and an unreadable file is one clear line.
+#[test]
+fn check_reads_the_service_environment_file() {
+    let up = Upstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state").display().to_string();
+    let (app, token) = (
+        dir.path().join("app_secret"),
+        dir.path().join("verify_token"),
+    );
+    std::fs::write(&app, format!("{APP_SECRET}\n")).unwrap();
+    std::fs::write(&token, format!("{VERIFY_TOKEN}\n")).unwrap();
+    let env_file = dir.path().join("xhubd.default");
+    std::fs::write(
+        &env_file,
+        format!(
+            "# as in /etc/default/xhubd\nXHUBD_UPSTREAM={}\nXHUBD_APP_SECRET_FILE=\"{}\"\nXHUBD_VERIFY_TOKEN_FILE={}\n#XHUBD_ADMIN_LISTEN=127.0.0.1:9\n",
+            up.url("/"),
+            app.display(),
+            token.display()
+        ),
+    )
+    .unwrap();
+    let file = env_file.display().to_string();
+    let check = |extra: &[&str]| {
+        let mut args = vec!["check", "--environment-file", &file, "--state-dir", &state];
+        args.extend_from_slice(extra);
+        run_xhubd(&args, None)
+    };
+    let (code, out, err) = check(&[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("read XHUBD_UPSTREAM, XHUBD_APP_SECRET_FILE, XHUBD_VERIFY_TOKEN_FILE"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "ok   destination default/default: {}",
+            up.url("/")
+        )),
+        "{out}"
+    );
+    let (code, out, _) = check(&["--upstream", "http://127.0.0.1:9/"]);
+    assert_eq!(code, 2, "the flag wins: {out}");
+    assert!(out.contains("FAIL upstream"), "{out}");
+
+    // The packaged file (every line commented) sets nothing: the options are missing.
+    let packaged = concat!(env!("CARGO_MANIFEST_DIR"), "/debian/xhubd.default");
+    let (code, out, _) = run_xhubd(&["check", "--environment-file", packaged], None);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("no variable set") && out.contains("FAIL configuration"),
+        "{out}"
+    );
+
+    // Unreadable (a directory): one line, status 2.
+    let (code, out, err) = run_xhubd(
+        &[
+            "check",
+            "--environment-file",
+            &dir.path().display().to_string(),
+        ],
+        None,
+    );
+    assert_eq!(code, 2);
+    assert!(out.is_empty(), "{out}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("cannot read"), "{err}");
+}
+
 #[test]
 fn send_test_verifies_and_sends_a_signed_batch() {
     let up = Upstream::start();

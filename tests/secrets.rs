@@ -19,6 +19,8 @@ fn xhubd(args: &[&str], env: &[(&str, &str)], stdin: &[u8]) -> (i32, String, Str
         .env_remove("XHUBD_UPSTREAM")
         .env_remove("STATE_DIRECTORY")
         .env_remove("CREDENTIALS_DIRECTORY")
+        // check reads the machine's /etc/default/xhubd otherwise.
+        .env("XHUBD_ENVIRONMENT_FILE", "none")
         .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -461,6 +461,8 @@ pub fn run_xhubd(args: &[&str], stdin: Option<&[u8]>) -> (i32, String, String) {
         .env_remove("XHUBD_VERIFY_TOKEN")
         .env_remove("XHUBD_UPSTREAM")
         .env_remove("STATE_DIRECTORY")
+        // check reads the machine's /etc/default/xhubd otherwise.
+        .env("XHUBD_ENVIRONMENT_FILE", "none")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
