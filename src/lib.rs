@@ -37,6 +37,7 @@ pub mod docs;
 pub mod duration;
 pub mod events_cli;
 pub mod fd_limit;
+pub mod last_hour;
 pub mod listener;
 pub mod logging;
 pub mod metrics;

@@ -13,6 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::last_hour::LastHour;
 use crate::spool::inspect::SpoolStats;
 use crate::types::DestinationKey;
 
@@ -62,6 +63,33 @@ impl RequestOutcome {
         RequestOutcome::MethodNotAllowed,
         RequestOutcome::UnknownPath,
     ];
+
+    /// Whether the request was refused (answered neither `200` nor the challenge).
+    pub fn refused(self) -> bool {
+        !matches!(
+            self,
+            RequestOutcome::Verified | RequestOutcome::Duplicate | RequestOutcome::Accepted
+        )
+    }
+
+    /// The HTTP status(es) it is answered with (DESIGN.md's table of answers), for the
+    /// status page.
+    pub fn answer(self) -> &'static str {
+        match self {
+            RequestOutcome::Verified | RequestOutcome::Duplicate | RequestOutcome::Accepted => {
+                "200"
+            }
+            RequestOutcome::ChallengeRefused => "400, 403",
+            RequestOutcome::SignatureRefused => "401",
+            RequestOutcome::TooLarge => "413",
+            RequestOutcome::BadJson => "400",
+            RequestOutcome::IncompleteBody => "400, 408",
+            RequestOutcome::SpoolError => "503",
+            RequestOutcome::ClientRefused => "403",
+            RequestOutcome::MethodNotAllowed => "405",
+            RequestOutcome::UnknownPath => "404",
+        }
+    }
 
     /// The label value.
     pub fn as_str(self) -> &'static str {
@@ -152,6 +180,7 @@ pub struct Metrics {
     dedup_keys: Gauge,
     unrouted: Family<RouteLabels, Counter>,
     needs_attention: Gauge,
+    last_hour: LastHour<{ RequestOutcome::ALL.len() }>,
 }
 
 impl Default for Metrics {
@@ -239,6 +268,7 @@ impl Metrics {
             needs_attention.clone(),
         );
         Metrics {
+            last_hour: LastHour::default(),
             needs_attention,
             unrouted,
             registry: Mutex::new(registry),
@@ -260,6 +290,18 @@ impl Metrics {
         self.requests
             .get_or_create(&OutcomeLabels { outcome })
             .inc();
+        self.last_hour.count(outcome as usize);
+    }
+
+    /// Each outcome with its count over the last hour (those never seen left out), in
+    /// [`RequestOutcome::ALL`]'s order: what the status page shows.
+    pub fn requests_last_hour(&self) -> Vec<(RequestOutcome, u64)> {
+        let sums = self.last_hour.sums();
+        RequestOutcome::ALL
+            .into_iter()
+            .map(|o| (o, sums[o as usize]))
+            .filter(|(_, n)| *n > 0)
+            .collect()
     }
 
     /// Counts `items` of an accepted event on `route` that no destination takes.
@@ -332,5 +374,18 @@ impl Metrics {
             let _ = writeln!(out, "# the metrics could not be encoded");
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RequestOutcome;
+
+    /// The last hour's counters are indexed by the discriminant.
+    #[test]
+    fn all_is_in_declaration_order() {
+        for (i, outcome) in RequestOutcome::ALL.into_iter().enumerate() {
+            assert_eq!(outcome as usize, i, "{}", outcome.as_str());
+        }
     }
 }

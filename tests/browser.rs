@@ -110,6 +110,14 @@ fn status_page_in_chromium_shows_events_and_replays_a_dead_one() {
     wait_for(WAIT, "two delivered", || {
         x.count("SELECT COUNT(*) FROM deliveries WHERE state = 1") == 2
     });
+    // A forged event: refused, and counted on the page.
+    let forged = x.target.request(
+        "POST",
+        "/webhook",
+        &[("X-Hub-Signature-256", &sign("not-the-app-secret", &doomed))],
+        &doomed,
+    );
+    assert_eq!(forged.status, 401);
     let dead_id: String = {
         let conn = rusqlite::Connection::open(x.db_path()).unwrap();
         conn.query_row(
@@ -150,6 +158,40 @@ fn status_page_in_chromium_shows_events_and_replays_a_dead_one() {
         assert!(text.matches("delivered").count() >= 2, "{text}");
         assert!(text.contains("upstream answered 404"), "{text}");
         assert_eq!(c.title().await.unwrap(), "xhubd status", "no script ran");
+        // The verdict, the last hour's refusals and relative times.
+        assert!(text.contains("Needs attention"), "{text}");
+        assert!(text.contains("Requests in the last hour"), "{text}");
+        assert!(text.contains("signature_refused 401 1"), "{text}");
+        assert!(text.contains("accepted 200 3"), "{text}");
+        assert!(
+            text.contains("Z (just now)") || text.contains(" s ago)"),
+            "{text}"
+        );
+        // Styles as rendered: red where something is wrong, dates on one line.
+        let styles = c
+            .execute(
+                r#"const color = s => getComputedStyle(document.querySelector(s)).color;
+                return {
+                  dead: color('td.state-dead'),
+                  verdict: color('.verdict .notready'),
+                  refused: color('tr.refused td'),
+                  delivered: color('td.state-delivered'),
+                  dates: document.querySelectorAll('.when').length,
+                  wrapped: Array.from(document.querySelectorAll('.when'))
+                    .filter(e => new Set(Array.from(e.getClientRects(), r => Math.round(r.top))).size !== 1)
+                    .length,
+                };"#,
+                vec![],
+            )
+            .await
+            .unwrap();
+        let red = serde_json::json!("rgb(207, 34, 46)");
+        assert_eq!(styles["dead"], red, "{styles}");
+        assert_eq!(styles["verdict"], red, "{styles}");
+        assert_eq!(styles["refused"], red, "{styles}");
+        assert_eq!(styles["delivered"], serde_json::json!("rgb(26, 127, 55)"));
+        assert!(styles["dates"].as_u64().unwrap() >= 4, "{styles}");
+        assert_eq!(styles["wrapped"], serde_json::json!(0), "{styles}");
         std::fs::write(
             artifacts().join("status-page.png"),
             c.screenshot().await.unwrap(),

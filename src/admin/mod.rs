@@ -204,6 +204,7 @@ impl Admin {
                         .collect::<Vec<_>>(),
                     ready: self.store.health().is_ready() && self.delivering(),
                     verdict: &verdict,
+                    requests: &self.metrics.requests_last_hour(),
                 });
                 respond(StatusCode::OK, "text/html; charset=utf-8", page)
             }

@@ -2,11 +2,12 @@
 //! no external assets, no JavaScript. maud escapes everything spliced in, so payloads
 //! (untrusted) are shown as text.
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
 use crate::delivery::status::UpstreamSnapshot;
+use crate::metrics::RequestOutcome;
 use crate::spool::inspect::{EventDetail, EventSummary, SpoolStats};
 
 const STYLE: &str = "
@@ -18,6 +19,7 @@ th{background:#f6f8fa} .num{text-align:right} .muted{color:#57606a}
 .ready{color:#1a7f37;font-weight:600} .notready{color:#cf222e;font-weight:600}
 pre{background:#f6f8fa;border:1px solid #d0d7de;padding:.75rem;overflow:auto;max-height:40rem;white-space:pre-wrap;word-break:break-all}
 button{cursor:pointer} .err{max-width:30rem;word-break:break-word}
+.when{white-space:nowrap} tr.refused td{color:#cf222e}
 ";
 
 /// What the status page shows.
@@ -35,16 +37,67 @@ pub struct Status<'a> {
     pub ready: bool,
     /// Whether something needs attention, and what.
     pub verdict: &'a super::verdict::Verdict,
+    /// Requests on the webhook listener over the last hour, by outcome (non-zero only).
+    pub requests: &'a [(RequestOutcome, u64)],
 }
 
-/// Unix ms as `2026-11-22T21:40:00Z`.
-fn time(ms: i64) -> String {
+/// Unix ms as `2026-11-22T21:40:00Z` and how long ago (or from now) that is, never
+/// wrapped.
+fn time(ms: i64) -> Markup {
     let at = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_seconds(at).to_string()
+    let text = humantime::format_rfc3339_seconds(at).to_string();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    html! {
+        span.when { time datetime=(text) { (text) } " " span.muted { "(" (relative(ms - now)) ")" } }
+    }
 }
 
-fn opt_time(ms: Option<i64>) -> String {
-    ms.map(time).unwrap_or_else(|| "never".into())
+fn opt_time(ms: Option<i64>) -> Markup {
+    match ms {
+        Some(ms) => time(ms),
+        None => html! { "never" },
+    }
+}
+
+/// `-190_000` ms as "3 min ago", `+7_200_000` as "in 2 h": the largest whole unit.
+fn relative(delta_ms: i64) -> String {
+    let seconds = delta_ms.unsigned_abs() / 1000;
+    if seconds < 5 {
+        return "just now".into();
+    }
+    let amount = match seconds {
+        0..=59 => format!("{seconds} s"),
+        60..=3599 => format!("{} min", seconds / 60),
+        3600..=86_399 => format!("{} h", seconds / 3600),
+        _ => format!("{} d", seconds / 86_400),
+    };
+    if delta_ms < 0 {
+        format!("{amount} ago")
+    } else {
+        format!("in {amount}")
+    }
+}
+
+fn requests_table(requests: &[(RequestOutcome, u64)]) -> Markup {
+    html! {
+        @if !requests.iter().any(|(o, _)| o.refused()) {
+            p.muted { "No request refused." }
+        }
+        @if !requests.is_empty() {
+            table {
+                tr { th { "outcome" } th { "answer" } th { "requests" } }
+                @for (outcome, n) in requests {
+                    tr class=[outcome.refused().then_some("refused")] {
+                        td { (outcome.as_str()) }
+                        td { (outcome.answer()) }
+                        td.num { (n) }
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn page(title: &str, body: Markup) -> String {
@@ -135,6 +188,8 @@ pub fn status(s: &Status<'_>) -> String {
                     td.num { (s.stats.dedup_keys) }
                 }
             }
+            h2 id="requests" { "Requests in the last hour" }
+            (requests_table(s.requests))
             h2 { "Destinations" }
             table {
                 tr {
@@ -241,4 +296,18 @@ pub fn event(e: &EventDetail) -> String {
             pre { (e.body) }
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::relative;
+
+    #[test]
+    fn relative_times_use_the_largest_whole_unit() {
+        assert_eq!(relative(-2_000), "just now");
+        assert_eq!(relative(-42_000), "42 s ago");
+        assert_eq!(relative(-190_000), "3 min ago");
+        assert_eq!(relative(7_200_000), "in 2 h");
+        assert_eq!(relative(-3 * 86_400_000), "3 d ago");
+    }
 }
