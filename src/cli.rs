@@ -329,7 +329,8 @@ pub enum EventsAction {
         /// Only events of this route.
         #[arg(long, value_name = "NAME")]
         route: Option<String>,
-        /// Only events with a delivery to this destination (of --route, when given).
+        /// Only events with a delivery to this destination: NAME (of --route, when
+        /// given) or ROUTE/NAME, as logs and pages print it.
         #[arg(long, value_name = "NAME")]
         destination: Option<String>,
         /// How many.

@@ -67,6 +67,12 @@ pub fn run(args: &EventsArgs) -> anyhow::Result<String> {
                     "  {} to {}/{} (part {}/{}): {}, {} attempt(s)\n",
                     d.id, d.route, d.destination, d.part, d.parts, d.state, d.attempts
                 ));
+                if !d.history.is_empty() {
+                    out.push_str(&format!(
+                        "    {:<20}  {:<9}  {:>6}  {}\n",
+                        "attempt at (UTC)", "result", "status", "error or answer"
+                    ));
+                }
                 for a in &d.history {
                     let status = a
                         .status
@@ -74,7 +80,7 @@ pub fn run(args: &EventsArgs) -> anyhow::Result<String> {
                         .unwrap_or_else(|| "-".into());
                     let detail: String = a.detail.chars().take(120).collect();
                     out.push_str(&format!(
-                        "    {}  {:<9}  {:>3}  {}\n",
+                        "    {:<20}  {:<9}  {:>6}  {}\n",
                         time(a.at),
                         a.result,
                         status,
@@ -91,11 +97,9 @@ pub fn run(args: &EventsArgs) -> anyhow::Result<String> {
                     ));
                 }
             }
-            let payload = serde_json::from_str::<serde_json::Value>(&event.body)
-                .and_then(|v| serde_json::to_string_pretty(&v))
-                .unwrap_or(event.body);
-            out.push_str("\npayload:\n");
-            out.push_str(&payload);
+            // As received: the bytes that were signed and forwarded, never re-sorted.
+            out.push_str("\npayload (as received):\n");
+            out.push_str(&event.body);
             Ok(out)
         }
         EventsAction::Replay { id: Some(id), .. } => {

@@ -240,7 +240,7 @@ impl Metrics {
         let spool_events = Family::<StateLabels, Gauge>::default();
         registry.register(
             "spool_events",
-            "Events in the spool, by state",
+            "Deliveries in the spool, by state (one per event and destination that takes it)",
             spool_events.clone(),
         );
         let oldest_pending_seconds = Gauge::<f64, AtomicU64>::default();
@@ -337,8 +337,15 @@ impl Metrics {
     }
 
     /// The text exposition, with the spool's gauges set from `stats`, and
-    /// `xhubd_needs_attention` from the status page's verdict (`all_well`).
-    pub fn render(&self, stats: &SpoolStats, all_well: bool) -> String {
+    /// `xhubd_needs_attention` from the status page's verdict (`all_well`). Every
+    /// destination in `configured` has its per-destination gauges, 0 when the spool holds
+    /// nothing for it, so that an alert can tell zero from absent.
+    pub fn render(
+        &self,
+        stats: &SpoolStats,
+        configured: &[DestinationKey],
+        all_well: bool,
+    ) -> String {
         self.needs_attention.set(i64::from(!all_well));
         for (state, count) in [
             ("pending", stats.pending),
@@ -356,6 +363,19 @@ impl Metrics {
         self.backlog.clear();
         self.dead.clear();
         self.oldest_pending.clear();
+        for key in configured {
+            let labels = DestinationLabels {
+                route: key.route().to_owned(),
+                destination: key.destination().to_owned(),
+            };
+            self.backlog.get_or_create(&labels).set(0);
+            self.dead.get_or_create(&labels).set(0);
+            self.oldest_pending.get_or_create(&labels).set(0.0);
+            // Created, not counted: the route's series reads 0 before its first.
+            let _ = self.unrouted.get_or_create(&RouteLabels {
+                route: key.route().to_owned(),
+            });
+        }
         for d in &stats.destinations {
             let labels = DestinationLabels {
                 route: d.route.clone(),

@@ -50,6 +50,27 @@ fn value(scrape: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &st
     }
 }
 
+/// Before any event, every configured destination already has its gauges at 0 (and
+/// its route the unrouted counter), so an alert tells zero from absent.
+#[test]
+fn every_destination_has_its_series_from_the_start() {
+    let up = Upstream::start();
+    let (_x, admin) = start_with_admin(&up, &[]);
+    let scrape = metrics(&admin);
+    for name in [
+        "xhubd_destination_backlog",
+        "xhubd_destination_dead",
+        "xhubd_destination_oldest_pending_age_seconds",
+        "xhubd_items_unrouted_total",
+    ] {
+        assert_eq!(
+            value(&scrape, name, Some(("route", "default"))),
+            0.0,
+            "{name}"
+        );
+    }
+}
+
 #[test]
 fn metrics_count_what_was_sent() {
     let up = Upstream::start();
@@ -339,7 +360,8 @@ fn events_commands_work_on_the_state_dir_while_the_daemon_runs() {
     assert!(
         shown.contains("state:      dead")
             && shown.contains("x-hub-signature-256")
-            && shown.contains("\"object\": \"user\""),
+            && shown.contains("payload (as received):\n{\"object\":\"user\"")
+            && shown.contains("attempt at (UTC)"),
         "{shown}"
     );
 

@@ -134,6 +134,13 @@ fn routes_and_destinations_everywhere() {
     assert_eq!(list(&["--route", "blog", "--destination", "orders"]), 0);
     assert_eq!(list(&["--destination", "refusing", "--state", "dead"]), 1);
     assert_eq!(list(&["--destination", "comments", "--state", "dead"]), 0);
+    // As logs and pages print it: route/destination.
+    assert_eq!(
+        list(&["--destination", "shop/refusing", "--state", "dead"]),
+        1
+    );
+    assert_eq!(list(&["--destination", "blog/refusing"]), 0);
+    assert_eq!(list(&["--destination", "shop/orders"]), 1);
 
     // One delivery replayed: only it is sent again.
     let id: String = rusqlite::Connection::open(x.db_path())

@@ -159,11 +159,13 @@ impl Admin {
     async fn metrics(&self) -> Answer {
         match self.store.stats().await.map_err(Self::unreadable) {
             Ok(stats) => {
-                let verdict = verdict::Verdict::of(&stats, &self.fleet.views());
+                let views = self.fleet.views();
+                let verdict = verdict::Verdict::of(&stats, &views);
+                let configured: Vec<_> = views.into_iter().map(|v| v.key).collect();
                 respond(
                     StatusCode::OK,
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    self.metrics.render(&stats, verdict.all_well()),
+                    self.metrics.render(&stats, &configured, verdict.all_well()),
                 )
             }
             Err(answer) => answer,

@@ -172,12 +172,29 @@ pub struct ListFilter {
     pub destination: Option<String>,
 }
 
-/// The newest events that `filter` lets through, newest first.
+/// The newest events that `filter` lets through, newest first. The destination may be
+/// given as `route/destination`, as logs and pages print it (names hold no `/`).
 pub fn list(
     conn: &Connection,
     filter: &ListFilter,
     limit: usize,
 ) -> rusqlite::Result<Vec<EventSummary>> {
+    let split;
+    let filter = match filter
+        .destination
+        .as_deref()
+        .and_then(|d| d.split_once('/'))
+    {
+        Some((route, destination)) if filter.route.as_deref().is_none_or(|r| r == route) => {
+            split = ListFilter {
+                state: filter.state,
+                route: Some(route.to_owned()),
+                destination: Some(destination.to_owned()),
+            };
+            &split
+        }
+        _ => filter,
+    };
     // The deliveries the destination filter looks at (`route/destination` keys).
     let destination_clause = match (&filter.route, &filter.destination) {
         // Always true; it names ?3 so every statement takes the same parameters.
