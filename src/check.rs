@@ -35,6 +35,9 @@ pub fn run(args: ServeArgs) -> (Vec<String>, bool) {
         "ok   configuration: route(s) {apps}; state dir {}",
         config.state_dir.display()
     ));
+    for warning in crate::config::exposure::warnings(&config) {
+        report.push(format!("warn {warning}"));
+    }
     let mut ok = true;
     match schema::inspect(&config.state_dir) {
         Ok(None) => report.push(format!(

@@ -184,7 +184,7 @@ struct Daemon {
 /// flags that are their defaults). A reload that changes one of these is refused, so
 /// that "configuration reloaded" never hides an option that did not take effect.
 #[derive(Debug, PartialEq)]
-struct Fixed(String);
+struct Fixed(Vec<(&'static str, String)>);
 
 impl Fixed {
     fn of(c: &Config) -> Fixed {
@@ -193,22 +193,32 @@ impl Fixed {
             use sha2::Digest;
             hex::encode(sha2::Sha256::digest(t.expose()))
         });
-        Fixed(format!(
-            "{:?}",
-            (
-                &c.listen,
-                c.socket_mode,
-                &c.state_dir,
-                c.max_body_bytes,
-                c.dedup_window,
-                &c.client_cn,
-                &c.admin_listen,
-                token,
-                c.max_connections,
-                (c.header_timeout, c.body_timeout, c.shutdown_timeout),
-                c.log_format,
-            )
-        ))
+        let entry = |name: &'static str, value: &dyn std::fmt::Debug| (name, format!("{value:?}"));
+        Fixed(vec![
+            entry("listen", &c.listen),
+            entry("socket_mode", &c.socket_mode),
+            entry("state_dir", &c.state_dir),
+            entry("max_body_bytes", &c.max_body_bytes),
+            entry("dedup_window", &c.dedup_window),
+            entry("client_cn_header/client_cn", &c.client_cn),
+            entry("admin_listen", &c.admin_listen),
+            entry("admin_token", &token),
+            entry("max_connections", &c.max_connections),
+            entry("header_timeout", &c.header_timeout),
+            entry("body_timeout", &c.body_timeout),
+            entry("shutdown_timeout", &c.shutdown_timeout),
+            entry("log_format", &c.log_format),
+        ])
+    }
+
+    /// The names of the options whose values differ in `other`.
+    fn changed(&self, other: &Fixed) -> Vec<&'static str> {
+        self.0
+            .iter()
+            .zip(&other.0)
+            .filter(|(a, b)| a.1 != b.1)
+            .map(|(a, _)| a.0)
+            .collect()
     }
 }
 
@@ -222,7 +232,9 @@ impl Daemon {
     ) -> anyhow::Result<Daemon> {
         let signals = StopSignals::register().context("cannot install signal handlers")?;
         let lock = lock_state_dir(&config)?;
-        warn_about_exposure(&config);
+        for warning in crate::config::exposure::warnings(&config) {
+            warn!("{warning}");
+        }
         let (store, spool, fresh) = open_spool(&config)?;
         let listener = match inherited {
             Some(socket) => Listener::from_systemd(socket)?,
@@ -351,9 +363,9 @@ impl Daemon {
                 return;
             }
         };
-        let fixed = Fixed::of(&config);
-        if fixed != self.fixed {
-            error!(file = %file.display(), "reload refused: a reload changes routes and destinations only; other options (listen, state_dir, max_body_bytes, client_cn_header, dedup_window, admin_*, timeouts, ...) need a restart; the running configuration stays");
+        let changed = self.fixed.changed(&Fixed::of(&config));
+        if !changed.is_empty() {
+            error!(file = %file.display(), changed = %changed.join(", "), "reload refused: {} only change(s) with a restart (a reload changes routes and destinations); the running configuration stays", changed.join(", "));
             return;
         }
         if let Err(e) = self.fleet.apply(&config.routes) {
@@ -423,32 +435,6 @@ fn open_spool(
         );
     }
     Ok(opened)
-}
-
-/// Warns (once, at start) about what exposes secrets or events: a config file others
-/// can read (it may hold secrets), and an admin listener beyond loopback without a token
-/// (it shows payloads and replays events).
-fn warn_about_exposure(config: &Config) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Some(file) = &config.config_file {
-        let mode = std::fs::metadata(file)
-            .map(|m| m.permissions().mode())
-            .unwrap_or(0);
-        if mode & 0o004 != 0 {
-            warn!(file = %file.display(), mode = %format!("{:o}", mode & 0o777), "the config file is readable by every user; it may hold secrets: chmod o-r it");
-        }
-    }
-    if let (Some(crate::listener::ListenAddr::Tcp(addr)), None) =
-        (&config.admin_listen, &config.admin_token)
-    {
-        let loopback = addr
-            .parse::<std::net::SocketAddr>()
-            .map(|a| a.ip().is_loopback())
-            .unwrap_or_else(|_| addr.starts_with("localhost:"));
-        if !loopback {
-            warn!(addr = %addr, "the admin listener is reachable beyond loopback without --admin-token: it shows payloads and replays events");
-        }
-    }
 }
 
 /// Takes an exclusive lock on the state directory so two daemons never share a spool.

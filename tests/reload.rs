@@ -183,6 +183,12 @@ fn an_invalid_reload_is_refused_and_the_daemon_serves_on() {
             200
         );
     }
+    assert!(
+        r.x.logs()
+            .contains("reload refused: max_body_bytes only change(s) with a restart"),
+        "the refusal names the option: {}",
+        r.x.logs()
+    );
     a.wait_for(4, WAIT);
     assert!(r.x.child.is_some());
     assert_no_secret("the logs", &r.x.logs());

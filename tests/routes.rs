@@ -552,6 +552,24 @@ fn a_config_file_others_can_read_is_warned_about() {
             warned,
             "{mode:o}"
         );
+        // check says the same, as a warning: the configuration still passes.
+        let state = dir.path().join("state").display().to_string();
+        let (code, out, _) = run_xhubd(
+            &[
+                "check",
+                "--config",
+                path.to_str().unwrap(),
+                "--state-dir",
+                &state,
+            ],
+            None,
+        );
+        assert_eq!(code, 0, "{out}");
+        assert_eq!(
+            out.contains("warn the config file") && out.contains("readable by every user"),
+            warned,
+            "{mode:o}: {out}"
+        );
     }
 }
 

@@ -6,6 +6,7 @@
 //! - [`file`](mod@file): the TOML config file, and its overlay onto the command line.
 //! - [`routes`]: routes and destinations, validated.
 
+pub mod exposure;
 pub mod file;
 pub mod routes;
 
