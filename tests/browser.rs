@@ -176,8 +176,8 @@ fn status_page_in_chromium_shows_events_and_replays_a_dead_one() {
                   verdict: color('.verdict .notready'),
                   refused: color('tr.refused td'),
                   delivered: color('td.state-delivered'),
-                  dates: document.querySelectorAll('.when').length,
-                  wrapped: Array.from(document.querySelectorAll('.when'))
+                  dates: document.querySelectorAll('.when time').length,
+                  wrapped: Array.from(document.querySelectorAll('.when time, .when .muted'))
                     .filter(e => new Set(Array.from(e.getClientRects(), r => Math.round(r.top))).size !== 1)
                     .length,
                 };"#,

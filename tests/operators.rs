@@ -91,7 +91,7 @@ fn routes_and_destinations_everywhere() {
     );
     // Ready, yet something needs attention: the verdict says what, and so does a metric.
     assert!(
-        page.contains("Needs attention") && page.contains("1 dead deliveries"),
+        page.contains("Needs attention") && page.contains("1 dead delivery:"),
         "{page}"
     );
     assert!(page.contains("Ready"), "{page}");

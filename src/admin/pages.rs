@@ -18,8 +18,8 @@ th{background:#f6f8fa} .num{text-align:right} .muted{color:#57606a}
 .state-pending{color:#9a6700} .state-delivered{color:#1a7f37} .state-dead{color:#cf222e;font-weight:600}
 .ready{color:#1a7f37;font-weight:600} .notready{color:#cf222e;font-weight:600}
 pre{background:#f6f8fa;border:1px solid #d0d7de;padding:.75rem;overflow:auto;max-height:40rem;white-space:pre-wrap;word-break:break-all}
-button{cursor:pointer} .err{max-width:30rem;word-break:break-word}
-.when{white-space:nowrap} tr.refused td{color:#cf222e}
+button{cursor:pointer} .err{min-width:10rem;max-width:30rem;word-break:break-word}
+.when time,.when .muted{white-space:nowrap} .url{min-width:8rem;max-width:20rem;overflow-wrap:anywhere} tr.refused td{color:#cf222e}
 ";
 
 /// What the status page shows.
@@ -201,7 +201,7 @@ pub fn status(s: &Status<'_>) -> String {
                     @let backlog = s.stats.destinations.iter().find(|d| format!("{}/{}", d.route, d.destination) == *key);
                     tr {
                         td { (key) }
-                        td { (url) }
+                        td.url { (url) }
                         td.num { (backlog.map_or(0, |b| b.pending)) }
                         td.num { (format!("{:.1} s", backlog.map_or(0.0, |b| b.oldest_pending_age_seconds))) }
                         @let dead = backlog.map_or(0, |b| b.dead);

@@ -23,8 +23,13 @@ impl Verdict {
     pub fn of(stats: &SpoolStats, destinations: &[DestinationView]) -> Verdict {
         let mut reasons = Vec::new();
         if stats.dead > 0 {
+            let noun = if stats.dead == 1 {
+                "delivery"
+            } else {
+                "deliveries"
+            };
             reasons.push(format!(
-                "{} dead deliveries: replay them once the backend is fixed",
+                "{} dead {noun}: replay once the backend is fixed",
                 stats.dead
             ));
         }
