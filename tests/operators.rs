@@ -109,6 +109,11 @@ fn routes_and_destinations_everywhere() {
         event_page.contains("{&quot;object&quot;:&quot;user&quot;,&quot;entry&quot;:"),
         "{event_page}"
     );
+    // The indented view keeps the members in Meta's order.
+    assert!(
+        event_page.contains("{\n  &quot;object&quot;: &quot;user&quot;,\n  &quot;entry&quot;: [\n"),
+        "{event_page}"
+    );
     let raw = admin.get(&format!("/events/{event_id}/body"));
     assert_eq!(raw.status, 200);
     assert_eq!(raw.body, sent.to_vec());

@@ -17,6 +17,7 @@
 //! - [`verdict`]: whether something needs the operator's attention.
 
 pub mod auth;
+pub mod indent;
 pub mod pages;
 pub mod verdict;
 

@@ -293,7 +293,11 @@ pub fn event(e: &EventDetail) -> String {
                 "As received, byte for byte (what was forwarded and signed). "
                 a href={ "/events/" (s.id) "/body" } { "Download the raw body" }
             }
-            pre { (e.body) }
+            pre.raw { (e.body) }
+            details {
+                summary { "Indented view (same members, same order, same bytes; whitespace only)" }
+                pre.indented { (super::indent::indent(&e.body)) }
+            }
         },
     )
 }
