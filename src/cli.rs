@@ -60,9 +60,9 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Args)]
 pub struct CheckArgs {
     /// The file of variables xhubd.service reads (EnvironmentFile=): each XHUBD_
-    /// variable in it that is not set already counts, as for the service. When neither
-    /// --config nor XHUBD_CONFIG is given, the unit's config file is checked if it
-    /// exists. "none" reads neither.
+    /// variable in it that is not set already counts, as for the service. When it exists
+    /// and neither --config, XHUBD_CONFIG nor the file names a config file, the unit's
+    /// /etc/xhubd/xhubd.toml is checked, as the service reads it. "none" reads neither.
     #[arg(
         long,
         value_name = "FILE",

@@ -31,6 +31,14 @@ pub fn run(args: &EventsArgs) -> anyhow::Result<String> {
             limit,
             json,
         } => {
+            if let (Some(route), Some((named, _))) = (
+                route.as_deref(),
+                destination.as_deref().and_then(|d| d.split_once('/')),
+            ) {
+                if route != named {
+                    bail!("--destination names route {named:?}, but --route is {route:?}");
+                }
+            }
             let filter = inspect::ListFilter {
                 state: state.as_deref().and_then(crate::types::EventState::parse),
                 route: route.clone(),

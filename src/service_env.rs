@@ -12,38 +12,27 @@ pub const ENVIRONMENT_FILE: &str = "/etc/default/xhubd";
 /// The config file the packaged unit names (`Environment=XHUBD_CONFIG=`).
 pub const UNIT_CONFIG: &str = "/etc/xhubd/xhubd.toml";
 
-/// Sets, in this process's environment, each `XHUBD_*` variable of `file` that is not set
-/// already (a flag still wins over it, as over any variable), then `XHUBD_CONFIG` to
-/// [`UNIT_CONFIG`] when neither `config_given` nor the file set one and it exists: what
-/// systemd does for the unit (its `EnvironmentFile=` overrides its `Environment=`).
+/// Sets, in this process's environment, each `XHUBD_*` variable of `file` that was not
+/// set before (a flag still wins over it, as over any variable; within the file the last
+/// assignment of a name wins, as in systemd). When the file exists (a packaged install)
+/// and neither `config_given` nor the file names a config file, `XHUBD_CONFIG` becomes
+/// [`UNIT_CONFIG`] whether or not it exists, as the unit's `Environment=` does (its
+/// `EnvironmentFile=` overrides it), so a missing one fails as the service would.
 /// Returns the report lines saying what was read; a missing file is not an error (the
-/// unit's `-` prefix), an unreadable one is. Call before any thread starts.
+/// unit's `-` prefix) and then nothing is assumed; an unreadable one is. Call before any
+/// thread starts.
 ///
-/// The syntax is systemd's for `EnvironmentFile=`: `NAME=value` lines, `#` and `;`
-/// comments, a value optionally in single or double quotes.
+/// The syntax is the common part of systemd's for `EnvironmentFile=`: `NAME=value`
+/// lines, `#` and `;` comments, a value optionally in single or double quotes (no
+/// escapes, no continued lines).
 pub fn adopt(file: &Path, config_given: bool) -> anyhow::Result<Vec<String>> {
-    let mut report = Vec::new();
-    match std::fs::read_to_string(file) {
-        Ok(text) => {
-            let mut names = Vec::new();
-            for (name, value) in assignments(&text) {
-                if std::env::var_os(name).is_none() {
-                    std::env::set_var(name, value);
-                    names.push(name);
-                }
-            }
-            report.push(if names.is_empty() {
-                format!(
-                    "ok   {}: no variable set (every line commented)",
-                    file.display()
-                )
-            } else {
-                // Names only: values may be secrets.
-                format!("ok   {}: read {}", file.display(), names.join(", "))
-            });
-        }
+    let text = match std::fs::read_to_string(file) {
+        Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            report.push(format!("ok   {}: not found, nothing read", file.display()));
+            return Ok(vec![format!(
+                "ok   {}: not found, nothing read (the options as given are checked)",
+                file.display()
+            )]);
         }
         Err(e) => {
             return Err(e).with_context(|| {
@@ -53,11 +42,40 @@ pub fn adopt(file: &Path, config_given: bool) -> anyhow::Result<Vec<String>> {
             )
             })
         }
+    };
+    let mut before: Vec<&str> = Vec::new();
+    for (name, _) in assignments(&text) {
+        if std::env::var_os(name).is_some() && !before.contains(&name) {
+            before.push(name);
+        }
     }
-    if !config_given
-        && std::env::var_os("XHUBD_CONFIG").is_none()
-        && Path::new(UNIT_CONFIG).exists()
-    {
+    let mut taken: Vec<&str> = Vec::new();
+    for (name, value) in assignments(&text) {
+        if !before.contains(&name) {
+            std::env::set_var(name, value);
+            if !taken.contains(&name) {
+                taken.push(name);
+            }
+        }
+    }
+    let mut report =
+        vec![match (taken.is_empty(), before.is_empty()) {
+            (true, true) => format!(
+                "ok   {}: no variable set (every line commented)",
+                file.display()
+            ),
+            // Names only: values may be secrets.
+            (false, true) => format!("ok   {}: read {}", file.display(), taken.join(", ")),
+            (_, false) => {
+                format!(
+            "ok   {}: read {}; kept this shell's {} (unset them to check the service's values)",
+            file.display(),
+            if taken.is_empty() { "nothing".into() } else { taken.join(", ") },
+            before.join(", ")
+        )
+            }
+        }];
+    if !config_given && std::env::var_os("XHUBD_CONFIG").is_none() {
         std::env::set_var("XHUBD_CONFIG", UNIT_CONFIG);
         report.push(format!(
             "ok   {UNIT_CONFIG}: the service's config file, checked"

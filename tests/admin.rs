@@ -457,14 +457,19 @@ fn check_reads_the_service_environment_file() {
     );
     std::fs::write(&app, format!("{APP_SECRET}\n")).unwrap();
     std::fs::write(&token, format!("{VERIFY_TOKEN}\n")).unwrap();
+    let config = dir.path().join("xhubd.toml");
+    std::fs::write(&config, "# every line commented, as packaged\n").unwrap();
     let env_file = dir.path().join("xhubd.default");
     std::fs::write(
         &env_file,
         format!(
-            "# as in /etc/default/xhubd\nXHUBD_UPSTREAM={}\nXHUBD_APP_SECRET_FILE=\"{}\"\nXHUBD_VERIFY_TOKEN_FILE={}\n#XHUBD_ADMIN_LISTEN=127.0.0.1:9\n",
+            // The last of two lines wins, as in systemd; the file names the config file
+            // (the unit's would be /etc/xhubd/xhubd.toml).
+            "# as in /etc/default/xhubd\nXHUBD_UPSTREAM=http://127.0.0.1:9/\nXHUBD_UPSTREAM={}\nXHUBD_APP_SECRET_FILE=\"{}\"\nXHUBD_VERIFY_TOKEN_FILE={}\n#XHUBD_ADMIN_LISTEN=127.0.0.1:9\nXHUBD_CONFIG={}\n",
             up.url("/"),
             app.display(),
-            token.display()
+            token.display(),
+            config.display()
         ),
     )
     .unwrap();
@@ -477,7 +482,9 @@ fn check_reads_the_service_environment_file() {
     let (code, out, err) = check(&[]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
-        out.contains("read XHUBD_UPSTREAM, XHUBD_APP_SECRET_FILE, XHUBD_VERIFY_TOKEN_FILE"),
+        out.contains(
+            "read XHUBD_UPSTREAM, XHUBD_APP_SECRET_FILE, XHUBD_VERIFY_TOKEN_FILE, XHUBD_CONFIG"
+        ),
         "{out}"
     );
     assert!(
@@ -496,7 +503,9 @@ fn check_reads_the_service_environment_file() {
     let (code, out, _) = run_xhubd(&["check", "--environment-file", packaged], None);
     assert_eq!(code, 2, "{out}");
     assert!(
-        out.contains("no variable set") && out.contains("FAIL configuration"),
+        out.contains("no variable set")
+            && out.contains("/etc/xhubd/xhubd.toml: the service's config file")
+            && out.contains("FAIL configuration"),
         "{out}"
     );
 

@@ -146,6 +146,21 @@ fn routes_and_destinations_everywhere() {
     );
     assert_eq!(list(&["--destination", "blog/refusing"]), 0);
     assert_eq!(list(&["--destination", "shop/orders"]), 1);
+    let (code, _, err) = run_xhubd(
+        &[
+            "events",
+            "list",
+            "--state-dir",
+            &state,
+            "--route",
+            "blog",
+            "--destination",
+            "shop/orders",
+        ],
+        None,
+    );
+    assert_eq!(code, 2, "contradicting filters are a usage error");
+    assert!(err.contains("--route is \"blog\""), "{err}");
 
     // One delivery replayed: only it is sent again.
     let id: String = rusqlite::Connection::open(x.db_path())

@@ -350,4 +350,8 @@ fn purging_removes_the_dangling_site_and_keeps_the_spool() {
     );
     assert_eq!(std::fs::read(spool.join("spool.db")).unwrap(), b"events");
     run("purge");
+    // A dangling link of the same name to another file is not the package's: kept.
+    std::os::unix::fs::symlink("../sites-available/elsewhere", &site).unwrap();
+    run("purge");
+    assert!(site.symlink_metadata().is_ok(), "another site's link stays");
 }

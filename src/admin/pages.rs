@@ -22,6 +22,10 @@ button{cursor:pointer} .err{min-width:10rem;max-width:30rem;word-break:break-wor
 .when time,.when .muted{white-space:nowrap} .url{min-width:8rem;max-width:20rem;overflow-wrap:anywhere} tr.refused td{color:#cf222e}
 ";
 
+/// Bodies larger than this get no indented view: indentation can multiply a deeply
+/// nested body's size many times.
+const INDENTED_VIEW_MAX_BYTES: usize = 1024 * 1024;
+
 /// What the status page shows.
 pub struct Status<'a> {
     /// Spool counts.
@@ -294,9 +298,13 @@ pub fn event(e: &EventDetail) -> String {
                 a href={ "/events/" (s.id) "/body" } { "Download the raw body" }
             }
             pre.raw { (e.body) }
-            details {
-                summary { "Indented view (same members, same order, same bytes; whitespace only)" }
-                pre.indented { (super::indent::indent(&e.body)) }
+            @if e.body.len() <= INDENTED_VIEW_MAX_BYTES {
+                details {
+                    summary { "Indented view (same members, same order, same bytes; whitespace only)" }
+                    pre.indented { (super::indent::indent(&e.body)) }
+                }
+            } @else {
+                p.muted { "No indented view above 1 MiB: download the raw body." }
             }
         },
     )
