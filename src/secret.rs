@@ -121,9 +121,15 @@ pub fn load_verify_token(source: &SecretSource<'_>) -> anyhow::Result<Secret> {
 /// comma-separated. Each is trimmed; blank items are skipped; at least one must remain.
 pub fn load_app_secrets(source: &SecretSource<'_>) -> anyhow::Result<Vec<Secret>> {
     let text = read_source(source, "App Secret")?;
-    let secrets: Vec<Secret> = text
-        .split([',', '\n'])
-        .map(|s| s.trim())
+    app_secrets_of(text.split([',', '\n']))
+}
+
+/// App Secrets from items already split: each is trimmed; blank items are skipped; at
+/// least one must remain.
+pub fn app_secrets_of<'a>(items: impl IntoIterator<Item = &'a str>) -> anyhow::Result<Vec<Secret>> {
+    let secrets: Vec<Secret> = items
+        .into_iter()
+        .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(|s| Secret::new(s.as_bytes().to_vec()))
         .collect();

@@ -203,16 +203,7 @@ fn flags_route(args: &ServeArgs, defaults: Defaults) -> anyhow::Result<Route> {
     .context("verify token")?;
     let app_secrets = match &args.app_secret_list {
         Some(list) if !args.explicit.contains("app_secret_file") => {
-            let secrets: Vec<Secret> = list
-                .iter()
-                .map(|s| s.trim())
-                .filter(|s| !s.is_empty())
-                .map(|s| Secret::new(s.as_bytes().to_vec()))
-                .collect();
-            if secrets.is_empty() {
-                bail!("App Secret: no App Secret given: the value is empty");
-            }
-            secrets
+            secret::app_secrets_of(list.iter().map(String::as_str)).context("App Secret")?
         }
         _ => load_app_secrets(&secret::require(
             "--app-secret",
