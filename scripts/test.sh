@@ -7,7 +7,9 @@
 # sudo): nginx-light for the end-to-end tests through the shipped site file, curl as
 # their TLS client, systemd for systemd-analyze and systemd-socket-activate, dpkg-dev
 # for the package's dependencies, chromium and chromium-driver for the status page's
-# browser test. SQLite is bundled; cargo-deb comes from crates.io.
+# browser test, postgresql for the shared spool's tests (a throw-away cluster of their
+# own; the package's cluster is left alone). SQLite is bundled; cargo-deb comes from
+# crates.io.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +20,8 @@ command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v dpkg-shlibdeps >/dev/null || missing+=(dpkg-dev)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
+# The PostgreSQL spool's tests start a throw-away cluster with initdb and pg_ctl.
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -5,8 +5,11 @@
 use std::time::Duration;
 
 use crate::cli::ServeArgs;
+use crate::config::SpoolChoice;
 use crate::config::{redacted_url, Config};
-use crate::spool::schema;
+use crate::spool::postgres::schema as pg_schema;
+use crate::spool::postgres::PgTarget;
+use crate::spool::sqlite::schema;
 
 /// Runs the checks; returns the report lines and whether everything passed.
 pub fn run(args: ServeArgs) -> (Vec<String>, bool) {
@@ -39,20 +42,16 @@ pub fn run(args: ServeArgs) -> (Vec<String>, bool) {
         report.push(format!("warn {warning}"));
     }
     let mut ok = true;
-    match schema::inspect(&config.state_dir) {
-        Ok(None) => report.push(format!(
-            "ok   spool: none yet in {}; the daemon creates it when it starts",
-            config.state_dir.display()
-        )),
-        Ok(Some(layout)) if layout < schema::SCHEMA_VERSION => report.push(format!(
-            "ok   spool: layout {layout}; this release's daemon upgrades it to {} when it starts",
-            schema::SCHEMA_VERSION
-        )),
-        Ok(Some(layout)) => report.push(format!("ok   spool: opens (layout {layout})")),
-        Err(e) => {
-            ok = false;
-            report.push(format!("FAIL spool: {e:#}"));
+    if let SpoolChoice::Postgres(target) = &config.spool {
+        match postgres_spool(target) {
+            Ok(line) => report.push(format!("ok   spool: {line}")),
+            Err(line) => {
+                ok = false;
+                report.push(format!("FAIL spool: {line}"));
+            }
         }
+    } else {
+        sqlite_spool(&config, &mut report, &mut ok);
     }
     for route in &config.routes {
         for destination in &route.destinations {
@@ -70,6 +69,56 @@ pub fn run(args: ServeArgs) -> (Vec<String>, bool) {
         }
     }
     (report, ok)
+}
+
+/// The SQLite spool in the state directory: none yet, upgradable, or opening.
+fn sqlite_spool(config: &Config, report: &mut Vec<String>, ok: &mut bool) {
+    match schema::inspect(&config.state_dir) {
+        Ok(None) => report.push(format!(
+            "ok   spool: none yet in {}; the daemon creates it when it starts",
+            config.state_dir.display()
+        )),
+        Ok(Some(layout)) if layout < schema::SCHEMA_VERSION => report.push(format!(
+            "ok   spool: layout {layout}; this release's daemon upgrades it to {} when it starts",
+            schema::SCHEMA_VERSION
+        )),
+        Ok(Some(layout)) => report.push(format!("ok   spool: opens (layout {layout})")),
+        Err(e) => {
+            *ok = false;
+            report.push(format!("FAIL spool: {e:#}"));
+        }
+    }
+}
+
+/// The PostgreSQL spool: connects (the password never shown) and reads its schema
+/// version, without creating or changing anything.
+fn postgres_spool(target: &PgTarget) -> Result<String, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let client = target
+            .connect()
+            .await
+            .map_err(|e| format!("{}: {e}", target.describe()))?;
+        let version: Option<i32> = client
+            .query_opt(
+                "SELECT max(version) FROM xhubd_schema WHERE to_regclass('xhubd_schema') IS NOT NULL",
+                &[],
+            )
+            .await
+            .ok()
+            .flatten()
+            .and_then(|r| r.get(0));
+        Ok(match version {
+            None => format!("{}: connects; no tables yet, the daemon creates them when it starts", target.describe()),
+            Some(v) if v > pg_schema::SCHEMA_VERSION => {
+                return Err(format!("{}: schema version {v} is newer than this xhubd's ({})", target.describe(), pg_schema::SCHEMA_VERSION))
+            }
+            Some(v) => format!("{}: connects (schema version {v})", target.describe()),
+        })
+    })
 }
 
 /// Whether a backend accepts connections: the line to print either way.

@@ -156,6 +156,28 @@ pub struct ServeArgs {
     )]
     pub state_dir: String,
 
+    /// The spool: sqlite (a file in --state-dir, for one machine) or a PostgreSQL URL,
+    /// postgres://USER@HOST:PORT/DATABASE?sslmode=verify-full, shared by several
+    /// instances (its password is better given by --spool-password-file).
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "XHUBD_SPOOL",
+        default_value = "sqlite",
+        hide_env_values = true
+    )]
+    pub spool: String,
+
+    /// A file holding the PostgreSQL spool's password, when the URL has none (else the
+    /// systemd credential spool_password, else PGPASSWORD).
+    #[arg(long, value_name = "F", env = "XHUBD_SPOOL_PASSWORD_FILE")]
+    pub spool_password_file: Option<PathBuf>,
+
+    /// This instance's name on a shared spool, unique among the instances: kept with
+    /// what it accepts, claims and attempts (default: the host name).
+    #[arg(long, value_name = "NAME", env = "XHUBD_INSTANCE_NAME")]
+    pub instance_name: Option<String>,
+
     /// Bodies larger than this get 413 (bytes, or with a unit: 8MiB).
     #[arg(
         long,
@@ -312,6 +334,27 @@ pub struct EventsArgs {
         global = true
     )]
     pub state_dir: String,
+
+    /// The spool: sqlite (in --state-dir) or the daemon's PostgreSQL URL.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "XHUBD_SPOOL",
+        default_value = "sqlite",
+        hide_env_values = true,
+        global = true
+    )]
+    pub spool: String,
+
+    /// A file holding the PostgreSQL spool's password, when the URL has none (else
+    /// PGPASSWORD).
+    #[arg(
+        long,
+        value_name = "F",
+        env = "XHUBD_SPOOL_PASSWORD_FILE",
+        global = true
+    )]
+    pub spool_password_file: Option<PathBuf>,
 
     /// What to do.
     #[command(subcommand)]

@@ -6,7 +6,7 @@ use std::fs::{File, TryLockError};
 use std::process::ExitCode;
 use std::sync::{Arc, RwLock};
 
-use anyhow::{anyhow, Context};
+use anyhow::{anyhow, bail, Context};
 use clap::error::ErrorKind;
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches};
@@ -18,6 +18,7 @@ use crate::admin::Admin;
 use crate::cli::{Cli, Command, ServeArgs};
 use crate::config::routes::Route;
 use crate::config::Config;
+use crate::config::SpoolChoice;
 use crate::delivery::fleet::Fleet;
 use crate::listener::{take_systemd_socket, Listener, SystemdSocket};
 use crate::metrics::Metrics;
@@ -25,6 +26,8 @@ use crate::notify;
 use crate::output;
 use crate::server::{self, ServerSettings};
 use crate::shutdown::{Asked, StopSignals};
+use crate::spool::postgres::{FirstConnection, PgStore};
+use crate::spool::sqlite::SqliteStore;
 use crate::spool::{Running, Store, WriterSettings};
 use crate::types::DueDelivery;
 use crate::webhook::client_cn::ClientCnCheck;
@@ -177,7 +180,9 @@ struct Daemon {
     args: ServeArgs,
     fixed: Fixed,
     spool: Running,
-    _lock: File,
+    /// A stop asked for while waiting for the database at start.
+    stop_asked: Option<&'static str>,
+    _lock: Option<File>,
 }
 
 /// What only a restart changes: every option but the routes and destinations (and the
@@ -198,6 +203,8 @@ impl Fixed {
             entry("listen", &c.listen),
             entry("socket_mode", &c.socket_mode),
             entry("state_dir", &c.state_dir),
+            entry("spool", &c.spool.describe()),
+            entry("instance_name", &c.instance_name),
             entry("max_body_bytes", &c.max_body_bytes),
             entry("dedup_window", &c.dedup_window),
             entry("client_cn_header/client_cn", &c.client_cn),
@@ -231,11 +238,14 @@ impl Daemon {
         inherited: Option<SystemdSocket>,
     ) -> anyhow::Result<Daemon> {
         let signals = StopSignals::register().context("cannot install signal handlers")?;
-        let lock = lock_state_dir(&config)?;
+        let lock = match &config.spool {
+            SpoolChoice::Sqlite => Some(lock_state_dir(&config)?),
+            SpoolChoice::Postgres(_) => None,
+        };
         for warning in crate::config::exposure::warnings(&config) {
             warn!("{warning}");
         }
-        let (store, spool, fresh) = open_spool(&config)?;
+        let (store, spool, fresh, first_connection) = open_spool(&config)?;
         let listener = match inherited {
             Some(socket) => Listener::from_systemd(socket)?,
             None => Listener::bind(&config.listen, config.socket_mode).await?,
@@ -298,9 +308,27 @@ impl Daemon {
                 shutdown.clone(),
             )));
         }
+        let mut signals = signals;
+        let mut stop_asked = None;
+        if let Some(first) = first_connection {
+            // Events get 503 and /readyz says why until the database answers; systemd
+            // hears READY=1 only once it does.
+            tokio::select! {
+                outcome = first => match outcome {
+                    Ok(Ok(())) => {}
+                    Ok(Err(reason)) => {
+                        shutdown.cancel();
+                        bail!("--spool {}: {reason}", config.spool.describe());
+                    }
+                    Err(_) => bail!("the spool writer stopped before connecting"),
+                },
+                name = stop_signal(&mut signals) => stop_asked = Some(name),
+            }
+        }
         info!(
             listen = %listen_addr,
             destinations = %destinations.join(", "),
+            spool = %store.describe(),
             state_dir = %config.state_dir.display(),
             "xhubd ready"
         );
@@ -316,6 +344,7 @@ impl Daemon {
             args,
             fixed: Fixed::of(&config),
             spool,
+            stop_asked,
             _lock: lock,
         })
     }
@@ -325,6 +354,9 @@ impl Daemon {
     /// committed).
     async fn run(mut self) -> ExitCode {
         let signal = loop {
+            if let Some(name) = self.stop_asked.take() {
+                break name;
+            }
             match self.signals.wait().await {
                 Asked::Stop(name) => break name,
                 Asked::Reload => self.reload(),
@@ -406,9 +438,15 @@ fn webhook(
 /// stored event's dedup keys, which on a large spool takes a while: every few seconds it
 /// logs how far it is and extends systemd's start timeout, so the unit is not killed
 /// (and the upgrade rolled back) half-way.
+#[allow(clippy::type_complexity)]
 fn open_spool(
     config: &Config,
-) -> anyhow::Result<(Store, Running, tokio::sync::mpsc::Receiver<DueDelivery>)> {
+) -> anyhow::Result<(
+    Store,
+    Running,
+    tokio::sync::mpsc::Receiver<DueDelivery>,
+    Option<FirstConnection>,
+)> {
     const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
     let done = std::cell::Cell::new(0u64);
     let last = std::cell::Cell::new(std::time::Instant::now());
@@ -427,14 +465,37 @@ fn open_spool(
     let settings = WriterSettings {
         dedup_window: config.dedup_window,
     };
-    let opened = Store::open(&config.state_dir, settings, &rekey)?;
+    if let SpoolChoice::Postgres(target) = &config.spool {
+        let (store, running, fresh, first) =
+            PgStore::open((**target).clone(), &config.instance_name, settings)?;
+        return Ok((
+            Store::Postgres(store),
+            Running::Postgres(running),
+            fresh,
+            Some(first),
+        ));
+    }
+    let (store, running, fresh) = SqliteStore::open(&config.state_dir, settings, &rekey)?;
     if done.get() > 0 {
         info!(
             events = done.get(),
             "spool upgraded: dedup keys recomputed for every stored event"
         );
     }
-    Ok(opened)
+    Ok((Store::Sqlite(store), Running::Sqlite(running), fresh, None))
+}
+
+/// Waits for a stop signal, answering reloads meanwhile with a log line (the routes are
+/// not running yet). Returns the stop signal's name.
+async fn stop_signal(signals: &mut StopSignals) -> &'static str {
+    loop {
+        match signals.wait().await {
+            Asked::Stop(name) => return name,
+            Asked::Reload => {
+                warn!("SIGHUP while waiting for the spool's database: nothing reloaded")
+            }
+        }
+    }
 }
 
 /// Takes an exclusive lock on the state directory so two daemons never share a spool.

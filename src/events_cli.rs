@@ -1,17 +1,92 @@
 //! `xhubd events list|show|replay|purge`: the spool from the command line, on the state
-//! directory directly, safe while the daemon runs: `list` and `show` open the spool
-//! read-only, `replay` and `purge` change it in short chunks (the daemon's writer never
-//! waits long for them), and none of them creates or upgrades a spool. Tables for
-//! people, `--json` for scripts.
+//! directory (or the PostgreSQL database of `--spool`) directly, safe while the daemon
+//! runs: `list` and `show` open the spool read-only, `replay` and `purge` change it in
+//! short chunks (the daemon's writer never waits long for them), and none of them
+//! creates or upgrades a spool. Tables for people, `--json` for scripts.
 
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context};
 
 use crate::cli::{EventsAction, EventsArgs};
+use crate::config::{spool_choice, SpoolChoice};
 use crate::duration::parse_duration;
-use crate::spool::inspect::{self, EventSummary, Replay};
-use crate::spool::{now_ms, schema};
+use crate::spool::now_ms;
+use crate::spool::postgres::inspect as pg;
+use crate::spool::sqlite::inspect;
+use crate::spool::sqlite::schema;
+use crate::spool::views::{EventDetail, EventSummary, ListFilter, Replay};
+
+/// The spool the command works on.
+enum Spool {
+    /// The SQLite file, opened read-only or read-write.
+    Sqlite(rusqlite::Connection),
+    /// A PostgreSQL database, with a runtime for its client.
+    Postgres(tokio::runtime::Runtime, tokio_postgres::Client),
+}
+
+impl Spool {
+    fn open(args: &EventsArgs, access: schema::Access) -> anyhow::Result<Spool> {
+        match spool_choice(&args.spool, args.spool_password_file.as_deref())? {
+            SpoolChoice::Sqlite => Ok(Spool::Sqlite(schema::connect(
+                Path::new(args.state_dir.split(':').next().unwrap_or(&args.state_dir)),
+                access,
+            )?)),
+            SpoolChoice::Postgres(target) => {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .context("cannot start the runtime")?;
+                let client = runtime
+                    .block_on(target.connect())
+                    .with_context(|| format!("--spool {}", target.describe()))?;
+                Ok(Spool::Postgres(runtime, client))
+            }
+        }
+    }
+
+    fn list(&self, filter: &ListFilter, limit: usize) -> anyhow::Result<Vec<EventSummary>> {
+        Ok(match self {
+            Spool::Sqlite(c) => inspect::list(c, filter, limit)?,
+            Spool::Postgres(rt, c) => rt.block_on(pg::list(c, filter, limit))?,
+        })
+    }
+
+    fn show(&self, id: &str) -> anyhow::Result<Option<EventDetail>> {
+        Ok(match self {
+            Spool::Sqlite(c) => inspect::show(c, id)?,
+            Spool::Postgres(rt, c) => rt.block_on(pg::show(c, id))?,
+        })
+    }
+
+    fn replay(&self, id: &str) -> anyhow::Result<Replay> {
+        Ok(match self {
+            Spool::Sqlite(c) => inspect::replay(c, id)?,
+            Spool::Postgres(rt, c) => rt.block_on(pg::replay(c, id))?,
+        })
+    }
+
+    fn replay_delivery(&self, id: &str) -> anyhow::Result<Replay> {
+        Ok(match self {
+            Spool::Sqlite(c) => inspect::replay_delivery(c, id)?,
+            Spool::Postgres(rt, c) => rt.block_on(pg::replay_delivery(c, id))?,
+        })
+    }
+
+    fn replay_all_dead(&self) -> anyhow::Result<usize> {
+        Ok(match self {
+            Spool::Sqlite(c) => inspect::replay_all_dead(c)?,
+            Spool::Postgres(rt, c) => rt.block_on(pg::replay_all_dead(c))?,
+        })
+    }
+
+    fn purge_delivered_before(&self, cutoff: i64) -> anyhow::Result<usize> {
+        Ok(match self {
+            Spool::Sqlite(c) => inspect::purge_delivered_before(c, cutoff)?,
+            Spool::Postgres(rt, c) => rt.block_on(pg::purge_delivered_before(c, cutoff))?,
+        })
+    }
+}
 
 /// Runs one `events` subcommand and returns what to print.
 pub fn run(args: &EventsArgs) -> anyhow::Result<String> {
@@ -19,10 +94,7 @@ pub fn run(args: &EventsArgs) -> anyhow::Result<String> {
         EventsAction::List { .. } | EventsAction::Show { .. } => schema::Access::ReadOnly,
         EventsAction::Replay { .. } | EventsAction::Purge { .. } => schema::Access::ReadWrite,
     };
-    let conn = schema::connect(
-        Path::new(args.state_dir.split(':').next().unwrap_or(&args.state_dir)),
-        access,
-    )?;
+    let conn = Spool::open(args, access)?;
     match &args.action {
         EventsAction::List {
             state,
@@ -39,12 +111,14 @@ pub fn run(args: &EventsArgs) -> anyhow::Result<String> {
                     bail!("--destination names route {named:?}, but --route is {route:?}");
                 }
             }
-            let filter = inspect::ListFilter {
+            let filter = ListFilter {
                 state: state.as_deref().and_then(crate::types::EventState::parse),
                 route: route.clone(),
                 destination: destination.clone(),
             };
-            let list = inspect::list(&conn, &filter, *limit).context("cannot read the spool")?;
+            let list = conn
+                .list(&filter, *limit)
+                .context("cannot read the spool")?;
             if *json {
                 Ok(serde_json::to_string_pretty(&list)?)
             } else {
@@ -52,7 +126,8 @@ pub fn run(args: &EventsArgs) -> anyhow::Result<String> {
             }
         }
         EventsAction::Show { id, json } => {
-            let event = inspect::show(&conn, id)
+            let event = conn
+                .show(id)
                 .context("cannot read the spool")?
                 .ok_or_else(|| anyhow!("no event {id}"))?;
             if *json {
@@ -63,6 +138,9 @@ pub fn run(args: &EventsArgs) -> anyhow::Result<String> {
                 "id:         {}\nstate:      {}\nreceived:   {}\nobject:     {}\nfield:      {}\nsize:       {} bytes\nattempts:   {}\n",
                 s.id, s.state, time(s.received_at), s.object, s.field, s.size, s.attempts
             );
+            if let Some(instance) = &s.accepted_by {
+                out.push_str(&format!("accepted by: instance {instance}\n"));
+            }
             if let Some(next) = s.next_attempt_at {
                 out.push_str(&format!("next try:   {}\n", time(next)));
             }
@@ -75,6 +153,11 @@ pub fn run(args: &EventsArgs) -> anyhow::Result<String> {
                     "  {} to {}/{} (part {}/{}): {}, {} attempt(s)\n",
                     d.id, d.route, d.destination, d.part, d.parts, d.state, d.attempts
                 ));
+                if let Some(instance) = &d.claimed_by {
+                    out.push_str(&format!(
+                        "    taken by instance {instance} (lease running)\n"
+                    ));
+                }
                 if !d.history.is_empty() {
                     out.push_str(&format!(
                         "    {:<20}  {:<9}  {:>6}  {}\n",
@@ -86,7 +169,10 @@ pub fn run(args: &EventsArgs) -> anyhow::Result<String> {
                         .status
                         .map(|s| s.to_string())
                         .unwrap_or_else(|| "-".into());
-                    let detail: String = a.detail.chars().take(120).collect();
+                    let mut detail: String = a.detail.chars().take(120).collect();
+                    if let Some(instance) = &a.instance {
+                        detail = format!("({instance}) {detail}");
+                    }
                     out.push_str(&format!(
                         "    {:<20}  {:<9}  {:>6}  {}\n",
                         time(a.at),
@@ -111,7 +197,7 @@ pub fn run(args: &EventsArgs) -> anyhow::Result<String> {
             Ok(out)
         }
         EventsAction::Replay { id: Some(id), .. } => {
-            match inspect::replay(&conn, id).context("cannot update the spool")? {
+            match conn.replay(id).context("cannot update the spool")? {
                 Replay::Replayed => Ok(format!(
                     "{id}: pending again; the daemon delivers it within a second"
                 )),
@@ -121,7 +207,10 @@ pub fn run(args: &EventsArgs) -> anyhow::Result<String> {
         }
         EventsAction::Replay {
             delivery: Some(id), ..
-        } => match inspect::replay_delivery(&conn, id).context("cannot update the spool")? {
+        } => match conn
+            .replay_delivery(id)
+            .context("cannot update the spool")?
+        {
             Replay::Replayed => Ok(format!(
                 "delivery {id}: pending again; the daemon sends it within a second"
             )),
@@ -129,14 +218,15 @@ pub fn run(args: &EventsArgs) -> anyhow::Result<String> {
             Replay::NotFound => bail!("no delivery {id}"),
         },
         EventsAction::Replay { id: None, .. } => {
-            let n = inspect::replay_all_dead(&conn).context("cannot update the spool")?;
+            let n = conn.replay_all_dead().context("cannot update the spool")?;
             Ok(format!("{n} dead event(s) pending again"))
         }
         EventsAction::Purge { delivered_before } => {
             let age =
                 parse_duration(delivered_before).map_err(|e| anyhow!("--delivered-before: {e}"))?;
             let cutoff = now_ms() - age.as_millis().min(i64::MAX as u128) as i64;
-            let n = inspect::purge_delivered_before(&conn, cutoff)
+            let n = conn
+                .purge_delivered_before(cutoff)
                 .context("cannot update the spool")?;
             Ok(format!(
                 "{n} delivered event(s) accepted before {} deleted",

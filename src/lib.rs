@@ -11,8 +11,8 @@
 //! - [`server`]: the accept loop, connection limits and graceful shutdown.
 //! - [`webhook`]: one request: client-certificate subject check, verification
 //!   challenge, signature, size and JSON checks, then the spool.
-//! - [`spool`]: the SQLite store: one writer thread with group commit, de-duplication,
-//!   and the queries that feed delivery.
+//! - [`spool`]: the store (SQLite on one machine, or PostgreSQL shared by several): one
+//!   writer with group commit, de-duplication, and the queries that feed delivery.
 //! - [`delivery`]: sends stored events to the upstream with retries and backoff.
 //! - [`admin`]: the optional admin listener: health, metrics, status page, replay;
 //!   [`metrics`] holds the Prometheus registry.
@@ -23,7 +23,7 @@
 //! - [`events_cli`], [`check`], [`send_test`]: the operator's commands; [`output`]
 //!   writes their output like a Unix tool.
 //! - [`types`]: plain types the stages share (dedup keys); it uses no other module.
-//! - [`secret`], [`duration`], [`logging`], [`shutdown`], [`fd_limit`]: small helpers.
+//! - [`secret`], [`tls`], [`duration`], [`logging`], [`shutdown`], [`fd_limit`]: small helpers.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -50,5 +50,6 @@ pub mod service_env;
 pub mod shutdown;
 pub mod sign;
 pub mod spool;
+pub mod tls;
 pub mod types;
 pub mod webhook;

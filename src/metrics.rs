@@ -14,7 +14,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::last_hour::LastHour;
-use crate::spool::inspect::SpoolStats;
+use crate::spool::views::SpoolStats;
 use crate::types::DestinationKey;
 
 /// What happened to one request on the webhook listener.

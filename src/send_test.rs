@@ -6,6 +6,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::tls::{client_config, ClientIdentity, Roots};
 use anyhow::{anyhow, Context};
 use bytes::Bytes;
 use http::{header, Method, Request, Uri};
@@ -13,8 +14,6 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::cli::SendTestArgs;
 use crate::delivery::upstream::error_chain;
@@ -195,37 +194,20 @@ fn sample(object: &str, field: &str, batch: usize) -> String {
 }
 
 fn client(args: &SendTestArgs) -> anyhow::Result<HttpsClient> {
-    let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    roots.add_parsable_certificates(native.certs);
-    if let Some(path) = &args.cacert {
-        for cert in CertificateDer::pem_file_iter(path)
-            .with_context(|| format!("--cacert: cannot read {}", path.display()))?
-        {
-            roots
-                .add(cert.with_context(|| format!("--cacert: {}", path.display()))?)
-                .with_context(|| format!("--cacert: {}", path.display()))?;
-        }
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("TLS set-up")?
-        .with_root_certificates(roots);
-    let config = match (&args.cert, &args.key) {
-        (Some(cert), Some(key)) => {
-            let chain = CertificateDer::pem_file_iter(cert)
-                .with_context(|| format!("--cert: cannot read {}", cert.display()))?
-                .collect::<Result<Vec<_>, _>>()
-                .with_context(|| format!("--cert: {}", cert.display()))?;
-            let key = PrivateKeyDer::from_pem_file(key)
-                .with_context(|| format!("--key: cannot read {}", key.display()))?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .context("--cert/--key")?
-        }
-        _ => builder.with_no_client_auth(),
+    let roots = match &args.cacert {
+        Some(path) => Roots::SystemAnd(path, "--cacert"),
+        None => Roots::System,
     };
+    let identity = match (&args.cert, &args.key) {
+        (Some(cert), Some(key)) => Some(ClientIdentity {
+            cert,
+            cert_option: "--cert",
+            key,
+            key_option: "--key",
+        }),
+        _ => None,
+    };
+    let config = client_config(roots, identity)?;
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(config)
         .https_or_http()

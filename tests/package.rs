@@ -133,6 +133,32 @@ fn the_package_holds_everything_an_operator_needs() {
             && postinst.contains("addgroup --system xhubd"),
         "postinst creates /etc/xhubd for the group the service reads it with: {postinst}"
     );
+    // systemd refuses to start a DynamicUser= unit (status 217/USER) whose user name,
+    // by default the unit's name, is already a static group's: the package's group
+    // `xhubd` must not be the dynamic user's name.
+    let unit =
+        String::from_utf8(packaged_file(&deb, "usr/lib/systemd/system/xhubd.service")).unwrap();
+    let setting = |name: &str| {
+        unit.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .map(str::trim)
+            .map(str::to_owned)
+    };
+    assert_eq!(setting("DynamicUser").as_deref(), Some("yes"));
+    let user = setting("User").unwrap_or_else(|| "xhubd".to_owned());
+    let groups: Vec<&str> = postinst
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .windows(3)
+        .filter(|w| w[0] == "addgroup" && w[1] == "--system")
+        .map(|w| w[2])
+        .collect();
+    assert_eq!(groups, ["xhubd"], "{postinst}");
+    assert!(
+        !groups.contains(&user.as_str()),
+        "the dynamic user {user:?} has the name of the package's static group"
+    );
+    assert_eq!(setting("SupplementaryGroups").as_deref(), Some("xhubd"));
 
     // What is shipped is what this tree holds.
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -34,7 +34,7 @@ use tracing::{info, warn};
 use crate::delivery::fleet::Fleet;
 use crate::metrics::Metrics;
 use crate::secret::Secret;
-use crate::spool::inspect::{ListFilter, Replay};
+use crate::spool::views::{ListFilter, Replay};
 use crate::spool::{SpoolError, Store};
 use crate::types::EventState;
 use crate::webhook::{text, Answer};

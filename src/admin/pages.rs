@@ -8,7 +8,7 @@ use maud::{html, Markup, PreEscaped, DOCTYPE};
 
 use crate::delivery::status::UpstreamSnapshot;
 use crate::metrics::RequestOutcome;
-use crate::spool::inspect::{EventDetail, EventSummary, SpoolStats};
+use crate::spool::views::{EventDetail, EventSummary, SpoolStats};
 
 const STYLE: &str = "
 body{font-family:system-ui,sans-serif;margin:1.5rem;color:#1b1f24;background:#fff}
@@ -258,6 +258,7 @@ pub fn event(e: &EventDetail) -> String {
                 tr { th { "object / field" } td { (what(s)) } }
                 tr { th { "size" } td { (s.size) " bytes" } }
                 tr { th { "attempts" } td { (s.attempts) } }
+                @if let Some(instance) = &s.accepted_by { tr { th { "accepted by" } td { "instance " (instance) } } }
                 @if let Some(next) = s.next_attempt_at { tr { th { "next attempt" } td { (time(next)) } } }
                 @if let Some(done) = s.finished_at { tr { th { "finished" } td { (time(done)) } } }
                 tr { th { "last error" } td.err { (s.last_error.as_deref().unwrap_or("—")) } }
@@ -275,7 +276,10 @@ pub fn event(e: &EventDetail) -> String {
                             td { (time(a.at)) }
                             td class={ "state-" (a.result) } { (a.result) }
                             td.num { (a.status.map(|s| s.to_string()).unwrap_or_else(|| "—".into())) }
-                            td.err { (a.detail) }
+                            td.err {
+                                @if let Some(instance) = &a.instance { span.muted { "(" (instance) ") " } }
+                                (a.detail)
+                            }
                         }
                     }
                     @if d.history.is_empty() {
@@ -284,6 +288,9 @@ pub fn event(e: &EventDetail) -> String {
                 }
                 @if let Some(next) = d.next_attempt_at {
                     p.muted { "next attempt: " (time(next)) }
+                }
+                @if let Some(instance) = &d.claimed_by {
+                    p.muted { "taken by instance " (instance) " (lease running)" }
                 }
             }
             h2 { "Request headers" }

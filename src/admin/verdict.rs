@@ -3,7 +3,7 @@
 //! down; the status page's top line and `xhubd_needs_attention` say so, with the reasons.
 
 use crate::delivery::fleet::DestinationView;
-use crate::spool::inspect::SpoolStats;
+use crate::spool::views::SpoolStats;
 
 /// Failed attempts in a row after which a destination is reported failing.
 pub const FAILING_AFTER: u64 = 3;

@@ -64,6 +64,12 @@ pub struct FileConfig {
     pub app_secret_file: Option<PathBuf>,
     /// `--state-dir`.
     pub state_dir: Option<String>,
+    /// `--spool`.
+    pub spool: Option<String>,
+    /// `--spool-password-file`.
+    pub spool_password_file: Option<PathBuf>,
+    /// `--instance-name`.
+    pub instance_name: Option<String>,
     /// `--max-body-bytes`.
     pub max_body_bytes: Option<Size>,
     /// `--dedup-window`.
@@ -271,6 +277,7 @@ pub fn overlay(args: &mut ServeArgs, file: &FileConfig) {
         listen,
         socket_mode,
         state_dir,
+        spool,
         dedup_window,
         retry_for,
         retry_initial,
@@ -293,6 +300,8 @@ pub fn overlay(args: &mut ServeArgs, file: &FileConfig) {
         admin_listen,
         admin_token,
         admin_token_file,
+        spool_password_file,
+        instance_name,
     );
     if !args.explicit.contains("max_body_bytes") {
         if let Some(size) = &file.max_body_bytes {

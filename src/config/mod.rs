@@ -10,7 +10,7 @@ pub mod exposure;
 pub mod file;
 pub mod routes;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
@@ -20,6 +20,8 @@ use crate::cli::{LogFormat, ServeArgs};
 use crate::duration::{parse_duration, parse_size};
 use crate::listener::ListenAddr;
 use crate::secret::{self, load_app_secrets, load_token, load_verify_token, Secret};
+use crate::spool::postgres::connect::is_postgres_url;
+use crate::spool::postgres::PgTarget;
 use routes::{Defaults, Route};
 
 /// The validated configuration of `xhubd serve`.
@@ -33,8 +35,12 @@ pub struct Config {
     pub config_file: Option<PathBuf>,
     /// The routes: the file's, or the one the flags make (`default`, every path).
     pub routes: Vec<Route>,
-    /// The spool directory, created and writable.
+    /// The spool directory, created and writable (SQLite; unused with PostgreSQL).
     pub state_dir: PathBuf,
+    /// Which engine holds the spool.
+    pub spool: SpoolChoice,
+    /// This instance's name (on a shared spool).
+    pub instance_name: String,
     /// Largest accepted body, in bytes.
     pub max_body_bytes: u64,
     /// How long event identities are remembered.
@@ -132,9 +138,15 @@ impl Config {
             }
             _ => vec![flags_route(&args, defaults)?],
         };
-        let state_dir = match state {
-            StateDir::Prepare => prepare_state_dir(&args.state_dir)?,
-            StateDir::Inspect => inspect_state_dir(&args.state_dir)?,
+        let spool = spool_choice(&args.spool, args.spool_password_file.as_deref())?;
+        let state_dir = match (state, &spool) {
+            (_, SpoolChoice::Postgres(_)) => state_dir_of(&args.state_dir)?,
+            (StateDir::Prepare, SpoolChoice::Sqlite) => prepare_state_dir(&args.state_dir)?,
+            (StateDir::Inspect, SpoolChoice::Sqlite) => inspect_state_dir(&args.state_dir)?,
+        };
+        let instance_name = match args.instance_name.as_deref() {
+            Some(name) => instance_name_of(name)?,
+            None => gethostname::gethostname().to_string_lossy().into_owned(),
         };
         let max_body_bytes =
             parse_size(&args.max_body_bytes).map_err(|e| anyhow!("--max-body-bytes: {e}"))?;
@@ -173,6 +185,8 @@ impl Config {
             config_file: file.map(|(path, _)| path),
             routes,
             state_dir,
+            spool,
+            instance_name,
             max_body_bytes,
             dedup_window: positive("--dedup-window", &args.dedup_window)?,
             client_cn,
@@ -185,6 +199,61 @@ impl Config {
             log_format: args.log_format,
         })
     }
+}
+
+/// Which engine holds the spool.
+#[derive(Debug)]
+pub enum SpoolChoice {
+    /// A SQLite file in the state directory.
+    Sqlite,
+    /// A PostgreSQL database, perhaps shared with other instances.
+    Postgres(Box<PgTarget>),
+}
+
+impl SpoolChoice {
+    /// How logs, pages and `check` show it: `sqlite`, or the URL without its password.
+    pub fn describe(&self) -> String {
+        match self {
+            SpoolChoice::Sqlite => "sqlite".to_owned(),
+            SpoolChoice::Postgres(target) => target.describe().to_owned(),
+        }
+    }
+}
+
+/// `--spool`: exactly `sqlite`, or a `postgres://` URL whose password comes from the
+/// URL, else `--spool-password-file` or the credential `spool_password`, else
+/// `PGPASSWORD` (libpq's variable).
+pub fn spool_choice(spool: &str, password_file: Option<&Path>) -> anyhow::Result<SpoolChoice> {
+    if spool == "sqlite" {
+        return Ok(SpoolChoice::Sqlite);
+    }
+    if !is_postgres_url(spool) {
+        bail!("--spool must be sqlite or a postgres:// URL");
+    }
+    let password = match secret::pick("--spool-password", None, password_file, "spool_password")? {
+        Some(source) => Some(load_token(&source, "spool password")?),
+        None => std::env::var("PGPASSWORD")
+            .ok()
+            .map(|p| p.trim_end().to_owned())
+            .filter(|p| !p.is_empty())
+            .map(Secret::new),
+    };
+    Ok(SpoolChoice::Postgres(Box::new(PgTarget::parse(
+        spool, password,
+    )?)))
+}
+
+/// `--instance-name`: printable, no spaces or `/`, at most 64 bytes.
+fn instance_name_of(name: &str) -> anyhow::Result<String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+    if !ok {
+        bail!("--instance-name: {name:?} must be 1 to 64 letters, digits, '-', '_', '.' or ':'");
+    }
+    Ok(name.to_owned())
 }
 
 /// The route the flags make: `--upstream`, `--verify-token*`, `--app-secret*` (or their

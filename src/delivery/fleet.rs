@@ -23,11 +23,15 @@ use super::Delivery;
 use crate::config::redacted_url;
 use crate::config::routes::{Destination, Route};
 use crate::metrics::Metrics;
-use crate::spool::Store;
+use crate::spool::{ClaimTerms, Store};
 use crate::types::{DestinationKey, DueDelivery};
 
 /// New deliveries waiting for one destination's scheduler in memory, at most.
 const FRESH_PER_DESTINATION: usize = 512;
+/// On a shared spool, how much longer than the destination's timeout a taken delivery
+/// stays this instance's: time to record the outcome. Past it, another instance takes
+/// the delivery (an instance that died holds nothing for longer).
+const LEASE_MARGIN: Duration = Duration::from_secs(10);
 
 /// One running scheduler.
 struct Scheduler {
@@ -189,7 +193,10 @@ impl Fleet {
                     max_delay: destination.retry_max_delay,
                     retry_for: destination.retry_for,
                 },
-                concurrency: destination.concurrency,
+                terms: ClaimTerms {
+                    concurrency: destination.concurrency,
+                    lease: destination.timeout + LEASE_MARGIN,
+                },
                 running: running_flag.clone(),
                 metrics: self.metrics.clone(),
                 status: status.clone(),

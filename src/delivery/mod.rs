@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::metrics::{AttemptResult, Metrics};
-use crate::spool::{now_ms, Outcome, Store};
+use crate::spool::{now_ms, ClaimTerms, Outcome, Store};
 use crate::types::{AttemptReport, DestinationKey, DueDelivery};
 use backoff::RetryPolicy;
 use status::UpstreamStatus;
@@ -67,8 +67,9 @@ pub(crate) struct Delivery {
     pub upstream: Upstream,
     /// When to retry.
     pub policy: RetryPolicy,
-    /// Attempts in flight at most.
-    pub concurrency: usize,
+    /// Attempts in flight at most (on a shared spool: by all instances together), and
+    /// how long a taken delivery stays this instance's.
+    pub terms: ClaimTerms,
     /// Set while the scheduler runs (for /readyz).
     pub running: Arc<AtomicBool>,
     /// Counters and histograms.
@@ -140,7 +141,7 @@ impl Delivery {
         let this = Arc::new(self);
         let mut wakeups = this.store.wakeups();
         this.running.store(true, Ordering::Relaxed);
-        let permits = Arc::new(Semaphore::new(this.concurrency));
+        let permits = Arc::new(Semaphore::new(this.terms.concurrency));
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
         let mut claims = Claims::default();
         // Scan as soon as the ready queue is empty (at start: the backlog).
@@ -233,7 +234,7 @@ impl Delivery {
     }
 
     async fn fetch(&self, limit: usize) -> anyhow::Result<Vec<DueDelivery>> {
-        Ok(self.store.due(&self.destination, limit).await?)
+        Ok(self.store.due(&self.destination, limit, self.terms).await?)
     }
 
     /// One attempt: send, log, record the outcome, then report the event as no longer busy.

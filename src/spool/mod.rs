@@ -1,40 +1,57 @@
-//! The durable spool: every accepted event is committed to SQLite before xhubd answers
-//! 200. One writer thread owns all writes and commits many events per transaction
-//! (group commit); readers feed delivery.
+//! The durable spool: every accepted event is committed before xhubd answers 200.
+//! One writer owns all writes and commits many events per transaction (group commit);
+//! readers feed delivery.
 //!
 //! - [`store`]: the seam every other stage uses: accept, due deliveries, outcomes,
-//!   replay, the operator's views. What follows is behind it.
-//! - [`schema`]: opening the database and its tables; `migrate`: upgrading an older
-//!   layout.
-//! - `writer`: the writer thread: accept (dedup check + insert, atomically) and
-//!   delivery outcomes, batched into one transaction; `checkpoint`: copying the log
-//!   back.
-//! - `queue`: the read side used by delivery (due deliveries, bodies).
-//! - [`inspect`]: the operator's view: list, show, replay, purge, counts (also used by
-//!   `xhubd events` on a connection of its own).
+//!   replay, the operator's views. Behind it, one of two engines:
+//! - [`sqlite`]: one machine (the default): a file in the state directory;
+//! - [`postgres`]: several machines sharing one PostgreSQL database, with deliveries
+//!   claimed under a lease.
+//! - [`views`]: what the operator's views show, whichever the engine.
 
-mod checkpoint;
-pub mod inspect;
-mod migrate;
-mod queue;
-pub mod schema;
+pub mod postgres;
+pub mod sqlite;
 pub mod store;
-mod writer;
+pub mod views;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use crate::types::{AttemptReport, DedupKeys, DestinationKey, NewEvent, Outcome, Stored};
 pub use store::{Running, Store};
-pub use writer::WriterSettings;
+
+/// Bodies up to this size come with the due list (and with the writer's hand-over of
+/// new events); larger ones are read when their attempt starts, so that events waiting
+/// for an attempt hold at most a few MiB (256 waiting: 4 MiB).
+pub const INLINE_BODY_MAX: usize = 16 * 1024;
+
+/// What every engine's writer needs to know.
+#[derive(Debug, Clone, Copy)]
+pub struct WriterSettings {
+    /// How long identities are remembered, and delivered events kept.
+    pub dedup_window: Duration,
+}
+
+/// The terms on which delivery takes due deliveries to one destination. SQLite has
+/// one taker and ignores them; on PostgreSQL they hold for every instance together.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimTerms {
+    /// Deliveries taken and not yet recorded, at most, by all instances together (the
+    /// destination's concurrency).
+    pub concurrency: usize,
+    /// How long a taken delivery stays this instance's: the destination's timeout plus
+    /// a margin. Once it runs out, another instance may take it.
+    pub lease: Duration,
+}
 
 /// The spool could not commit, or be read.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SpoolError {
-    /// SQLite refused the transaction (disk full, read-only, I/O error).
+    /// The database refused or could not take the transaction (disk full, read-only,
+    /// I/O error, unreachable, failing over): nothing of it was stored.
     #[error("the spool could not commit: {0}")]
     Commit(String),
     /// The writer has stopped (shutting down).
@@ -45,7 +62,7 @@ pub enum SpoolError {
     Read(String),
 }
 
-/// A request to the writer thread.
+/// A request to the writer.
 #[derive(Debug)]
 pub(crate) enum Command {
     Accept {

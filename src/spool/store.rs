@@ -1,92 +1,74 @@
 //! The storage seam: everything ingest, delivery and the admin listener ask of the
-//! spool, on one cloneable handle. Behind it, private to the spool: the writer thread
-//! with group commit, its in-memory hand-over of new deliveries, the checkpointer, and
-//! the read connections. A second engine (a shared database) is another implementation
-//! of these calls, not a change to their callers.
+//! spool, on one cloneable handle, whichever engine is behind it (SQLite for one
+//! machine, PostgreSQL for several). Callers never see the engine: each call below is
+//! answered by the engine's own implementation.
 //!
-//! Writes go to the writer and return once committed; reads run on a connection of
-//! their own, off the async threads.
+//! Writes return once committed; reads run off the async threads (SQLite) or on a
+//! pooled connection (PostgreSQL).
 
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
-use rusqlite::Connection;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
-use super::checkpoint::Checkpointer;
-use super::inspect::{self, EventDetail, EventSummary, ListFilter, Replay, SpoolStats};
-use super::queue::Queue;
-use super::schema::{self, Rekey};
-use super::writer::{Writer, WriterSettings, RETRY_NOW_CHUNK};
-use super::{now_ms, Spool, SpoolError, SpoolHealth};
+use super::postgres::{PgRunning, PgStore};
+use super::sqlite::{SqliteRunning, SqliteStore};
+use super::views::{EventDetail, EventSummary, ListFilter, Replay, SpoolStats};
+use super::{ClaimTerms, SpoolError, SpoolHealth};
 use crate::types::{AttemptReport, DestinationKey, DueDelivery, NewEvent, Outcome, Stored};
 
 /// The handle every stage uses.
 #[derive(Clone)]
-pub struct Store {
-    writer: Spool,
-    queue: Queue,
-    /// The operator's views (list, show, replay, stats), apart from delivery's reads.
-    views: Arc<Mutex<Connection>>,
+pub enum Store {
+    /// A spool file in the state directory.
+    Sqlite(SqliteStore),
+    /// A PostgreSQL database several instances may share.
+    Postgres(PgStore),
 }
 
 /// What runs behind a [`Store`] and must be stopped, in order, at shutdown.
-pub struct Running {
-    writer: Writer,
-    checkpointer: Checkpointer,
+pub enum Running {
+    /// SQLite's writer thread and checkpointer.
+    Sqlite(SqliteRunning),
+    /// PostgreSQL's writer and listener tasks.
+    Postgres(PgRunning),
 }
 
 impl Running {
-    /// Commits what the writer has, stops it, then the checkpointer.
+    /// Commits what the writer has, then stops everything behind the store.
     pub async fn stop(self) {
-        self.writer.stop().await;
-        drop(self.checkpointer);
+        match self {
+            Running::Sqlite(r) => r.stop().await,
+            Running::Postgres(r) => r.stop().await,
+        }
     }
 }
 
-impl Store {
-    /// Opens (creating or upgrading, with `rekey` for the dedup keys) the spool in
-    /// `state_dir` and starts the writer and the checkpointer. Also returns the queue of
-    /// new deliveries the writer hands over in memory, for delivery to take.
-    pub fn open(
-        state_dir: &Path,
-        settings: WriterSettings,
-        rekey: Rekey<'_>,
-    ) -> anyhow::Result<(Store, Running, mpsc::Receiver<DueDelivery>)> {
-        let conn = schema::open(state_dir, rekey)?;
-        let queue = Queue::open(state_dir)?;
-        let views = schema::connect(state_dir, schema::Access::ReadWrite)?;
-        let checkpointer = Checkpointer::start(state_dir)?;
-        let mut writer = Writer::start(conn, settings)
-            .map_err(|e| anyhow::anyhow!("cannot start the spool writer: {e}"))?;
-        let fresh = writer
-            .fresh
-            .take()
-            .ok_or_else(|| anyhow::anyhow!("the spool writer's hand-over was already taken"))?;
-        let store = Store {
-            writer: writer.spool.clone(),
-            queue,
-            views: Arc::new(Mutex::new(views)),
-        };
-        Ok((
-            store,
-            Running {
-                writer,
-                checkpointer,
-            },
-            fresh,
-        ))
-    }
+/// Calls the same method on whichever engine is behind the store.
+macro_rules! engine {
+    (await $self:ident.$method:ident($($arg:expr),*)) => {
+        match $self {
+            Store::Sqlite(s) => s.$method($($arg),*).await,
+            Store::Postgres(s) => s.$method($($arg),*).await,
+        }
+    };
+    ($self:ident.$method:ident($($arg:expr),*)) => {
+        match $self {
+            Store::Sqlite(s) => s.$method($($arg),*),
+            Store::Postgres(s) => s.$method($($arg),*),
+        }
+    };
+}
 
+impl Store {
     /// Stores an event (or recognises a retry) with its deliveries and dedup keys, in
-    /// one transaction; returns once it is on disk.
+    /// one transaction; returns once it is committed.
     pub async fn accept(&self, event: NewEvent) -> Result<Stored, SpoolError> {
-        self.writer.accept(event).await
+        engine!(await self.accept(event))
     }
 
     /// Records an attempt at delivery `seq` (`attempts` is the new count): its outcome
-    /// and its line in the history.
+    /// and its line in the history; the delivery is no longer taken.
     pub async fn record(
         &self,
         seq: i64,
@@ -94,32 +76,26 @@ impl Store {
         outcome: Outcome,
         report: AttemptReport,
     ) -> Result<(), SpoolError> {
-        self.writer.record(seq, attempts, outcome, report).await
+        engine!(await self.record(seq, attempts, outcome, report))
     }
 
     /// Makes every pending delivery to `destination` due now (it answers again after an
     /// outage), a chunk per transaction; returns how many were waiting for later.
     pub async fn retry_all_now(&self, destination: &DestinationKey) -> Result<usize, SpoolError> {
-        let mut total = 0;
-        loop {
-            let n = self.writer.retry_now(destination.clone()).await?;
-            total += n;
-            self.wake_delivery();
-            if n < RETRY_NOW_CHUNK {
-                return Ok(total);
-            }
-        }
+        engine!(await self.retry_all_now(destination))
     }
 
-    /// Up to `limit` pending deliveries to `destination` due now, oldest first.
+    /// Takes up to `limit` pending deliveries to `destination` due now, oldest first,
+    /// on `terms` (PostgreSQL: claimed for this instance under a lease, within the
+    /// destination's concurrency across instances). Deliveries this instance already
+    /// took and has not recorded may come again.
     pub async fn due(
         &self,
         destination: &DestinationKey,
         limit: usize,
+        terms: ClaimTerms,
     ) -> Result<Vec<DueDelivery>, SpoolError> {
-        let queue = self.queue.clone();
-        let destination = destination.clone();
-        blocking(move || queue.due(&destination, now_ms(), limit)).await
+        engine!(await self.due(destination, limit, terms))
     }
 
     /// When the next pending delivery to `destination` falls due (unix ms), if any.
@@ -127,37 +103,42 @@ impl Store {
         &self,
         destination: &DestinationKey,
     ) -> Result<Option<i64>, SpoolError> {
-        let queue = self.queue.clone();
-        let destination = destination.clone();
-        blocking(move || queue.next_due_at(&destination)).await
+        engine!(await self.next_due_at(destination))
     }
 
     /// The body delivery `seq` sends, if it is still stored.
     pub async fn body(&self, seq: i64) -> Result<Option<Bytes>, SpoolError> {
-        let queue = self.queue.clone();
-        blocking(move || queue.body(seq)).await
+        engine!(await self.body(seq))
     }
 
     /// A watch that changes whenever deliveries may have become due that were not
     /// handed over (a commit whose hand-over was full, a replay, a backlog brought
-    /// forward): each destination's scheduler keeps one.
+    /// forward, another instance's news): each destination's scheduler keeps one.
     pub fn wakeups(&self) -> watch::Receiver<u64> {
-        self.writer.wakeups.subscribe()
+        engine!(self.wakeups())
     }
 
     /// Wakes every destination's scheduler.
     pub fn wake_delivery(&self) {
-        self.writer.wakeups.send_modify(|n| *n = n.wrapping_add(1));
+        engine!(self.wake_delivery())
     }
 
     /// The writer's health flags.
     pub fn health(&self) -> &Arc<SpoolHealth> {
-        &self.writer.health
+        engine!(self.health())
+    }
+
+    /// Which engine, for logs and pages: `sqlite`, or `postgresql (instance NAME)`.
+    pub fn describe(&self) -> String {
+        match self {
+            Store::Sqlite(_) => "sqlite".to_owned(),
+            Store::Postgres(s) => format!("postgresql (instance {})", s.instance()),
+        }
     }
 
     /// The counts behind the metrics and the status page.
     pub async fn stats(&self) -> Result<SpoolStats, SpoolError> {
-        self.view(inspect::stats).await
+        engine!(await self.stats())
     }
 
     /// The newest events `filter` lets through, newest first.
@@ -166,57 +147,22 @@ impl Store {
         filter: ListFilter,
         limit: usize,
     ) -> Result<Vec<EventSummary>, SpoolError> {
-        self.view(move |c| inspect::list(c, &filter, limit)).await
+        engine!(await self.list(filter, limit))
     }
 
     /// Makes one delivery pending again, and wakes delivery.
     pub async fn replay_delivery(&self, id: &str) -> Result<Replay, SpoolError> {
-        let id = id.to_owned();
-        let replay = self.view(move |c| inspect::replay_delivery(c, &id)).await?;
-        if replay == Replay::Replayed {
-            self.wake_delivery();
-        }
-        Ok(replay)
+        engine!(await self.replay_delivery(id))
     }
 
     /// One event with its headers, body, deliveries and their attempts.
     pub async fn show(&self, id: &str) -> Result<Option<EventDetail>, SpoolError> {
-        let id = id.to_owned();
-        self.view(move |c| inspect::show(c, &id)).await
+        engine!(await self.show(id))
     }
 
     /// Makes the dead (or delivered) deliveries of an event pending again, and wakes
     /// delivery.
     pub async fn replay(&self, id: &str) -> Result<Replay, SpoolError> {
-        let id = id.to_owned();
-        let replay = self.view(move |c| inspect::replay(c, &id)).await?;
-        if replay == Replay::Replayed {
-            self.wake_delivery();
-        }
-        Ok(replay)
-    }
-
-    /// Runs `f` on the views' connection, off the async threads.
-    async fn view<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
-    ) -> Result<T, SpoolError> {
-        let views = self.views.clone();
-        blocking(move || {
-            let conn = views.lock().unwrap_or_else(|p| p.into_inner());
-            f(&conn)
-        })
-        .await
-    }
-}
-
-/// Runs a read off the async threads.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> rusqlite::Result<T> + Send + 'static,
-) -> Result<T, SpoolError> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(SpoolError::Read(e.to_string())),
-        Err(e) => Err(SpoolError::Read(e.to_string())),
+        engine!(await self.replay(id))
     }
 }

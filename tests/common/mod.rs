@@ -6,6 +6,7 @@
 pub mod faulty_upstream;
 pub mod nginx;
 pub mod pki;
+pub mod postgres;
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};

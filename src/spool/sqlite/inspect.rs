@@ -5,132 +5,13 @@
 //! wait for the writer's transaction through the busy timeout).
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
-use serde::Serialize;
 
-use super::now_ms;
+use crate::spool::now_ms;
+use crate::spool::views::{
+    AttemptRecord, DeliveryDetail, DestinationStats, EventDetail, EventSummary, ListFilter, Replay,
+    SpoolStats,
+};
 use crate::types::{DeliveryState, DestinationKey, EventState};
-
-/// One event, without its body.
-#[derive(Debug, Clone, Serialize)]
-pub struct EventSummary {
-    /// The public event id.
-    pub id: String,
-    /// When it was accepted (unix ms).
-    pub received_at: i64,
-    /// The route it came in on.
-    pub route: String,
-    /// Pending while any delivery is, else dead while any is, else delivered.
-    pub state: EventState,
-    /// Delivery attempts so far, to every destination.
-    pub attempts: i64,
-    /// Body size in bytes.
-    pub size: i64,
-    /// The notification's `object`.
-    pub object: String,
-    /// The first item's field.
-    pub field: String,
-    /// The last error of a delivery not (yet) delivered, if any.
-    pub last_error: Option<String>,
-    /// When the next attempt is due (pending events, unix ms).
-    pub next_attempt_at: Option<i64>,
-    /// When it was delivered or given up (unix ms).
-    pub finished_at: Option<i64>,
-}
-
-/// One event with its headers and body.
-#[derive(Debug, Clone, Serialize)]
-pub struct EventDetail {
-    /// The summary.
-    #[serde(flatten)]
-    pub summary: EventSummary,
-    /// The request headers as received (credentials removed).
-    pub headers: serde_json::Value,
-    /// The body, as text (lossy for invalid UTF-8, which a valid event never has).
-    pub body: String,
-    /// Its deliveries, each with its attempts, oldest first.
-    pub deliveries: Vec<DeliveryDetail>,
-}
-
-/// One delivery of an event (to one destination, one part).
-#[derive(Debug, Clone, Serialize)]
-pub struct DeliveryDetail {
-    /// `X-Xhubd-Delivery-Id`.
-    pub id: String,
-    /// The route of its event.
-    pub route: String,
-    /// The destination's name (within the route).
-    pub destination: String,
-    /// Which part, of how many (`split`; 1 of 1 otherwise).
-    pub part: i64,
-    /// How many parts.
-    pub parts: i64,
-    /// Its state.
-    pub state: DeliveryState,
-    /// Attempts so far.
-    pub attempts: i64,
-    /// When the next attempt is due (pending, unix ms).
-    pub next_attempt_at: Option<i64>,
-    /// The last error, if any.
-    pub last_error: Option<String>,
-    /// Every attempt, oldest first.
-    pub history: Vec<AttemptRecord>,
-}
-
-/// One attempt at a delivery.
-#[derive(Debug, Clone, Serialize)]
-pub struct AttemptRecord {
-    /// When it ended (unix ms).
-    pub at: i64,
-    /// The state it left the delivery in.
-    pub result: DeliveryState,
-    /// The HTTP status the destination answered, if it answered.
-    pub status: Option<u16>,
-    /// The error, or the first bytes of the answer.
-    pub detail: String,
-}
-
-/// Counts for the metrics and the status page.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct SpoolStats {
-    /// Deliveries waiting (one per event and destination).
-    pub pending: i64,
-    /// Deliveries done (kept for the dedup window).
-    pub delivered: i64,
-    /// Deliveries given up.
-    pub dead: i64,
-    /// Age of the oldest event with a pending delivery, in seconds (0 when none).
-    pub oldest_pending_age_seconds: f64,
-    /// Identities remembered.
-    pub dedup_keys: i64,
-    /// The same per destination that has deliveries not yet delivered.
-    pub destinations: Vec<DestinationStats>,
-}
-
-/// A destination's backlog.
-#[derive(Debug, Clone, Serialize)]
-pub struct DestinationStats {
-    /// The route's name.
-    pub route: String,
-    /// The destination's name.
-    pub destination: String,
-    /// Deliveries waiting.
-    pub pending: i64,
-    /// Deliveries given up.
-    pub dead: i64,
-    /// Age of its oldest pending delivery (since acceptance or replay), in seconds.
-    pub oldest_pending_age_seconds: f64,
-}
-
-/// What a replay request did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Replay {
-    /// The event is pending again, with a fresh retry period.
-    Replayed,
-    /// It is already pending.
-    AlreadyPending,
-    /// No such event.
-    NotFound,
-}
 
 /// An event's summary: its columns and what its deliveries add up to (`d` joined on
 /// `e`, grouped by event).
@@ -158,18 +39,8 @@ fn summary(row: &Row<'_>) -> rusqlite::Result<EventSummary> {
         last_error: row.get(7)?,
         next_attempt_at: row.get(8)?,
         finished_at: row.get(9)?,
+        accepted_by: None,
     })
-}
-
-/// Which events to list.
-#[derive(Debug, Clone, Default)]
-pub struct ListFilter {
-    /// With a delivery in this state (`Delivered`: delivered everywhere), or any.
-    pub state: Option<EventState>,
-    /// Of this route, or any.
-    pub route: Option<String>,
-    /// With a delivery to this destination (of `route` when given), or any.
-    pub destination: Option<String>,
 }
 
 /// The newest events that `filter` lets through, newest first. The destination may be
@@ -179,22 +50,7 @@ pub fn list(
     filter: &ListFilter,
     limit: usize,
 ) -> rusqlite::Result<Vec<EventSummary>> {
-    let split;
-    let filter = match filter
-        .destination
-        .as_deref()
-        .and_then(|d| d.split_once('/'))
-    {
-        Some((route, destination)) if filter.route.as_deref().is_none_or(|r| r == route) => {
-            split = ListFilter {
-                state: filter.state,
-                route: Some(route.to_owned()),
-                destination: Some(destination.to_owned()),
-            };
-            &split
-        }
-        _ => filter,
-    };
+    let filter = &filter.normalized();
     // The deliveries the destination filter looks at (`route/destination` keys).
     let destination_clause = match (&filter.route, &filter.destination) {
         // Always true; it names ?3 so every statement takes the same parameters.
@@ -279,6 +135,7 @@ fn deliveries(conn: &Connection, seq: i64) -> rusqlite::Result<Vec<DeliveryDetai
                         .then(|| r.get(7))
                         .transpose()?,
                     last_error: r.get(8)?,
+                    claimed_by: None,
                     history: Vec::new(),
                 },
             ))
@@ -295,6 +152,7 @@ fn deliveries(conn: &Connection, seq: i64) -> rusqlite::Result<Vec<DeliveryDetai
                     result: DeliveryState::from_code(r.get(1)?).unwrap_or(DeliveryState::Pending),
                     status: r.get(2)?,
                     detail: r.get(3)?,
+                    instance: None,
                 })
             })?
             .collect::<rusqlite::Result<_>>()?;

@@ -165,8 +165,15 @@ pub fn open(state_dir: &Path, rekey: Rekey<'_>) -> anyhow::Result<Connection> {
 /// daemon starts on it).
 pub fn connect(state_dir: &Path, access: Access) -> anyhow::Result<Connection> {
     let path = state_dir.join(DB_FILE);
-    if !path.exists() {
-        anyhow::bail!("no spool at {} (is --state-dir right?)", path.display());
+    match std::fs::metadata(&path) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            anyhow::bail!("no spool at {} (is --state-dir right?)", path.display())
+        }
+        Err(e) => anyhow::bail!(
+            "cannot read the spool {}: {e} (run as root, or as the user of the service)",
+            path.display()
+        ),
     }
     let flags = match access {
         Access::ReadOnly => OpenFlags::SQLITE_OPEN_READ_ONLY,

@@ -219,7 +219,7 @@ fn deliveries_from_events(tx: &Transaction<'_>) -> rusqlite::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spool::schema::{open, DB_FILE};
+    use crate::spool::sqlite::schema::{open, DB_FILE};
     use crate::types::DedupKeys;
 
     /// The events table of layouts 1 and 2, bodies inside the rows.

@@ -18,8 +18,10 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBe
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
-use super::queue::INLINE_BODY_MAX;
-use super::{now_ms, Command, NewEvent, Outcome, Spool, SpoolError, SpoolHealth, Stored};
+use crate::spool::{
+    now_ms, Command, NewEvent, Outcome, Spool, SpoolError, SpoolHealth, Stored, WriterSettings,
+    INLINE_BODY_MAX,
+};
 use crate::types::{AttemptReport, DeliveryState, DueDelivery, NewDelivery};
 
 /// Most requests in one transaction.
@@ -45,13 +47,6 @@ const FRESH_DEPTH: usize = 512;
 /// Most pending events [`Spool::retry_now`] makes due in one transaction, so that a
 /// large backlog never holds the writer long.
 pub const RETRY_NOW_CHUNK: usize = 4096;
-
-/// What the writer needs to know.
-#[derive(Debug, Clone, Copy)]
-pub struct WriterSettings {
-    /// How long identities are remembered, and delivered events kept.
-    pub dedup_window: Duration,
-}
 
 /// The running writer: the handle to send it work, and its thread.
 pub struct Writer {

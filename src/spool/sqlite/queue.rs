@@ -9,12 +9,8 @@ use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::schema;
+use crate::spool::INLINE_BODY_MAX;
 use crate::types::{DestinationKey, DueDelivery};
-
-/// Bodies up to this size come with the due list (and with the writer's hand-over of
-/// new events); larger ones are read when their attempt starts, so that events waiting
-/// for an attempt hold at most a few MiB (256 waiting: 4 MiB).
-pub const INLINE_BODY_MAX: usize = 16 * 1024;
 
 /// A shared read connection.
 #[derive(Clone)]

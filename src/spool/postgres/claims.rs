@@ -1,0 +1,150 @@
+//! The read side that feeds delivery on PostgreSQL: due deliveries are *claimed* for
+//! this instance, with `FOR UPDATE SKIP LOCKED` and a lease, so that instances never
+//! take the same delivery at once and a delivery taken by an instance that died is
+//! taken by another once its lease has run out.
+//!
+//! A destination's concurrency holds for all instances together: claims to one
+//! destination are serialised by an advisory lock, and an instance takes at most the
+//! destination's concurrency less what other instances hold under a live lease.
+
+use bytes::Bytes;
+use deadpool_postgres::Pool;
+
+use super::schema::LOCK_CLASS;
+use crate::spool::{now_ms, ClaimTerms, SpoolError, INLINE_BODY_MAX};
+use crate::types::{DestinationKey, DueDelivery};
+
+/// Takes up to `limit` due deliveries to `destination` for `instance` (those it took
+/// already and has not recorded come again), oldest first.
+pub(super) async fn claim(
+    pool: &Pool,
+    instance: &str,
+    destination: &DestinationKey,
+    limit: usize,
+    terms: ClaimTerms,
+) -> Result<Vec<DueDelivery>, SpoolError> {
+    let mut client = pool.get().await.map_err(read_error)?;
+    let now = now_ms();
+    let lease_until = now + terms.lease.as_millis().min(i64::MAX as u128) as i64;
+    let limit = limit.min(terms.concurrency) as i64;
+    let concurrency = terms.concurrency as i64;
+    let tx = client.transaction().await.map_err(read_error)?;
+    let lock = tx.prepare_cached("SELECT pg_advisory_xact_lock($1, hashtext($2))");
+    let claim = tx.prepare_cached(
+        "WITH others AS (
+             SELECT count(*) AS n FROM deliveries
+             WHERE state = 0 AND destination = $1 AND claimed_by <> $2 AND lease_until > $3),
+         picked AS (
+             SELECT seq FROM deliveries
+             WHERE state = 0 AND destination = $1 AND next_attempt_at <= $3
+               AND (claimed_by IS NULL OR claimed_by = $2 OR lease_until <= $3)
+             ORDER BY next_attempt_at, seq
+             LIMIT GREATEST(0, LEAST($4, $5 - (SELECT n FROM others)))
+             FOR UPDATE SKIP LOCKED),
+         claimed AS (
+             UPDATE deliveries d SET claimed_by = $2, lease_until = $6
+             FROM picked WHERE d.seq = picked.seq
+             RETURNING d.*)
+         SELECT c.seq, c.id, e.seq, e.id, c.retry_from, c.attempts,
+                COALESCE(c.signature, e.signature),
+                CASE WHEN c.signature IS NULL THEN e.signature_sha1 ELSE c.signature_sha1 END,
+                CASE WHEN e.size <= $7
+                     THEN COALESCE((SELECT o.body FROM delivery_bodies o WHERE o.seq = c.seq),
+                                   (SELECT b.body FROM bodies b WHERE b.seq = e.seq)) END,
+                c.split, c.part, c.parts
+         FROM claimed c JOIN events e ON e.seq = c.event_seq
+         ORDER BY c.next_attempt_at, c.seq",
+    );
+    let (lock, claim) = futures_util::future::try_join(lock, claim)
+        .await
+        .map_err(read_error)?;
+    tx.execute(&lock, &[&LOCK_CLASS, &destination.as_str()])
+        .await
+        .map_err(read_error)?;
+    let rows = tx
+        .query(
+            &claim,
+            &[
+                &destination.as_str(),
+                &instance,
+                &now,
+                &limit,
+                &concurrency,
+                &lease_until,
+                &(INLINE_BODY_MAX as i64),
+            ],
+        )
+        .await
+        .map_err(read_error)?;
+    tx.commit().await.map_err(read_error)?;
+    rows.iter()
+        .map(|r| {
+            let split: bool = r.try_get(9)?;
+            let part = if split {
+                let (i, n): (i64, i64) = (r.try_get(10)?, r.try_get(11)?);
+                Some((i as u32, n as u32))
+            } else {
+                None
+            };
+            Ok(DueDelivery {
+                seq: r.try_get(0)?,
+                id: r.try_get(1)?,
+                event_seq: r.try_get(2)?,
+                event_id: r.try_get(3)?,
+                destination: destination.clone(),
+                part,
+                retry_from: r.try_get(4)?,
+                attempts: r.try_get(5)?,
+                signature: r.try_get(6)?,
+                signature_sha1: r.try_get(7)?,
+                body: r.try_get::<_, Option<Vec<u8>>>(8)?.map(Bytes::from),
+            })
+        })
+        .collect::<Result<_, tokio_postgres::Error>>()
+        .map_err(read_error)
+}
+
+/// When the next pending delivery to `destination` may be taken by `instance` (unix
+/// ms): when it falls due, or when another instance's lease on it runs out.
+pub(super) async fn next_due_at(
+    pool: &Pool,
+    instance: &str,
+    destination: &DestinationKey,
+) -> Result<Option<i64>, SpoolError> {
+    let client = pool.get().await.map_err(read_error)?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT MIN(GREATEST(next_attempt_at,
+                                 CASE WHEN claimed_by <> $2 THEN COALESCE(lease_until, 0) ELSE 0 END))
+             FROM deliveries WHERE state = 0 AND destination = $1",
+        )
+        .await
+        .map_err(read_error)?;
+    let row = client
+        .query_one(&stmt, &[&destination.as_str(), &instance])
+        .await
+        .map_err(read_error)?;
+    row.try_get(0).map_err(read_error)
+}
+
+/// The body delivery `seq` sends: its own (narrowed, split), else its event's.
+pub(super) async fn body(pool: &Pool, seq: i64) -> Result<Option<Bytes>, SpoolError> {
+    let client = pool.get().await.map_err(read_error)?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT COALESCE((SELECT o.body FROM delivery_bodies o WHERE o.seq = d.seq),
+                             (SELECT b.body FROM bodies b WHERE b.seq = d.event_seq))
+             FROM deliveries d WHERE d.seq = $1",
+        )
+        .await
+        .map_err(read_error)?;
+    let row = client.query_opt(&stmt, &[&seq]).await.map_err(read_error)?;
+    Ok(row
+        .and_then(|r| r.get::<_, Option<Vec<u8>>>(0))
+        .map(Bytes::from))
+}
+
+/// A read that failed (the pool could not connect, or the statement failed).
+pub(super) fn read_error(e: impl std::fmt::Display) -> SpoolError {
+    SpoolError::Read(e.to_string())
+}

@@ -1,0 +1,298 @@
+//! Where the PostgreSQL spool is and how to reach it: the `postgres://` URL (libpq's
+//! form), its password from wherever the operator keeps it, and TLS with certificate
+//! and host name always verified.
+//!
+//! `sslmode` (libpq's parameter, <https://www.postgresql.org/docs/current/libpq-ssl.html>):
+//! `disable` never uses TLS; `prefer` (the default) uses it when the server offers it;
+//! `require`, `verify-ca` and `verify-full` insist on it. Whenever TLS is used, the
+//! server's certificate and name are verified (libpq's `verify-full`): against the
+//! system's roots, or only against the CAs of `sslrootcert=FILE` (`system` means the
+//! system's). `sslcert` and `sslkey` present a client certificate.
+//!
+//! The password never leaves this module's [`Secret`]: [`PgTarget::describe`] shows the
+//! URL without it, and errors come from tokio-postgres, which never prints it.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio_postgres::config::SslMode;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{Client, Config, Connection, Socket};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::secret::Secret;
+use crate::tls::{client_config, ClientIdentity, Roots};
+
+/// How long a connection attempt may take before it counts as unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A database to connect to.
+#[derive(Clone)]
+pub struct PgTarget {
+    config: Config,
+    tls: MakeRustlsConnect,
+    shown: String,
+}
+
+/// A connection's driver, to be polled (for notifications) or spawned.
+pub type PgConnection = Connection<Socket, <MakeRustlsConnect as MakeTlsConnect<Socket>>::Stream>;
+
+/// Why a connection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The database answered and refused: authentication, a database that does not
+    /// exist, a certificate that does not verify, a password that is needed and
+    /// missing. Waiting does not help: at start this ends xhubd with status 2.
+    #[error("{0}")]
+    Refused(String),
+    /// No answer (down, unreachable, timed out, in recovery): xhubd waits for it.
+    #[error("{0}")]
+    Unreachable(String),
+}
+
+/// Whether `spool` names a PostgreSQL database (`postgres://` or `postgresql://`).
+pub fn is_postgres_url(spool: &str) -> bool {
+    spool.starts_with("postgres://") || spool.starts_with("postgresql://")
+}
+
+impl PgTarget {
+    /// Parses a `postgres://` URL and its TLS parameters, reading the CA and client
+    /// certificate files it names. `password` is used when the URL has none. Errors
+    /// never include the URL's password.
+    pub fn parse(url: &str, password: Option<Secret>) -> anyhow::Result<PgTarget> {
+        let mut parsed = url::Url::parse(url)
+            .map_err(|e| anyhow::anyhow!("--spool: not a valid postgres:// URL ({e})"))?;
+        if !is_postgres_url(url) {
+            bail!("--spool: a PostgreSQL URL starts with postgres:// or postgresql://");
+        }
+        let mut mode = None;
+        let mut rootcert = None;
+        let mut cert = None;
+        let mut key = None;
+        let mut rest = Vec::new();
+        for (name, value) in parsed.query_pairs() {
+            match &*name {
+                "sslmode" => mode = Some(value.into_owned()),
+                "sslrootcert" => rootcert = Some(value.into_owned()),
+                "sslcert" => cert = Some(PathBuf::from(&*value)),
+                "sslkey" => key = Some(PathBuf::from(&*value)),
+                _ => rest.push((name.into_owned(), value.into_owned())),
+            }
+        }
+        let ssl_mode = match mode.as_deref() {
+            None | Some("prefer") => SslMode::Prefer,
+            Some("disable") => SslMode::Disable,
+            Some("require" | "verify-ca" | "verify-full") => SslMode::Require,
+            Some("allow") => {
+                bail!("--spool: sslmode=allow is not supported: use prefer, require or verify-full")
+            }
+            Some(_) => {
+                bail!("--spool: sslmode must be disable, prefer, require, verify-ca or verify-full")
+            }
+        };
+        if rest.is_empty() {
+            parsed.set_query(None);
+        } else {
+            parsed.query_pairs_mut().clear().extend_pairs(&rest);
+        }
+        let has_password = parsed.password().is_some();
+        let mut config =
+            Config::from_str(parsed.as_str()).map_err(|e| anyhow::anyhow!("--spool: {e}"))?;
+        config.ssl_mode(ssl_mode);
+        config.connect_timeout(CONNECT_TIMEOUT);
+        config.keepalives_idle(Duration::from_secs(30));
+        if config.get_application_name().is_none() {
+            config.application_name("xhubd");
+        }
+        if !has_password {
+            if let Some(password) = password {
+                config.password(password.expose());
+            }
+        }
+        let root_path;
+        let roots = match rootcert.as_deref() {
+            None | Some("system") => Roots::System,
+            Some(path) => {
+                root_path = PathBuf::from(path);
+                Roots::Only(&root_path, "--spool sslrootcert")
+            }
+        };
+        let identity = match (&cert, &key) {
+            (Some(cert), Some(key)) => Some(ClientIdentity {
+                cert,
+                cert_option: "--spool sslcert",
+                key,
+                key_option: "--spool sslkey",
+            }),
+            (None, None) => None,
+            _ => bail!("--spool: give sslcert and sslkey together"),
+        };
+        let tls = MakeRustlsConnect::new(client_config(roots, identity)?);
+        let shown = describe(&parsed);
+        Ok(PgTarget { config, tls, shown })
+    }
+
+    /// The URL without its password or query, for logs and pages:
+    /// `postgres://user@host:port/database`.
+    pub fn describe(&self) -> &str {
+        &self.shown
+    }
+
+    /// Connects, and spawns the connection's driver. The session commits
+    /// synchronously (`synchronous_commit` is raised to `on` when the server's default
+    /// is `off`), so a commit that returned is on the database's disk.
+    pub async fn connect(&self) -> Result<Client, ConnectError> {
+        let (client, connection) = self.connect_raw().await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "a PostgreSQL connection ended");
+            }
+        });
+        let mode = client
+            .query_one("SHOW synchronous_commit", &[])
+            .await
+            .map_err(classify)?;
+        if mode.get::<_, String>(0) == "off" {
+            client
+                .batch_execute("SET synchronous_commit = on")
+                .await
+                .map_err(classify)?;
+        }
+        Ok(client)
+    }
+
+    /// Connects, returning the connection's driver for the caller to poll (the
+    /// listener reads notifications from it).
+    pub async fn connect_raw(&self) -> Result<(Client, PgConnection), ConnectError> {
+        self.config
+            .connect(self.tls.clone())
+            .await
+            .map_err(classify)
+    }
+
+    /// The settings of the pool of reading connections.
+    pub(super) fn pool(&self, size: usize) -> anyhow::Result<deadpool_postgres::Pool> {
+        let manager = deadpool_postgres::Manager::from_config(
+            self.config.clone(),
+            self.tls.clone(),
+            deadpool_postgres::ManagerConfig {
+                recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+            },
+        );
+        deadpool_postgres::Pool::builder(manager)
+            .max_size(size)
+            .build()
+            .context("cannot set up the PostgreSQL connection pool")
+    }
+}
+
+impl std::fmt::Debug for PgTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+/// The URL as shown: scheme, user, host, port and path; no password, no parameters.
+fn describe(url: &url::Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_password(None);
+    shown.set_query(None);
+    shown.to_string()
+}
+
+/// Tells a refusal (waiting does not help) from an outage (it may).
+pub fn classify(e: tokio_postgres::Error) -> ConnectError {
+    let text = e.to_string();
+    let detail = match e.as_db_error() {
+        Some(db) => format!("{text}: {}", db.message()),
+        None => match std::error::Error::source(&e) {
+            Some(source) => format!("{text}: {source}"),
+            None => text,
+        },
+    };
+    if let Some(code) = e.code() {
+        let refused = code.code().starts_with("28")
+            || *code == SqlState::INVALID_CATALOG_NAME
+            || *code == SqlState::INSUFFICIENT_PRIVILEGE;
+        return if refused {
+            ConnectError::Refused(detail)
+        } else {
+            ConnectError::Unreachable(detail)
+        };
+    }
+    let tls_refused = std::error::Error::source(&e)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .and_then(|io| io.get_ref())
+        .is_some_and(|inner| inner.is::<rustls::Error>());
+    if tls_refused || detail.contains("invalid configuration") {
+        ConnectError::Refused(detail)
+    } else {
+        ConnectError::Unreachable(detail)
+    }
+}
+
+/// An error on an open connection: whether the connection is gone (reconnect) or the
+/// statement failed on a working one.
+pub fn connection_lost(e: &tokio_postgres::Error) -> bool {
+    e.is_closed() || e.as_db_error().is_none()
+}
+
+/// Waits `delay`, doubled each time up to `max`: for reconnection loops.
+pub(super) async fn back_off(delay: &mut Duration, max: Duration) {
+    tokio::time::sleep(*delay).await;
+    *delay = (*delay * 2).min(max);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_password_never_shows_and_tls_parameters_are_ours() {
+        let target = PgTarget::parse(
+            "postgres://xhubd:s3cret-pw@db.example:6432/spool?sslmode=verify-full&sslrootcert=system&application_name=x",
+            None,
+        )
+        .unwrap();
+        assert_eq!(target.describe(), "postgres://xhubd@db.example:6432/spool");
+        assert!(!format!("{target:?}").contains("s3cret"));
+        assert_eq!(target.config.get_ssl_mode(), SslMode::Require);
+        assert_eq!(target.config.get_application_name(), Some("x"));
+        assert_eq!(target.config.get_password(), Some(&b"s3cret-pw"[..]));
+    }
+
+    #[test]
+    fn a_password_from_a_file_is_used_only_when_the_url_has_none() {
+        let file = Some(Secret::new("from-file"));
+        let target = PgTarget::parse("postgresql://u@h/db", file.clone()).unwrap();
+        assert_eq!(target.config.get_password(), Some(&b"from-file"[..]));
+        let target = PgTarget::parse("postgresql://u:inline@h/db", file).unwrap();
+        assert_eq!(target.config.get_password(), Some(&b"inline"[..]));
+        assert_eq!(target.config.get_ssl_mode(), SslMode::Prefer);
+    }
+
+    #[test]
+    fn malformed_urls_and_modes_are_refused_without_the_password() {
+        for (url, expect) in [
+            ("postgres://u:pw1@h/db?sslmode=sometimes", "sslmode must be"),
+            ("postgres://u:pw1@h/db?sslmode=allow", "not supported"),
+            (
+                "postgres://u:pw1@h/db?sslcert=/x",
+                "sslcert and sslkey together",
+            ),
+            ("postgres://u:pw1@h/db?nosuch=1", "--spool"),
+            ("postgres://u:pw1@[::1/db", "not a valid postgres:// URL"),
+            (
+                "postgres://u:pw1@h/db?sslrootcert=/nonexistent/ca.pem",
+                "sslrootcert: cannot read /nonexistent/ca.pem",
+            ),
+        ] {
+            let error = format!("{:#}", PgTarget::parse(url, None).unwrap_err());
+            assert!(error.contains(expect), "{url}: {error}");
+            assert!(!error.contains("pw1"), "{url}: {error}");
+        }
+    }
+}

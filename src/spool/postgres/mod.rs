@@ -1,0 +1,250 @@
+//! The PostgreSQL engine: one database shared by several xhubd instances, with the
+//! promises of the SQLite spool (`200` only after `COMMIT`, dedup atomic across
+//! instances, every delivery made at least once by whichever instance is alive, `503`
+//! while the database cannot commit).
+//!
+//! - [`connect`]: the URL, its password and TLS.
+//! - [`schema`]: the tables, created or upgraded at start under an advisory lock.
+//! - `writer`: this instance's writes, with group commit.
+//! - `claims`: due deliveries, claimed under a lease (`FOR UPDATE SKIP LOCKED`).
+//! - `listen`: wake-ups from other instances (`LISTEN`/`NOTIFY`).
+//! - [`inspect`]: the operator's views.
+
+mod claims;
+pub mod connect;
+pub mod inspect;
+mod listen;
+pub mod schema;
+mod writer;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::views::{EventDetail, EventSummary, ListFilter, Replay, SpoolStats};
+use super::{ClaimTerms, Command, Spool, SpoolError, SpoolHealth, WriterSettings};
+use crate::types::{AttemptReport, DestinationKey, DueDelivery, NewEvent, Outcome, Stored};
+pub use connect::PgTarget;
+
+/// Connections in the pool for claims and the operator's views.
+const POOL_SIZE: usize = 4;
+
+/// The PostgreSQL engine's handle.
+#[derive(Clone)]
+pub struct PgStore {
+    writer: Spool,
+    pool: deadpool_postgres::Pool,
+    instance: Arc<str>,
+}
+
+/// The writer and listener tasks behind a [`PgStore`].
+pub struct PgRunning {
+    writer: Spool,
+    writer_task: JoinHandle<()>,
+    stop_listening: CancellationToken,
+    // Kept so that delivery's receiver of the (unused) hand-over never ends.
+    _fresh: mpsc::Sender<DueDelivery>,
+}
+
+impl PgRunning {
+    /// Commits what the writer has, stops it, then the listener.
+    pub async fn stop(self) {
+        let _ = self.writer.tx.send(Command::Close).await;
+        let _ = self.writer_task.await;
+        self.stop_listening.cancel();
+    }
+}
+
+/// The outcome of the first connection, which the start-up waits for: `Ok` once
+/// connected with the schema current, or why the database refused (exit status 2).
+pub type FirstConnection = oneshot::Receiver<Result<(), String>>;
+
+impl PgStore {
+    /// Starts the writer and the listener on `target` without waiting for the
+    /// database: until it answers, events get `503` and health is down. The returned
+    /// receiver says how the first connection went. Delivery's hand-over receiver is
+    /// returned for symmetry with SQLite; on PostgreSQL every delivery is claimed.
+    #[allow(clippy::type_complexity)]
+    pub fn open(
+        target: PgTarget,
+        instance: &str,
+        settings: WriterSettings,
+    ) -> anyhow::Result<(
+        PgStore,
+        PgRunning,
+        mpsc::Receiver<DueDelivery>,
+        FirstConnection,
+    )> {
+        let target = Arc::new(target);
+        let (tx, rx) = mpsc::channel(writer::QUEUE_DEPTH);
+        let wakeups = Arc::new(watch::Sender::new(0u64));
+        let health = Arc::new(SpoolHealth {
+            last_commit_ok: false.into(),
+            writer_running: true.into(),
+        });
+        let spool = Spool {
+            tx,
+            wakeups: wakeups.clone(),
+            health: health.clone(),
+        };
+        let (started_tx, started) = oneshot::channel();
+        let context = writer::WriterContext {
+            target: target.clone(),
+            window_ms: settings.dedup_window.as_millis().min(i64::MAX as u128) as i64,
+            instance: instance.to_owned(),
+            wakeups: wakeups.clone(),
+            health: health.clone(),
+        };
+        let writer_task = tokio::spawn(async move {
+            writer::run(context, rx, started_tx).await;
+            health
+                .writer_running
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+        });
+        let stop_listening = CancellationToken::new();
+        tokio::spawn(listen::run(target.clone(), wakeups, stop_listening.clone()));
+        let (fresh_tx, fresh) = mpsc::channel(1);
+        let store = PgStore {
+            writer: spool.clone(),
+            pool: target.pool(POOL_SIZE)?,
+            instance: instance.into(),
+        };
+        Ok((
+            store,
+            PgRunning {
+                writer: spool,
+                writer_task,
+                stop_listening,
+                _fresh: fresh_tx,
+            },
+            fresh,
+            started,
+        ))
+    }
+
+    /// This instance's name.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// See [`crate::spool::Store::accept`].
+    pub async fn accept(&self, event: NewEvent) -> Result<Stored, SpoolError> {
+        self.writer.accept(event).await
+    }
+
+    /// See [`crate::spool::Store::record`].
+    pub async fn record(
+        &self,
+        seq: i64,
+        attempts: i64,
+        outcome: Outcome,
+        report: AttemptReport,
+    ) -> Result<(), SpoolError> {
+        self.writer.record(seq, attempts, outcome, report).await
+    }
+
+    /// See [`crate::spool::Store::retry_all_now`].
+    pub async fn retry_all_now(&self, destination: &DestinationKey) -> Result<usize, SpoolError> {
+        let mut total = 0;
+        loop {
+            let n = self.writer.retry_now(destination.clone()).await?;
+            total += n;
+            if (n as i64) < writer::RETRY_NOW_CHUNK {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// See [`crate::spool::Store::due`].
+    pub async fn due(
+        &self,
+        destination: &DestinationKey,
+        limit: usize,
+        terms: ClaimTerms,
+    ) -> Result<Vec<DueDelivery>, SpoolError> {
+        claims::claim(&self.pool, &self.instance, destination, limit, terms).await
+    }
+
+    /// See [`crate::spool::Store::next_due_at`].
+    pub async fn next_due_at(
+        &self,
+        destination: &DestinationKey,
+    ) -> Result<Option<i64>, SpoolError> {
+        claims::next_due_at(&self.pool, &self.instance, destination).await
+    }
+
+    /// See [`crate::spool::Store::body`].
+    pub async fn body(&self, seq: i64) -> Result<Option<Bytes>, SpoolError> {
+        claims::body(&self.pool, seq).await
+    }
+
+    /// See [`crate::spool::Store::wakeups`].
+    pub fn wakeups(&self) -> watch::Receiver<u64> {
+        self.writer.wakeups.subscribe()
+    }
+
+    /// See [`crate::spool::Store::wake_delivery`].
+    pub fn wake_delivery(&self) {
+        self.writer.wakeups.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// See [`crate::spool::Store::health`].
+    pub fn health(&self) -> &Arc<SpoolHealth> {
+        &self.writer.health
+    }
+
+    /// See [`crate::spool::Store::stats`].
+    pub async fn stats(&self) -> Result<SpoolStats, SpoolError> {
+        let c = self.client().await?;
+        inspect::stats(&**c).await.map_err(claims::read_error)
+    }
+
+    /// See [`crate::spool::Store::list`].
+    pub async fn list(
+        &self,
+        filter: ListFilter,
+        limit: usize,
+    ) -> Result<Vec<EventSummary>, SpoolError> {
+        let c = self.client().await?;
+        inspect::list(&**c, &filter, limit)
+            .await
+            .map_err(claims::read_error)
+    }
+
+    /// See [`crate::spool::Store::show`].
+    pub async fn show(&self, id: &str) -> Result<Option<EventDetail>, SpoolError> {
+        let c = self.client().await?;
+        inspect::show(&**c, id).await.map_err(claims::read_error)
+    }
+
+    /// See [`crate::spool::Store::replay`].
+    pub async fn replay(&self, id: &str) -> Result<Replay, SpoolError> {
+        let c = self.client().await?;
+        let replay = inspect::replay(&**c, id)
+            .await
+            .map_err(claims::read_error)?;
+        self.wake_delivery();
+        Ok(replay)
+    }
+
+    /// See [`crate::spool::Store::replay_delivery`].
+    pub async fn replay_delivery(&self, id: &str) -> Result<Replay, SpoolError> {
+        let c = self.client().await?;
+        let replay = inspect::replay_delivery(&**c, id)
+            .await
+            .map_err(claims::read_error)?;
+        self.wake_delivery();
+        Ok(replay)
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, SpoolError> {
+        tokio::time::timeout(Duration::from_secs(10), self.pool.get())
+            .await
+            .map_err(|_| SpoolError::Read("timed out waiting for a PostgreSQL connection".into()))?
+            .map_err(claims::read_error)
+    }
+}

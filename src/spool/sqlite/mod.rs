@@ -1,0 +1,237 @@
+//! The SQLite engine (one machine, the default): a spool file in the state directory,
+//! committed with WAL and `synchronous=FULL`.
+//!
+//! - `writer`: the writer thread: accept (dedup check + insert, atomically) and
+//!   delivery outcomes, batched into one transaction (group commit), with its in-memory
+//!   hand-over of new deliveries; `checkpoint`: copying the log back.
+//! - [`schema`]: opening the database and its tables; `migrate`: upgrading an older
+//!   layout.
+//! - `queue`: the read side used by delivery (due deliveries, bodies).
+//! - [`inspect`]: the operator's view: list, show, replay, purge, counts (also used by
+//!   `xhubd events` on a connection of its own).
+//!
+//! Writes go to the writer and return once committed; reads run on a connection of
+//! their own, off the async threads.
+
+mod checkpoint;
+pub mod inspect;
+mod migrate;
+mod queue;
+pub mod schema;
+mod writer;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use rusqlite::Connection;
+use tokio::sync::{mpsc, watch};
+
+use super::views::{EventDetail, EventSummary, ListFilter, Replay, SpoolStats};
+use super::{now_ms, ClaimTerms, Spool, SpoolError, SpoolHealth, WriterSettings};
+use crate::types::{AttemptReport, DestinationKey, DueDelivery, NewEvent, Outcome, Stored};
+use checkpoint::Checkpointer;
+use queue::Queue;
+use schema::Rekey;
+use writer::{Writer, RETRY_NOW_CHUNK};
+
+/// The SQLite engine's handle.
+#[derive(Clone)]
+pub struct SqliteStore {
+    writer: Spool,
+    queue: Queue,
+    /// The operator's views (list, show, replay, stats), apart from delivery's reads.
+    views: Arc<Mutex<Connection>>,
+}
+
+/// What runs behind a [`SqliteStore`] and must be stopped, in order, at shutdown.
+pub struct SqliteRunning {
+    writer: Writer,
+    checkpointer: Checkpointer,
+}
+
+impl SqliteRunning {
+    /// Commits what the writer has, stops it, then the checkpointer.
+    pub async fn stop(self) {
+        self.writer.stop().await;
+        drop(self.checkpointer);
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating or upgrading, with `rekey` for the dedup keys) the spool in
+    /// `state_dir` and starts the writer and the checkpointer. Also returns the queue of
+    /// new deliveries the writer hands over in memory, for delivery to take.
+    pub fn open(
+        state_dir: &Path,
+        settings: WriterSettings,
+        rekey: Rekey<'_>,
+    ) -> anyhow::Result<(SqliteStore, SqliteRunning, mpsc::Receiver<DueDelivery>)> {
+        let conn = schema::open(state_dir, rekey)?;
+        let queue = Queue::open(state_dir)?;
+        let views = schema::connect(state_dir, schema::Access::ReadWrite)?;
+        let checkpointer = Checkpointer::start(state_dir)?;
+        let mut writer = Writer::start(conn, settings)
+            .map_err(|e| anyhow::anyhow!("cannot start the spool writer: {e}"))?;
+        let fresh = writer
+            .fresh
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("the spool writer's hand-over was already taken"))?;
+        let store = SqliteStore {
+            writer: writer.spool.clone(),
+            queue,
+            views: Arc::new(Mutex::new(views)),
+        };
+        Ok((
+            store,
+            SqliteRunning {
+                writer,
+                checkpointer,
+            },
+            fresh,
+        ))
+    }
+
+    /// Stores an event (or recognises a retry) with its deliveries and dedup keys, in
+    /// one transaction; returns once it is on disk.
+    pub async fn accept(&self, event: NewEvent) -> Result<Stored, SpoolError> {
+        self.writer.accept(event).await
+    }
+
+    /// Records an attempt at delivery `seq` (`attempts` is the new count): its outcome
+    /// and its line in the history.
+    pub async fn record(
+        &self,
+        seq: i64,
+        attempts: i64,
+        outcome: Outcome,
+        report: AttemptReport,
+    ) -> Result<(), SpoolError> {
+        self.writer.record(seq, attempts, outcome, report).await
+    }
+
+    /// Makes every pending delivery to `destination` due now (it answers again after an
+    /// outage), a chunk per transaction; returns how many were waiting for later.
+    pub async fn retry_all_now(&self, destination: &DestinationKey) -> Result<usize, SpoolError> {
+        let mut total = 0;
+        loop {
+            let n = self.writer.retry_now(destination.clone()).await?;
+            total += n;
+            self.wake_delivery();
+            if n < RETRY_NOW_CHUNK {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Up to `limit` pending deliveries to `destination` due now, oldest first (one
+    /// taker: the terms of a claim do not apply).
+    pub async fn due(
+        &self,
+        destination: &DestinationKey,
+        limit: usize,
+        _terms: ClaimTerms,
+    ) -> Result<Vec<DueDelivery>, SpoolError> {
+        let queue = self.queue.clone();
+        let destination = destination.clone();
+        blocking(move || queue.due(&destination, now_ms(), limit)).await
+    }
+
+    /// When the next pending delivery to `destination` falls due (unix ms), if any.
+    pub async fn next_due_at(
+        &self,
+        destination: &DestinationKey,
+    ) -> Result<Option<i64>, SpoolError> {
+        let queue = self.queue.clone();
+        let destination = destination.clone();
+        blocking(move || queue.next_due_at(&destination)).await
+    }
+
+    /// The body delivery `seq` sends, if it is still stored.
+    pub async fn body(&self, seq: i64) -> Result<Option<Bytes>, SpoolError> {
+        let queue = self.queue.clone();
+        blocking(move || queue.body(seq)).await
+    }
+
+    /// A watch that changes whenever deliveries may have become due that were not
+    /// handed over (a commit whose hand-over was full, a replay, a backlog brought
+    /// forward): each destination's scheduler keeps one.
+    pub fn wakeups(&self) -> watch::Receiver<u64> {
+        self.writer.wakeups.subscribe()
+    }
+
+    /// Wakes every destination's scheduler.
+    pub fn wake_delivery(&self) {
+        self.writer.wakeups.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// The writer's health flags.
+    pub fn health(&self) -> &Arc<SpoolHealth> {
+        &self.writer.health
+    }
+
+    /// The counts behind the metrics and the status page.
+    pub async fn stats(&self) -> Result<SpoolStats, SpoolError> {
+        self.view(inspect::stats).await
+    }
+
+    /// The newest events `filter` lets through, newest first.
+    pub async fn list(
+        &self,
+        filter: ListFilter,
+        limit: usize,
+    ) -> Result<Vec<EventSummary>, SpoolError> {
+        self.view(move |c| inspect::list(c, &filter, limit)).await
+    }
+
+    /// Makes one delivery pending again, and wakes delivery.
+    pub async fn replay_delivery(&self, id: &str) -> Result<Replay, SpoolError> {
+        let id = id.to_owned();
+        let replay = self.view(move |c| inspect::replay_delivery(c, &id)).await?;
+        if replay == Replay::Replayed {
+            self.wake_delivery();
+        }
+        Ok(replay)
+    }
+
+    /// One event with its headers, body, deliveries and their attempts.
+    pub async fn show(&self, id: &str) -> Result<Option<EventDetail>, SpoolError> {
+        let id = id.to_owned();
+        self.view(move |c| inspect::show(c, &id)).await
+    }
+
+    /// Makes the dead (or delivered) deliveries of an event pending again, and wakes
+    /// delivery.
+    pub async fn replay(&self, id: &str) -> Result<Replay, SpoolError> {
+        let id = id.to_owned();
+        let replay = self.view(move |c| inspect::replay(c, &id)).await?;
+        if replay == Replay::Replayed {
+            self.wake_delivery();
+        }
+        Ok(replay)
+    }
+
+    /// Runs `f` on the views' connection, off the async threads.
+    async fn view<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, SpoolError> {
+        let views = self.views.clone();
+        blocking(move || {
+            let conn = views.lock().unwrap_or_else(|p| p.into_inner());
+            f(&conn)
+        })
+        .await
+    }
+}
+
+/// Runs a read off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> rusqlite::Result<T> + Send + 'static,
+) -> Result<T, SpoolError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(SpoolError::Read(e.to_string())),
+        Err(e) => Err(SpoolError::Read(e.to_string())),
+    }
+}

@@ -1,0 +1,378 @@
+//! Several xhubd instances on one PostgreSQL spool (a real server, started by the
+//! tests in a throw-away cluster): dedup across instances, delivery taken over after a
+//! lease when an instance dies, the database going down under load, and what start-up
+//! says about a database that refuses or does not answer.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Barrier, Mutex};
+use std::time::{Duration, Instant};
+
+use common::faulty_upstream::{FaultyUpstream, Mode};
+use common::postgres::{PgCluster, PG_PASSWORD};
+use common::*;
+
+/// An instance on the database at `url`, named `name`, with an admin listener.
+fn instance(url: &str, name: &str, upstream: &str, extra: &[&str]) -> (Xhubd, Target) {
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut opts = Options::new(upstream)
+        .arg("--spool")
+        .arg(url)
+        .arg("--instance-name")
+        .arg(name)
+        .arg("--admin-listen")
+        .arg(&admin.to_string());
+    for a in extra {
+        opts = opts.arg(a);
+    }
+    (Xhubd::start(opts), Target::Tcp(admin))
+}
+
+/// `xhubd check` of a one-app setup on the spool at `url`, delivering to `upstream`.
+fn check_args<'a>(url: &'a str, upstream: &'a str) -> Vec<&'a str> {
+    vec![
+        "check",
+        "--upstream",
+        upstream,
+        "--verify-token",
+        VERIFY_TOKEN,
+        "--app-secret",
+        APP_SECRET,
+        "--spool",
+        url,
+    ]
+}
+
+/// A WhatsApp message notification: message id `wamid`, sent at `timestamp`.
+fn whatsapp(wamid: &str, timestamp: u64) -> Vec<u8> {
+    format!(
+        r#"{{"object":"whatsapp_business_account","entry":[{{"id":"102","changes":[{{"field":"messages","value":{{"messaging_product":"whatsapp","metadata":{{"phone_number_id":"5"}},"messages":[{{"from":"4477","id":"{wamid}","timestamp":"{timestamp}","type":"text","text":{{"body":"hi"}}}}]}}}}]}}]}}"#
+    )
+    .into_bytes()
+}
+
+/// How many times each body reached the upstream.
+fn tally(upstream: &Upstream) -> HashMap<Vec<u8>, usize> {
+    let mut seen = HashMap::new();
+    for r in upstream.received() {
+        *seen.entry(r.body.to_vec()).or_insert(0) += 1;
+    }
+    seen
+}
+
+#[test]
+fn two_instances_started_at_once_deliver_each_copy_once_and_drop_retries_seen_by_the_other() {
+    let pg = PgCluster::start();
+    let url = pg.database("spool");
+    let upstream = Upstream::start();
+    let url_events = upstream.url("/events");
+    // Both start at once: the schema is created once, under the migration lock.
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| instance(&url, "a", &url_events, &[]));
+        let b = s.spawn(|| instance(&url, "b", &url_events, &[]));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let (a, admin_a) = a;
+    let (b, _admin_b) = b;
+    assert_eq!(
+        pg.count("spool", "SELECT max(version) FROM xhubd_schema"),
+        1
+    );
+    let (code, report, err) = run_xhubd(&check_args(&url, &url_events), None);
+    assert_eq!(code, 0, "{report}{err}");
+    assert!(report.contains("connects (schema version 1)"), "{report}");
+    assert!(!report.contains(PG_PASSWORD), "{report}");
+    // The same body to both at the same moment, 100 times.
+    let barrier = Barrier::new(2);
+    let answers = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for x in [&a, &b] {
+            let (barrier, answers) = (&barrier, &answers);
+            s.spawn(move || {
+                for i in 0..100 {
+                    let body = page_event(i);
+                    barrier.wait();
+                    let answer = x.target.post_signed(&body);
+                    answers.lock().unwrap().push(answer.status);
+                }
+            });
+        }
+    });
+    let answers = answers.into_inner().unwrap();
+    assert_eq!(answers.len(), 200);
+    assert!(answers.iter().all(|s| *s == 200), "{answers:?}");
+    upstream.wait_for(100, Duration::from_secs(30));
+    // Meta's retry of a message (same id, new time) at the other instance.
+    assert_eq!(a.target.post_signed(&whatsapp("wamid.A1", 1)).status, 200);
+    upstream.wait_for(101, Duration::from_secs(30));
+    let retry = b.target.post_signed(&whatsapp("wamid.A1", 2));
+    assert_eq!(retry.status, 200);
+    // Nothing more arrives: each copy was delivered once, the retry not at all.
+    std::thread::sleep(Duration::from_secs(2));
+    let seen = tally(&upstream);
+    assert_eq!(seen.len(), 101, "distinct bodies delivered");
+    assert!(seen.values().all(|n| *n == 1), "a body was delivered twice");
+    assert!(!seen.contains_key(&whatsapp("wamid.A1", 2)));
+    assert_eq!(pg.count("spool", "SELECT count(*) FROM events"), 101);
+    // Which instance accepted what is kept, and the page and metrics read the database.
+    let accepted_by: HashSet<String> = pg
+        .psql("spool", "SELECT DISTINCT accepted_by FROM events")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert!(accepted_by.is_subset(&["a".to_owned(), "b".to_owned()].into()));
+    let metrics = admin_a.get("/metrics").text();
+    assert!(
+        metrics.contains("xhubd_spool_events{state=\"delivered\"} 101"),
+        "{metrics}"
+    );
+    assert_eq!(admin_a.get("/readyz").status, 200);
+    for x in [&a, &b] {
+        assert!(!x.logs().contains(PG_PASSWORD), "the password in a log");
+    }
+}
+
+#[test]
+fn deliveries_claimed_by_an_instance_killed_with_kill_9_are_taken_over_after_the_lease() {
+    let pg = PgCluster::start();
+    let url = pg.database("spool");
+    let hang = FaultyUpstream::start(Mode::Hang);
+    let target = hang.url("/events");
+    // Concurrency 8 (the default) holds for the cluster: a takes 8 of the 20.
+    let extra = ["--upstream-timeout", "2s"];
+    let (mut a, _) = instance(&url, "a", &target, &extra);
+    for i in 0..20 {
+        assert_eq!(a.target.post_signed(&page_event(i)).status, 200);
+    }
+    wait_for(Duration::from_secs(10), "a holds 8 attempts", || {
+        hang.in_flight() >= 8
+    });
+    let claimed_at = Instant::now();
+    a.kill9();
+    let held: Vec<String> = pg
+        .psql(
+            "spool",
+            "SELECT e.id FROM deliveries d JOIN events e ON e.seq = d.event_seq
+             WHERE d.state = 0 AND d.claimed_by = 'a'",
+        )
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        held.len(),
+        8,
+        "a claimed more than the destination's concurrency"
+    );
+    // The operator sees who holds what, from the command line, while a's lease runs.
+    let (code, shown, err) = run_xhubd(&["events", "--spool", &url, "show", &held[0]], None);
+    assert_eq!(code, 0, "{err}");
+    assert!(shown.contains("accepted by: instance a"), "{shown}");
+    assert!(
+        shown.contains("taken by instance a (lease running)"),
+        "{shown}"
+    );
+    hang.set_default(Mode::Status(200));
+    let (b, _) = instance(&url, "b", &target, &extra);
+    wait_for(Duration::from_secs(40), "b delivers the 20", || {
+        pg.count("spool", "SELECT count(*) FROM deliveries WHERE state = 1") == 20
+    });
+    // None before a's lease (its timeout, 2 s, plus the 10 s margin) ran out: a's 8
+    // may still be in flight at the backend, and they count against the destination's
+    // concurrency, so the 12 nobody held wait too.
+    for h in hang.hits().iter().filter(|h| h.at > claimed_at) {
+        let after = h.at.duration_since(claimed_at);
+        assert!(
+            after >= Duration::from_secs(10),
+            "{}: sent after {after:?}, inside a's lease",
+            h.event_id
+        );
+    }
+    for id in pg.psql("spool", "SELECT id FROM events").lines() {
+        assert!(
+            hang.hits_for(id).iter().any(|h| h.at > claimed_at),
+            "{id} not delivered by b"
+        );
+    }
+    assert_eq!(
+        pg.count(
+            "spool",
+            "SELECT count(*) FROM attempts WHERE instance = 'b' AND result = 1"
+        ),
+        20
+    );
+    let (code, listed, err) = run_xhubd(
+        &[
+            "events",
+            "--spool",
+            &url,
+            "list",
+            "--state",
+            "delivered",
+            "--json",
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 20);
+    let (_, shown, _) = run_xhubd(&["events", "--spool", &url, "show", &held[0]], None);
+    assert!(
+        shown.contains("(b) "),
+        "the attempt names its instance: {shown}"
+    );
+    // A replay from the command line reaches the running instance.
+    let before = hang.hits_for(&held[0]).len();
+    let (code, out, err) = run_xhubd(&["events", "--spool", &url, "replay", &held[0]], None);
+    assert_eq!(code, 0, "{out}{err}");
+    wait_for(Duration::from_secs(10), "b delivers the replay", || {
+        hang.hits_for(&held[0]).len() > before
+    });
+    assert!(!err.contains(PG_PASSWORD) && !out.contains(PG_PASSWORD));
+    drop(b);
+}
+
+#[test]
+fn while_the_database_restarts_events_get_503_and_every_200_is_delivered() {
+    let pg = PgCluster::start();
+    let url = pg.database("spool");
+    let upstream = Upstream::start();
+    let events = upstream.url("/events");
+    let (a, admin_a) = instance(&url, "a", &events, &[]);
+    let (b, _) = instance(&url, "b", &events, &[]);
+    let stop = AtomicBool::new(false);
+    let accepted = Mutex::new(Vec::new());
+    let refused = Mutex::new(0usize);
+    let saw_not_ready = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for (k, x) in [&a, &b].into_iter().enumerate() {
+            let (stop, accepted, refused) = (&stop, &accepted, &refused);
+            s.spawn(move || {
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let body = page_event(1_000_000 * (k + 1) + i);
+                    i += 1;
+                    match x.target.post_signed(&body).status {
+                        200 => accepted.lock().unwrap().push(body),
+                        503 => *refused.lock().unwrap() += 1,
+                        other => panic!("answered {other}"),
+                    }
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_millis(800));
+        pg.stop_immediate();
+        let down_since = Instant::now();
+        wait_for(
+            Duration::from_secs(10),
+            "readyz 503 while the database is down",
+            || admin_a.get("/readyz").status == 503,
+        );
+        saw_not_ready.store(true, Ordering::Relaxed);
+        while down_since.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        pg.start_again();
+        wait_for(Duration::from_secs(20), "readyz 200 again", || {
+            admin_a.get("/readyz").status == 200
+        });
+        std::thread::sleep(Duration::from_millis(800));
+        stop.store(true, Ordering::Relaxed);
+    });
+    assert!(saw_not_ready.load(Ordering::Relaxed));
+    let accepted = accepted.into_inner().unwrap();
+    let refused = refused.into_inner().unwrap();
+    assert!(refused > 0, "no 503 while the database was down");
+    assert!(accepted.len() > 50, "only {} accepted", accepted.len());
+    let expected: HashSet<Vec<u8>> = accepted.into_iter().collect();
+    wait_for(Duration::from_secs(60), "every 200 delivered", || {
+        let seen = tally(&upstream);
+        expected.iter().all(|b| seen.contains_key(b))
+    });
+    assert!(
+        a.logs().contains("lost the PostgreSQL spool")
+            || a.logs().contains("waiting for the PostgreSQL spool")
+    );
+    assert!(a.logs().contains("connected to the PostgreSQL spool"));
+}
+
+#[test]
+fn a_refused_password_ends_the_start_with_one_line_and_an_unreachable_database_is_waited_for() {
+    let pg = PgCluster::start();
+    pg.database("spool");
+    let wrong = format!(
+        "postgres://postgres:wrong-pw-77@127.0.0.1:{}/spool?sslmode=disable",
+        pg.port
+    );
+    let started = Instant::now();
+    let (code, out, err) = run_xhubd(
+        &[
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--upstream",
+            "http://127.0.0.1:9/",
+            "--verify-token",
+            VERIFY_TOKEN,
+            "--app-secret",
+            APP_SECRET,
+            "--spool",
+            &wrong,
+        ],
+        None,
+    );
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("xhubd:")).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].contains("password authentication failed"), "{err}");
+    assert!(lines[0].contains("postgres://postgres@127.0.0.1"), "{err}");
+    assert!(
+        !err.contains("wrong-pw-77") && !out.contains("wrong-pw-77"),
+        "{err}"
+    );
+
+    let (code, report, err) = run_xhubd(&check_args(&wrong, "http://127.0.0.1:9/"), None);
+    assert_eq!(code, 2, "{report}{err}");
+    assert!(
+        report.contains("FAIL spool: postgres://postgres@127.0.0.1"),
+        "{report}"
+    );
+    assert!(
+        !report.contains("wrong-pw-77") && !err.contains("wrong-pw-77"),
+        "{report}"
+    );
+
+    // A database that does not answer: xhubd runs, says so, and answers 503.
+    let closed = free_port();
+    let nowhere =
+        format!("postgres://postgres:{PG_PASSWORD}@127.0.0.1:{closed}/spool?sslmode=disable");
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut x = Xhubd::start(
+        Options::new("http://127.0.0.1:9/")
+            .arg("--spool")
+            .arg(&nowhere)
+            .arg("--admin-listen")
+            .arg(&admin.to_string())
+            .no_wait(),
+    );
+    let admin = Target::Tcp(admin);
+    wait_for(Duration::from_secs(15), "the wait is logged", || {
+        x.logs().contains("waiting for the PostgreSQL spool")
+    });
+    wait_for(Duration::from_secs(5), "the admin listener answers", || {
+        std::net::TcpStream::connect(match &admin {
+            Target::Tcp(a) => *a,
+            _ => unreachable!(),
+        })
+        .is_ok()
+    });
+    assert_eq!(admin.get("/readyz").status, 503);
+    assert_eq!(x.target.post_signed(&page_event(1)).status, 503);
+    assert!(!x.logs().contains("xhubd ready"));
+    assert!(!x.logs().contains(PG_PASSWORD));
+    assert!(x.child.as_mut().unwrap().try_wait().unwrap().is_none());
+    x.terminate();
+}
