@@ -102,19 +102,34 @@ fn postgres_spool(target: &PgTarget) -> Result<String, String> {
             .connect()
             .await
             .map_err(|e| format!("{}: {e}", target.describe()))?;
-        let version: Option<i32> = client
-            .query_opt(
-                "SELECT max(version) FROM xhubd_schema WHERE to_regclass('xhubd_schema') IS NOT NULL",
-                &[],
-            )
+        let failed = |e: tokio_postgres::Error| format!("{}: {e}", target.describe());
+        let created: bool = client
+            .query_one("SELECT to_regclass('xhubd_schema') IS NOT NULL", &[])
             .await
-            .ok()
-            .flatten()
-            .and_then(|r| r.get(0));
+            .map_err(failed)?
+            .try_get(0)
+            .map_err(failed)?;
+        let version: Option<i32> = if created {
+            client
+                .query_one("SELECT max(version) FROM xhubd_schema", &[])
+                .await
+                .map_err(failed)?
+                .try_get(0)
+                .map_err(failed)?
+        } else {
+            None
+        };
         Ok(match version {
-            None => format!("{}: connects; no tables yet, the daemon creates them when it starts", target.describe()),
+            None => format!(
+                "{}: connects; no tables yet, the daemon creates them when it starts",
+                target.describe()
+            ),
             Some(v) if v > pg_schema::SCHEMA_VERSION => {
-                return Err(format!("{}: schema version {v} is newer than this xhubd's ({})", target.describe(), pg_schema::SCHEMA_VERSION))
+                return Err(format!(
+                    "{}: schema version {v} is newer than this xhubd's ({})",
+                    target.describe(),
+                    pg_schema::SCHEMA_VERSION
+                ))
             }
             Some(v) => format!("{}: connects (schema version {v})", target.describe()),
         })

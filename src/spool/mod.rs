@@ -28,6 +28,10 @@ pub use store::{Running, Store};
 /// for an attempt hold at most a few MiB (256 waiting: 4 MiB).
 pub const INLINE_BODY_MAX: usize = 16 * 1024;
 
+/// Most pending deliveries one retry-now request makes due, in one transaction, so that
+/// a large backlog never holds a writer long.
+pub const RETRY_NOW_CHUNK: usize = 4096;
+
 /// What every engine's writer needs to know.
 #[derive(Debug, Clone, Copy)]
 pub struct WriterSettings {
@@ -76,7 +80,7 @@ pub(crate) enum Command {
         report: AttemptReport,
         reply: oneshot::Sender<Result<(), SpoolError>>,
     },
-    /// Makes up to [`writer::RETRY_NOW_CHUNK`] pending events due now (the upstream
+    /// Makes up to [`RETRY_NOW_CHUNK`] pending events due now (the upstream
     /// answers again).
     RetryNow {
         destination: DestinationKey,
@@ -141,7 +145,7 @@ impl Spool {
     }
 
     /// Brings the next attempts of `destination`'s pending deliveries forward to now,
-    /// the earliest first, at most [`writer::RETRY_NOW_CHUNK`] per call; returns how
+    /// the earliest first, at most [`RETRY_NOW_CHUNK`] per call; returns how
     /// many were waiting for a later time. Used when a destination answers again after
     /// an outage, so its backlog goes at once instead of as each backoff runs out.
     pub async fn retry_now(&self, destination: DestinationKey) -> Result<usize, SpoolError> {

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use super::postgres::{PgRunning, PgStore};
 use super::sqlite::{SqliteRunning, SqliteStore};
 use super::views::{EventDetail, EventSummary, ListFilter, Replay, SpoolStats};
-use super::{ClaimTerms, SpoolError, SpoolHealth};
+use super::{ClaimTerms, SpoolError, SpoolHealth, RETRY_NOW_CHUNK};
 use crate::types::{AttemptReport, DestinationKey, DueDelivery, NewEvent, Outcome, Stored};
 
 /// The handle every stage uses.
@@ -82,7 +82,17 @@ impl Store {
     /// Makes every pending delivery to `destination` due now (it answers again after an
     /// outage), a chunk per transaction; returns how many were waiting for later.
     pub async fn retry_all_now(&self, destination: &DestinationKey) -> Result<usize, SpoolError> {
-        engine!(await self.retry_all_now(destination))
+        let mut total = 0;
+        loop {
+            let n = engine!(self.writer())
+                .retry_now(destination.clone())
+                .await?;
+            total += n;
+            self.wake_delivery();
+            if n < RETRY_NOW_CHUNK {
+                return Ok(total);
+            }
+        }
     }
 
     /// Takes up to `limit` pending deliveries to `destination` due now, oldest first,
@@ -152,7 +162,9 @@ impl Store {
 
     /// Makes one delivery pending again, and wakes delivery.
     pub async fn replay_delivery(&self, id: &str) -> Result<Replay, SpoolError> {
-        engine!(await self.replay_delivery(id))
+        let replay = engine!(await self.replay_delivery(id))?;
+        self.woken_by(&replay);
+        Ok(replay)
     }
 
     /// One event with its headers, body, deliveries and their attempts.
@@ -163,6 +175,16 @@ impl Store {
     /// Makes the dead (or delivered) deliveries of an event pending again, and wakes
     /// delivery.
     pub async fn replay(&self, id: &str) -> Result<Replay, SpoolError> {
-        engine!(await self.replay(id))
+        let replay = engine!(await self.replay(id))?;
+        self.woken_by(&replay);
+        Ok(replay)
+    }
+
+    /// Wakes delivery when a replay made something pending. (On PostgreSQL the replay
+    /// also notifies the other instances.)
+    fn woken_by(&self, replay: &Replay) {
+        if *replay == Replay::Replayed {
+            self.wake_delivery();
+        }
     }
 }

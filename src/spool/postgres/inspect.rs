@@ -175,52 +175,47 @@ pub async fn replay_delivery(
     c: &impl GenericClient,
     id: &str,
 ) -> Result<Replay, tokio_postgres::Error> {
-    let now = now_ms();
-    let changed = c
-        .execute(
-            "UPDATE deliveries SET state = 0, next_attempt_at = $2, retry_from = $2,
-                                   finished_at = NULL, claimed_by = NULL, lease_until = NULL
-             WHERE id = $1 AND state != 0",
-            &[&id, &now],
-        )
-        .await?;
-    if changed > 0 {
-        notify(c).await?;
-        return Ok(Replay::Replayed);
-    }
-    let exists = c
-        .query_opt("SELECT 1 FROM deliveries WHERE id = $1", &[&id])
-        .await?;
-    Ok(if exists.is_some() {
-        Replay::AlreadyPending
-    } else {
-        Replay::NotFound
-    })
+    replay_where(c, "id = $1", "SELECT 1 FROM deliveries WHERE id = $1", id).await
 }
 
 /// Makes the dead (or delivered) deliveries of an event pending again, due now, with a
 /// fresh retry period.
 pub async fn replay(c: &impl GenericClient, id: &str) -> Result<Replay, tokio_postgres::Error> {
-    let now = now_ms();
+    replay_where(
+        c,
+        "event_seq = (SELECT seq FROM events WHERE id = $1)",
+        "SELECT 1 FROM events WHERE id = $1",
+        id,
+    )
+    .await
+}
+
+/// Makes the deliveries `which` selects by `id` ($1) pending again when they are not,
+/// and tells every instance; `exists` (by `id`) tells one already pending from one
+/// that is not there.
+async fn replay_where(
+    c: &impl GenericClient,
+    which: &str,
+    exists: &str,
+    id: &str,
+) -> Result<Replay, tokio_postgres::Error> {
     let changed = c
         .execute(
-            "UPDATE deliveries SET state = 0, next_attempt_at = $2, retry_from = $2,
-                                   finished_at = NULL, claimed_by = NULL, lease_until = NULL
-             WHERE event_seq = (SELECT seq FROM events WHERE id = $1) AND state != 0",
-            &[&id, &now],
+            &format!(
+                "UPDATE deliveries SET state = 0, next_attempt_at = $2, retry_from = $2,
+                                       finished_at = NULL, claimed_by = NULL, lease_until = NULL
+                 WHERE {which} AND state != 0"
+            ),
+            &[&id, &now_ms()],
         )
         .await?;
     if changed > 0 {
         notify(c).await?;
         return Ok(Replay::Replayed);
     }
-    let exists = c
-        .query_opt("SELECT 1 FROM events WHERE id = $1", &[&id])
-        .await?;
-    Ok(if exists.is_some() {
-        Replay::AlreadyPending
-    } else {
-        Replay::NotFound
+    Ok(match c.query_opt(exists, &[&id]).await? {
+        Some(_) => Replay::AlreadyPending,
+        None => Replay::NotFound,
     })
 }
 

@@ -147,16 +147,9 @@ impl PgStore {
         self.writer.record(seq, attempts, outcome, report).await
     }
 
-    /// See [`crate::spool::Store::retry_all_now`].
-    pub async fn retry_all_now(&self, destination: &DestinationKey) -> Result<usize, SpoolError> {
-        let mut total = 0;
-        loop {
-            let n = self.writer.retry_now(destination.clone()).await?;
-            total += n;
-            if (n as i64) < writer::RETRY_NOW_CHUNK {
-                return Ok(total);
-            }
-        }
+    /// The writer's handle (requests that every engine's writer takes).
+    pub(crate) fn writer(&self) -> &Spool {
+        &self.writer
     }
 
     /// See [`crate::spool::Store::due`].
@@ -224,21 +217,15 @@ impl PgStore {
     /// See [`crate::spool::Store::replay`].
     pub async fn replay(&self, id: &str) -> Result<Replay, SpoolError> {
         let c = self.client().await?;
-        let replay = inspect::replay(&**c, id)
-            .await
-            .map_err(claims::read_error)?;
-        self.wake_delivery();
-        Ok(replay)
+        inspect::replay(&**c, id).await.map_err(claims::read_error)
     }
 
     /// See [`crate::spool::Store::replay_delivery`].
     pub async fn replay_delivery(&self, id: &str) -> Result<Replay, SpoolError> {
         let c = self.client().await?;
-        let replay = inspect::replay_delivery(&**c, id)
+        inspect::replay_delivery(&**c, id)
             .await
-            .map_err(claims::read_error)?;
-        self.wake_delivery();
-        Ok(replay)
+            .map_err(claims::read_error)
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, SpoolError> {

@@ -27,7 +27,9 @@ use tracing::{debug, error, info, warn};
 
 use super::connect::{back_off, connection_lost, ConnectError, PgTarget};
 use super::schema::{self, MigrateError, CHANNEL, LOCK_CLASS, PRUNE_LOCK};
-use crate::spool::{now_ms, Command, NewEvent, Outcome, SpoolError, SpoolHealth, Stored};
+use crate::spool::{
+    now_ms, Command, NewEvent, Outcome, SpoolError, SpoolHealth, Stored, RETRY_NOW_CHUNK,
+};
 use crate::types::AttemptReport;
 
 /// Most requests in one transaction.
@@ -44,8 +46,6 @@ const WAIT_LOG_EVERY: Duration = Duration::from_secs(5);
 const RECONNECT_MAX: Duration = Duration::from_secs(2);
 /// Times a batch is run when the database aborts it to resolve a conflict.
 const CONFLICT_RUNS: usize = 4;
-/// Most pending deliveries made due per retry-now request.
-pub(super) const RETRY_NOW_CHUNK: i64 = 4096;
 
 /// What the writer needs.
 pub(super) struct WriterContext {
@@ -252,7 +252,7 @@ fn answer(cmd: Command, result: Result<Applied, SpoolError>) -> bool {
         }
         (Command::RetryNow { reply, .. }, Ok(Applied::MadeDue(n))) => {
             let _ = reply.send(Ok(n));
-            n > 0
+            false
         }
         (Command::Accept { reply, .. }, r) => {
             let _ = reply.send(Err(r
@@ -399,7 +399,7 @@ impl Session {
                     let n = tx
                         .execute(
                             &stmts.retry_now,
-                            &[&now, &RETRY_NOW_CHUNK, &destination.as_str()],
+                            &[&now, &(RETRY_NOW_CHUNK as i64), &destination.as_str()],
                         )
                         .await? as usize;
                     notify |= n > 0;

@@ -33,7 +33,7 @@ use crate::types::{AttemptReport, DestinationKey, DueDelivery, NewEvent, Outcome
 use checkpoint::Checkpointer;
 use queue::Queue;
 use schema::Rekey;
-use writer::{Writer, RETRY_NOW_CHUNK};
+use writer::Writer;
 
 /// The SQLite engine's handle.
 #[derive(Clone)]
@@ -110,18 +110,9 @@ impl SqliteStore {
         self.writer.record(seq, attempts, outcome, report).await
     }
 
-    /// Makes every pending delivery to `destination` due now (it answers again after an
-    /// outage), a chunk per transaction; returns how many were waiting for later.
-    pub async fn retry_all_now(&self, destination: &DestinationKey) -> Result<usize, SpoolError> {
-        let mut total = 0;
-        loop {
-            let n = self.writer.retry_now(destination.clone()).await?;
-            total += n;
-            self.wake_delivery();
-            if n < RETRY_NOW_CHUNK {
-                return Ok(total);
-            }
-        }
+    /// The writer's handle (requests that every engine's writer takes).
+    pub(crate) fn writer(&self) -> &Spool {
+        &self.writer
     }
 
     /// Up to `limit` pending deliveries to `destination` due now, oldest first (one
@@ -184,14 +175,10 @@ impl SqliteStore {
         self.view(move |c| inspect::list(c, &filter, limit)).await
     }
 
-    /// Makes one delivery pending again, and wakes delivery.
+    /// Makes one delivery pending again.
     pub async fn replay_delivery(&self, id: &str) -> Result<Replay, SpoolError> {
         let id = id.to_owned();
-        let replay = self.view(move |c| inspect::replay_delivery(c, &id)).await?;
-        if replay == Replay::Replayed {
-            self.wake_delivery();
-        }
-        Ok(replay)
+        self.view(move |c| inspect::replay_delivery(c, &id)).await
     }
 
     /// One event with its headers, body, deliveries and their attempts.
@@ -200,15 +187,10 @@ impl SqliteStore {
         self.view(move |c| inspect::show(c, &id)).await
     }
 
-    /// Makes the dead (or delivered) deliveries of an event pending again, and wakes
-    /// delivery.
+    /// Makes the dead (or delivered) deliveries of an event pending again.
     pub async fn replay(&self, id: &str) -> Result<Replay, SpoolError> {
         let id = id.to_owned();
-        let replay = self.view(move |c| inspect::replay(c, &id)).await?;
-        if replay == Replay::Replayed {
-            self.wake_delivery();
-        }
-        Ok(replay)
+        self.view(move |c| inspect::replay(c, &id)).await
     }
 
     /// Runs `f` on the views' connection, off the async threads.

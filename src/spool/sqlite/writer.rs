@@ -20,7 +20,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::spool::{
     now_ms, Command, NewEvent, Outcome, Spool, SpoolError, SpoolHealth, Stored, WriterSettings,
-    INLINE_BODY_MAX,
+    INLINE_BODY_MAX, RETRY_NOW_CHUNK,
 };
 use crate::types::{AttemptReport, DeliveryState, DueDelivery, NewDelivery};
 
@@ -43,10 +43,6 @@ const CACHE_KIB: u32 = 8 * 1024;
 /// [`INLINE_BODY_MAX`] are not handed over (delivery reads them when it sends them), so
 /// the queue holds at most 8 MiB of bodies.
 const FRESH_DEPTH: usize = 512;
-
-/// Most pending events [`Spool::retry_now`] makes due in one transaction, so that a
-/// large backlog never holds the writer long.
-pub const RETRY_NOW_CHUNK: usize = 4096;
 
 /// The running writer: the handle to send it work, and its thread.
 pub struct Writer {
