@@ -149,10 +149,16 @@ impl Delivery {
         let mut next_scan = TokioInstant::now();
         let mut failures_in_a_row: u32 = 0;
         while !shutdown.is_cancelled() {
-            if claims.ready.is_empty() && (scan_now || TokioInstant::now() >= next_scan) {
+            // Where taken deliveries count against the concurrency in the store, a scan
+            // while this instance holds all of it could take nothing: the next record
+            // makes room (and asks for a scan).
+            let no_room = this.store.claims_hold_concurrency()
+                && claims.claimed.len() >= this.terms.concurrency;
+            if claims.ready.is_empty() && !no_room && (scan_now || TokioInstant::now() >= next_scan)
+            {
                 scan_now = false;
                 let limit = claims.claimed.len() + FETCH_BATCH;
-                match this.fetch(limit).await {
+                match this.fetch(limit, &claims.claimed).await {
                     Ok(list) => {
                         let fetched = list.len();
                         let taken = claims.offer_scanned(list);
@@ -186,6 +192,8 @@ impl Delivery {
                 _ = shutdown.cancelled() => break,
                 Some(done) = done_rx.recv() => {
                     claims.claimed.remove(&done.seq);
+                    // Its claim is released: room for the next.
+                    scan_now |= this.store.claims_hold_concurrency();
                     if let Some(at) = done.due_again {
                         next_scan = next_scan.min(instant_at(at));
                     }
@@ -233,8 +241,11 @@ impl Delivery {
         }
     }
 
-    async fn fetch(&self, limit: usize) -> anyhow::Result<Vec<DueDelivery>> {
-        Ok(self.store.due(&self.destination, limit, self.terms).await?)
+    async fn fetch(&self, limit: usize, held: &HashSet<i64>) -> anyhow::Result<Vec<DueDelivery>> {
+        Ok(self
+            .store
+            .due(&self.destination, limit, self.terms, held)
+            .await?)
     }
 
     /// One attempt: send, log, record the outcome, then report the event as no longer busy.
@@ -356,9 +367,12 @@ fn instant_at(unix_ms: i64) -> TokioInstant {
     TokioInstant::now() + Duration::from_millis(ms)
 }
 
-/// How long to sleep when nothing is due: until the next retry, at most [`IDLE_POLL`].
+/// How long to sleep when a scan took nothing: until the next retry, at most
+/// [`IDLE_POLL`]. One due already was held elsewhere (another instance's claim, room
+/// taken by others): look again after [`BUSY_POLL`].
 async fn self_wait(this: &Delivery) -> Duration {
     match this.store.next_due_at(&this.destination).await {
+        Ok(Some(at)) if at <= now_ms() => BUSY_POLL,
         Ok(Some(at)) => {
             let ms = (at - now_ms()).clamp(0, IDLE_POLL.as_millis() as i64);
             Duration::from_millis(ms as u64)

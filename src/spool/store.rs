@@ -6,6 +6,7 @@
 //! Writes return once committed; reads run off the async threads (SQLite) or on a
 //! pooled connection (PostgreSQL).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -96,16 +97,25 @@ impl Store {
     }
 
     /// Takes up to `limit` pending deliveries to `destination` due now, oldest first,
-    /// on `terms` (PostgreSQL: claimed for this instance under a lease, within the
-    /// destination's concurrency across instances). Deliveries this instance already
-    /// took and has not recorded may come again.
+    /// on `terms`, besides those the caller `held` (taken and not yet recorded). On
+    /// SQLite the caller skips what it holds; on PostgreSQL they are claimed for this
+    /// instance under a lease, within the destination's concurrency across instances,
+    /// and never come again while held.
     pub async fn due(
         &self,
         destination: &DestinationKey,
         limit: usize,
         terms: ClaimTerms,
+        held: &HashSet<i64>,
     ) -> Result<Vec<DueDelivery>, SpoolError> {
-        engine!(await self.due(destination, limit, terms))
+        engine!(await self.due(destination, limit, terms, held))
+    }
+
+    /// Whether a delivery taken and not yet recorded counts against its destination's
+    /// concurrency in the store itself (PostgreSQL: a claim under a lease, shared by
+    /// every instance), so that each recorded outcome frees room for another claim.
+    pub fn claims_hold_concurrency(&self) -> bool {
+        matches!(self, Store::Postgres(_))
     }
 
     /// When the next pending delivery to `destination` falls due (unix ms), if any.

@@ -7,6 +7,8 @@
 //! destination are serialised by an advisory lock, and an instance takes at most the
 //! destination's concurrency less what other instances hold under a live lease.
 
+use std::collections::HashSet;
+
 use bytes::Bytes;
 use deadpool_postgres::Pool;
 
@@ -14,15 +16,21 @@ use super::schema::LOCK_CLASS;
 use crate::spool::{now_ms, ClaimTerms, SpoolError, INLINE_BODY_MAX};
 use crate::types::{DestinationKey, DueDelivery};
 
-/// Takes up to `limit` due deliveries to `destination` for `instance` (those it took
-/// already and has not recorded come again), oldest first.
+/// Takes up to `limit` due deliveries to `destination` for `instance`, oldest first,
+/// within the room the destination's concurrency leaves: its concurrency less the
+/// live claims of other instances and the deliveries this instance `held` (taken and
+/// not yet recorded). A delivery this instance claimed and no longer holds (its record
+/// failed, or the instance restarted) is taken again at once; one another instance
+/// claimed, once its lease has run out.
 pub(super) async fn claim(
     pool: &Pool,
     instance: &str,
     destination: &DestinationKey,
     limit: usize,
     terms: ClaimTerms,
+    held: &HashSet<i64>,
 ) -> Result<Vec<DueDelivery>, SpoolError> {
+    let held: Vec<i64> = held.iter().copied().collect();
     let mut client = pool.get().await.map_err(read_error)?;
     let now = now_ms();
     let lease_until = now + terms.lease.as_millis().min(i64::MAX as u128) as i64;
@@ -31,19 +39,21 @@ pub(super) async fn claim(
     let tx = client.transaction().await.map_err(read_error)?;
     let lock = tx.prepare_cached("SELECT pg_advisory_xact_lock($1, hashtext($2))");
     let claim = tx.prepare_cached(
-        "WITH others AS (
+        "WITH live AS (
              SELECT count(*) AS n FROM deliveries
-             WHERE state = 0 AND destination = $1 AND claimed_by <> $2 AND lease_until > $3),
+             WHERE state = 0 AND destination = $1 AND claimed_by IS NOT NULL
+               AND lease_until > $3 AND (claimed_by <> $2 OR seq = ANY($8))),
          picked AS (
              SELECT seq FROM deliveries
              WHERE state = 0 AND destination = $1 AND next_attempt_at <= $3
-               AND (claimed_by IS NULL OR claimed_by = $2 OR lease_until <= $3)
+               AND (claimed_by IS NULL OR lease_until <= $3
+                    OR (claimed_by = $2 AND seq <> ALL($8)))
              ORDER BY next_attempt_at, seq
-             LIMIT GREATEST(0, LEAST($4, $5 - (SELECT n FROM others)))
+             LIMIT GREATEST(0, LEAST($4, $5 - (SELECT n FROM live)))
              FOR UPDATE SKIP LOCKED),
          claimed AS (
              UPDATE deliveries d SET claimed_by = $2, lease_until = $6
-             FROM picked WHERE d.seq = picked.seq
+             WHERE d.seq = ANY(ARRAY(SELECT seq FROM picked))
              RETURNING d.*)
          SELECT c.seq, c.id, e.seq, e.id, c.retry_from, c.attempts,
                 COALESCE(c.signature, e.signature),
@@ -72,6 +82,7 @@ pub(super) async fn claim(
                 &concurrency,
                 &lease_until,
                 &(INLINE_BODY_MAX as i64),
+                &held,
             ],
         )
         .await
@@ -104,24 +115,23 @@ pub(super) async fn claim(
         .map_err(read_error)
 }
 
-/// When the next pending delivery to `destination` may be taken by `instance` (unix
-/// ms): when it falls due, or when another instance's lease on it runs out.
+/// When the next pending delivery to `destination` may be taken (unix ms): when it
+/// falls due, or when the lease of the instance that claimed it runs out (this
+/// instance's own claims are taken again by the scan that follows their record).
 pub(super) async fn next_due_at(
     pool: &Pool,
-    instance: &str,
     destination: &DestinationKey,
 ) -> Result<Option<i64>, SpoolError> {
     let client = pool.get().await.map_err(read_error)?;
     let stmt = client
         .prepare_cached(
-            "SELECT MIN(GREATEST(next_attempt_at,
-                                 CASE WHEN claimed_by <> $2 THEN COALESCE(lease_until, 0) ELSE 0 END))
+            "SELECT MIN(GREATEST(next_attempt_at, COALESCE(lease_until, 0)))
              FROM deliveries WHERE state = 0 AND destination = $1",
         )
         .await
         .map_err(read_error)?;
     let row = client
-        .query_one(&stmt, &[&destination.as_str(), &instance])
+        .query_one(&stmt, &[&destination.as_str()])
         .await
         .map_err(read_error)?;
     row.try_get(0).map_err(read_error)

@@ -10,13 +10,16 @@
 //! - `listen`: wake-ups from other instances (`LISTEN`/`NOTIFY`).
 //! - [`inspect`]: the operator's views.
 
+mod accept;
 mod claims;
 pub mod connect;
 pub mod inspect;
 mod listen;
+mod record;
 pub mod schema;
 mod writer;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -158,8 +161,9 @@ impl PgStore {
         destination: &DestinationKey,
         limit: usize,
         terms: ClaimTerms,
+        held: &HashSet<i64>,
     ) -> Result<Vec<DueDelivery>, SpoolError> {
-        claims::claim(&self.pool, &self.instance, destination, limit, terms).await
+        claims::claim(&self.pool, &self.instance, destination, limit, terms, held).await
     }
 
     /// See [`crate::spool::Store::next_due_at`].
@@ -167,7 +171,7 @@ impl PgStore {
         &self,
         destination: &DestinationKey,
     ) -> Result<Option<i64>, SpoolError> {
-        claims::next_due_at(&self.pool, &self.instance, destination).await
+        claims::next_due_at(&self.pool, destination).await
     }
 
     /// See [`crate::spool::Store::body`].

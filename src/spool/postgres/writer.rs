@@ -18,19 +18,16 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::future::try_join_all;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Statement, Transaction};
+use tokio_postgres::{Client, Statement};
 use tracing::{debug, error, info, warn};
 
+use super::accept::{accept_batch, AcceptStatements, AcceptTerms};
 use super::connect::{back_off, connection_lost, ConnectError, PgTarget};
+use super::record::{record_batch, Attempted, RecordStatements};
 use super::schema::{self, MigrateError, CHANNEL, LOCK_CLASS, PRUNE_LOCK};
-use crate::spool::{
-    now_ms, Command, NewEvent, Outcome, SpoolError, SpoolHealth, Stored, RETRY_NOW_CHUNK,
-};
-use crate::types::AttemptReport;
+use crate::spool::{now_ms, Command, NewEvent, SpoolError, SpoolHealth, Stored, RETRY_NOW_CHUNK};
 
 /// Most requests in one transaction.
 const MAX_BATCH: usize = 1024;
@@ -294,17 +291,8 @@ struct Session {
 /// The statements of the write path, prepared once per connection.
 struct Statements {
     next_seqs: Statement,
-    claim_key: Statement,
-    claim_items: Statement,
-    holder: Statement,
-    undo_key: Statement,
-    refresh_items: Statement,
-    insert_event: Statement,
-    insert_body: Statement,
-    insert_delivery: Statement,
-    insert_delivery_body: Statement,
-    record: Statement,
-    record_attempt: Statement,
+    accept: AcceptStatements,
+    record: RecordStatements,
     retry_now: Statement,
 }
 
@@ -345,7 +333,8 @@ impl Session {
         Ok(())
     }
 
-    /// Runs one transaction for the whole batch.
+    /// Runs one transaction for the whole batch: its accepts, then its outcomes, then
+    /// its retry-now requests, each kind in a fixed number of statements.
     async fn commit(
         &mut self,
         batch: &[Command],
@@ -354,47 +343,61 @@ impl Session {
         let now = now_ms();
         let stmts = &self.stmts;
         let tx = self.client.transaction().await?;
-        let accepts = batch
+        let events: Vec<&NewEvent> = batch
             .iter()
-            .filter(|c| matches!(c, Command::Accept { .. }))
-            .count() as i64;
-        let mut seqs = if accepts > 0 {
-            tx.query(&stmts.next_seqs, &[&accepts]).await?
-        } else {
+            .filter_map(|c| match c {
+                Command::Accept { event, .. } => Some(event),
+                _ => None,
+            })
+            .collect();
+        let mut accepted = if events.is_empty() {
             Vec::new()
+        } else {
+            let seqs: Vec<i64> = tx
+                .query(&stmts.next_seqs, &[&(events.len() as i64)])
+                .await?
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<_, _>>()?;
+            let terms = AcceptTerms {
+                now,
+                cutoff: now.saturating_sub(ctx.window_ms),
+                instance: &ctx.instance,
+            };
+            accept_batch(&tx, &stmts.accept, &events, &seqs, &terms).await?
         }
-        .into_iter()
-        .map(|r| r.get::<_, i64>(0));
-        let mut applied = Vec::with_capacity(batch.len());
-        let mut notify = false;
-        for cmd in batch {
-            applied.push(match cmd {
-                Command::Accept { event, .. } => {
-                    let seq = seqs.next().unwrap_or_default();
-                    let (stored, n) = accept_one(&tx, stmts, event, seq, now, ctx).await?;
-                    notify |= n > 0;
-                    Applied::Accepted(stored, n)
-                }
+        .into_iter();
+        let attempted: Vec<Attempted> = batch
+            .iter()
+            .filter_map(|c| match c {
                 Command::Record {
                     seq,
                     attempts,
                     outcome,
                     report,
                     ..
-                } => {
-                    record_one(
-                        &tx,
-                        stmts,
-                        *seq,
-                        *attempts,
-                        outcome,
-                        report,
-                        now,
-                        &ctx.instance,
-                    )
-                    .await?;
-                    Applied::Recorded
-                }
+                } => Some(Attempted {
+                    seq: *seq,
+                    attempts: *attempts,
+                    outcome,
+                    report,
+                }),
+                _ => None,
+            })
+            .collect();
+        record_batch(&tx, &stmts.record, &attempted, now, &ctx.instance).await?;
+        let mut applied = Vec::with_capacity(batch.len());
+        let mut notify = false;
+        for cmd in batch {
+            applied.push(match cmd {
+                Command::Accept { .. } => match accepted.next() {
+                    Some((stored, n)) => {
+                        notify |= n > 0;
+                        Applied::Accepted(stored, n)
+                    }
+                    None => Applied::Nothing,
+                },
+                Command::Record { .. } => Applied::Recorded,
                 Command::RetryNow { destination, .. } => {
                     let n = tx
                         .execute(
@@ -479,76 +482,8 @@ impl Statements {
                      FROM generate_series(1, $1::bigint)",
                 )
                 .await?,
-            claim_key: c
-                .prepare(
-                    "INSERT INTO dedup AS d (key, event_seq, seen_at) VALUES ($1, $2, $3)
-                     ON CONFLICT (key) DO UPDATE SET event_seq = EXCLUDED.event_seq,
-                                                     seen_at = EXCLUDED.seen_at
-                     WHERE d.seen_at < $4
-                     RETURNING d.key",
-                )
-                .await?,
-            claim_items: c
-                .prepare(
-                    "INSERT INTO dedup AS d (key, event_seq, seen_at)
-                     SELECT k, $2, $3 FROM unnest($1::bytea[]) AS k
-                     ON CONFLICT (key) DO UPDATE SET event_seq = EXCLUDED.event_seq,
-                                                     seen_at = EXCLUDED.seen_at
-                     WHERE d.seen_at < $4
-                     RETURNING d.key",
-                )
-                .await?,
-            holder: c
-                .prepare(
-                    "SELECT d.event_seq, e.id FROM dedup d LEFT JOIN events e ON e.seq = d.event_seq
-                     WHERE d.key = $1",
-                )
-                .await?,
-            undo_key: c
-                .prepare("DELETE FROM dedup WHERE key = $1 AND event_seq = $2")
-                .await?,
-            refresh_items: c
-                .prepare("UPDATE dedup SET event_seq = $2, seen_at = $3 WHERE key = ANY($1::bytea[])")
-                .await?,
-            insert_event: c
-                .prepare(
-                    "INSERT INTO events (seq, id, received_at, size, object, field, headers,
-                                         signature, signature_sha1, route, accepted_by)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-                )
-                .await?,
-            insert_body: c
-                .prepare("INSERT INTO bodies (seq, body) VALUES ($1, $2)")
-                .await?,
-            insert_delivery: c
-                .prepare(
-                    "INSERT INTO deliveries (id, event_seq, destination, part, parts, split, state,
-                                             next_attempt_at, retry_from, signature, signature_sha1)
-                     VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $7, $8, $9)
-                     RETURNING seq",
-                )
-                .await?,
-            insert_delivery_body: c
-                .prepare("INSERT INTO delivery_bodies (seq, body) VALUES ($1, $2)")
-                .await?,
-            record: c
-                .prepare(
-                    "UPDATE deliveries SET state = $2, attempts = $3, next_attempt_at = $4,
-                                           last_error = $5, finished_at = $6,
-                                           claimed_by = NULL, lease_until = NULL
-                     WHERE seq = $1 AND state = 0",
-                )
-                .await?,
-            record_attempt: c
-                .prepare(
-                    "INSERT INTO attempts (delivery_seq, attempt, at, result, status, detail, instance)
-                     SELECT $1, $2, $3, $4, $5, $6, $7
-                     WHERE EXISTS (SELECT 1 FROM deliveries WHERE seq = $1)
-                     ON CONFLICT (delivery_seq, attempt) DO UPDATE
-                       SET at = EXCLUDED.at, result = EXCLUDED.result, status = EXCLUDED.status,
-                           detail = EXCLUDED.detail, instance = EXCLUDED.instance",
-                )
-                .await?,
+            accept: AcceptStatements::prepare(c).await?,
+            record: RecordStatements::prepare(c).await?,
             retry_now: c
                 .prepare(
                     "UPDATE deliveries SET next_attempt_at = $1 WHERE seq IN
@@ -559,155 +494,4 @@ impl Statements {
                 .await?,
         })
     }
-}
-
-/// Checks one event's identities and stores it if it is new, with its deliveries.
-/// Returns what happened and how many deliveries were stored.
-async fn accept_one(
-    tx: &Transaction<'_>,
-    stmts: &Statements,
-    event: &NewEvent,
-    seq: i64,
-    now: i64,
-    ctx: &WriterContext,
-) -> Result<(Stored, usize), tokio_postgres::Error> {
-    let cutoff = now.saturating_sub(ctx.window_ms);
-    let body_key = &event.keys.body.as_bytes()[..];
-    let holder_of = |key: Vec<u8>| async move {
-        let row = tx.query_opt(&stmts.holder, &[&key]).await?;
-        Ok::<_, tokio_postgres::Error>(row.map_or_else(
-            || "#?".to_owned(),
-            |r| {
-                let id: Option<String> = r.get(1);
-                id.unwrap_or_else(|| format!("#{}", r.get::<_, i64>(0)))
-            },
-        ))
-    };
-    if tx
-        .query_opt(&stmts.claim_key, &[&body_key, &seq, &now, &cutoff])
-        .await?
-        .is_none()
-    {
-        return Ok((Stored::Duplicate(holder_of(body_key.to_vec()).await?), 0));
-    }
-    if let Some(items) = &event.keys.items {
-        // Sorted, so two instances take a body's keys in the same order.
-        let mut keys: Vec<Vec<u8>> = items.iter().map(|k| k.as_bytes().to_vec()).collect();
-        keys.sort();
-        keys.dedup();
-        let taken: Vec<Vec<u8>> = tx
-            .query(&stmts.claim_items, &[&keys, &seq, &now, &cutoff])
-            .await?
-            .into_iter()
-            .map(|r| r.get(0))
-            .collect();
-        if taken.is_empty() && !keys.is_empty() {
-            // Every item was seen: a retry. The body key goes as if pruned.
-            tx.execute(&stmts.undo_key, &[&body_key, &seq]).await?;
-            return Ok((Stored::Duplicate(holder_of(keys[0].clone()).await?), 0));
-        }
-        let seen: Vec<&Vec<u8>> = keys.iter().filter(|k| !taken.contains(k)).collect();
-        if !seen.is_empty() {
-            tx.execute(&stmts.refresh_items, &[&seen, &seq, &now])
-                .await?;
-        }
-    }
-    let id = uuid::Uuid::now_v7().to_string();
-    let size = event.body.len() as i64;
-    tx.execute(
-        &stmts.insert_event,
-        &[
-            &seq,
-            &id,
-            &now,
-            &size,
-            &event.object,
-            &event.field,
-            &event.headers,
-            &event.signature,
-            &event.signature_sha1,
-            &event.route,
-            &ctx.instance,
-        ],
-    )
-    .await?;
-    let body = &event.body[..];
-    let body_params: [&(dyn ToSql + Sync); 2] = [&seq, &body];
-    let body_insert = tx.execute(&stmts.insert_body, &body_params);
-    let deliveries = event.deliveries.iter().map(|planned| async move {
-        let (part, parts) = planned.part.unwrap_or((1, 1));
-        let (part, parts) = (i64::from(part), i64::from(parts));
-        let delivery_id = uuid::Uuid::now_v7().to_string();
-        let row = tx
-            .query_one(
-                &stmts.insert_delivery,
-                &[
-                    &delivery_id,
-                    &seq,
-                    &planned.destination.as_str(),
-                    &part,
-                    &parts,
-                    &planned.part.is_some(),
-                    &now,
-                    &planned.signature,
-                    &planned.signature_sha1,
-                ],
-            )
-            .await?;
-        if let Some(own) = &planned.body {
-            let delivery_seq: i64 = row.get(0);
-            let own = &own[..];
-            tx.execute(&stmts.insert_delivery_body, &[&delivery_seq, &own])
-                .await?;
-        }
-        Ok::<_, tokio_postgres::Error>(())
-    });
-    let (_, stored) = futures_util::future::try_join(body_insert, try_join_all(deliveries)).await?;
-    Ok((Stored::New(id), stored.len()))
-}
-
-/// Records an attempt at delivery `seq`: its outcome (which also releases the claim)
-/// and its line in the history, with the instance that made it.
-#[allow(clippy::too_many_arguments)]
-async fn record_one(
-    tx: &Transaction<'_>,
-    stmts: &Statements,
-    seq: i64,
-    attempts: i64,
-    outcome: &Outcome,
-    report: &AttemptReport,
-    now: i64,
-    instance: &str,
-) -> Result<(), tokio_postgres::Error> {
-    let (next_attempt_at, error, finished_at) = match outcome {
-        Outcome::Delivered => (now, None, Some(now)),
-        Outcome::Retry {
-            next_attempt_at,
-            error,
-        } => (*next_attempt_at, Some(error), None),
-        Outcome::Dead { error } => (now, Some(error), Some(now)),
-    };
-    let state = outcome.state().code();
-    let status = report.status.map(i64::from);
-    let update_params: [&(dyn ToSql + Sync); 6] = [
-        &seq,
-        &state,
-        &attempts,
-        &next_attempt_at,
-        &error,
-        &finished_at,
-    ];
-    let history_params: [&(dyn ToSql + Sync); 7] = [
-        &seq,
-        &attempts,
-        &now,
-        &state,
-        &status,
-        &report.detail,
-        &instance,
-    ];
-    let update = tx.execute(&stmts.record, &update_params);
-    let history = tx.execute(&stmts.record_attempt, &history_params);
-    futures_util::future::try_join(update, history).await?;
-    Ok(())
 }

@@ -20,6 +20,7 @@ mod queue;
 pub mod schema;
 mod writer;
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -122,6 +123,7 @@ impl SqliteStore {
         destination: &DestinationKey,
         limit: usize,
         _terms: ClaimTerms,
+        _held: &HashSet<i64>,
     ) -> Result<Vec<DueDelivery>, SpoolError> {
         let queue = self.queue.clone();
         let destination = destination.clone();
