@@ -36,11 +36,20 @@
 # of them matching one phone number each (narrowed, re-signed bodies), the third taking
 # everything; wrk sends 1 KiB WhatsApp batches for the two numbers. Reports events/s,
 # deliveries/s (three per event) and CPU per event, next to C.
+# and with --postgres: a throw-away PostgreSQL cluster on this machine (Debian's
+# postgresql, its default settings; initdb as the postgres user when run as root), and
+# on it, each on a fresh database:
+#   C-pg      wrk -> xhubd --spool postgres://… -> bench-upstream (C on PostgreSQL);
+#   B-pg1     wrk -> Nginx (plain HTTP) -> one xhubd on PostgreSQL;
+#   B-pg2     wrk -> Nginx -> two xhubd instances on one database (an upstream block of
+#             two sockets, the shipped site otherwise), delivering between them;
+# with the CPU per event split between xhubd and PostgreSQL's processes, and the ratios
+# C-pg / C and B-pg2 / B-pg1.
 # With BASELINE_XHUBD=PATH (an earlier release's binary), C is measured again with it
 # and with this build, alternated (C-prev, C, C-prev, C), and the ratio of the medians
 # is printed.
 #
-# Usage: bash bench/run.sh [--smoke] [--nginx] [--tls] [--catch-up] [--fanout]
+# Usage: bash bench/run.sh [--smoke] [--nginx] [--tls] [--catch-up] [--fanout] [--postgres]
 #   --smoke (or SMOKE=1)  2 s loads, for CI
 # Environment (defaults in brackets):
 #   DURATION [10s; 2s with --smoke]  wrk -d, per load (and bench-load's)
@@ -59,7 +68,8 @@
 #                                    CATCH_UP_EVENTS, the most the load may take)
 #   PROFILE [release]                cargo profile of the binaries (dev: the smoke run
 #                                    in scripts/test.sh, which has them built already)
-# Installs wrk and curl (and nginx-light with --nginx, openssl with --tls) with apt-get
+# Installs wrk and curl (and nginx-light with --nginx or --postgres, openssl with --tls,
+# postgresql with --postgres) with apt-get
 # when missing; builds bench-load with --tls or CATCH_UP_EVENTS. The table is also
 # written to bench/out/. Exits non-zero when an answer was not 2xx, a socket error
 # occurred, or delivery did not drain in time. Figures are targets for the report, not
@@ -72,6 +82,7 @@ WITH_NGINX=0
 WITH_TLS=0
 CATCH_UP=0
 FANOUT=0
+POSTGRES=0
 for arg in "$@"; do
   case $arg in
     --smoke) SMOKE=1 ;;
@@ -79,6 +90,7 @@ for arg in "$@"; do
     --tls) WITH_TLS=1; WITH_NGINX=1 ;;
     --catch-up) CATCH_UP=1 ;;
     --fanout) FANOUT=1 ;;
+    --postgres) POSTGRES=1 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $arg (try --help)" >&2; exit 2 ;;
   esac
@@ -105,7 +117,9 @@ missing=()
 command -v wrk >/dev/null || missing+=(wrk)
 command -v curl >/dev/null || missing+=(curl)
 nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
-[ "$WITH_NGINX" = 0 ] || [ -x "$nginx_bin" ] || missing+=(nginx-light)
+{ [ "$WITH_NGINX" = 0 ] && [ "$POSTGRES" = 0 ]; } || [ -x "$nginx_bin" ] || missing+=(nginx-light)
+pg_bin=$(find /usr/lib/postgresql -maxdepth 2 -name bin -type d 2>/dev/null | sort -V | tail -n 1)
+[ "$POSTGRES" = 0 ] || [ -x "$pg_bin/initdb" ] || missing+=(postgresql)
 [ "$WITH_TLS" = 0 ] || command -v openssl >/dev/null || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}" >&2
@@ -113,6 +127,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo apt-get update
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends "${missing[@]}"
 fi
+pg_bin=$(find /usr/lib/postgresql -maxdepth 2 -name bin -type d 2>/dev/null | sort -V | tail -n 1)
 
 examples=(--example bench-upstream)
 if [ "$WITH_TLS" = 1 ] || { [ "$CATCH_UP" = 1 ] && [ -n "$CATCH_UP_EVENTS" ]; }; then
@@ -130,11 +145,19 @@ tmp=$(mktemp -d -t xhubd-bench.XXXXXX)
 LOG_FILE=${LOG_FILE:-$tmp/xhubd.log}
 pids=()
 # shellcheck disable=SC2317 # called by the EXIT trap
+pg_dir=""
 cleanup() {
   local pid
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$tmp"
+  if [ -n "$pg_dir" ] && [ -f "$pg_dir/data/postmaster.pid" ]; then
+    as_postgres "$pg_bin/pg_ctl" -D "$pg_dir/data" -m immediate stop >/dev/null 2>&1 || true
+  fi
+  rm -rf "$tmp" ${pg_dir:+"$pg_dir"}
+}
+# PostgreSQL refuses to run as root: as root, its commands run as the postgres user.
+as_postgres() {
+  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -187,7 +210,29 @@ cpu_ticks() { # utime + stime of PID, in clock ticks
   echo $((fields[11] + fields[12]))
 }
 
-declare -A base xhub_c ceiling xhub_b ceiling_load xhub_b_load ceiling_tls xhub_b_tls backlog
+# The xhubd processes a load measures: xhubd_pid, or all of measured_pids.
+xhubd_ticks() {
+  local pid total=0
+  for pid in ${measured_pids:-$xhubd_pid}; do total=$((total + $(cpu_ticks "$pid"))); done
+  echo "$total"
+}
+
+# CPU of the PostgreSQL cluster: the postmaster with the children it reaped (cutime,
+# cstime), and its live children (backends, WAL writer, checkpointer, ...).
+postgres_ticks() {
+  local master stat fields total pid
+  master=$(head -n 1 "$pg_dir/data/postmaster.pid")
+  stat=$(<"/proc/$master/stat")
+  read -ra fields <<<"${stat##*) }"
+  total=$((fields[11] + fields[12] + fields[13] + fields[14]))
+  for pid in $(pgrep -P "$master"); do
+    total=$((total + $(cpu_ticks "$pid" 2>/dev/null || echo 0)))
+  done
+  echo "$total"
+}
+
+declare -A base xhub_c ceiling xhub_b ceiling_load xhub_b_load ceiling_tls xhub_b_tls backlog fan \
+  xhub_c_pg xhub_b_pg1 xhub_b_pg2
 # The load generator of run_load: wrk with bench/sign.lua, or bench-load (same bodies,
 # same WRKSTATS line) with load_args (its TLS files, --requests).
 load_tool=wrk
@@ -261,10 +306,12 @@ measure_xhubd() { # NAME URL ARRAYNAME [FANOUT]
   local -n m=$3
   local fanout=${4:-1}
   local before t_start t_load_end t_now deadline delivered cpu_start cpu_end rss_kib
+  local pg_start pg_end
   local drained=0
   before=$(upstream_count)
   echo "$1 for $DURATION" >&2
-  cpu_start=$(cpu_ticks "$xhubd_pid")
+  cpu_start=$(xhubd_ticks)
+  [ -z "${measure_postgres:-}" ] || pg_start=$(postgres_ticks)
   t_start=$(now)
   run_load "$2" "$tmp/wrk-$3.txt" "$3"
   t_load_end=$(now)
@@ -278,7 +325,8 @@ measure_xhubd() { # NAME URL ARRAYNAME [FANOUT]
     [ "$(calc %d "($t_now > $deadline)")" = 1 ] && break
     sleep 0.02
   done
-  cpu_end=$(cpu_ticks "$xhubd_pid")
+  cpu_end=$(xhubd_ticks)
+  [ -z "${measure_postgres:-}" ] || pg_end=$(postgres_ticks)
   sleep 1 # the stragglers wrk did not wait for
   m["extra"]=$(($(upstream_count) - before - m[ok] * fanout))
   rss_kib=$(awk '/^VmHWM:/ { print $2 }' "/proc/$xhubd_pid/status")
@@ -293,8 +341,11 @@ measure_xhubd() { # NAME URL ARRAYNAME [FANOUT]
     failures+=("$1: delivery did not drain within ${DRAIN_TIMEOUT}s")
   fi
   m["cpu_per_k"]="-"
+  m["pg_cpu_per_k"]="-"
   if [ "$delivered" -gt 0 ]; then
     m["cpu_per_k"]=$(calc %.3f "($cpu_end - $cpu_start) / $(getconf CLK_TCK) / ($delivered / $fanout) * 1000")
+    [ -z "${measure_postgres:-}" ] \
+      || m["pg_cpu_per_k"]=$(calc %.3f "($pg_end - $pg_start) / $(getconf CLK_TCK) / ($delivered / $fanout) * 1000")
   fi
 }
 
@@ -308,8 +359,13 @@ stop() { # PID
 # snippet, body limits) as shipped. tls: as shipped, mutual TLS and the subject check
 # included, with only the listen address, the certificate and key, the trust anchor
 # (make_pki's files), the socket and the snippet's path substituted.
-start_nginx() { # NAME PORT SOCKET [tls]: sets nginx_pid
-  local dir="$tmp/nginx-$1" user=""
+start_nginx() { # NAME PORT SOCKET[ SOCKET...] [tls]: sets nginx_pid
+  local dir="$tmp/nginx-$1" user="" more=""
+  # Several sockets: the first in the shipped server line, the others added after it.
+  if [ "${3#* }" != "$3" ]; then
+    more=${3#* }
+    set -- "$1" "$2" "${3%% *}" "${@:4}"
+  fi
   mkdir -p "$dir"
   if [ "${4:-}" = tls ]; then
     sed -e "s|listen 443 ssl;|listen $HOST:$2 ssl;|" \
@@ -336,6 +392,15 @@ start_nginx() { # NAME PORT SOCKET [tls]: sets nginx_pid
       -e "s|include /etc/nginx/snippets/xhubd-proxy.conf;|include $PWD/nginx/xhubd-proxy.conf;|" \
       -e "s|/var/log/nginx/|$dir/|" \
       nginx/xhubd.conf >"$dir/site.conf"
+  fi
+  if [ -n "$more" ]; then
+    awk -v more="$more" '{ print }
+      !added && /^[[:space:]]*server unix:/ {
+        n = split(more, extra, " ")
+        for (i = 1; i <= n; i++) print "    server unix:" extra[i] ";"
+        added = 1
+      }' "$dir/site.conf" >"$dir/site.conf.new"
+    mv "$dir/site.conf.new" "$dir/site.conf"
   fi
   [ "$(id -u)" -ne 0 ] || user="user root;"
   cat >"$dir/nginx.conf" <<CONF
@@ -539,6 +604,52 @@ if [ "$WITH_TLS" = 1 ]; then
   load_args=()
 fi
 
+if [ "$POSTGRES" = 1 ]; then
+  # A throw-away cluster with Debian's defaults (synchronous_commit on, fsync on),
+  # reached over TCP on the loopback, as a database on another host would be.
+  pg_dir=$(mktemp -d -t xhubd-bench-pg.XXXXXX)
+  [ "$(id -u)" -ne 0 ] || chown postgres "$pg_dir"
+  pg_port=$(free_port)
+  as_postgres "$pg_bin/initdb" -D "$pg_dir/data" -U postgres --auth=trust >"$tmp/initdb.log" 2>&1 \
+    || { cat "$tmp/initdb.log" >&2; exit 1; }
+  as_postgres "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/server.log" -w \
+    -o "-p $pg_port -k $pg_dir -c listen_addresses=$HOST" start >/dev/null \
+    || { cat "$pg_dir/server.log" >&2; exit 1; }
+  pg_version=$("$pg_bin/postgres" --version)
+  for db in spool_c spool_b1 spool_b2; do
+    "$pg_bin/psql" -q -h "$pg_dir" -p "$pg_port" -U postgres -c "CREATE DATABASE $db"
+  done
+  pg_url() { echo "postgres://postgres@$HOST:$pg_port/$1?sslmode=disable"; }
+  measure_postgres=1
+
+  xhubd_port=$(free_port)
+  start_xhubd "$HOST:$xhubd_port" "$tmp/state-c-pg" "http://$HOST:$upstream_port/" \
+    --spool "$(pg_url spool_c)" --instance-name bench-c
+  wait_listening "$xhubd_pid" "$xhubd_port" xhubd || { tail -n 20 "$LOG_FILE" >&2; exit 1; }
+  measure_xhubd "C-pg: wrk -> xhubd (PostgreSQL spool) -> bench-upstream" \
+    "http://$HOST:$xhubd_port/" xhub_c_pg
+  stop "$xhubd_pid"
+
+  for n in 1 2; do
+    sockets="" measured_pids=""
+    for i in $(seq "$n"); do
+      start_xhubd "unix:$tmp/xhubd-pg$n-$i.sock" "$tmp/state-b-pg$n-$i" \
+        "http://$HOST:$upstream_port/" --spool "$(pg_url "spool_b$n")" --instance-name "bench-$i"
+      wait_socket "$xhubd_pid" "$tmp/xhubd-pg$n-$i.sock" xhubd || { tail -n 20 "$LOG_FILE" >&2; exit 1; }
+      sockets+="${sockets:+ }$tmp/xhubd-pg$n-$i.sock"
+      measured_pids+="${measured_pids:+ }$xhubd_pid"
+    done
+    nginx_port=$(free_port)
+    start_nginx "xhubd-pg$n" "$nginx_port" "$sockets"
+    measure_xhubd "B-pg$n: wrk -> nginx -> $n xhubd (one PostgreSQL spool) -> bench-upstream" \
+      "http://$HOST:$nginx_port/webhook" "xhub_b_pg$n"
+    stop "$nginx_pid"
+    for pid in $measured_pids; do stop "$pid"; done
+    measured_pids=""
+  done
+  measure_postgres=""
+fi
+
 catch_up=""
 if [ "$CATCH_UP" = 1 ]; then
   # xhubd accepts while nothing listens on its upstream's port; then a second
@@ -644,12 +755,33 @@ report=bench/out/run-$(date +%Y%m%dT%H%M%S).txt
     echo "A-load / A, requests/s (bench-load against wrk, same Nginx, plain HTTP):" \
       "$(calc %.3f "${ceiling_load[rate]} / ${ceiling[rate]}")"
   fi
+  if [ "$POSTGRES" = 1 ]; then
+    echo
+    echo "PostgreSQL spool: $pg_version, a throw-away cluster on this machine with its" \
+      "default settings, over TCP; wrk as above; B-pg: the shipped site (plain HTTP) with" \
+      "an upstream block of 1 or 2 xhubd sockets"
+    get() { local -n a=$1; echo "${a[$2]:--}"; }
+    row "figure" "C: SQLite" "C-pg: PostgreSQL" "B-pg1: nginx + 1" "B-pg2: nginx + 2"
+    row "----------------------------------" "----------------------" \
+      "----------------------" "----------------------" "----------------------"
+    for f in "${fields[@]}" "PostgreSQL CPU s per 1,000 events:pg_cpu_per_k"; do
+      row "${f%%:*}" "$(get xhub_c "${f##*:}")" "$(get xhub_c_pg "${f##*:}")" \
+        "$(get xhub_b_pg1 "${f##*:}")" "$(get xhub_b_pg2 "${f##*:}")"
+    done
+    echo "(B-pg2: CPU and RSS of both instances together, RSS of the first)"
+    echo
+    echo "C-pg / C, accepted events/s: $(calc %.3f "${xhub_c_pg[rate]} / ${xhub_c[rate]}")"
+    [ "${xhub_c_pg[delivered_rate]}" = - ] \
+      || echo "C-pg / C, delivered events/s: $(calc %.3f "${xhub_c_pg[delivered_rate]} / ${xhub_c[delivered_rate]}")"
+    echo "B-pg2 / B-pg1, accepted events/s: $(calc %.3f "${xhub_b_pg2[rate]} / ${xhub_b_pg1[rate]}")"
+  fi
   [ -z "$catch_up" ] || echo "$catch_up"
   [ -z "$compare" ] || echo "$compare"
   [ -z "$fanout_line" ] || echo "$fanout_line"
 } | tee "$report"
 
-for name in base xhub_c ceiling xhub_b ceiling_load xhub_b_load ceiling_tls xhub_b_tls backlog fan; do
+for name in base xhub_c ceiling xhub_b ceiling_load xhub_b_load ceiling_tls xhub_b_tls backlog fan \
+  xhub_c_pg xhub_b_pg1 xhub_b_pg2; do
   declare -n r=$name
   if [ -z "${r[ok]:-}" ]; then unset -n r; continue; fi
   [ "${r[status]}" -eq 0 ] || failures+=("$name: ${r[status]} non-2xx answers")

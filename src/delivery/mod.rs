@@ -191,20 +191,26 @@ impl Delivery {
                 biased;
                 _ = shutdown.cancelled() => break,
                 Some(done) = done_rx.recv() => {
-                    claims.claimed.remove(&done.seq);
-                    // Its claim is released: room for the next.
-                    scan_now |= this.store.claims_hold_concurrency();
-                    if let Some(at) = done.due_again {
-                        next_scan = next_scan.min(instant_at(at));
-                    }
-                    if !done.answered {
-                        failures_in_a_row = failures_in_a_row.saturating_add(1);
-                    } else {
-                        if failures_in_a_row >= OUTAGE_FAILURES {
-                            info!(failures_in_a_row, "the upstream answers again: every pending event is due now");
-                            tokio::spawn(retry_backlog_now(this.store.clone(), this.destination.clone()));
+                    // With every other outcome already reported (one commit records
+                    // many), so that one scan fills the room they all made.
+                    let mut next = Some(done);
+                    while let Some(done) = next {
+                        claims.claimed.remove(&done.seq);
+                        // Its claim is released: room for the next.
+                        scan_now |= this.store.claims_hold_concurrency();
+                        if let Some(at) = done.due_again {
+                            next_scan = next_scan.min(instant_at(at));
                         }
-                        failures_in_a_row = 0;
+                        if !done.answered {
+                            failures_in_a_row = failures_in_a_row.saturating_add(1);
+                        } else {
+                            if failures_in_a_row >= OUTAGE_FAILURES {
+                                info!(failures_in_a_row, "the upstream answers again: every pending event is due now");
+                                tokio::spawn(retry_backlog_now(this.store.clone(), this.destination.clone()));
+                            }
+                            failures_in_a_row = 0;
+                        }
+                        next = done_rx.try_recv().ok();
                     }
                 }
                 permit = permits.clone().acquire_owned(), if have_ready => {
@@ -213,7 +219,7 @@ impl Delivery {
                 }
                 Some(event) = fresh.recv(), if room => claims.offer_fresh(event),
                 Ok(()) = wakeups.changed() => scan_now = true,
-                _ = tokio::time::sleep_until(next_scan), if !have_ready => {}
+                _ = tokio::time::sleep_until(next_scan), if !have_ready && !no_room => {}
             }
         }
         this.running.store(false, Ordering::Relaxed);

@@ -11,6 +11,7 @@ use std::collections::HashSet;
 
 use bytes::Bytes;
 use deadpool_postgres::Pool;
+use tokio_postgres::types::ToSql;
 
 use super::schema::LOCK_CLASS;
 use crate::spool::{now_ms, ClaimTerms, SpoolError, INLINE_BODY_MAX};
@@ -68,25 +69,27 @@ pub(super) async fn claim(
     let (lock, claim) = futures_util::future::try_join(lock, claim)
         .await
         .map_err(read_error)?;
-    tx.execute(&lock, &[&LOCK_CLASS, &destination.as_str()])
-        .await
-        .map_err(read_error)?;
-    let rows = tx
-        .query(
-            &claim,
-            &[
-                &destination.as_str(),
-                &instance,
-                &now,
-                &limit,
-                &concurrency,
-                &lease_until,
-                &(INLINE_BODY_MAX as i64),
-                &held,
-            ],
-        )
-        .await
-        .map_err(read_error)?;
+    let key = destination.as_str();
+    let lock_params: [&(dyn ToSql + Sync); 2] = [&LOCK_CLASS, &key];
+    let params: [&(dyn ToSql + Sync); 8] = [
+        &destination.as_str(),
+        &instance,
+        &now,
+        &limit,
+        &concurrency,
+        &lease_until,
+        &(INLINE_BODY_MAX as i64),
+        &held,
+    ];
+    // Sent together, run in this order. A claim the database forgets in a crash only
+    // lets another instance send that delivery again (at least once): not worth a
+    // wait for the disk each time.
+    let (_, _, rows) = futures_util::try_join!(
+        tx.batch_execute("SET LOCAL synchronous_commit = off"),
+        tx.execute(&lock, &lock_params),
+        tx.query(&claim, &params),
+    )
+    .map_err(read_error)?;
     tx.commit().await.map_err(read_error)?;
     rows.iter()
         .map(|r| {
