@@ -67,6 +67,10 @@ pub fn main() -> ExitCode {
             Ok(text) => output::print_and_exit(text.trim_end()),
             Err(e) => startup_error(&e),
         },
+        Command::Spool(args) => match crate::spool_cli::run(&args) {
+            Ok(text) => output::print_and_exit(&text),
+            Err(e) => startup_error(&e),
+        },
         Command::Check(args) => {
             let (report, ok) = crate::check::run(args.serve);
             let report: Vec<String> = preface.into_iter().chain(report).collect();
