@@ -26,6 +26,9 @@ pub enum Command {
     /// Inspect, replay and purge stored events (works on --state-dir directly, safely
     /// while the daemon runs).
     Events(EventsArgs),
+    /// Work on a whole spool: copy a stopped one-machine (SQLite) spool into a shared
+    /// PostgreSQL one.
+    Spool(SpoolArgs),
     /// Check a configuration (the options of serve): secrets readable, state dir
     /// writable, upstream reachable. With no option, what xhubd.service runs with.
     /// Exits 0, or 2 with the reasons.
@@ -411,6 +414,43 @@ pub enum EventsAction {
         #[arg(long, value_name = "DUR")]
         delivered_before: String,
     },
+}
+
+/// Options of `xhubd spool`.
+#[derive(Debug, Args)]
+pub struct SpoolArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub action: SpoolAction,
+}
+
+/// `xhubd spool` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum SpoolAction {
+    /// Copy what a stopped xhubd's SQLite spool still has to deliver (events with a
+    /// pending or dead delivery, those deliveries and their attempts) and its dedup
+    /// memory into a PostgreSQL spool, in one transaction. Run again, it copies nothing
+    /// twice. Refused while an xhubd runs on DIR. Prints one line: what was copied.
+    Copy(SpoolCopyArgs),
+}
+
+/// Options of `xhubd spool copy`.
+#[derive(Debug, Args)]
+pub struct SpoolCopyArgs {
+    /// The state directory of the stopped xhubd, holding spool.sqlite3 (e.g.
+    /// /var/lib/xhubd).
+    #[arg(long, value_name = "DIR")]
+    pub from: PathBuf,
+
+    /// The PostgreSQL spool: postgres://USER@HOST:PORT/DATABASE?sslmode=verify-full, as
+    /// given to the instances' --spool (its tables are created or upgraded if needed).
+    #[arg(long, value_name = "URL")]
+    pub to: String,
+
+    /// A file holding the PostgreSQL spool's password, when the URL has none (else
+    /// PGPASSWORD).
+    #[arg(long, value_name = "F", env = "XHUBD_SPOOL_PASSWORD_FILE")]
+    pub spool_password_file: Option<PathBuf>,
 }
 
 /// Options of `xhubd send-test`.

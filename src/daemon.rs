@@ -2,7 +2,7 @@
 //! spool, bind, start delivery and the listeners, then wait for SIGTERM/SIGINT and
 //! stop in order (listeners, delivery, writer).
 
-use std::fs::{File, TryLockError};
+use std::fs::File;
 use std::process::ExitCode;
 use std::sync::{Arc, RwLock};
 
@@ -65,6 +65,10 @@ pub fn main() -> ExitCode {
         },
         Command::Events(args) => match crate::events_cli::run(&args) {
             Ok(text) => output::print_and_exit(text.trim_end()),
+            Err(e) => startup_error(&e),
+        },
+        Command::Spool(args) => match crate::spool_cli::run(&args) {
+            Ok(text) => output::print_and_exit(&text),
             Err(e) => startup_error(&e),
         },
         Command::Check(args) => {
@@ -500,21 +504,10 @@ async fn stop_signal(signals: &mut StopSignals) -> &'static str {
 
 /// Takes an exclusive lock on the state directory so two daemons never share a spool.
 fn lock_state_dir(config: &Config) -> anyhow::Result<File> {
-    let path = config.state_dir.join("xhubd.lock");
-    let file = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(TryLockError::WouldBlock) => Err(anyhow!(
+    crate::spool::sqlite::schema::lock(&config.state_dir)?.ok_or_else(|| {
+        anyhow!(
             "--state-dir {} is in use by another xhubd",
             config.state_dir.display()
-        )),
-        Err(TryLockError::Error(e)) => {
-            Err(e).with_context(|| format!("cannot lock {}", path.display()))
-        }
-    }
+        )
+    })
 }

@@ -20,8 +20,8 @@
 //!   when it is ready, stopping, and alive (watchdog).
 //! - [`sign`]: `xhubd sign`, the signature Meta would send for a body; [`docs`]: man
 //!   pages and shell completions.
-//! - [`events_cli`], [`check`], [`send_test`]: the operator's commands; [`output`]
-//!   writes their output like a Unix tool.
+//! - [`events_cli`], [`spool_cli`], [`check`], [`send_test`]: the operator's commands;
+//!   [`output`] writes their output like a Unix tool.
 //! - [`types`]: plain types the stages share (dedup keys); it uses no other module.
 //! - [`secret`], [`tls`], [`duration`], [`logging`], [`shutdown`], [`fd_limit`]: small helpers.
 #![forbid(unsafe_code)]
@@ -50,6 +50,7 @@ pub mod service_env;
 pub mod shutdown;
 pub mod sign;
 pub mod spool;
+pub mod spool_cli;
 pub mod tls;
 pub mod types;
 pub mod webhook;

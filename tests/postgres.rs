@@ -379,3 +379,274 @@ fn a_refused_password_ends_the_start_with_one_line_and_an_unreachable_database_i
     assert!(x.child.as_mut().unwrap().try_wait().unwrap().is_none());
     x.terminate();
 }
+
+/// Two machines' config: every event to `bot`; WhatsApp messages to `down`, one request
+/// per item; page feed changes to `strict`.
+const MOVING: &str = r#"
+[[route]]
+name = "wa"
+path = "/webhook"
+verify_token = "{token}"
+app_secret = "{secret}"
+  [[route.destination]]
+  name = "bot"
+  url = "{up}/bot"
+  [[route.destination]]
+  name = "down"
+  url = "{up}/down"
+  split = "item"
+  match = { value_has = "messages" }
+  [[route.destination]]
+  name = "strict"
+  url = "{up}/strict"
+  match = { field = "feed" }
+"#;
+
+/// [`MOVING`] delivering to `up`, written in `dir`; returns its path.
+fn moving_config(dir: &std::path::Path, name: &str, up: &Upstream) -> String {
+    let path = dir.join(name);
+    let text = MOVING
+        .replace("{token}", VERIFY_TOKEN)
+        .replace("{secret}", APP_SECRET)
+        .replace("{up}", &up.url(""));
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+/// What reached `path` of `up`, by `X-Xhubd-Delivery-Id`: each request's body,
+/// signature and attempt number.
+fn by_delivery(up: &Upstream, path: &str) -> HashMap<String, Vec<(Vec<u8>, String, u32)>> {
+    let mut seen: HashMap<String, Vec<_>> = HashMap::new();
+    for r in up
+        .received()
+        .into_iter()
+        .filter(|r| r.path_and_query == path)
+    {
+        let id = r.header("X-Xhubd-Delivery-Id").unwrap().to_owned();
+        let signature = r.header("X-Hub-Signature-256").unwrap().to_owned();
+        let attempt = r.header("X-Xhubd-Attempt").unwrap().parse().unwrap();
+        seen.entry(id)
+            .or_default()
+            .push((r.body.to_vec(), signature, attempt));
+    }
+    seen
+}
+
+#[test]
+fn spool_copy_moves_pending_and_dead_deliveries_and_the_dedup_memory_once() {
+    let pg = PgCluster::start();
+    let url = pg.database("spool");
+    // The password from a file, not in the URL.
+    let bare = format!(
+        "postgres://postgres@127.0.0.1:{}/spool?sslmode=disable",
+        pg.port
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("spool_password");
+    std::fs::write(&password_file, format!("{PG_PASSWORD}\n")).unwrap();
+    let password_file = password_file.display().to_string();
+    let copy_args = |from: &str| -> Vec<String> {
+        [
+            "spool",
+            "copy",
+            "--from",
+            from,
+            "--to",
+            &bare,
+            "--spool-password-file",
+            &password_file,
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    let copy = |from: &str| {
+        let args = copy_args(from);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, out, err) = run_xhubd(&args, None);
+        assert!(!out.contains(PG_PASSWORD) && !err.contains(PG_PASSWORD));
+        (code, out, err)
+    };
+
+    // The old machine: its backend refuses `down` (503: retried) and `strict` (400:
+    // dead), takes `bot`.
+    let old_up = Upstream::start();
+    old_up.answer_path("/down", 503);
+    old_up.answer_path("/strict", 400);
+    let mut old = Xhubd::start(Options::config(&moving_config(
+        dir.path(),
+        "old.toml",
+        &old_up,
+    )));
+    let change = |wamid: &str| {
+        format!(
+            r#"{{"field":"messages","value":{{"messaging_product":"whatsapp","metadata":{{"phone_number_id":"5"}},"messages":[{{"from":"4477","id":"{wamid}","timestamp":"1","type":"text","text":{{"body":"hi"}}}}]}}}}"#
+        )
+    };
+    let two_messages = format!(
+        r#"{{"object":"whatsapp_business_account","entry":[{{"id":"102","changes":[{},{}]}}]}}"#,
+        change("wamid.P1"),
+        change("wamid.P2")
+    )
+    .into_bytes();
+    let one_message = whatsapp("wamid.P3", 1);
+    let feed = br#"{"object":"page","entry":[{"id":"104","time":1700000000,"changes":[{"field":"feed","value":{"item":"status","verb":"add","post_id":"104_1"}}]}]}"#.to_vec();
+    let delivered = page_event(1);
+    for body in [&two_messages, &one_message, &feed, &delivered] {
+        assert_eq!(old.target.post_signed(body).status, 200);
+    }
+    // Every event went to bot; the 3 messages' parts are pending, tried at least once;
+    // the feed change is dead at strict.
+    wait_for(
+        Duration::from_secs(15),
+        "the old machine's outcomes",
+        || {
+            old.count("SELECT count(*) FROM deliveries WHERE state = 1") == 4
+                && old.count("SELECT count(*) FROM deliveries WHERE state = 2") == 1
+                && old.count("SELECT count(*) FROM deliveries WHERE state = 0 AND attempts > 0")
+                    == 3
+        },
+    );
+    let from = old.state_dir.display().to_string();
+
+    // Refused while the old daemon runs: its lock, and nothing written.
+    let (code, out, err) = copy(&from);
+    assert_eq!(code, 2, "{out}{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("in use by a running xhubd"), "{err}");
+    assert_eq!(
+        pg.count(
+            "spool",
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'events'"
+        ),
+        0
+    );
+    assert!(old.terminate().success());
+    let owed_attempts = old.count(
+        "SELECT count(*) FROM attempts a JOIN deliveries d ON d.seq = a.delivery_seq
+         WHERE d.state != 1",
+    );
+    let own_bodies = old.count(
+        "SELECT count(*) FROM delivery_bodies b JOIN deliveries d ON d.seq = b.seq
+         WHERE d.state != 1",
+    );
+    let keys = old.count("SELECT count(*) FROM dedup");
+    assert!(owed_attempts >= 4 && own_bodies >= 2 && keys >= 4);
+
+    // Copied: the events that still owe something, their owed deliveries (their own
+    // bodies too) with their history, and every dedup key.
+    let (code, out, err) = copy(&from);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        out.trim(),
+        format!("copied 3 event(s), 4 deliveries (3 pending, 1 dead), {owed_attempts} attempt(s), {keys} dedup key(s); already there: 0 event(s), 0 dedup key(s)")
+    );
+    let counts = || {
+        [
+            "SELECT count(*) FROM events WHERE accepted_by LIKE 'copied from %'",
+            "SELECT count(*) FROM deliveries WHERE state = 0 AND claimed_by IS NULL AND lease_until IS NULL",
+            "SELECT count(*) FROM deliveries WHERE state = 2",
+            "SELECT count(*) FROM deliveries",
+            "SELECT count(*) FROM delivery_bodies",
+            "SELECT count(*) FROM attempts WHERE instance LIKE 'copied from %'",
+            "SELECT count(*) FROM dedup",
+            // Each key points at its copied event, or at no row (the delivered event's).
+            "SELECT count(*) FROM dedup WHERE event_seq IN (SELECT seq FROM events)",
+            "SELECT count(*) FROM dedup WHERE event_seq < 0",
+        ]
+        .map(|sql| pg.count("spool", sql))
+    };
+    let after_first = counts();
+    assert_eq!(
+        after_first[..7],
+        [3, 3, 1, 4, own_bodies, owed_attempts, keys]
+    );
+    assert!(after_first[7] > 0 && after_first[8] > 0);
+    assert_eq!(after_first[7] + after_first[8], keys);
+
+    // Run again: nothing new.
+    let (code, out, err) = copy(&from);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        out.trim(),
+        format!("copied 0 event(s), 0 deliveries (0 pending, 0 dead), 0 attempt(s), 0 dedup key(s); already there: 3 event(s), {keys} dedup key(s)")
+    );
+    assert_eq!(counts(), after_first);
+
+    // An instance on PostgreSQL with a working backend sends each pending part once,
+    // as the old machine would have: same delivery id, bytes and signature, the attempt
+    // count carried on.
+    let new_up = Upstream::start();
+    let new = Xhubd::start(
+        Options::config(&moving_config(dir.path(), "new.toml", &new_up))
+            .arg("--spool")
+            .arg(&url)
+            .arg("--instance-name")
+            .arg("web1"),
+    );
+    wait_for(
+        Duration::from_secs(15),
+        "the pending parts delivered",
+        || pg.count("spool", "SELECT count(*) FROM deliveries WHERE state = 1") == 3,
+    );
+    let before = by_delivery(&old_up, "/down");
+    let after = by_delivery(&new_up, "/down");
+    assert_eq!(after.len(), 3, "{after:?}");
+    for (id, sent) in &after {
+        assert_eq!(sent.len(), 1, "delivery {id} sent {} times", sent.len());
+        let (body, signature, attempt) = &sent[0];
+        let (old_body, old_signature, old_attempt) = before[id].last().unwrap();
+        assert_eq!(
+            (body, signature),
+            (old_body, old_signature),
+            "delivery {id}"
+        );
+        assert!(attempt > old_attempt, "delivery {id}: attempt {attempt}");
+    }
+    assert!(new_up
+        .received()
+        .iter()
+        .all(|r| r.path_and_query == "/down"));
+
+    // Meta's retries of what the old machine accepted are recognised: the delivered
+    // event's body, and a message with a new time. Answered 200, stored and sent never.
+    assert_eq!(new.target.post_signed(&delivered).status, 200);
+    assert_eq!(new.target.post_signed(&whatsapp("wamid.P3", 2)).status, 200);
+    assert_eq!(pg.count("spool", "SELECT count(*) FROM events"), 3);
+    let fresh = page_event(2);
+    assert_eq!(new.target.post_signed(&fresh).status, 200);
+    new_up.wait_for(4, Duration::from_secs(15));
+    let bodies: Vec<Vec<u8>> = new_up.received().iter().map(|r| r.body.to_vec()).collect();
+    assert!(bodies.contains(&fresh));
+    assert!(!bodies.contains(&delivered));
+    assert_eq!(pg.count("spool", "SELECT count(*) FROM events"), 4);
+
+    // The dead one is listed as dead on the new spool.
+    let dead_id = old_up
+        .received()
+        .iter()
+        .find(|r| r.path_and_query == "/strict")
+        .and_then(|r| r.header("X-Xhubd-Event-Id").map(str::to_owned))
+        .unwrap();
+    let (code, listed, err) = run_xhubd(
+        &[
+            "events", "--spool", &url, "list", "--state", "dead", "--json",
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let ids: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [dead_id.as_str()]);
+
+    // A state directory without a spool is refused, naming it.
+    let empty = tempfile::tempdir().unwrap();
+    let (code, _, err) = copy(&empty.path().display().to_string());
+    assert_eq!(code, 2);
+    assert!(err.contains("no spool at"), "{err}");
+    assert!(!new.logs().contains(PG_PASSWORD));
+}

@@ -8,7 +8,10 @@
 //! - [`postgres`]: several machines sharing one PostgreSQL database, with deliveries
 //!   claimed under a lease.
 //! - [`views`]: what the operator's views show, whichever the engine.
+//! - [`copy`]: a stopped SQLite spool's pending and dead events and its dedup memory,
+//!   copied into a PostgreSQL spool (`xhubd spool copy`).
 
+pub mod copy;
 pub mod postgres;
 pub mod sqlite;
 pub mod store;

@@ -3,6 +3,7 @@
 //! or upgrades a spool ([`open`]); the operator's commands [`connect`] to one at this
 //! build's layout, so they never change a layout under a running daemon.
 
+use std::fs::{File, TryLockError};
 use std::path::Path;
 use std::time::Duration;
 
@@ -14,6 +15,9 @@ use crate::types::DedupKeys;
 
 /// The file name of the spool inside the state directory.
 pub const DB_FILE: &str = "spool.sqlite3";
+
+/// The file in the state directory whose lock keeps two processes from writing one spool.
+pub const LOCK_FILE: &str = "xhubd.lock";
 
 /// Event states as stored.
 pub mod state {
@@ -221,6 +225,26 @@ fn layout(conn: &Connection, path: &Path) -> anyhow::Result<i64> {
         );
     }
     Ok(version)
+}
+
+/// Takes the exclusive lock on `state_dir` (its file [`LOCK_FILE`], created if
+/// missing): the daemon holds it while it runs, `xhubd spool copy` while it copies.
+/// `None` when another process holds it; released when the file is closed.
+pub fn lock(state_dir: &Path) -> anyhow::Result<Option<File>> {
+    let path = state_dir.join(LOCK_FILE);
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(TryLockError::WouldBlock) => Ok(None),
+        Err(TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
 }
 
 /// Applies the pragmas every connection needs.
