@@ -5,7 +5,9 @@
 //!
 //! - [`connect`]: the URL, its password and TLS.
 //! - [`schema`]: the tables, created or upgraded at start under an advisory lock.
-//! - `writer`: this instance's writes, with group commit.
+//! - `writer`: this instance's writes, with group commit: one task for accepts (what
+//!   `200` stands on), one for the outcomes of attempts.
+//! - `accept`, `record`: what one commit of each runs, in a fixed number of statements.
 //! - `claims`: due deliveries, claimed under a lease (`FOR UPDATE SKIP LOCKED`).
 //! - `listen`: wake-ups from other instances (`LISTEN`/`NOTIFY`).
 //! - [`inspect`]: the operator's views.
@@ -40,6 +42,7 @@ const POOL_SIZE: usize = 4;
 #[derive(Clone)]
 pub struct PgStore {
     writer: Spool,
+    outcomes: Spool,
     pool: deadpool_postgres::Pool,
     instance: Arc<str>,
 }
@@ -48,16 +51,20 @@ pub struct PgStore {
 pub struct PgRunning {
     writer: Spool,
     writer_task: JoinHandle<()>,
+    outcomes: Spool,
+    outcomes_task: JoinHandle<()>,
     stop_listening: CancellationToken,
     // Kept so that delivery's receiver of the (unused) hand-over never ends.
     _fresh: mpsc::Sender<DueDelivery>,
 }
 
 impl PgRunning {
-    /// Commits what the writer has, stops it, then the listener.
+    /// Commits what the writers have, stops them, then the listener.
     pub async fn stop(self) {
         let _ = self.writer.tx.send(Command::Close).await;
         let _ = self.writer_task.await;
+        let _ = self.outcomes.tx.send(Command::Close).await;
+        let _ = self.outcomes_task.await;
         self.stop_listening.cancel();
     }
 }
@@ -95,15 +102,37 @@ impl PgStore {
             health: health.clone(),
         };
         let (started_tx, started) = oneshot::channel();
+        let window_ms = settings.dedup_window.as_millis().min(i64::MAX as u128) as i64;
         let context = writer::WriterContext {
+            role: writer::Role::Events,
             target: target.clone(),
-            window_ms: settings.dedup_window.as_millis().min(i64::MAX as u128) as i64,
+            window_ms,
             instance: instance.to_owned(),
             wakeups: wakeups.clone(),
             health: health.clone(),
         };
+        // The outcomes' writer keeps health flags of its own: readiness is the events
+        // writer's to say.
+        let (outcomes_tx, outcomes_rx) = mpsc::channel(writer::QUEUE_DEPTH);
+        let outcomes = Spool {
+            tx: outcomes_tx,
+            wakeups: wakeups.clone(),
+            health: Arc::new(SpoolHealth {
+                last_commit_ok: false.into(),
+                writer_running: true.into(),
+            }),
+        };
+        let outcomes_context = writer::WriterContext {
+            role: writer::Role::Outcomes,
+            target: target.clone(),
+            window_ms,
+            instance: instance.to_owned(),
+            wakeups: wakeups.clone(),
+            health: outcomes.health.clone(),
+        };
+        let outcomes_task = tokio::spawn(writer::run(outcomes_context, outcomes_rx, None));
         let writer_task = tokio::spawn(async move {
-            writer::run(context, rx, started_tx).await;
+            writer::run(context, rx, Some(started_tx)).await;
             health
                 .writer_running
                 .store(false, std::sync::atomic::Ordering::Relaxed);
@@ -113,6 +142,7 @@ impl PgStore {
         let (fresh_tx, fresh) = mpsc::channel(1);
         let store = PgStore {
             writer: spool.clone(),
+            outcomes: outcomes.clone(),
             pool: target.pool(POOL_SIZE)?,
             instance: instance.into(),
         };
@@ -121,6 +151,8 @@ impl PgStore {
             PgRunning {
                 writer: spool,
                 writer_task,
+                outcomes,
+                outcomes_task,
                 stop_listening,
                 _fresh: fresh_tx,
             },
@@ -147,7 +179,7 @@ impl PgStore {
         outcome: Outcome,
         report: AttemptReport,
     ) -> Result<(), SpoolError> {
-        self.writer.record(seq, attempts, outcome, report).await
+        self.outcomes.record(seq, attempts, outcome, report).await
     }
 
     /// The writer's handle (requests that every engine's writer takes).

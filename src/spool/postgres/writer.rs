@@ -44,8 +44,22 @@ const RECONNECT_MAX: Duration = Duration::from_secs(2);
 /// Times a batch is run when the database aborts it to resolve a conflict.
 const CONFLICT_RUNS: usize = 4;
 
+/// What a writer task takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Role {
+    /// Accepts and retry-now requests: its commits are what `200` stands on. It also
+    /// reports the spool's health, signals the first connection, and prunes.
+    Events,
+    /// Outcomes of attempts only, on a connection of their own, so that delivery's next
+    /// claim never waits behind a large batch of accepts. Nothing answered `200` waits
+    /// on these commits.
+    Outcomes,
+}
+
 /// What the writer needs.
 pub(super) struct WriterContext {
+    /// What it takes.
+    pub role: Role,
     /// The database.
     pub target: Arc<PgTarget>,
     /// How long identities are remembered, and delivered events kept (ms).
@@ -62,9 +76,16 @@ pub(super) struct WriterContext {
 /// or refused (an error that waiting does not fix).
 pub(super) type Started = oneshot::Sender<Result<(), String>>;
 
-/// Runs the writer until a `Close` request or the end of the queue.
-pub(super) async fn run(ctx: WriterContext, mut rx: mpsc::Receiver<Command>, started: Started) {
-    let mut started = Some(started);
+/// Runs the writer until a `Close` request or the end of the queue. `started` (the
+/// events writer's) hears how the first connection went; a writer without one never
+/// gives up on the database.
+pub(super) async fn run(
+    ctx: WriterContext,
+    mut rx: mpsc::Receiver<Command>,
+    started: Option<Started>,
+) {
+    let mut started = started;
+    let events = ctx.role == Role::Events;
     let mut session: Option<Session> = None;
     let mut delay = Duration::from_millis(100);
     let mut waiting_since: Option<Instant> = None;
@@ -77,7 +98,9 @@ pub(super) async fn run(ctx: WriterContext, mut rx: mpsc::Receiver<Command>, sta
         let Some(s) = session.as_mut() else {
             match Session::open(&ctx.target).await {
                 Ok(s) => {
-                    info!(database = %ctx.target.describe(), instance = %ctx.instance, "connected to the PostgreSQL spool");
+                    if events {
+                        info!(database = %ctx.target.describe(), instance = %ctx.instance, "connected to the PostgreSQL spool");
+                    }
                     session = Some(s);
                     delay = Duration::from_millis(100);
                     waiting_since = None;
@@ -97,7 +120,7 @@ pub(super) async fn run(ctx: WriterContext, mut rx: mpsc::Receiver<Command>, sta
                         break;
                     }
                     let since = *waiting_since.get_or_insert_with(Instant::now);
-                    if last_wait_log.is_none_or(|t| t.elapsed() >= WAIT_LOG_EVERY) {
+                    if events && last_wait_log.is_none_or(|t| t.elapsed() >= WAIT_LOG_EVERY) {
                         last_wait_log = Some(Instant::now());
                         warn!(database = %ctx.target.describe(), error = %e, waiting_s = since.elapsed().as_secs(), "waiting for the PostgreSQL spool; events are answered 503 meanwhile");
                     }
@@ -114,7 +137,7 @@ pub(super) async fn run(ctx: WriterContext, mut rx: mpsc::Receiver<Command>, sta
             _ = tokio::time::sleep(HEALTH_EVERY) => {
                 if let Err(e) = s.check().await {
                     lost(&ctx, &mut session, &e);
-                } else if prune_behind || last_prune.elapsed() >= prune_every {
+                } else if events && (prune_behind || last_prune.elapsed() >= prune_every) {
                     prune_behind = s.prune(ctx.window_ms).await;
                     last_prune = Instant::now();
                 }
@@ -172,7 +195,7 @@ pub(super) async fn run(ctx: WriterContext, mut rx: mpsc::Receiver<Command>, sta
             }
         }
         if let Some(s) = session.as_mut() {
-            if prune_behind || last_prune.elapsed() >= prune_every {
+            if events && (prune_behind || last_prune.elapsed() >= prune_every) {
                 prune_behind = s.prune(ctx.window_ms).await;
                 last_prune = Instant::now();
             }
