@@ -8,6 +8,7 @@
 //! - `writer`: this instance's writes, with group commit: one task for accepts (what
 //!   `200` stands on), one for the outcomes of attempts.
 //! - `accept`, `record`: what one commit of each runs, in a fixed number of statements.
+//! - `statistics`: the planner's statistics, kept current while the spool grows.
 //! - `claims`: due deliveries, claimed under a lease (`FOR UPDATE SKIP LOCKED`).
 //! - `listen`: wake-ups from other instances (`LISTEN`/`NOTIFY`).
 //! - [`inspect`]: the operator's views.
@@ -19,6 +20,7 @@ pub mod inspect;
 mod listen;
 mod record;
 pub mod schema;
+mod statistics;
 mod writer;
 
 use std::collections::HashSet;

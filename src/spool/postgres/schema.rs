@@ -15,6 +15,8 @@ pub const LOCK_CLASS: i32 = 0x7868_7562; // "xhub"
 pub const MIGRATE_LOCK: i32 = 1;
 /// The lock id the pruning instance holds (one at a time).
 pub const PRUNE_LOCK: i32 = 2;
+/// The lock id the instance analysing the tables holds (see `statistics`).
+pub const ANALYZE_LOCK: i32 = 4;
 /// The lock id `xhubd spool copy` holds while it copies (one copy at a time).
 pub const COPY_LOCK: i32 = 3;
 /// The channel of `NOTIFY`: deliveries may have become due (payload: a destination's

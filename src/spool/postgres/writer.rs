@@ -27,6 +27,7 @@ use super::accept::{accept_batch, AcceptStatements, AcceptTerms};
 use super::connect::{back_off, connection_lost, ConnectError, PgTarget};
 use super::record::{record_batch, Attempted, RecordStatements};
 use super::schema::{self, MigrateError, CHANNEL, LOCK_CLASS, PRUNE_LOCK};
+use super::statistics::Growth;
 use crate::spool::{now_ms, Command, NewEvent, SpoolError, SpoolHealth, Stored, RETRY_NOW_CHUNK};
 
 /// Most requests in one transaction.
@@ -94,6 +95,7 @@ pub(super) async fn run(
         .clamp(Duration::from_millis(200), Duration::from_secs(60));
     let mut last_prune = Instant::now();
     let mut prune_behind = false;
+    let mut growth = Growth::new();
     loop {
         let Some(s) = session.as_mut() else {
             match Session::open(&ctx.target).await {
@@ -173,6 +175,13 @@ pub(super) async fn run(
         match result {
             Ok(applied) => {
                 ctx.health.last_commit_ok.store(true, Ordering::Relaxed);
+                let stored = applied
+                    .iter()
+                    .filter(|a| matches!(a, Applied::Accepted(Stored::New(_), _)))
+                    .count();
+                if stored > 0 {
+                    growth.grew(stored, &ctx.target);
+                }
                 let mut new_deliveries = false;
                 for (cmd, applied) in batch.into_iter().zip(applied) {
                     new_deliveries |= answer(cmd, Ok(applied));
