@@ -281,14 +281,33 @@ pub fn classify(e: tokio_postgres::Error) -> ConnectError {
             ConnectError::Unreachable(detail)
         };
     }
-    let tls_refused = std::error::Error::source(&e)
+    let tls = std::error::Error::source(&e)
         .and_then(|s| s.downcast_ref::<std::io::Error>())
         .and_then(|io| io.get_ref())
-        .is_some_and(|inner| inner.is::<rustls::Error>());
-    if tls_refused || detail.contains("invalid configuration") {
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    if let Some(tls) = tls {
+        return ConnectError::Refused(format!("{detail}{}", certificate_hint(tls)));
+    }
+    // A setting tokio-postgres refuses, or TLS required of a server without it: both
+    // said in words only.
+    if detail.contains("invalid configuration") || detail.contains("server does not support TLS") {
         ConnectError::Refused(detail)
     } else {
         ConnectError::Unreachable(detail)
+    }
+}
+
+/// What rustls's name for a certificate problem means to the operator.
+fn certificate_hint(e: &rustls::Error) -> &'static str {
+    use rustls::CertificateError::{NotValidForName, NotValidForNameContext, UnknownIssuer};
+    match e {
+        rustls::Error::InvalidCertificate(UnknownIssuer) => {
+            " (the server's certificate is not signed by a CA of sslrootcert, or of the system when sslrootcert is not given)"
+        }
+        rustls::Error::InvalidCertificate(NotValidForName | NotValidForNameContext { .. }) => {
+            " (the server's certificate does not name the URL's host: sslmode=verify-full checks the name, verify-ca only the CA)"
+        }
+        _ => "",
     }
 }
 
