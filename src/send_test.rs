@@ -6,7 +6,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::tls::{client_config, ClientIdentity, Roots};
+use crate::tls::{client_config, ClientIdentity, Roots, ServerCheck};
 use anyhow::{anyhow, Context};
 use bytes::Bytes;
 use http::{header, Method, Request, Uri};
@@ -207,7 +207,7 @@ fn client(args: &SendTestArgs) -> anyhow::Result<HttpsClient> {
         }),
         _ => None,
     };
-    let config = client_config(roots, identity)?;
+    let config = client_config(ServerCheck::Full(roots), identity)?;
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(config)
         .https_or_http()

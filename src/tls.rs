@@ -1,13 +1,18 @@
-//! TLS client settings from files: which CAs to trust and which certificate to present.
-//! One builder for every client xhubd makes on an operator's files (`send-test`'s
-//! `--cacert`/`--cert`/`--key`, the PostgreSQL spool's `sslrootcert`/`sslcert`/
-//! `sslkey`), with rustls and ring; errors name the option and the file.
+//! TLS client settings from files: which CAs to trust, how much of the server's
+//! certificate to check, and which certificate to present. One builder for every
+//! client xhubd makes on an operator's files (`send-test`'s `--cacert`/`--cert`/`--key`,
+//! the PostgreSQL spool's `sslrootcert`/`sslcert`/`sslkey`), with rustls and ring;
+//! errors name the option and the file.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Context;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
 /// Which certificate authorities a client trusts.
 #[derive(Debug, Clone, Copy)]
@@ -33,14 +38,69 @@ pub struct ClientIdentity<'a> {
     pub key_option: &'a str,
 }
 
-/// A rustls client configuration (TLS 1.2 and 1.3, ring) trusting `roots` and
-/// presenting `identity` when given. Errors name the option and the file that is
-/// missing, unreadable or not PEM.
+/// How a client checks the server's certificate. The handshake's signatures are
+/// checked in every case, so the server holds the key of the certificate it shows.
+#[derive(Debug, Clone, Copy)]
+pub enum ServerCheck<'a> {
+    /// It chains to `roots`, is valid now, and names the host connected to: what
+    /// every HTTPS client does, and libpq's `verify-full`.
+    Full(Roots<'a>),
+    /// It chains to `roots` and is valid now, whatever names it bears: libpq's
+    /// `verify-ca`.
+    ChainOnly(Roots<'a>),
+    /// Not at all: the connection is encrypted but the server is not authenticated,
+    /// as libpq's `require` and `prefer` without a root certificate.
+    Nothing,
+}
+
+/// A rustls client configuration (TLS 1.2 and 1.3, ring) checking the server as
+/// `check` says and presenting `identity` when given. Errors name the option and the
+/// file that is missing, unreadable or not PEM.
 pub fn client_config(
-    roots: Roots<'_>,
+    check: ServerCheck<'_>,
     identity: Option<ClientIdentity<'_>>,
 ) -> anyhow::Result<rustls::ClientConfig> {
-    let mut store = rustls::RootCertStore::empty();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let algorithms = provider.signature_verification_algorithms;
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS set-up")?;
+    let builder = match check {
+        ServerCheck::Full(roots) => builder.with_root_certificates(root_store(roots)?),
+        ServerCheck::ChainOnly(roots) => {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(Lenient {
+                    roots: Some(root_store(roots)?),
+                    algorithms,
+                }))
+        }
+        ServerCheck::Nothing => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Lenient {
+                roots: None,
+                algorithms,
+            })),
+    };
+    Ok(match identity {
+        Some(id) => {
+            let chain = CertificateDer::pem_file_iter(id.cert)
+                .with_context(|| format!("{}: cannot read {}", id.cert_option, id.cert.display()))?
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| format!("{}: {}", id.cert_option, id.cert.display()))?;
+            let key = PrivateKeyDer::from_pem_file(id.key)
+                .with_context(|| format!("{}: cannot read {}", id.key_option, id.key.display()))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .with_context(|| format!("{}/{}", id.cert_option, id.key_option))?
+        }
+        None => builder.with_no_client_auth(),
+    })
+}
+
+/// The CAs of `roots`.
+fn root_store(roots: Roots<'_>) -> anyhow::Result<RootCertStore> {
+    let mut store = RootCertStore::empty();
     if matches!(roots, Roots::System | Roots::SystemAnd(..)) {
         store.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
     }
@@ -58,23 +118,59 @@ pub fn client_config(
             anyhow::bail!("{option}: no certificate in {}", path.display());
         }
     }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("TLS set-up")?
-        .with_root_certificates(store);
-    Ok(match identity {
-        Some(id) => {
-            let chain = CertificateDer::pem_file_iter(id.cert)
-                .with_context(|| format!("{}: cannot read {}", id.cert_option, id.cert.display()))?
-                .collect::<Result<Vec<_>, _>>()
-                .with_context(|| format!("{}: {}", id.cert_option, id.cert.display()))?;
-            let key = PrivateKeyDer::from_pem_file(id.key)
-                .with_context(|| format!("{}: cannot read {}", id.key_option, id.key.display()))?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .with_context(|| format!("{}/{}", id.cert_option, id.key_option))?
+    Ok(store)
+}
+
+/// The checks of [`ServerCheck::ChainOnly`] (with `roots`) and [`ServerCheck::Nothing`]
+/// (without): the chain through rustls's own function, never the name; the handshake's
+/// signatures always.
+#[derive(Debug)]
+struct Lenient {
+    roots: Option<RootCertStore>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for Lenient {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Some(roots) = &self.roots {
+            let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+            rustls::client::verify_server_cert_signed_by_trust_anchor(
+                &cert,
+                roots,
+                intermediates,
+                now,
+                self.algorithms.all,
+            )?;
         }
-        None => builder.with_no_client_auth(),
-    })
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
 }

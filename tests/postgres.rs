@@ -1,18 +1,21 @@
 //! Several xhubd instances on one PostgreSQL spool (a real server, started by the
 //! tests in a throw-away cluster): dedup across instances, delivery taken over after a
-//! lease when an instance dies, the database going down under load, and what start-up
-//! says about a database that refuses or does not answer.
+//! lease when an instance dies, the database going down under load, what start-up
+//! says about a database that refuses or does not answer, and TLS to the database
+//! (`sslmode`, `sslrootcert`, client certificates) against a server with `ssl = on`.
 
 mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use common::faulty_upstream::{FaultyUpstream, Mode};
-use common::postgres::{PgCluster, PG_PASSWORD};
+use common::pki::{ClientId, PgPki};
+use common::postgres::{PgCluster, PgTls, PG_PASSWORD};
 use common::*;
 
 /// An instance on the database at `url`, named `name`, with an admin listener.
@@ -348,6 +351,14 @@ fn a_refused_password_ends_the_start_with_one_line_and_an_unreachable_database_i
         "{report}"
     );
 
+    // TLS required of a server that has none: refused too, not waited for.
+    let no_tls = format!(
+        "postgres://postgres:{PG_PASSWORD}@127.0.0.1:{}/spool?sslmode=require",
+        pg.port
+    );
+    let line = refused_at_start(&no_tls);
+    assert!(line.contains("server does not support TLS"), "{line}");
+
     // A database that does not answer: xhubd runs, says so, and answers 503.
     let closed = free_port();
     let nowhere =
@@ -649,4 +660,264 @@ fn spool_copy_moves_pending_and_dead_deliveries_and_the_dedup_memory_once() {
     assert_eq!(code, 2);
     assert!(err.contains("no spool at"), "{err}");
     assert!(!new.logs().contains(PG_PASSWORD));
+}
+
+// ---------------------------------------------------------------- TLS to the database
+
+/// A cluster with TLS (`pki`'s server certificate for localhost and 127.0.0.1) whose
+/// only TCP line in pg_hba.conf is `hba`, with a database `spool`.
+fn tls_cluster(pki: &PgPki, hba: &str) -> PgCluster {
+    let pg = PgCluster::start_with_tls(&PgTls {
+        cert: &pki.server_cert,
+        key: &pki.server_key,
+        client_ca: &pki.client_ca,
+        hba: &[hba],
+    });
+    pg.database("spool");
+    pg
+}
+
+/// The URL of database `spool` as `user` (with the password when given), over TCP to
+/// `host` (with `hostaddr=127.0.0.1` when it is not an address), with `params`.
+fn tls_url(
+    pg: &PgCluster,
+    user: &str,
+    password: bool,
+    host: &str,
+    params: &[(&str, &Path)],
+) -> String {
+    let password = if password {
+        format!(":{PG_PASSWORD}")
+    } else {
+        String::new()
+    };
+    let mut url = format!("postgres://{user}{password}@{host}:{}/spool", pg.port);
+    let mut query: Vec<String> = params
+        .iter()
+        .map(|(name, value)| format!("{name}={}", value.display()))
+        .collect();
+    if host.parse::<std::net::IpAddr>().is_err() {
+        query.push("hostaddr=127.0.0.1".into());
+    }
+    if !query.is_empty() {
+        url = format!("{url}?{}", query.join("&"));
+    }
+    url
+}
+
+/// `xhubd check` on the spool at `url`: its exit status and its spool line.
+fn check_spool(url: &str, upstream: &Upstream) -> (i32, String) {
+    let (code, report, err) = run_xhubd(&check_args(url, &upstream.url("/events")), None);
+    assert!(
+        !report.contains(PG_PASSWORD) && !err.contains(PG_PASSWORD),
+        "{report}{err}"
+    );
+    let line = report
+        .lines()
+        .find(|l| l.contains(" spool: "))
+        .unwrap_or_else(|| panic!("no spool line: {report}{err}"))
+        .to_owned();
+    (code, line)
+}
+
+/// `xhubd serve` on the spool at `url`, which must end at start: status 2 and one line
+/// (returned), fast, without the password.
+fn refused_at_start(url: &str) -> String {
+    let started = Instant::now();
+    let (code, out, err) = run_xhubd(
+        &[
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--upstream",
+            "http://127.0.0.1:9/",
+            "--verify-token",
+            VERIFY_TOKEN,
+            "--app-secret",
+            APP_SECRET,
+            "--spool",
+            url,
+        ],
+        None,
+    );
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("xhubd:")).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        !err.contains(PG_PASSWORD) && !out.contains(PG_PASSWORD),
+        "{err}"
+    );
+    lines[0].to_owned()
+}
+
+/// How many of the server's connections from xhubd use TLS, and how many do not.
+fn xhubd_sessions_by_tls(pg: &PgCluster) -> (i64, i64) {
+    let sql = |ssl: bool| {
+        format!(
+            "SELECT count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+             WHERE a.application_name = 'xhubd' AND s.ssl = {ssl}"
+        )
+    };
+    (
+        pg.count("postgres", &sql(true)),
+        pg.count("postgres", &sql(false)),
+    )
+}
+
+#[test]
+fn verify_full_with_the_servers_ca_serves_over_tls_and_another_ca_ends_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = PgPki::create(dir.path());
+    let pg = tls_cluster(&pki, "hostssl all all 127.0.0.1/32 scram-sha-256");
+    let upstream = Upstream::start();
+    let verify_full = Path::new("verify-full");
+    let url = tls_url(
+        &pg,
+        "postgres",
+        true,
+        "127.0.0.1",
+        &[("sslmode", verify_full), ("sslrootcert", &pki.ca)],
+    );
+
+    let (code, line) = check_spool(&url, &upstream);
+    assert_eq!(code, 0, "{line}");
+    assert!(line.contains("connects"), "{line}");
+    let (x, _) = instance(&url, "a", &upstream.url("/events"), &[]);
+    assert_eq!(x.target.post_signed(&page_event(1)).status, 200);
+    let got = upstream.wait_for(1, Duration::from_secs(15));
+    assert_eq!(&got[0].body[..], &page_event(1)[..]);
+    let (encrypted, plain) = xhubd_sessions_by_tls(&pg);
+    assert!(
+        encrypted > 0 && plain == 0,
+        "{encrypted} over TLS, {plain} not"
+    );
+    drop(x);
+
+    // The same URL, trusting a CA that did not sign the server's certificate.
+    let wrong = tls_url(
+        &pg,
+        "postgres",
+        true,
+        "127.0.0.1",
+        &[("sslmode", verify_full), ("sslrootcert", &pki.other_ca)],
+    );
+    let line = refused_at_start(&wrong);
+    assert!(line.contains("certificate"), "{line}");
+    assert!(line.contains("UnknownIssuer"), "{line}");
+    assert!(line.contains("not signed by a CA of sslrootcert"), "{line}");
+    assert!(line.contains("postgres://postgres@127.0.0.1"), "{line}");
+    let (code, line) = check_spool(&wrong, &upstream);
+    assert_eq!(code, 2, "{line}");
+    assert!(
+        line.starts_with("FAIL spool:") && line.contains("certificate"),
+        "{line}"
+    );
+}
+
+#[test]
+fn each_sslmode_against_a_server_that_allows_only_tls_does_what_libpq_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = PgPki::create(dir.path());
+    let pg = tls_cluster(&pki, "hostssl all all 127.0.0.1/32 scram-sha-256");
+    let upstream = Upstream::start();
+    let mode = |m: &'static str| ("sslmode", Path::new(m));
+    let right = ("sslrootcert", pki.ca.as_path());
+    let wrong = ("sslrootcert", pki.other_ca.as_path());
+    let connects = |host: &str, params: &[(&str, &Path)]| {
+        let url = tls_url(&pg, "postgres", true, host, params);
+        let (code, line) = check_spool(&url, &upstream);
+        assert!(code == 0 && line.contains("connects"), "{url}: {line}");
+    };
+    let fails = |host: &str, params: &[(&str, &Path)], expect: &str| {
+        let url = tls_url(&pg, "postgres", true, host, params);
+        let (code, line) = check_spool(&url, &upstream);
+        assert!(code == 2 && line.contains(expect), "{url}: {line}");
+    };
+
+    // Encrypted (only hostssl lets anyone in) and, without a root file, unverified:
+    // nothing trusts the test CA, yet require and prefer connect.
+    connects("127.0.0.1", &[mode("require")]);
+    connects("127.0.0.1", &[]);
+    // With a root file, require checks the chain as verify-ca does.
+    connects("127.0.0.1", &[mode("require"), right]);
+    fails("127.0.0.1", &[mode("require"), wrong], "UnknownIssuer");
+    // verify-full without sslrootcert trusts the system's CAs only.
+    fails("127.0.0.1", &[mode("verify-full")], "UnknownIssuer");
+    // A host name the certificate does not carry (connecting to 127.0.0.1 through
+    // hostaddr): verify-ca does not look at the name, verify-full refuses it.
+    connects("db.internal", &[mode("verify-ca"), right]);
+    fails("db.internal", &[mode("verify-ca"), wrong], "UnknownIssuer");
+    fails(
+        "db.internal",
+        &[mode("verify-full"), right],
+        "certificate not valid for name \"db.internal\"",
+    );
+    // sslrootcert=system asks for verify-full.
+    let system = tls_url(
+        &pg,
+        "postgres",
+        true,
+        "127.0.0.1",
+        &[mode("require"), ("sslrootcert", Path::new("system"))],
+    );
+    let line = refused_at_start(&system);
+    assert!(line.contains("use verify-full"), "{line}");
+
+    // No TLS: pg_hba.conf has no line for it.
+    let plain = tls_url(&pg, "postgres", true, "127.0.0.1", &[mode("disable")]);
+    let line = refused_at_start(&plain);
+    assert!(line.contains("no pg_hba.conf entry"), "{line}");
+    assert!(line.contains("no encryption"), "{line}");
+}
+
+#[test]
+fn a_client_certificate_whose_cn_is_the_user_logs_in_without_a_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = PgPki::create(dir.path());
+    let pg = tls_cluster(&pki, "hostssl all all 127.0.0.1/32 cert");
+    let upstream = Upstream::start();
+    let as_user = |id: &ClientId| {
+        tls_url(
+            &pg,
+            "postgres",
+            false,
+            "127.0.0.1",
+            &[
+                ("sslmode", Path::new("verify-full")),
+                ("sslrootcert", &pki.ca),
+                ("sslcert", &id.chain),
+                ("sslkey", &id.key),
+            ],
+        )
+    };
+
+    let url = as_user(&pki.postgres);
+    let (x, _) = instance(&url, "a", &upstream.url("/events"), &[]);
+    assert_eq!(x.target.post_signed(&page_event(1)).status, 200);
+    let got = upstream.wait_for(1, Duration::from_secs(15));
+    assert_eq!(&got[0].body[..], &page_event(1)[..]);
+    drop(x);
+
+    // Another user's certificate, and none at all.
+    let line = refused_at_start(&as_user(&pki.someone_else));
+    assert!(
+        line.contains("certificate authentication failed for user \"postgres\""),
+        "{line}"
+    );
+    let none = tls_url(
+        &pg,
+        "postgres",
+        false,
+        "127.0.0.1",
+        &[
+            ("sslmode", Path::new("verify-full")),
+            ("sslrootcert", &pki.ca),
+        ],
+    );
+    let line = refused_at_start(&none);
+    assert!(
+        line.contains("connection requires a valid client certificate"),
+        "{line}"
+    );
 }

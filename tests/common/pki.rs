@@ -1,6 +1,7 @@
 //! A throw-away PKI made at run time: a server certificate for `localhost`, a stand-in
 //! for Meta's client CA (root and intermediate) with a good client leaf, and the bad
-//! cases Nginx must refuse.
+//! cases Nginx must refuse; and another for a PostgreSQL server with TLS and its
+//! clients ([`PgPki`]).
 
 use std::path::{Path, PathBuf};
 
@@ -186,6 +187,63 @@ impl Pki {
             other_root: client(dir, "other-root", &other_leaf, &[&other]),
             expired: client(dir, "expired", &expired, &[&inter]),
             too_deep: client(dir, "too-deep", &deep_leaf, &[&i4, &i3, &i2, &i1]),
+        }
+    }
+}
+
+/// Files for a PostgreSQL server with TLS and its clients: a server CA signing the
+/// server's certificate for `localhost` and `127.0.0.1`, another CA that signs nothing
+/// the server presents, and a client CA signing client certificates whose CN is a
+/// database user's name.
+pub struct PgPki {
+    /// The CA that signs the server's certificate (a client's `sslrootcert`).
+    pub ca: PathBuf,
+    /// A CA unrelated to the server (a wrong `sslrootcert`).
+    pub other_ca: PathBuf,
+    /// The server's certificate (leaf, then its CA) and key.
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    /// The CA the server checks client certificates against (`ssl_ca_file`).
+    pub client_ca: PathBuf,
+    /// A client certificate for the user `postgres`.
+    pub postgres: ClientId,
+    /// A client certificate for the user `someone_else`.
+    pub someone_else: ClientId,
+}
+
+impl PgPki {
+    pub fn create(dir: &Path) -> PgPki {
+        let server_root = ca("Test PostgreSQL Server Root", None);
+        let server = leaf(
+            &[(DnType::CommonName, "localhost")],
+            &["localhost", "127.0.0.1"],
+            false,
+            &server_root,
+            false,
+        );
+        let other = ca("Test Unrelated Root", None);
+        let client_root = ca("Test PostgreSQL Client Root", None);
+        let user = |name: &str| {
+            leaf(
+                &[(DnType::CommonName, name)],
+                &[],
+                true,
+                &client_root,
+                false,
+            )
+        };
+        PgPki {
+            ca: write(dir, "pg-ca.pem", &[&server_root.cert.pem()]),
+            other_ca: write(dir, "pg-other-ca.pem", &[&other.cert.pem()]),
+            server_cert: write(
+                dir,
+                "pg-server.pem",
+                &[&server.cert.pem(), &server_root.cert.pem()],
+            ),
+            server_key: write(dir, "pg-server.key", &[&server.key.serialize_pem()]),
+            client_ca: write(dir, "pg-client-ca.pem", &[&client_root.cert.pem()]),
+            postgres: client(dir, "pg-user-postgres", &user("postgres"), &[]),
+            someone_else: client(dir, "pg-user-someone-else", &user("someone_else"), &[]),
         }
     }
 }

@@ -4,6 +4,8 @@
 //! root (PostgreSQL refuses root), in a temporary directory on a free port and a Unix
 //! socket in that directory. Connections over TCP need the password
 //! ([`PG_PASSWORD`], SCRAM); over the socket they are trusted (for the tests' own SQL).
+//! [`PgCluster::start_with_tls`] starts one with TLS and the test's own `pg_hba.conf`
+//! lines for TCP.
 //! The package's own cluster, if any, is left alone. Dropping the cluster stops it and
 //! removes its directory.
 
@@ -21,6 +23,22 @@ pub struct PgCluster {
     dir: tempfile::TempDir,
     pub port: u16,
     as_postgres: bool,
+    /// The server options that switch TLS on, when it is.
+    tls_options: Option<String>,
+}
+
+/// TLS for a cluster: PEM files (copied into the cluster's directory, the key with
+/// mode 0600, all owned by the server's user) and what `pg_hba.conf` says about TCP.
+pub struct PgTls<'a> {
+    /// The server's certificate chain (`ssl_cert_file`).
+    pub cert: &'a Path,
+    /// Its key (`ssl_key_file`).
+    pub key: &'a Path,
+    /// The CA that client certificates must chain to (`ssl_ca_file`).
+    pub client_ca: &'a Path,
+    /// The lines after `local all all trust`, e.g.
+    /// `hostssl all all 127.0.0.1/32 scram-sha-256`.
+    pub hba: &'a [&'a str],
 }
 
 /// The newest installed server's binaries, or a loud failure naming the package.
@@ -45,6 +63,16 @@ fn server_bin() -> PathBuf {
 impl PgCluster {
     /// Creates and starts a cluster; waits until it takes connections.
     pub fn start() -> PgCluster {
+        PgCluster::start_with(None)
+    }
+
+    /// Creates and starts a cluster with `ssl = on`, `tls`'s files and `pg_hba.conf`
+    /// lines; waits until it takes connections.
+    pub fn start_with_tls(tls: &PgTls) -> PgCluster {
+        PgCluster::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<&PgTls>) -> PgCluster {
         let bin = server_bin();
         let as_postgres = is_root();
         let dir = tempfile::Builder::new()
@@ -53,6 +81,27 @@ impl PgCluster {
             .unwrap();
         let pwfile = dir.path().join("pw");
         std::fs::write(&pwfile, PG_PASSWORD).unwrap();
+        let tls_options = tls.map(|tls| {
+            use std::os::unix::fs::PermissionsExt;
+            let copy = |from: &Path, name: &str| {
+                let to = dir.path().join(name);
+                std::fs::copy(from, &to).unwrap();
+                to.display().to_string()
+            };
+            let cert = copy(tls.cert, "server.crt");
+            let key = copy(tls.key, "server.key");
+            // PostgreSQL refuses a key that others may read.
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+            let ca = copy(tls.client_ca, "client-ca.crt");
+            let hba = dir.path().join("pg_hba.conf");
+            let mut lines = vec!["local all all trust"];
+            lines.extend(tls.hba);
+            std::fs::write(&hba, lines.join("\n") + "\n").unwrap();
+            format!(
+                "-c ssl=on -c ssl_cert_file={cert} -c ssl_key_file={key} -c ssl_ca_file={ca} -c hba_file={}",
+                hba.display()
+            )
+        });
         if as_postgres {
             let status = Command::new("chown")
                 .args(["-R", "postgres:postgres"])
@@ -66,6 +115,7 @@ impl PgCluster {
             port: free_port(),
             dir,
             as_postgres,
+            tls_options,
         };
         let data = cluster.data();
         cluster.run_ok(
@@ -120,26 +170,28 @@ impl PgCluster {
     }
 
     fn pg_ctl_start(&self) {
-        let options = format!(
+        let mut options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200",
             self.port,
             self.dir.path().display()
         );
-        let log = self.dir.path().join("server.log").display().to_string();
-        self.run_ok(
-            "pg_ctl",
-            &[
-                "-D",
-                &self.data(),
-                "-o",
-                &options,
-                "-l",
-                &log,
-                "-w",
-                "-t",
-                "60",
-                "start",
-            ],
+        if let Some(tls) = &self.tls_options {
+            options = format!("{options} {tls}");
+        }
+        let log = self.dir.path().join("server.log");
+        let out = self
+            .command("pg_ctl")
+            .args(["-D", &self.data(), "-o", &options, "-l"])
+            .arg(&log)
+            .args(["-w", "-t", "60", "start"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl start failed: {}{}\nserver log:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
         );
     }
 

@@ -1,13 +1,18 @@
 //! Where the PostgreSQL spool is and how to reach it: the `postgres://` URL (libpq's
-//! form), its password from wherever the operator keeps it, and TLS with certificate
-//! and host name always verified.
+//! form), its password from wherever the operator keeps it, and TLS as libpq does it.
 //!
-//! `sslmode` (libpq's parameter, <https://www.postgresql.org/docs/current/libpq-ssl.html>):
-//! `disable` never uses TLS; `prefer` (the default) uses it when the server offers it;
-//! `require`, `verify-ca` and `verify-full` insist on it. Whenever TLS is used, the
-//! server's certificate and name are verified (libpq's `verify-full`): against the
-//! system's roots, or only against the CAs of `sslrootcert=FILE` (`system` means the
-//! system's). `sslcert` and `sslkey` present a client certificate.
+//! `sslmode` and `sslrootcert` mean what they mean to libpq
+//! (<https://www.postgresql.org/docs/current/libpq-ssl.html>): `disable` never uses
+//! TLS; `prefer` (the default) uses it when the server offers it; `require`,
+//! `verify-ca` and `verify-full` insist on it. `verify-full` checks that the server's
+//! certificate chains to a trusted CA and names the host; `verify-ca` only the chain;
+//! `prefer` and `require` only the chain when `sslrootcert` names a file, and nothing
+//! otherwise (encrypted, not authenticated). The trusted CAs are those of
+//! `sslrootcert=FILE`, else the system's (libpq would read `~/.postgresql/root.crt`);
+//! `sslrootcert=system` asks for `verify-full` and refuses a weaker mode, as libpq 16
+//! does, and `verify-ca` needs a file (against the system's CAs, a certificate checked
+//! without its name proves nothing). `sslcert` and `sslkey` present a client certificate. Unlike libpq, `prefer`
+//! does not fall back to a plain connection when the TLS handshake fails.
 //!
 //! The password never leaves this module's [`Secret`]: [`PgTarget::describe`] shows the
 //! URL without it, and errors come from tokio-postgres, which never prints it.
@@ -24,7 +29,7 @@ use tokio_postgres::{Client, Config, Connection, Socket};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::secret::Secret;
-use crate::tls::{client_config, ClientIdentity, Roots};
+use crate::tls::{client_config, ClientIdentity, Roots, ServerCheck};
 
 /// How long a connection attempt may take before it counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -85,17 +90,7 @@ impl PgTarget {
                 _ => rest.push((name.into_owned(), value.into_owned())),
             }
         }
-        let ssl_mode = match mode.as_deref() {
-            None | Some("prefer") => SslMode::Prefer,
-            Some("disable") => SslMode::Disable,
-            Some("require" | "verify-ca" | "verify-full") => SslMode::Require,
-            Some("allow") => {
-                bail!("--spool: sslmode=allow is not supported: use prefer, require or verify-full")
-            }
-            Some(_) => {
-                bail!("--spool: sslmode must be disable, prefer, require, verify-ca or verify-full")
-            }
-        };
+        let (ssl_mode, check) = tls_checks(mode.as_deref(), rootcert.as_deref())?;
         if rest.is_empty() {
             parsed.set_query(None);
         } else {
@@ -131,6 +126,11 @@ impl PgTarget {
                 Roots::Only(&root_path, "--spool sslrootcert")
             }
         };
+        let check = match check {
+            Check::Nothing => ServerCheck::Nothing,
+            Check::Chain => ServerCheck::ChainOnly(roots),
+            Check::ChainAndName => ServerCheck::Full(roots),
+        };
         let identity = match (&cert, &key) {
             (Some(cert), Some(key)) => Some(ClientIdentity {
                 cert,
@@ -141,7 +141,7 @@ impl PgTarget {
             (None, None) => None,
             _ => bail!("--spool: give sslcert and sslkey together"),
         };
-        let tls = MakeRustlsConnect::new(client_config(roots, identity)?);
+        let tls = MakeRustlsConnect::new(client_config(check, identity)?);
         let shown = describe(&parsed);
         Ok(PgTarget { config, tls, shown })
     }
@@ -206,6 +206,53 @@ impl std::fmt::Debug for PgTarget {
     }
 }
 
+/// What is checked of the server's certificate when TLS is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// Nothing: encrypted, not authenticated.
+    Nothing,
+    /// That it chains to a trusted CA (libpq's `verify-ca`).
+    Chain,
+    /// That it chains to a trusted CA and names the host (libpq's `verify-full`).
+    ChainAndName,
+}
+
+/// libpq's meaning of `sslmode` and `sslrootcert` (a file, `system`, or none): whether
+/// TLS is used, and what is checked of the server's certificate.
+fn tls_checks(mode: Option<&str>, rootcert: Option<&str>) -> anyhow::Result<(SslMode, Check)> {
+    let system = rootcert == Some("system");
+    let mode = match mode {
+        None if system => "verify-full",
+        None => "prefer",
+        Some(mode) => mode,
+    };
+    // A root file makes the weaker modes check the chain, as libpq's verify-ca.
+    let weak = if rootcert.is_some() {
+        Check::Chain
+    } else {
+        Check::Nothing
+    };
+    let chosen = match mode {
+        "disable" => (SslMode::Disable, weak),
+        "prefer" => (SslMode::Prefer, weak),
+        "require" => (SslMode::Require, weak),
+        "verify-ca" => (SslMode::Require, Check::Chain),
+        "verify-full" => (SslMode::Require, Check::ChainAndName),
+        "allow" => bail!(
+            "--spool: sslmode=allow is not supported: use prefer, require, verify-ca or verify-full"
+        ),
+        _ => bail!("--spool: sslmode must be disable, prefer, require, verify-ca or verify-full"),
+    };
+    if system && chosen.1 != Check::ChainAndName {
+        bail!("--spool: sslmode={mode} may not be used with sslrootcert=system (use verify-full)");
+    }
+    // Any certificate some public CA signed, whatever its name, would pass.
+    if mode == "verify-ca" && rootcert.is_none() {
+        bail!("--spool: sslmode=verify-ca needs sslrootcert=FILE, the CA that signs the database's certificate (or use verify-full)");
+    }
+    Ok(chosen)
+}
+
 /// The URL as shown: scheme, user, host, port and path; no password, no parameters.
 fn describe(url: &url::Url) -> String {
     let mut shown = url.clone();
@@ -234,14 +281,33 @@ pub fn classify(e: tokio_postgres::Error) -> ConnectError {
             ConnectError::Unreachable(detail)
         };
     }
-    let tls_refused = std::error::Error::source(&e)
+    let tls = std::error::Error::source(&e)
         .and_then(|s| s.downcast_ref::<std::io::Error>())
         .and_then(|io| io.get_ref())
-        .is_some_and(|inner| inner.is::<rustls::Error>());
-    if tls_refused || detail.contains("invalid configuration") {
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    if let Some(tls) = tls {
+        return ConnectError::Refused(format!("{detail}{}", certificate_hint(tls)));
+    }
+    // A setting tokio-postgres refuses, or TLS required of a server without it: both
+    // said in words only.
+    if detail.contains("invalid configuration") || detail.contains("server does not support TLS") {
         ConnectError::Refused(detail)
     } else {
         ConnectError::Unreachable(detail)
+    }
+}
+
+/// What rustls's name for a certificate problem means to the operator.
+fn certificate_hint(e: &rustls::Error) -> &'static str {
+    use rustls::CertificateError::{NotValidForName, NotValidForNameContext, UnknownIssuer};
+    match e {
+        rustls::Error::InvalidCertificate(UnknownIssuer) => {
+            " (the server's certificate is not signed by a CA of sslrootcert, or of the system when sslrootcert is not given)"
+        }
+        rustls::Error::InvalidCertificate(NotValidForName | NotValidForNameContext { .. }) => {
+            " (the server's certificate does not name the URL's host: sslmode=verify-full checks the name, verify-ca only the CA)"
+        }
+        _ => "",
     }
 }
 
@@ -300,10 +366,55 @@ mod tests {
                 "postgres://u:pw1@h/db?sslrootcert=/nonexistent/ca.pem",
                 "sslrootcert: cannot read /nonexistent/ca.pem",
             ),
+            (
+                "postgres://u:pw1@h/db?sslmode=require&sslrootcert=system",
+                "sslmode=require may not be used with sslrootcert=system (use verify-full)",
+            ),
         ] {
             let error = format!("{:#}", PgTarget::parse(url, None).unwrap_err());
             assert!(error.contains(expect), "{url}: {error}");
             assert!(!error.contains("pw1"), "{url}: {error}");
         }
+    }
+
+    #[test]
+    fn sslmode_and_sslrootcert_check_what_libpq_checks() {
+        use Check::*;
+        let file = Some("/etc/xhubd/db-ca.pem");
+        for (mode, rootcert, expect) in [
+            (None, None, (SslMode::Prefer, Nothing)),
+            (Some("prefer"), None, (SslMode::Prefer, Nothing)),
+            (Some("disable"), None, (SslMode::Disable, Nothing)),
+            (Some("require"), None, (SslMode::Require, Nothing)),
+            // A root file: the weak modes check the chain, as verify-ca.
+            (None, file, (SslMode::Prefer, Chain)),
+            (Some("require"), file, (SslMode::Require, Chain)),
+            (Some("verify-ca"), file, (SslMode::Require, Chain)),
+            (Some("verify-full"), None, (SslMode::Require, ChainAndName)),
+            (Some("verify-full"), file, (SslMode::Require, ChainAndName)),
+            // sslrootcert=system asks for verify-full.
+            (None, Some("system"), (SslMode::Require, ChainAndName)),
+            (
+                Some("verify-full"),
+                Some("system"),
+                (SslMode::Require, ChainAndName),
+            ),
+        ] {
+            assert_eq!(
+                tls_checks(mode, rootcert).unwrap(),
+                expect,
+                "{mode:?} {rootcert:?}"
+            );
+        }
+        for weak in ["disable", "prefer", "require", "verify-ca"] {
+            let error = tls_checks(Some(weak), Some("system"))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("use verify-full"), "{weak}: {error}");
+        }
+        // verify-ca against the system's CAs would take any certificate a public CA
+        // signed, for any name.
+        let error = tls_checks(Some("verify-ca"), None).unwrap_err().to_string();
+        assert!(error.contains("needs sslrootcert=FILE"), "{error}");
     }
 }
