@@ -1,7 +1,9 @@
 //! Several xhubd instances on one PostgreSQL spool (a real server, started by the
 //! tests in a throw-away cluster): dedup across instances, delivery taken over after a
 //! lease when an instance dies, the database going down under load, and what start-up
-//! says about a database that refuses or does not answer.
+//! says about a database that refuses or does not answer. Behaviour one instance shows
+//! on either spool is tested on PostgreSQL by the `on_postgres` variants in the other
+//! files (`both_spools!`).
 
 mod common;
 
