@@ -15,10 +15,15 @@ fn admin_target(port: u16) -> Target {
 }
 
 fn start_with_admin(up: &Upstream, extra: &[&str]) -> (Xhubd, Target) {
+    start_with_admin_on(&Spool::sqlite(), up, extra)
+}
+
+fn start_with_admin_on(spool: &Spool, up: &Upstream, extra: &[&str]) -> (Xhubd, Target) {
     let port = free_port();
     let mut opts = Options::new(&up.url("/"))
         .arg("--admin-listen")
-        .arg(&format!("127.0.0.1:{port}"));
+        .arg(&format!("127.0.0.1:{port}"))
+        .spool(spool);
     for a in extra {
         opts = opts.arg(a);
     }
@@ -71,11 +76,11 @@ fn every_destination_has_its_series_from_the_start() {
     }
 }
 
-#[test]
-fn metrics_count_what_was_sent() {
+both_spools!(metrics_count_what_was_sent);
+fn metrics_count_what_was_sent(spool: &Spool) {
     let up = Upstream::start();
     up.fail_next(&[404]);
-    let (x, admin) = start_with_admin(&up, &["--max-body-bytes", "2000"]);
+    let (x, admin) = start_with_admin_on(spool, &up, &["--max-body-bytes", "2000"]);
     let t = &x.target;
     assert_eq!(
         t.get(&format!(
@@ -157,11 +162,11 @@ fn metrics_count_what_was_sent() {
     assert_eq!(value(&m, "xhubd_dedup_keys", None), 3.0);
 }
 
-#[test]
-fn oldest_pending_age_grows_while_the_upstream_is_down() {
+both_spools!(oldest_pending_age_grows_while_the_upstream_is_down);
+fn oldest_pending_age_grows_while_the_upstream_is_down(spool: &Spool) {
     let mut up = Upstream::start();
     up.stop();
-    let (x, admin) = start_with_admin(&up, &[]);
+    let (x, admin) = start_with_admin_on(spool, &up, &[]);
     assert_eq!(x.target.post_signed(&page_event(1)).status, 200);
     std::thread::sleep(Duration::from_millis(1200));
     let m = metrics(&admin);
@@ -179,11 +184,11 @@ fn oldest_pending_age_grows_while_the_upstream_is_down() {
     );
 }
 
-#[test]
-fn json_views_and_replay_of_a_dead_event() {
+both_spools!(json_views_and_replay_of_a_dead_event);
+fn json_views_and_replay_of_a_dead_event(spool: &Spool) {
     let up = Upstream::start();
     up.fail_next(&[410]);
-    let (x, admin) = start_with_admin(&up, &[]);
+    let (x, admin) = start_with_admin_on(spool, &up, &[]);
     let body = page_event(5);
     assert_eq!(x.target.post_signed(&body).status, 200);
     wait_for(WAIT, "a dead event", || {
@@ -319,11 +324,11 @@ fn the_status_page_escapes_payloads() {
     assert!(event.contains("x-hub-signature-256"));
 }
 
-#[test]
-fn events_commands_work_on_the_state_dir_while_the_daemon_runs() {
+both_spools!(events_commands_work_on_the_spool_while_the_daemon_runs);
+fn events_commands_work_on_the_spool_while_the_daemon_runs(spool: &Spool) {
     let up = Upstream::start();
     up.fail_next(&[404, 404]);
-    let x = Xhubd::start(Options::new(&up.url("/")));
+    let x = Xhubd::start(Options::new(&up.url("/")).spool(spool));
     for n in 0..3 {
         assert_eq!(x.target.post_signed(&page_event(n)).status, 200);
     }
@@ -331,31 +336,19 @@ fn events_commands_work_on_the_state_dir_while_the_daemon_runs() {
         x.count("SELECT COUNT(*) FROM deliveries WHERE state = 2") == 2
             && x.count("SELECT COUNT(*) FROM deliveries WHERE state = 1") == 1
     });
-    let state = x.state_dir.to_str().unwrap().to_owned();
-    let (code, table, _) = run_xhubd(&["events", "list", "--state-dir", &state], None);
-    assert_eq!(code, 0);
+    let (code, table, err) = x.run_on_spool(&["events", "list"]);
+    assert_eq!(code, 0, "{err}");
     assert_eq!(table.lines().count(), 4, "header + 3 events:\n{table}");
     assert!(table.starts_with("RECEIVED (UTC)"));
     assert_eq!(table.matches(" dead ").count(), 2);
 
-    let (code, json, _) = run_xhubd(
-        &[
-            "events",
-            "list",
-            "--state",
-            "dead",
-            "--json",
-            "--state-dir",
-            &state,
-        ],
-        None,
-    );
+    let (code, json, _) = x.run_on_spool(&["events", "list", "--state", "dead", "--json"]);
     assert_eq!(code, 0);
     let dead: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(dead.as_array().unwrap().len(), 2);
     let id = dead[0]["id"].as_str().unwrap().to_owned();
 
-    let (code, shown, _) = run_xhubd(&["events", "show", &id, "--state-dir", &state], None);
+    let (code, shown, _) = x.run_on_spool(&["events", "show", &id]);
     assert_eq!(code, 0);
     assert!(
         shown.contains("state:      dead")
@@ -365,42 +358,38 @@ fn events_commands_work_on_the_state_dir_while_the_daemon_runs() {
         "{shown}"
     );
 
-    let (code, out, _) = run_xhubd(&["events", "replay", &id, "--state-dir", &state], None);
+    let (code, out, _) = x.run_on_spool(&["events", "replay", &id]);
     assert_eq!(code, 0, "{out}");
     up.wait_for(4, WAIT);
-    let (code, out, _) = run_xhubd(
-        &["events", "replay", "--all-dead", "--state-dir", &state],
-        None,
-    );
+    let (code, out, _) = x.run_on_spool(&["events", "replay", "--all-dead"]);
     assert_eq!(code, 0);
     assert!(out.starts_with('1') || out.starts_with('0'), "{out}");
     wait_for(WAIT, "all delivered", || {
         x.count("SELECT COUNT(*) FROM deliveries WHERE state = 1") == 3
     });
-    let (code, _, err) = run_xhubd(
-        &["events", "replay", "no-such-id", "--state-dir", &state],
-        None,
-    );
+    let (code, _, err) = x.run_on_spool(&["events", "replay", "no-such-id"]);
     assert_eq!(code, 2);
     assert!(err.contains("no event"));
 
-    let (code, out, _) = run_xhubd(
-        &[
-            "events",
-            "purge",
-            "--delivered-before",
-            "0s",
-            "--state-dir",
-            &state,
-        ],
-        None,
-    );
+    let (code, out, _) = x.run_on_spool(&["events", "purge", "--delivered-before", "0s"]);
     assert_eq!(code, 0);
     assert!(out.starts_with("3 delivered"), "{out}");
     assert_eq!(x.count("SELECT COUNT(*) FROM events"), 0);
-    let (code, _, err) = run_xhubd(&["events", "list", "--state-dir", "/nonexistent"], None);
+    // Where there is no spool: exit 2 and a line that says so.
+    let (code, _, err) = match spool {
+        Spool::Sqlite => run_xhubd(&["events", "list", "--state-dir", "/nonexistent"], None),
+        Spool::Postgres { .. } => {
+            let missing = common::postgres::shared().url("no_such_spool");
+            run_xhubd(&["events", "list", "--spool", &missing], None)
+        }
+    };
     assert_eq!(code, 2);
-    assert!(err.contains("no spool"));
+    let says = if spool.is_sqlite() {
+        "no spool"
+    } else {
+        "does not exist"
+    };
+    assert!(err.contains(says), "{err}");
 }
 
 #[test]

@@ -40,10 +40,10 @@ fn forwards_the_exact_bytes_with_the_contract_headers() {
     x.assert_no_secret_in_logs();
 }
 
-#[test]
-fn a_1000_entry_batch_and_a_3mb_body_are_delivered_whole() {
+both_spools!(a_1000_entry_batch_and_a_3mb_body_are_delivered_whole);
+fn a_1000_entry_batch_and_a_3mb_body_are_delivered_whole(spool: &Spool) {
     let up = Upstream::start();
-    let x = Xhubd::start(Options::new(&up.url("/")));
+    let x = Xhubd::start(Options::new(&up.url("/")).spool(spool));
     let entries: Vec<String> = (0..1000)
         .map(|i| format!(r#"{{"id":"{i}","time":1700000000,"changes":[{{"field":"feed","value":{{"item":"status","verb":"add","post_id":"{i}_1"}}}}]}}"#))
         .collect();
@@ -63,10 +63,10 @@ fn a_1000_entry_batch_and_a_3mb_body_are_delivered_whole() {
     assert!(bodies.contains(big.as_bytes()));
 }
 
-#[test]
-fn concurrent_copies_of_one_event_are_delivered_once() {
+both_spools!(concurrent_copies_of_one_event_are_delivered_once);
+fn concurrent_copies_of_one_event_are_delivered_once(spool: &Spool) {
     let up = Upstream::start();
-    let x = Xhubd::start(Options::new(&up.url("/")));
+    let x = Xhubd::start(Options::new(&up.url("/")).spool(spool));
     let body = page_event(42);
     let target = x.target.clone();
     let threads: Vec<_> = (0..16)
@@ -100,10 +100,10 @@ fn whatsapp(time: u64, spacing: &str, ids: &[&str]) -> Vec<u8> {
     .into_bytes()
 }
 
-#[test]
-fn a_whatsapp_retry_formatted_differently_is_delivered_once() {
+both_spools!(a_whatsapp_retry_formatted_differently_is_delivered_once);
+fn a_whatsapp_retry_formatted_differently_is_delivered_once(spool: &Spool) {
     let up = Upstream::start();
-    let x = Xhubd::start(Options::new(&up.url("/")));
+    let x = Xhubd::start(Options::new(&up.url("/")).spool(spool));
     let first = whatsapp(1700000000, "", &["wamid.AAA", "wamid.BBB"]);
     let retry = whatsapp(1700000060, " ", &["wamid.AAA", "wamid.BBB"]);
     assert_ne!(first, retry);
@@ -141,11 +141,11 @@ fn an_id_less_change_repeated_with_a_new_time_is_delivered_twice() {
     up.wait_for(2, WAIT);
 }
 
-#[test]
-fn retries_after_500s_with_the_same_event_id() {
+both_spools!(retries_after_500s_with_the_same_event_id);
+fn retries_after_500s_with_the_same_event_id(spool: &Spool) {
     let up = Upstream::start();
     up.fail_next(&[500, 503]);
-    let x = Xhubd::start(Options::new(&up.url("/")));
+    let x = Xhubd::start(Options::new(&up.url("/")).spool(spool));
     assert_eq!(x.target.post_signed(&page_event(7)).status, 200);
     let got = up.wait_for(3, WAIT);
     let ids = |header: &str| -> HashSet<String> {
@@ -166,20 +166,9 @@ fn retries_after_500s_with_the_same_event_id() {
         x.count("SELECT COUNT(*) FROM deliveries WHERE state = 1 AND attempts = 3") == 1
     });
     // The attempt history: two failures with the upstream's status, then the success.
-    let state_dir = x.state_dir.display().to_string();
     let event_id = got[0].header("x-xhubd-event-id").unwrap();
-    let (code, out, _) = run_xhubd(
-        &[
-            "events",
-            "show",
-            event_id,
-            "--json",
-            "--state-dir",
-            &state_dir,
-        ],
-        None,
-    );
-    assert_eq!(code, 0);
+    let (code, out, err) = x.run_on_spool(&["events", "show", event_id, "--json"]);
+    assert_eq!(code, 0, "{err}");
     let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
     let delivery_shown = &shown["deliveries"][0];
     assert_eq!(
@@ -272,12 +261,12 @@ fn upstream_down_then_up_delivers_everything() {
     assert!(x.logs().contains("retry scheduled"));
 }
 
-#[test]
-fn when_the_upstream_answers_again_the_backlog_goes_at_once() {
+both_spools!(when_the_upstream_answers_again_the_backlog_goes_at_once);
+fn when_the_upstream_answers_again_the_backlog_goes_at_once(spool: &Spool) {
     let mut up = Upstream::start();
     up.stop();
     // After a failed attempt each event waits at least 15 s (half of --retry-initial).
-    let x = Xhubd::start(Options::new(&up.url("/")).retry("30s", "1m"));
+    let x = Xhubd::start(Options::new(&up.url("/")).retry("30s", "1m").spool(spool));
     for n in 0..30 {
         assert_eq!(x.target.post_signed(&page_event(n)).status, 200);
     }
@@ -305,11 +294,11 @@ fn when_the_upstream_answers_again_the_backlog_goes_at_once() {
     );
 }
 
-#[test]
-fn events_acknowledged_before_kill_9_are_delivered_after_restart() {
+both_spools!(events_acknowledged_before_kill_9_are_delivered_after_restart);
+fn events_acknowledged_before_kill_9_are_delivered_after_restart(spool: &Spool) {
     let mut up = Upstream::start();
     up.stop();
-    let mut x = Xhubd::start(Options::new(&up.url("/")));
+    let mut x = Xhubd::start(Options::new(&up.url("/")).spool(spool));
     for n in 0..50 {
         assert_eq!(x.target.post_signed(&page_event(n)).status, 200);
     }
@@ -350,10 +339,15 @@ fn sigterm_exits_zero_and_removes_the_socket() {
     assert!(x.logs().contains("stopped"));
 }
 
-#[test]
-fn delivered_events_and_identities_are_pruned_after_the_dedup_window() {
+both_spools!(delivered_events_and_identities_are_pruned_after_the_dedup_window);
+fn delivered_events_and_identities_are_pruned_after_the_dedup_window(spool: &Spool) {
     let up = Upstream::start();
-    let x = Xhubd::start(Options::new(&up.url("/")).arg("--dedup-window").arg("1s"));
+    let x = Xhubd::start(
+        Options::new(&up.url("/"))
+            .arg("--dedup-window")
+            .arg("1s")
+            .spool(spool),
+    );
     assert_eq!(x.target.post_signed(&page_event(1)).status, 200);
     let got = up.wait_for(1, WAIT);
     let id = got[0].header("x-xhubd-event-id").unwrap().to_owned();

@@ -18,9 +18,14 @@ fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(format!("tests/fixtures/payloads/{name}.json")).unwrap()
 }
 
-/// Starts xhubd on `config`, where `{up}` is the fake backend's address and `{dir}` a
-/// temporary directory holding `files`.
-fn start(config: &str, up: &Upstream, files: &[(&str, &str)]) -> (Xhubd, tempfile::TempDir) {
+/// Starts xhubd on `spool` and `config`, where `{up}` is the fake backend's address and
+/// `{dir}` a temporary directory holding `files`.
+fn start(
+    spool: &Spool,
+    config: &str,
+    up: &Upstream,
+    files: &[(&str, &str)],
+) -> (Xhubd, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     for (name, text) in files {
         std::fs::write(dir.path().join(name), text).unwrap();
@@ -30,7 +35,7 @@ fn start(config: &str, up: &Upstream, files: &[(&str, &str)]) -> (Xhubd, tempfil
         .replace("{dir}", &dir.path().display().to_string());
     let path = dir.path().join("xhubd.toml");
     std::fs::write(&path, text).unwrap();
-    let x = Xhubd::start(Options::config(path.to_str().unwrap()));
+    let x = Xhubd::start(Options::config(path.to_str().unwrap()).spool(spool));
     (x, dir)
 }
 
@@ -133,7 +138,7 @@ app_secret = "fanout-app-secret"
 #[test]
 fn every_product_s_items_reach_the_destinations_that_match_them() {
     let up = Upstream::start();
-    let (x, _dir) = start(PRODUCTS, &up, &[]);
+    let (x, _dir) = start(&Spool::sqlite(), PRODUCTS, &up, &[]);
     // fixture -> (route path, the destinations that must get it whole)
     let cases: &[(&str, &str, &[&str])] = &[
         ("wa-text", "/wa", &["/wa/bot"]),
@@ -199,10 +204,11 @@ fn every_product_s_items_reach_the_destinations_that_match_them() {
 /// status for number B, entry 2 a message for number B.
 const BATCH: &str = r#"{"object":"whatsapp_business_account","entry":[{"id":"102290129340398","changes":[{"value":{"messaging_product":"whatsapp","metadata":{"display_phone_number":"15550000001","phone_number_id":"111"},"contacts":[{"profile":{"name":"Caf\u00e9"},"wa_id":"16505551234"}],"messages":[{"from":"16505551234","id":"wamid.A1","timestamp":"1","text":{"body":"for A \/ one"},"type":"text"}]},"field":"messages"},{"value":{"messaging_product":"whatsapp","metadata":{"display_phone_number":"15550000002","phone_number_id":"222"},"statuses":[{"id":"wamid.B0","status":"read","timestamp":"2","recipient_id":"16505559999"}]},"field":"messages"}]},{"id":"102290129340398","time":1764490000,"changes":[{"value":{"messaging_product":"whatsapp","metadata":{"display_phone_number":"15550000002","phone_number_id":"222"},"messages":[{"from":"16505559999","id":"wamid.B1","timestamp":"3","text":{"body":"for B"},"type":"text"}]},"field":"messages"}]}]}"#;
 
-#[test]
-fn each_customer_gets_only_its_own_entries_narrowed_and_re_signed() {
+both_spools!(each_customer_gets_only_its_own_entries_narrowed_and_re_signed);
+fn each_customer_gets_only_its_own_entries_narrowed_and_re_signed(spool: &Spool) {
     let up = Upstream::start();
     let (x, _dir) = start(
+        spool,
         r#"
         [[route]]
         name = "wa"
@@ -295,10 +301,11 @@ fn each_customer_gets_only_its_own_entries_narrowed_and_re_signed() {
     assert_eq!((events.len(), deliveries.len()), (1, 4));
 }
 
-#[test]
-fn split_sends_a_1000_item_batch_as_1000_signed_parts() {
+both_spools!(split_sends_a_1000_item_batch_as_1000_signed_parts);
+fn split_sends_a_1000_item_batch_as_1000_signed_parts(spool: &Spool) {
     let up = Upstream::start();
     let (x, _dir) = start(
+        spool,
         r#"
         max_body_bytes = "8MiB"
         [[route]]
@@ -351,8 +358,8 @@ fn split_sends_a_1000_item_batch_as_1000_signed_parts() {
     assert_eq!(up.count(), 1000);
 }
 
-#[test]
-fn items_nobody_takes_are_stored_and_counted() {
+both_spools!(items_nobody_takes_are_stored_and_counted);
+fn items_nobody_takes_are_stored_and_counted(spool: &Spool) {
     let up = Upstream::start();
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
@@ -378,7 +385,8 @@ fn items_nobody_takes_are_stored_and_counted() {
     let x = Xhubd::start(
         Options::config(path.to_str().unwrap())
             .arg("--admin-listen")
-            .arg(&format!("127.0.0.1:{port}")),
+            .arg(&format!("127.0.0.1:{port}"))
+            .spool(spool),
     );
     assert_eq!(post(&x, "/wa", &fixture("wa-template-status"), None), 200);
     assert_eq!(post(&x, "/wa", &fixture("wa-text"), None), 200);
@@ -395,16 +403,8 @@ fn items_nobody_takes_are_stored_and_counted() {
         "{metrics}"
     );
     // Listed like any other event, delivered (to nobody).
-    let (code, out, _) = run_xhubd(
-        &[
-            "events",
-            "list",
-            "--state-dir",
-            x.state_dir.to_str().unwrap(),
-        ],
-        None,
-    );
-    assert_eq!(code, 0);
+    let (code, out, err) = x.run_on_spool(&["events", "list"]);
+    assert_eq!(code, 0, "{err}");
     assert_eq!(
         out.lines().filter(|l| l.contains("delivered")).count(),
         2,

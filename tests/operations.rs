@@ -1,5 +1,5 @@
-//! Operating behaviour: a spool that cannot commit answers 503 and recovers, JSON logs,
-//! and the health listener.
+//! Operating behaviour: a spool that cannot commit answers 503 and recovers (on both
+//! spools), JSON logs, and the health listener.
 
 mod common;
 
@@ -7,24 +7,49 @@ use std::time::Duration;
 
 use common::*;
 
-#[test]
-fn a_failed_commit_answers_503_stores_nothing_and_recovers() {
+/// Makes every insert of an event fail inside the spool's database, as a full or broken
+/// disk would (`refuse`), or lets them pass again.
+fn refuse_inserts(x: &Xhubd, refuse: bool) {
+    match &x.spool {
+        Spool::Sqlite => {
+            let db = rusqlite::Connection::open(x.db_path()).unwrap();
+            db.execute_batch(if refuse {
+                "CREATE TRIGGER refuse BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'no space left'); END;"
+            } else {
+                "DROP TRIGGER refuse;"
+            })
+            .unwrap();
+        }
+        Spool::Postgres { db, .. } => {
+            common::postgres::shared().psql(
+                db,
+                if refuse {
+                    "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql
+                       AS $$ BEGIN RAISE EXCEPTION 'no space left'; END $$;
+                     CREATE TRIGGER refuse BEFORE INSERT ON events
+                       FOR EACH ROW EXECUTE FUNCTION refuse();"
+                } else {
+                    "DROP TRIGGER refuse ON events; DROP FUNCTION refuse();"
+                },
+            );
+        }
+    }
+}
+
+both_spools!(a_failed_commit_answers_503_stores_nothing_and_recovers);
+fn a_failed_commit_answers_503_stores_nothing_and_recovers(spool: &Spool) {
     let up = Upstream::start();
     let admin_port = free_port();
     let x = Xhubd::start(
         Options::new(&up.url("/"))
             .arg("--admin-listen")
-            .arg(&format!("127.0.0.1:{admin_port}")),
+            .arg(&format!("127.0.0.1:{admin_port}"))
+            .spool(spool),
     );
     let admin = Target::Tcp(format!("127.0.0.1:{admin_port}").parse().unwrap());
     assert_eq!(admin.get("/readyz").status, 200);
 
-    // Make every insert fail inside SQLite, as a full or broken disk would.
-    let db = rusqlite::Connection::open(x.db_path()).unwrap();
-    db.execute_batch(
-        "CREATE TRIGGER refuse BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'no space left'); END;",
-    )
-    .unwrap();
+    refuse_inserts(&x, true);
     let body = whatsapp_message("wamid.FAIL");
     let answer = x.target.post_signed(&body);
     assert_eq!(answer.status, 503);
@@ -39,7 +64,7 @@ fn a_failed_commit_answers_503_stores_nothing_and_recovers() {
     assert!(x.logs().contains("spool commit failed"));
 
     // Space returns: Meta's retry of the same event is accepted and delivered once.
-    db.execute_batch("DROP TRIGGER refuse;").unwrap();
+    refuse_inserts(&x, false);
     assert_eq!(x.target.post_signed(&body).status, 200);
     assert_eq!(admin.get("/readyz").status, 200);
     let got = up.wait_for(1, Duration::from_secs(20));

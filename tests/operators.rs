@@ -10,8 +10,8 @@ use common::*;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-#[test]
-fn routes_and_destinations_everywhere() {
+both_spools!(routes_and_destinations_everywhere);
+fn routes_and_destinations_everywhere(spool: &Spool) {
     let up = Upstream::start();
     let admin_port = free_port();
     let dir = tempfile::tempdir().unwrap();
@@ -51,7 +51,8 @@ fn routes_and_destinations_everywhere() {
     let x = Xhubd::start(
         Options::config(config.to_str().unwrap())
             .arg("--admin-listen")
-            .arg(&format!("127.0.0.1:{admin_port}")),
+            .arg(&format!("127.0.0.1:{admin_port}"))
+            .spool(spool),
     );
     let post = |path: &str, secret: &str, n: usize| {
         let body = page_event(n);
@@ -125,11 +126,10 @@ fn routes_and_destinations_everywhere() {
     assert_eq!(admin.get("/events/no-such-event/body").status, 404);
 
     // The command line filters by route and destination.
-    let state = x.state_dir.display().to_string();
     let list = |extra: &[&str]| {
-        let mut args = vec!["events", "list", "--json", "--state-dir", &state];
+        let mut args = vec!["events", "list", "--json"];
         args.extend_from_slice(extra);
-        let (code, out, err) = run_xhubd(&args, None);
+        let (code, out, err) = x.run_on_spool(&args);
         assert_eq!(code, 0, "{err}");
         let list: serde_json::Value = serde_json::from_str(&out).unwrap();
         list.as_array().unwrap().len()
@@ -146,34 +146,27 @@ fn routes_and_destinations_everywhere() {
     );
     assert_eq!(list(&["--destination", "blog/refusing"]), 0);
     assert_eq!(list(&["--destination", "shop/orders"]), 1);
-    let (code, _, err) = run_xhubd(
-        &[
-            "events",
-            "list",
-            "--state-dir",
-            &state,
-            "--route",
-            "blog",
-            "--destination",
-            "shop/orders",
-        ],
-        None,
-    );
+    let (code, _, err) = x.run_on_spool(&[
+        "events",
+        "list",
+        "--route",
+        "blog",
+        "--destination",
+        "shop/orders",
+    ]);
     assert_eq!(code, 2, "contradicting filters are a usage error");
     assert!(err.contains("--route is \"blog\""), "{err}");
 
     // One delivery replayed: only it is sent again.
-    let id: String = rusqlite::Connection::open(x.db_path())
+    let id = up
+        .received()
+        .iter()
+        .find(|r| r.path_and_query == "/refuse")
+        .and_then(|r| r.header("x-xhubd-delivery-id"))
         .unwrap()
-        .query_row("SELECT id FROM deliveries WHERE state = 2", [], |r| {
-            r.get(0)
-        })
-        .unwrap();
+        .to_owned();
     up.answer_path("/refuse", 200);
-    let (code, out, err) = run_xhubd(
-        &["events", "replay", "--delivery", &id, "--state-dir", &state],
-        None,
-    );
+    let (code, out, err) = x.run_on_spool(&["events", "replay", "--delivery", &id]);
     assert_eq!(code, 0, "{out}{err}");
     let got = up.wait_for(4, WAIT);
     assert_eq!(got[3].path_and_query, "/refuse");
@@ -205,7 +198,7 @@ fn routes_and_destinations_everywhere() {
         unreachable!()
     };
     drop(x);
-    let tcp = Xhubd::start(Options::config(config.to_str().unwrap()).tcp());
+    let tcp = Xhubd::start(Options::config(config.to_str().unwrap()).tcp().spool(spool));
     let Target::Tcp(addr) = &tcp.target else {
         unreachable!()
     };

@@ -3,6 +3,8 @@
 //! lease when an instance dies, the database going down under load, what start-up
 //! says about a database that refuses or does not answer, and TLS to the database
 //! (`sslmode`, `sslrootcert`, client certificates) against a server with `ssl = on`.
+//! Behaviour one instance shows on either spool is tested on PostgreSQL by the
+//! `on_postgres` variants in the other files (`both_spools!`).
 
 mod common;
 

@@ -33,10 +33,14 @@ struct Running {
 
 impl Running {
     fn start(config: &str) -> Running {
+        Running::start_on(&Spool::sqlite(), config)
+    }
+
+    fn start_on(spool: &Spool, config: &str) -> Running {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("xhubd.toml");
         std::fs::write(&path, config).unwrap();
-        let x = Xhubd::start(Options::config(path.to_str().unwrap()));
+        let x = Xhubd::start(Options::config(path.to_str().unwrap()).spool(spool));
         Running {
             x,
             config: path,
@@ -136,8 +140,8 @@ fn destinations_come_and_go_under_load_and_no_event_is_lost() {
     assert!(!r.x.logs().contains("reload refused"));
 }
 
-#[test]
-fn a_removed_destination_s_deliveries_wait_and_resume_when_it_returns() {
+both_spools!(a_removed_destination_s_deliveries_wait_and_resume_when_it_returns);
+fn a_removed_destination_s_deliveries_wait_and_resume_when_it_returns(spool: &Spool) {
     let a = Upstream::start();
     let mut b = Upstream::start();
     b.stop();
@@ -146,7 +150,7 @@ fn a_removed_destination_s_deliveries_wait_and_resume_when_it_returns() {
         destination("a", &a.url("/")),
         destination("b", &b.url("/"))
     ));
-    let r = Running::start(&with_b);
+    let r = Running::start_on(spool, &with_b);
     for n in 0..5 {
         assert_eq!(r.post(n), 200);
     }

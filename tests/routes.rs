@@ -12,9 +12,10 @@ use common::*;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// Starts xhubd on `config` (TOML; `{dir}` is replaced by a temporary directory that
-/// holds the config file and `files`), with no route options on the command line.
-fn start(config: &str, files: &[(&str, &str)]) -> (Xhubd, tempfile::TempDir) {
+/// Starts xhubd on `spool` and `config` (TOML; `{dir}` is replaced by a temporary
+/// directory that holds the config file and `files`), with no route options on the
+/// command line.
+fn start(spool: &Spool, config: &str, files: &[(&str, &str)]) -> (Xhubd, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     for (name, text) in files {
         std::fs::write(dir.path().join(name), text).unwrap();
@@ -22,7 +23,7 @@ fn start(config: &str, files: &[(&str, &str)]) -> (Xhubd, tempfile::TempDir) {
     let text = config.replace("{dir}", &dir.path().display().to_string());
     let path = dir.path().join("xhubd.toml");
     std::fs::write(&path, text).unwrap();
-    let x = Xhubd::start(Options::config(path.to_str().unwrap()));
+    let x = Xhubd::start(Options::config(path.to_str().unwrap()).spool(spool));
     (x, dir)
 }
 
@@ -42,12 +43,13 @@ fn verify(x: &Xhubd, path: &str, token: &str) -> Answer {
     ))
 }
 
-#[test]
-fn each_route_has_its_own_path_secrets_and_destinations() {
+both_spools!(each_route_has_its_own_path_secrets_and_destinations);
+fn each_route_has_its_own_path_secrets_and_destinations(spool: &Spool) {
     let wa_bot = Upstream::start();
     let wa_analytics = Upstream::start();
     let page_app = Upstream::start();
     let (x, _dir) = start(
+        spool,
         &format!(
             r#"
         max_body_bytes = 65536
@@ -159,12 +161,13 @@ fn each_route_has_its_own_path_secrets_and_destinations() {
     );
 }
 
-#[test]
-fn a_destination_that_hangs_holds_up_no_other() {
+both_spools!(a_destination_that_hangs_holds_up_no_other);
+fn a_destination_that_hangs_holds_up_no_other(spool: &Spool) {
     let up = Upstream::start();
     // Accepts connections (the backlog) and never answers: every attempt hangs.
     let hanging = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let (x, _dir) = start(
+        spool,
         &format!(
             r#"
         [[route]]
@@ -270,10 +273,11 @@ fn events_delivered_everywhere_or_nowhere_are_pruned_a_dead_delivery_keeps_its_e
     assert_eq!(x.count("SELECT COUNT(*) FROM events WHERE route = 'two' AND seq IN (SELECT event_seq FROM deliveries WHERE state = 2)"), 3);
 }
 
-#[test]
-fn dedup_is_per_route_unless_routes_share_a_group() {
+both_spools!(dedup_is_per_route_unless_routes_share_a_group);
+fn dedup_is_per_route_unless_routes_share_a_group(spool: &Spool) {
     let up = Upstream::start();
     let (x, _dir) = start(
+        spool,
         &format!(
             r#"
         [[route]]
@@ -542,7 +546,7 @@ fn a_config_file_others_can_read_is_warned_about() {
     let up = Upstream::start();
     let config = route_config(&up);
     for (mode, warned) in [(0o644, true), (0o640, false)] {
-        let (x, dir) = start(&config, &[]);
+        let (x, dir) = start(&Spool::sqlite(), &config, &[]);
         drop(x);
         let path = dir.path().join("xhubd.toml");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
@@ -596,7 +600,7 @@ fn kill_9_with_deliveries_pending_to_three_destinations_loses_none() {
     for up in &mut ups {
         up.stop();
     }
-    let (mut x, _dir) = start(&config, &[]);
+    let (mut x, _dir) = start(&Spool::sqlite(), &config, &[]);
     for n in 0..20 {
         assert_eq!(post(&x, "/wa", "s", &page_event(n)).status, 200);
     }

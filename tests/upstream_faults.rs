@@ -44,11 +44,7 @@ fn column(x: &Xhubd, id: &str, name: &str) -> i64 {
 
 /// The event as an operator sees it: `xhubd events show ID --json`.
 fn show(x: &Xhubd, id: &str) -> serde_json::Value {
-    let state_dir = x.state_dir.display().to_string();
-    let (code, out, err) = run_xhubd(
-        &["events", "show", id, "--json", "--state-dir", &state_dir],
-        None,
-    );
+    let (code, out, err) = x.run_on_spool(&["events", "show", id, "--json"]);
     assert_eq!(code, 0, "{err}");
     serde_json::from_str(&out).unwrap()
 }
@@ -200,10 +196,10 @@ fn connection_resets_are_retried_until_the_upstream_recovers() {
     assert_eq!(column(&x, &id, "attempts"), hits.len() as i64);
 }
 
-#[test]
-fn redirects_and_client_errors_make_the_event_dead_at_once() {
+both_spools!(redirects_and_client_errors_make_the_event_dead_at_once);
+fn redirects_and_client_errors_make_the_event_dead_at_once(spool: &Spool) {
     let up = FaultyUpstream::start(Mode::Status(200));
-    let x = Xhubd::start(Options::new(&up.url("/")));
+    let x = Xhubd::start(Options::new(&up.url("/")).spool(spool));
     let statuses = [301, 302, 303, 307, 308, 400, 401, 403, 404, 410];
     let bodies: Vec<_> = (0..statuses.len()).map(page_event).collect();
     for (body, status) in bodies.iter().zip(statuses) {
@@ -301,8 +297,8 @@ fn a_retried_event_becomes_dead_when_retry_for_runs_out() {
     }
 }
 
-#[test]
-fn a_burst_is_acknowledged_while_every_attempt_hangs_and_delivered_after_recovery() {
+both_spools!(a_burst_is_acknowledged_while_every_attempt_hangs_and_delivered_after_recovery);
+fn a_burst_is_acknowledged_while_every_attempt_hangs_and_delivered_after_recovery(spool: &Spool) {
     const CONCURRENCY: usize = 4;
     const CLIENTS: usize = 8;
     // 1,000 events: more than delivery holds in memory (its ready queue and the
@@ -316,7 +312,8 @@ fn a_burst_is_acknowledged_while_every_attempt_hangs_and_delivered_after_recover
             .arg("--upstream-concurrency")
             .arg(&CONCURRENCY.to_string())
             .arg("--upstream-timeout")
-            .arg("60s"),
+            .arg("60s")
+            .spool(spool),
     );
     let first: Vec<_> = (0..CONCURRENCY).map(|n| page_event(100_000 + n)).collect();
     for body in &first {

@@ -1,6 +1,13 @@
 //! Test support: starts the real `xhubd` binary, a fake upstream backend that records
 //! what it receives and fails on demand, and a small HTTP/1.1 client over Unix sockets
 //! or TCP that sends exactly the bytes a test gives it.
+//!
+//! A test of behaviour both spools share runs on both: [`both_spools!`] makes of one
+//! test function two tests, `NAME::on_sqlite` and `NAME::on_postgres`; the function
+//! starts xhubd with `Options::spool(spool)` and reads the spool through
+//! [`Xhubd::count`] (SQL on either engine: their tables mirror each other) and
+//! [`Xhubd::spool_args`] (for `xhubd events`). On PostgreSQL each test gets a fresh
+//! database on one cluster per test binary ([`postgres::shared`]).
 #![allow(dead_code)]
 
 pub mod faulty_upstream;
@@ -157,6 +164,60 @@ fn parse_answer(raw: &[u8]) -> Answer {
     }
 }
 
+// ---------------------------------------------------------------- the spool
+
+/// The spool a test runs xhubd on.
+#[derive(Clone, Debug)]
+pub enum Spool {
+    /// The default: `spool.sqlite3` in the daemon's state directory.
+    Sqlite,
+    /// A database of the test's own on the test binary's shared cluster.
+    Postgres {
+        /// The database's name on [`postgres::shared`].
+        db: String,
+        /// Its URL, with the password.
+        url: String,
+    },
+}
+
+impl Spool {
+    pub fn sqlite() -> Spool {
+        Spool::Sqlite
+    }
+
+    /// A fresh database on the shared cluster (started by the first test that asks).
+    pub fn postgres() -> Spool {
+        let (db, url) = postgres::shared().fresh_database();
+        Spool::Postgres { db, url }
+    }
+
+    pub fn is_sqlite(&self) -> bool {
+        matches!(self, Spool::Sqlite)
+    }
+}
+
+/// Runs each named test on both spools: `both_spools!(NAME);` above
+/// `fn NAME(spool: &Spool) { .. }` makes the module `NAME` with the tests `on_sqlite`
+/// and `on_postgres`, each calling the function with its [`Spool`] (a function and a
+/// module of one name live side by side). The function stays an ordinary one, formatted
+/// and linted as such.
+#[macro_export]
+macro_rules! both_spools {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn on_sqlite() {
+                super::$name(&$crate::common::Spool::sqlite())
+            }
+
+            #[test]
+            fn on_postgres() {
+                super::$name(&$crate::common::Spool::postgres())
+            }
+        }
+    )+};
+}
+
 // ---------------------------------------------------------------- the daemon
 
 /// A running xhubd.
@@ -169,6 +230,8 @@ pub struct Xhubd {
     pub state_dir: PathBuf,
     pub target: Target,
     pub args: Vec<String>,
+    /// The spool it runs on.
+    pub spool: Spool,
     log_path: PathBuf,
     runs: usize,
 }
@@ -191,6 +254,8 @@ pub struct Options {
     /// Options of the usual command line left out (with their values), e.g.
     /// `--verify-token` when the test gives the token another way.
     pub omit: Vec<String>,
+    /// The spool (SQLite by default).
+    pub spool: Spool,
 }
 
 impl Options {
@@ -205,6 +270,7 @@ impl Options {
             state_dir: None,
             retry: ("200ms".into(), "1s".into()),
             omit: vec![],
+            spool: Spool::Sqlite,
         }
     }
     /// Options for a daemon configured by the config file at `path` (its routes bring
@@ -224,6 +290,11 @@ impl Options {
     }
     pub fn retry(mut self, initial: &str, max_delay: &str) -> Self {
         self.retry = (initial.to_owned(), max_delay.to_owned());
+        self
+    }
+    /// Runs on `spool` (`--spool URL` for PostgreSQL).
+    pub fn spool(mut self, spool: &Spool) -> Self {
+        self.spool = spool.clone();
         self
     }
     pub fn state_dir(mut self, dir: &Path) -> Self {
@@ -299,6 +370,9 @@ impl Xhubd {
                 args.drain(at..at + 2);
             }
         }
+        if let Spool::Postgres { url, .. } = &opts.spool {
+            args.extend(["--spool".to_owned(), url.clone()]);
+        }
         args.extend(opts.extra);
         let log_path = dir.path().join("xhubd.log");
         let held = match (&target, opts.held_socket) {
@@ -316,6 +390,7 @@ impl Xhubd {
             state_dir,
             target,
             args,
+            spool: opts.spool,
             log_path,
             runs: 0,
         };
@@ -380,6 +455,14 @@ impl Xhubd {
                 panic!("xhubd exited at start ({status}): {}", self.logs());
             }
             if self.logs().matches("xhubd ready").count() >= self.runs {
+                // A test meant for PostgreSQL never passes on SQLite unnoticed.
+                if !self.spool.is_sqlite() {
+                    let logs = self.logs();
+                    assert!(
+                        logs.contains("spool=postgresql"),
+                        "not on PostgreSQL: {logs}"
+                    );
+                }
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -407,18 +490,44 @@ impl Xhubd {
         child.wait().unwrap();
     }
 
+    /// The SQLite spool's file.
     pub fn db_path(&self) -> PathBuf {
+        assert!(self.spool.is_sqlite(), "a SQLite file on {:?}", self.spool);
         self.state_dir.join("spool.sqlite3")
     }
 
-    /// Runs a query on the spool database (read only), returning one integer.
+    /// Runs a query on the spool (read only), returning one integer. The SQL must read
+    /// the same on both engines: their tables and columns mirror each other
+    /// (src/spool/postgres/schema.rs).
     pub fn count(&self, sql: &str) -> i64 {
-        let conn = rusqlite::Connection::open_with_flags(
-            self.db_path(),
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )
-        .unwrap();
-        conn.query_row(sql, [], |r| r.get(0)).unwrap()
+        match &self.spool {
+            Spool::Sqlite => {
+                let conn = rusqlite::Connection::open_with_flags(
+                    self.db_path(),
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+                )
+                .unwrap();
+                conn.query_row(sql, [], |r| r.get(0)).unwrap()
+            }
+            Spool::Postgres { db, .. } => postgres::shared().count(db, sql),
+        }
+    }
+
+    /// The options that point `xhubd events` (and `check`) at this daemon's spool:
+    /// `--state-dir DIR`, or `--spool URL`.
+    pub fn spool_args(&self) -> Vec<String> {
+        match &self.spool {
+            Spool::Sqlite => vec!["--state-dir".into(), self.state_dir.display().to_string()],
+            Spool::Postgres { url, .. } => vec!["--spool".into(), url.clone()],
+        }
+    }
+
+    /// Runs `xhubd ARGS` with [`Self::spool_args`] appended.
+    pub fn run_on_spool(&self, args: &[&str]) -> (i32, String, String) {
+        let spool = self.spool_args();
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(spool.iter().map(String::as_str));
+        run_xhubd(&all, None)
     }
 
     /// Asserts that no secret appears in the logs.

@@ -191,7 +191,7 @@ pub(super) async fn run(
                 }
             }
             Err(e) => {
-                error!(error = %e, requests = size, "PostgreSQL commit failed; nothing of this batch was stored");
+                error!(error = %e, requests = size, "spool commit failed; nothing of this batch was stored");
                 let failure = SpoolError::Commit(e.to_string());
                 for cmd in batch {
                     answer(cmd, Err(failure.clone()));
