@@ -34,7 +34,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant as TokioInstant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -142,6 +142,7 @@ impl Delivery {
         let mut wakeups = this.store.wakeups();
         this.running.store(true, Ordering::Relaxed);
         let permits = Arc::new(Semaphore::new(this.terms.concurrency));
+        let sent = Arc::new(Notify::new());
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
         let mut claims = Claims::default();
         // Scan as soon as the ready queue is empty (at start: the backlog).
@@ -150,15 +151,15 @@ impl Delivery {
         let mut failures_in_a_row: u32 = 0;
         while !shutdown.is_cancelled() {
             // Where taken deliveries count against the concurrency in the store, a scan
-            // while this instance holds all of it could take nothing: the next record
-            // makes room (and asks for a scan).
-            let no_room = this.store.claims_hold_concurrency()
-                && claims.claimed.len() >= this.terms.concurrency;
+            // while this instance's attempts fill it could take nothing: the next
+            // attempt to end makes room (and asks for a scan).
+            let sending = this.terms.concurrency - permits.available_permits();
+            let no_room = this.store.claims_hold_concurrency() && sending >= this.terms.concurrency;
             if claims.ready.is_empty() && !no_room && (scan_now || TokioInstant::now() >= next_scan)
             {
                 scan_now = false;
                 let limit = claims.claimed.len() + FETCH_BATCH;
-                match this.fetch(limit, &claims.claimed).await {
+                match this.fetch(limit, &claims.claimed, sending).await {
                     Ok(list) => {
                         let fetched = list.len();
                         let taken = claims.offer_scanned(list);
@@ -196,8 +197,6 @@ impl Delivery {
                     let mut next = Some(done);
                     while let Some(done) = next {
                         claims.claimed.remove(&done.seq);
-                        // Its claim is released: room for the next.
-                        scan_now |= this.store.claims_hold_concurrency();
                         if let Some(at) = done.due_again {
                             next_scan = next_scan.min(instant_at(at));
                         }
@@ -215,10 +214,12 @@ impl Delivery {
                 }
                 permit = permits.clone().acquire_owned(), if have_ready => {
                     let (Ok(permit), Some(event)) = (permit, claims.ready.pop_front()) else { break };
-                    tokio::spawn(this.clone().attempt(event, permit, done_tx.clone()));
+                    tokio::spawn(this.clone().attempt(event, permit, done_tx.clone(), sent.clone()));
                 }
                 Some(event) = fresh.recv(), if room => claims.offer_fresh(event),
                 Ok(()) = wakeups.changed() => scan_now = true,
+                // An attempt ended: room for another claim where claims count.
+                _ = sent.notified(), if this.store.claims_hold_concurrency() => scan_now = true,
                 _ = tokio::time::sleep_until(next_scan), if !have_ready && !no_room => {}
             }
         }
@@ -247,19 +248,26 @@ impl Delivery {
         }
     }
 
-    async fn fetch(&self, limit: usize, held: &HashSet<i64>) -> anyhow::Result<Vec<DueDelivery>> {
+    async fn fetch(
+        &self,
+        limit: usize,
+        held: &HashSet<i64>,
+        sending: usize,
+    ) -> anyhow::Result<Vec<DueDelivery>> {
         Ok(self
             .store
-            .due(&self.destination, limit, self.terms, held)
+            .due(&self.destination, limit, self.terms, held, sending)
             .await?)
     }
 
-    /// One attempt: send, log, record the outcome, then report the event as no longer busy.
+    /// One attempt: send (then say so on `sent`), log, record the outcome, then report
+    /// the event as no longer busy.
     async fn attempt(
         self: Arc<Self>,
         event: DueDelivery,
         permit: OwnedSemaphorePermit,
         done: mpsc::UnboundedSender<Done>,
+        sent: Arc<Notify>,
     ) {
         let attempts = event.attempts + 1;
         let started = Instant::now();
@@ -275,6 +283,7 @@ impl Delivery {
             }
         };
         drop(permit);
+        sent.notify_one();
         let elapsed = started.elapsed();
         let elapsed_ms = elapsed.as_millis() as u64;
         match &result {

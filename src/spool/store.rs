@@ -97,23 +97,25 @@ impl Store {
     }
 
     /// Takes up to `limit` pending deliveries to `destination` due now, oldest first,
-    /// on `terms`, besides those the caller `held` (taken and not yet recorded). On
-    /// SQLite the caller skips what it holds; on PostgreSQL they are claimed for this
-    /// instance under a lease, within the destination's concurrency across instances,
-    /// and never come again while held.
+    /// on `terms`, besides those the caller `held` (taken and not yet recorded), while
+    /// `sending` of its attempts are in flight. On SQLite the caller skips what it
+    /// holds; on PostgreSQL they are claimed for this instance under a lease, never come
+    /// again while held, and at most the destination's concurrency less `sending` less
+    /// the other instances' live claims are taken.
     pub async fn due(
         &self,
         destination: &DestinationKey,
         limit: usize,
         terms: ClaimTerms,
         held: &HashSet<i64>,
+        sending: usize,
     ) -> Result<Vec<DueDelivery>, SpoolError> {
-        engine!(await self.due(destination, limit, terms, held))
+        engine!(await self.due(destination, limit, terms, held, sending))
     }
 
-    /// Whether a delivery taken and not yet recorded counts against its destination's
-    /// concurrency in the store itself (PostgreSQL: a claim under a lease, shared by
-    /// every instance), so that each recorded outcome frees room for another claim.
+    /// Whether deliveries taken count against their destination's concurrency in the
+    /// store itself (PostgreSQL: claims under a lease, shared by every instance), so
+    /// that each attempt that ends makes room for another claim.
     pub fn claims_hold_concurrency(&self) -> bool {
         matches!(self, Store::Postgres(_))
     }

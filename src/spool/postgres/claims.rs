@@ -13,25 +13,42 @@ use bytes::Bytes;
 use deadpool_postgres::Pool;
 use tokio_postgres::types::ToSql;
 
+use super::connect::error_text;
 use super::schema::LOCK_CLASS;
 use crate::spool::{now_ms, ClaimTerms, SpoolError, INLINE_BODY_MAX};
 use crate::types::{DestinationKey, DueDelivery};
 
+/// What this instance has of a destination's deliveries.
+pub(super) struct Mine<'a> {
+    /// Taken and not yet recorded.
+    pub held: &'a HashSet<i64>,
+    /// Of those, being attempted now.
+    pub sending: usize,
+}
+
 /// Takes up to `limit` due deliveries to `destination` for `instance`, oldest first,
 /// within the room the destination's concurrency leaves: its concurrency less the
-/// live claims of other instances and the deliveries this instance `held` (taken and
-/// not yet recorded). A delivery this instance claimed and no longer holds (its record
-/// failed, or the instance restarted) is taken again at once; one another instance
-/// claimed, once its lease has run out.
+/// live claims of other instances and the attempts this instance is `sending`. A
+/// delivery this instance claimed and no longer holds (its record failed, or the
+/// instance restarted) is taken again at once; one another instance claimed, once its
+/// lease has run out.
+///
+/// Why this holds the concurrency for the cluster: an instance's claims in the
+/// database are never fewer than its attempts in flight (an attempt's claim goes only
+/// with its record), and claims to one destination are made one at a time (an
+/// advisory lock), each counting every other instance's claims; so the attempts of all
+/// instances together never exceed it. An instance whose records lag behind holds more
+/// claims than attempts, which only leaves the others less room for a while.
 pub(super) async fn claim(
     pool: &Pool,
     instance: &str,
     destination: &DestinationKey,
     limit: usize,
     terms: ClaimTerms,
-    held: &HashSet<i64>,
+    mine: Mine<'_>,
 ) -> Result<Vec<DueDelivery>, SpoolError> {
-    let held: Vec<i64> = held.iter().copied().collect();
+    let held: Vec<i64> = mine.held.iter().copied().collect();
+    let sending = mine.sending as i64;
     let mut client = pool.get().await.map_err(read_error)?;
     let now = now_ms();
     let lease_until = now + terms.lease.as_millis().min(i64::MAX as u128) as i64;
@@ -43,14 +60,14 @@ pub(super) async fn claim(
         "WITH live AS (
              SELECT count(*) AS n FROM deliveries
              WHERE state = 0 AND destination = $1 AND claimed_by IS NOT NULL
-               AND lease_until > $3 AND (claimed_by <> $2 OR seq = ANY($8))),
+               AND lease_until > $3 AND claimed_by <> $2),
          picked AS (
              SELECT seq FROM deliveries
              WHERE state = 0 AND destination = $1 AND next_attempt_at <= $3
                AND (claimed_by IS NULL OR lease_until <= $3
                     OR (claimed_by = $2 AND seq <> ALL($8)))
              ORDER BY next_attempt_at, seq
-             LIMIT GREATEST(0, LEAST($4, $5 - (SELECT n FROM live)))
+             LIMIT GREATEST(0, LEAST($4, $5::bigint - $9::bigint - (SELECT n FROM live)))
              FOR UPDATE SKIP LOCKED),
          claimed AS (
              UPDATE deliveries d SET claimed_by = $2, lease_until = $6
@@ -71,7 +88,7 @@ pub(super) async fn claim(
         .map_err(read_error)?;
     let key = destination.as_str();
     let lock_params: [&(dyn ToSql + Sync); 2] = [&LOCK_CLASS, &key];
-    let params: [&(dyn ToSql + Sync); 8] = [
+    let params: [&(dyn ToSql + Sync); 9] = [
         &destination.as_str(),
         &instance,
         &now,
@@ -80,6 +97,7 @@ pub(super) async fn claim(
         &lease_until,
         &(INLINE_BODY_MAX as i64),
         &held,
+        &sending,
     ];
     // Sent together, run in this order. A claim the database forgets in a crash only
     // lets another instance send that delivery again (at least once): not worth a
@@ -158,6 +176,6 @@ pub(super) async fn body(pool: &Pool, seq: i64) -> Result<Option<Bytes>, SpoolEr
 }
 
 /// A read that failed (the pool could not connect, or the statement failed).
-pub(super) fn read_error(e: impl std::fmt::Display) -> SpoolError {
-    SpoolError::Read(e.to_string())
+pub(super) fn read_error<E: std::error::Error + 'static>(e: E) -> SpoolError {
+    SpoolError::Read(error_text(&e))
 }

@@ -261,16 +261,25 @@ fn describe(url: &url::Url) -> String {
     shown.to_string()
 }
 
+/// An error and what caused it, in one line: tokio-postgres says only `db error` of
+/// what the server said, which is in its source (`db error: ERROR: relation … does not
+/// exist`).
+pub fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !text.ends_with(&said) {
+            text = format!("{text}: {said}");
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// Tells a refusal (waiting does not help) from an outage (it may).
 pub fn classify(e: tokio_postgres::Error) -> ConnectError {
-    let text = e.to_string();
-    let detail = match e.as_db_error() {
-        Some(db) => format!("{text}: {}", db.message()),
-        None => match std::error::Error::source(&e) {
-            Some(source) => format!("{text}: {source}"),
-            None => text,
-        },
-    };
+    let detail = error_text(&e);
     if let Some(code) = e.code() {
         let refused = code.code().starts_with("28")
             || *code == SqlState::INVALID_CATALOG_NAME
@@ -326,6 +335,20 @@ pub(super) async fn back_off(delay: &mut Duration, max: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_says_what_caused_it_once() {
+        let inner = std::io::Error::other("relation \"events\" does not exist");
+        let outer = std::io::Error::new(std::io::ErrorKind::InvalidData, inner);
+        // io::Error shows its inner error as itself: said once, not twice.
+        assert_eq!(error_text(&outer), "relation \"events\" does not exist");
+        let wrapped = anyhow::Error::from(outer).context("db error");
+        let wrapped: &(dyn std::error::Error + 'static) = wrapped.as_ref();
+        assert_eq!(
+            error_text(wrapped),
+            "db error: relation \"events\" does not exist"
+        );
+    }
 
     #[test]
     fn the_password_never_shows_and_tls_parameters_are_ours() {

@@ -196,8 +196,10 @@ impl PgStore {
         limit: usize,
         terms: ClaimTerms,
         held: &HashSet<i64>,
+        sending: usize,
     ) -> Result<Vec<DueDelivery>, SpoolError> {
-        claims::claim(&self.pool, &self.instance, destination, limit, terms, held).await
+        let mine = claims::Mine { held, sending };
+        claims::claim(&self.pool, &self.instance, destination, limit, terms, mine).await
     }
 
     /// See [`crate::spool::Store::next_due_at`].

@@ -147,6 +147,6 @@ pub enum MigrateError {
     #[error("the PostgreSQL spool is at schema version {0}, newer than this xhubd's ({SCHEMA_VERSION}): run a release that reads it")]
     Newer(i32),
     /// The database failed.
-    #[error("cannot create or upgrade the PostgreSQL spool's tables: {0}")]
+    #[error("cannot create or upgrade the PostgreSQL spool's tables: {}", super::connect::error_text(.0))]
     Database(#[from] tokio_postgres::Error),
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use tracing::{debug, warn};
 
-use super::connect::PgTarget;
+use super::connect::{error_text, PgTarget};
 use super::schema::{ANALYZE_LOCK, LOCK_CLASS};
 
 /// New events before the first analysis of this run.
@@ -65,7 +65,7 @@ async fn analyze(target: &PgTarget) {
                 &[&LOCK_CLASS, &ANALYZE_LOCK],
             )
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|e| error_text(&e))?
             .get(0);
         if mine {
             client
@@ -73,7 +73,7 @@ async fn analyze(target: &PgTarget) {
                     "ANALYZE events, bodies, deliveries, delivery_bodies, attempts, dedup",
                 )
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| error_text(&e))?;
         }
         // The session's lock goes with the connection.
         Ok::<_, String>(mine)

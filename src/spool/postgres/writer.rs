@@ -24,7 +24,7 @@ use tokio_postgres::{Client, Statement};
 use tracing::{debug, error, info, warn};
 
 use super::accept::{accept_batch, AcceptStatements, AcceptTerms};
-use super::connect::{back_off, connection_lost, ConnectError, PgTarget};
+use super::connect::{back_off, connection_lost, error_text, ConnectError, PgTarget};
 use super::record::{record_batch, Attempted, RecordStatements};
 use super::schema::{self, MigrateError, CHANNEL, LOCK_CLASS, PRUNE_LOCK};
 use super::statistics::Growth;
@@ -161,7 +161,7 @@ pub(super) async fn run(
         for _ in 1..CONFLICT_RUNS {
             match &result {
                 Err(e) if retryable(e) => {
-                    debug!(error = %e, "the database aborted a batch to resolve a conflict; running it again");
+                    debug!(error = %error_text(e), "the database aborted a batch to resolve a conflict; running it again");
                     result = s.commit(&batch, &ctx).await;
                 }
                 _ => break,
@@ -191,13 +191,14 @@ pub(super) async fn run(
                 }
             }
             Err(e) => {
-                error!(error = %e, requests = size, "spool commit failed; nothing of this batch was stored");
-                let failure = SpoolError::Commit(e.to_string());
+                let text = error_text(&e);
+                error!(error = %text, requests = size, "spool commit failed; nothing of this batch was stored");
+                let failure = SpoolError::Commit(text);
                 for cmd in batch {
                     answer(cmd, Err(failure.clone()));
                 }
                 if connection_lost(&e) || e.code() == Some(&SqlState::READ_ONLY_SQL_TRANSACTION) {
-                    lost(&ctx, &mut session, &e);
+                    lost(&ctx, &mut session, &error_text(&e));
                 } else {
                     ctx.health.last_commit_ok.store(false, Ordering::Relaxed);
                 }
@@ -346,7 +347,7 @@ impl Session {
         }
         let stmts = Statements::prepare(&client)
             .await
-            .map_err(|e| OpenError::Unreachable(e.to_string()))?;
+            .map_err(|e| OpenError::Unreachable(error_text(&e)))?;
         Ok(Session { client, stmts })
     }
 
@@ -358,7 +359,7 @@ impl Session {
             .client
             .query_one("SELECT pg_is_in_recovery()", &[])
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| error_text(&e))?;
         if row.get::<_, bool>(0) {
             return Err("the database is in recovery (a standby): it cannot commit".into());
         }
@@ -503,7 +504,7 @@ impl Session {
                 keys == PRUNE_CHUNK as u64 || events == PRUNE_CHUNK as u64
             }
             Err(e) => {
-                warn!(error = %e, "pruning the spool failed; will try again later");
+                warn!(error = %error_text(&e), "pruning the spool failed; will try again later");
                 false
             }
         }

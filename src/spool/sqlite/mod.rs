@@ -124,6 +124,7 @@ impl SqliteStore {
         limit: usize,
         _terms: ClaimTerms,
         _held: &HashSet<i64>,
+        _sending: usize,
     ) -> Result<Vec<DueDelivery>, SpoolError> {
         let queue = self.queue.clone();
         let destination = destination.clone();
