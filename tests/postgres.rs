@@ -243,6 +243,36 @@ fn deliveries_claimed_by_an_instance_killed_with_kill_9_are_taken_over_after_the
 }
 
 #[test]
+fn a_destinations_concurrency_holds_for_both_instances_together() {
+    let pg = PgCluster::start();
+    let url = pg.database("spool");
+    let slow = FaultyUpstream::start(Mode::Slow(Duration::from_millis(50), 200));
+    let target = slow.url("/events");
+    let extra = ["--upstream-concurrency", "3"];
+    let (a, _) = instance(&url, "a", &target, &extra);
+    let (b, _) = instance(&url, "b", &target, &extra);
+    for i in 0..60 {
+        let to = if i % 2 == 0 { &a } else { &b };
+        assert_eq!(to.target.post_signed(&page_event(i)).status, 200);
+    }
+    wait_for(Duration::from_secs(30), "the 60 delivered", || {
+        pg.count("spool", "SELECT count(*) FROM deliveries WHERE state = 1") == 60
+    });
+    // Never more than 3 at the backend, though each instance may send 3.
+    let most = slow.max_in_flight();
+    assert!(most <= 3, "{most} requests at once at the backend");
+    assert!(most >= 2, "the room was never used: at most {most} at once");
+    assert_eq!(
+        pg.count(
+            "spool",
+            "SELECT count(DISTINCT instance) FROM attempts WHERE result = 1"
+        ),
+        2,
+        "both instances deliver"
+    );
+}
+
+#[test]
 fn while_the_database_restarts_events_get_503_and_every_200_is_delivered() {
     let pg = PgCluster::start();
     let url = pg.database("spool");
