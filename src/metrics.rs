@@ -165,6 +165,11 @@ struct StateLabels {
     state: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InstanceLabels {
+    instance: String,
+}
+
 /// Every metric xhubd exports.
 pub struct Metrics {
     registry: Mutex<Registry>,
@@ -178,6 +183,7 @@ pub struct Metrics {
     spool_events: Family<StateLabels, Gauge>,
     oldest_pending_seconds: Gauge<f64, AtomicU64>,
     dedup_keys: Gauge,
+    claimed: Family<InstanceLabels, Gauge>,
     unrouted: Family<RouteLabels, Counter>,
     needs_attention: Gauge,
     last_hour: LastHour<{ RequestOutcome::ALL.len() }>,
@@ -255,6 +261,12 @@ impl Metrics {
             "Event identities remembered to drop Meta's retries",
             dedup_keys.clone(),
         );
+        let claimed = Family::<InstanceLabels, Gauge>::default();
+        registry.register(
+            "spool_claimed",
+            "Pending deliveries each instance sharing the spool has taken under a live lease",
+            claimed.clone(),
+        );
         let unrouted = Family::<RouteLabels, Counter>::default();
         registry.register(
             "items_unrouted",
@@ -282,6 +294,7 @@ impl Metrics {
             spool_events,
             oldest_pending_seconds,
             dedup_keys,
+            claimed,
         }
     }
 
@@ -359,6 +372,15 @@ impl Metrics {
         self.oldest_pending_seconds
             .set(stats.oldest_pending_age_seconds);
         self.dedup_keys.set(stats.dedup_keys);
+        // An instance that holds nothing any more reads as absent, not as its last count.
+        self.claimed.clear();
+        for c in &stats.claims {
+            self.claimed
+                .get_or_create(&InstanceLabels {
+                    instance: c.instance.clone(),
+                })
+                .set(c.deliveries);
+        }
         // Destinations with nothing waiting read 0, not their last value.
         self.backlog.clear();
         self.dead.clear();

@@ -151,13 +151,25 @@ fn deliveries_claimed_by_an_instance_killed_with_kill_9_are_taken_over_after_the
     let target = hang.url("/events");
     // Concurrency 8 (the default) holds for the cluster: a takes 8 of the 20.
     let extra = ["--upstream-timeout", "2s"];
-    let (mut a, _) = instance(&url, "a", &target, &extra);
+    let (mut a, admin_a) = instance(&url, "a", &target, &extra);
     for i in 0..20 {
         assert_eq!(a.target.post_signed(&page_event(i)).status, 200);
     }
     wait_for(Duration::from_secs(10), "a holds 8 attempts", || {
         hang.in_flight() >= 8
     });
+    // Its status page and metrics say which spool and who holds what.
+    let page = admin_a.get("/").text();
+    assert!(page.contains("spool: postgresql (instance a)"), "{page}");
+    assert!(
+        page.contains("<td>a</td><td class=\"num\">8</td>"),
+        "{page}"
+    );
+    let metrics = admin_a.get("/metrics").text();
+    assert!(
+        metrics.contains("xhubd_spool_claimed{instance=\"a\"} 8"),
+        "{metrics}"
+    );
     let claimed_at = Instant::now();
     a.kill9();
     let held: Vec<String> = pg

@@ -208,6 +208,7 @@ impl Admin {
                     ready: self.store.health().is_ready() && self.delivering(),
                     verdict: &verdict,
                     requests: &self.metrics.requests_last_hour(),
+                    spool: &self.store.describe(),
                 });
                 respond(StatusCode::OK, "text/html; charset=utf-8", page)
             }

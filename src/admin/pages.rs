@@ -43,6 +43,9 @@ pub struct Status<'a> {
     pub verdict: &'a super::verdict::Verdict,
     /// Requests on the webhook listener over the last hour, by outcome (non-zero only).
     pub requests: &'a [(RequestOutcome, u64)],
+    /// The spool, as the log's ready line names it (`sqlite`, or `postgresql (instance
+    /// NAME)`).
+    pub spool: &'a str,
 }
 
 /// Unix ms as `2026-11-22T21:40:00Z` and how long ago (or from now) that is, never
@@ -182,6 +185,7 @@ pub fn status(s: &Status<'_>) -> String {
                 " — taking and storing events (spool and delivery), as /readyz reports"
             }
             h2 { "Spool" }
+            p { "spool: " (s.spool) }
             table {
                 tr { th { "pending" } th { "delivered" } th { "dead" } th { "oldest pending" } th { "dedup keys" } }
                 tr {
@@ -190,6 +194,15 @@ pub fn status(s: &Status<'_>) -> String {
                     td class={ "num" @if s.stats.dead > 0 { " state-dead" } } { (s.stats.dead) }
                     td.num { (format!("{:.1} s", s.stats.oldest_pending_age_seconds)) }
                     td.num { (s.stats.dedup_keys) }
+                }
+            }
+            @if !s.stats.claims.is_empty() {
+                h3 { "Taken by the instances sharing it (live leases)" }
+                table {
+                    tr { th { "instance" } th { "pending deliveries taken" } }
+                    @for c in &s.stats.claims {
+                        tr { td { (c.instance) } td.num { (c.deliveries) } }
+                    }
                 }
             }
             h2 id="requests" { "Requests in the last hour" }

@@ -109,6 +109,18 @@ pub struct SpoolStats {
     pub dedup_keys: i64,
     /// The same per destination that has deliveries not yet delivered.
     pub destinations: Vec<DestinationStats>,
+    /// Pending deliveries each instance has taken under a live lease, by instance name
+    /// (a shared PostgreSQL spool; empty on SQLite, where nothing is claimed).
+    pub claims: Vec<InstanceClaims>,
+}
+
+/// What one instance holds of a shared spool's pending deliveries.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceClaims {
+    /// Its `--instance-name`.
+    pub instance: String,
+    /// Pending deliveries it has taken whose lease runs.
+    pub deliveries: i64,
 }
 
 /// A destination's backlog.

@@ -6,8 +6,8 @@ use tokio_postgres::{GenericClient, Row};
 
 use crate::spool::now_ms;
 use crate::spool::views::{
-    AttemptRecord, DeliveryDetail, DestinationStats, EventDetail, EventSummary, ListFilter, Replay,
-    SpoolStats,
+    AttemptRecord, DeliveryDetail, DestinationStats, EventDetail, EventSummary, InstanceClaims,
+    ListFilter, Replay, SpoolStats,
 };
 use crate::types::{DeliveryState, DestinationKey, EventState};
 
@@ -261,6 +261,22 @@ pub async fn stats(c: &impl GenericClient) -> Result<SpoolStats, tokio_postgres:
             })
         })
         .collect::<Result<_, tokio_postgres::Error>>()?;
+    let claims = c
+        .query(
+            "SELECT claimed_by, count(*) FROM deliveries
+             WHERE state = 0 AND claimed_by IS NOT NULL AND lease_until > $1
+             GROUP BY claimed_by ORDER BY claimed_by",
+            &[&now],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(InstanceClaims {
+                instance: r.try_get(0)?,
+                deliveries: r.try_get(1)?,
+            })
+        })
+        .collect::<Result<_, tokio_postgres::Error>>()?;
     Ok(SpoolStats {
         pending: totals.try_get(0)?,
         delivered: totals.try_get(1)?,
@@ -268,6 +284,7 @@ pub async fn stats(c: &impl GenericClient) -> Result<SpoolStats, tokio_postgres:
         oldest_pending_age_seconds: age(totals.try_get(3)?),
         dedup_keys: totals.try_get(4)?,
         destinations,
+        claims,
     })
 }
 

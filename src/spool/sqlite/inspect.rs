@@ -306,5 +306,6 @@ pub fn stats(conn: &Connection) -> rusqlite::Result<SpoolStats> {
         dead: count("SELECT COUNT(*) FROM deliveries WHERE state = 2")?,
         oldest_pending_age_seconds: oldest.map_or(0.0, |t| ((now_ms() - t).max(0) as f64) / 1000.0),
         dedup_keys: count("SELECT COUNT(*) FROM dedup")?,
+        claims: Vec::new(),
     })
 }
