@@ -613,12 +613,23 @@ if [ "$POSTGRES" = 1 ]; then
   as_postgres "$pg_bin/initdb" -D "$pg_dir/data" -U postgres --auth=trust >"$tmp/initdb.log" 2>&1 \
     || { cat "$tmp/initdb.log" >&2; exit 1; }
   as_postgres "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/server.log" -w \
-    -o "-p $pg_port -k $pg_dir -c listen_addresses=$HOST" start >/dev/null \
+    -o "-p $pg_port -k $pg_dir -c listen_addresses=$HOST -c shared_preload_libraries=pg_stat_statements" \
+    start >/dev/null \
     || { cat "$pg_dir/server.log" >&2; exit 1; }
   pg_version=$("$pg_bin/postgres" --version)
   for db in spool_c spool_b1 spool_b2; do
     "$pg_bin/psql" -q -h "$pg_dir" -p "$pg_port" -U postgres -c "CREATE DATABASE $db"
   done
+  "$pg_bin/psql" -q -h "$pg_dir" -p "$pg_port" -U postgres -c "CREATE EXTENSION pg_stat_statements"
+  # Where the database's time went in a load: the statements run on DB, the most
+  # expensive first, with their calls and execution time per event accepted.
+  pg_profile() { # DB EVENTS
+    "$pg_bin/psql" -q -h "$pg_dir" -p "$pg_port" -U postgres -A -F ' | ' -t -c "
+      SELECT calls, round(total_exec_time::numeric), round((total_exec_time * 1000 / $2)::numeric, 1),
+             left(regexp_replace(query, '\s+', ' ', 'g'), 70)
+      FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = '$1')
+      ORDER BY total_exec_time DESC LIMIT 8" | sed 's/^/| /; s/$/ |/'
+  }
   pg_url() { echo "postgres://postgres@$HOST:$pg_port/$1?sslmode=disable"; }
   measure_postgres=1
 
@@ -629,6 +640,7 @@ if [ "$POSTGRES" = 1 ]; then
   measure_xhubd "C-pg: wrk -> xhubd (PostgreSQL spool) -> bench-upstream" \
     "http://$HOST:$xhubd_port/" xhub_c_pg
   stop "$xhubd_pid"
+  pg_profile_c=$(pg_profile spool_c "${xhub_c_pg[ok]}")
 
   for n in 1 2; do
     sockets="" measured_pids=""
@@ -647,6 +659,7 @@ if [ "$POSTGRES" = 1 ]; then
     for pid in $measured_pids; do stop "$pid"; done
     measured_pids=""
   done
+  pg_profile_b2=$(pg_profile spool_b2 "${xhub_b_pg2[ok]}")
   measure_postgres=""
 fi
 
@@ -774,6 +787,14 @@ report=bench/out/run-$(date +%Y%m%dT%H%M%S).txt
     [ "${xhub_c_pg[delivered_rate]}" = - ] \
       || echo "C-pg / C, delivered events/s: $(calc %.3f "${xhub_c_pg[delivered_rate]} / ${xhub_c[delivered_rate]}")"
     echo "B-pg2 / B-pg1, accepted events/s: $(calc %.3f "${xhub_b_pg2[rate]} / ${xhub_b_pg1[rate]}")"
+    for load in C-pg:c B-pg2:b2; do
+      profile=pg_profile_${load#*:}
+      echo
+      echo "PostgreSQL's time in ${load%:*}: the costliest statements (execution only)"
+      echo "| calls | ms | us per event | statement |"
+      echo "| --- | --- | --- | --- |"
+      echo "${!profile}"
+    done
   fi
   [ -z "$catch_up" ] || echo "$catch_up"
   [ -z "$compare" ] || echo "$compare"

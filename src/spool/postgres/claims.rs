@@ -49,14 +49,13 @@ pub(super) async fn claim(
 ) -> Result<Vec<DueDelivery>, SpoolError> {
     let held: Vec<i64> = mine.held.iter().copied().collect();
     let sending = mine.sending as i64;
-    let mut client = pool.get().await.map_err(read_error)?;
+    let client = pool.get().await.map_err(read_error)?;
     let now = now_ms();
     let lease_until = now + terms.lease.as_millis().min(i64::MAX as u128) as i64;
     let limit = limit.min(terms.concurrency) as i64;
     let concurrency = terms.concurrency as i64;
-    let tx = client.transaction().await.map_err(read_error)?;
-    let lock = tx.prepare_cached("SELECT pg_advisory_xact_lock($1, hashtext($2))");
-    let claim = tx.prepare_cached(
+    let lock = client.prepare_cached("SELECT pg_advisory_xact_lock($1, hashtext($2))");
+    let claim = client.prepare_cached(
         "WITH live AS (
              SELECT count(*) AS n FROM deliveries
              WHERE state = 0 AND destination = $1 AND claimed_by IS NOT NULL
@@ -99,16 +98,18 @@ pub(super) async fn claim(
         &held,
         &sending,
     ];
-    // Sent together, run in this order. A claim the database forgets in a crash only
-    // lets another instance send that delivery again (at least once): not worth a
-    // wait for the disk each time.
-    let (_, _, rows) = futures_util::try_join!(
-        tx.batch_execute("SET LOCAL synchronous_commit = off"),
-        tx.execute(&lock, &lock_params),
-        tx.query(&claim, &params),
+    // One transaction sent at once and run in this order, so the destination's lock is
+    // held only while the server runs it, not for a round trip to here. Should a
+    // statement fail, the rest fail too and COMMIT ends the transaction as a rollback.
+    // A claim the database forgets in a crash only lets another instance send that
+    // delivery again (at least once): not worth a wait for the disk each time.
+    let (_, _, rows, _) = futures_util::try_join!(
+        client.batch_execute("BEGIN; SET LOCAL synchronous_commit = off"),
+        client.execute(&lock, &lock_params),
+        client.query(&claim, &params),
+        client.batch_execute("COMMIT"),
     )
     .map_err(read_error)?;
-    tx.commit().await.map_err(read_error)?;
     rows.iter()
         .map(|r| {
             let split: bool = r.try_get(9)?;
@@ -136,9 +137,10 @@ pub(super) async fn claim(
         .map_err(read_error)
 }
 
-/// When the next pending delivery to `destination` may be taken (unix ms): when it
-/// falls due, or when the lease of the instance that claimed it runs out (this
-/// instance's own claims are taken again by the scan that follows their record).
+/// When the next pending delivery to `destination` may be taken (unix ms): when the
+/// first one nobody holds falls due, or when the first lease runs out (a delivery
+/// this instance holds is taken again by the scan that follows its attempt). Both
+/// are the first entry of an index.
 pub(super) async fn next_due_at(
     pool: &Pool,
     destination: &DestinationKey,
@@ -146,8 +148,12 @@ pub(super) async fn next_due_at(
     let client = pool.get().await.map_err(read_error)?;
     let stmt = client
         .prepare_cached(
-            "SELECT MIN(GREATEST(next_attempt_at, COALESCE(lease_until, 0)))
-             FROM deliveries WHERE state = 0 AND destination = $1",
+            "SELECT LEAST(
+                 (SELECT next_attempt_at FROM deliveries
+                  WHERE state = 0 AND destination = $1 AND claimed_by IS NULL
+                  ORDER BY next_attempt_at, seq LIMIT 1),
+                 (SELECT min(lease_until) FROM deliveries
+                  WHERE state = 0 AND destination = $1 AND claimed_by IS NOT NULL))",
         )
         .await
         .map_err(read_error)?;
