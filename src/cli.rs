@@ -123,6 +123,20 @@ pub struct ServeArgs {
     #[arg(long, value_name = "URL", env = "XHUBD_UPSTREAM")]
     pub upstream: Option<String>,
 
+    /// For an https:// --upstream: trust the CAs in this PEM file instead of the
+    /// system's root certificates (the backend's certificate must still name its host).
+    #[arg(long, value_name = "F", env = "XHUBD_UPSTREAM_CA_FILE")]
+    pub upstream_ca_file: Option<PathBuf>,
+
+    /// For an https:// --upstream: present this client certificate (PEM chain, leaf
+    /// first), with --upstream-client-key-file.
+    #[arg(long, value_name = "F", env = "XHUBD_UPSTREAM_CLIENT_CERT_FILE")]
+    pub upstream_client_cert_file: Option<PathBuf>,
+
+    /// The private key (PEM) of --upstream-client-cert-file.
+    #[arg(long, value_name = "F", env = "XHUBD_UPSTREAM_CLIENT_KEY_FILE")]
+    pub upstream_client_key_file: Option<PathBuf>,
+
     /// The verify token you entered in Meta's dashboard.
     #[arg(
         long,

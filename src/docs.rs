@@ -159,7 +159,8 @@ then delivery attempts in flight, then the spool commits its last batch. An even
 answered 200 is in the spool; one not answered is retried by Meta.
 .TP
 \fBSIGHUP\fR
-Reload the config file and the secret files it names (\fBsystemctl reload xhubd\fR).
+Reload the config file and the secret and certificate files it names
+(\fBsystemctl reload xhubd\fR).
 A valid file takes effect for new events without dropping a connection; an invalid one
 is refused with a log line and the running configuration stays. Never stops the daemon.
 "#;

@@ -11,7 +11,7 @@ use anyhow::Context;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
-use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
 /// Which certificate authorities a client trusts.
@@ -88,8 +88,23 @@ pub fn client_config(
                 .with_context(|| format!("{}: cannot read {}", id.cert_option, id.cert.display()))?
                 .collect::<Result<Vec<_>, _>>()
                 .with_context(|| format!("{}: {}", id.cert_option, id.cert.display()))?;
-            let key = PrivateKeyDer::from_pem_file(id.key)
-                .with_context(|| format!("{}: cannot read {}", id.key_option, id.key.display()))?;
+            if chain.is_empty() {
+                anyhow::bail!(
+                    "{}: no certificate in {}",
+                    id.cert_option,
+                    id.cert.display()
+                );
+            }
+            let key = PrivateKeyDer::from_pem_file(id.key).map_err(|e| match e {
+                pem::Error::NoItemsFound => {
+                    anyhow::anyhow!("{}: no private key in {}", id.key_option, id.key.display())
+                }
+                e => anyhow::Error::new(e).context(format!(
+                    "{}: cannot read {}",
+                    id.key_option,
+                    id.key.display()
+                )),
+            })?;
             builder
                 .with_client_auth_cert(chain, key)
                 .with_context(|| format!("{}/{}", id.cert_option, id.key_option))?

@@ -84,6 +84,12 @@ pub struct FileConfig {
     pub upstream_concurrency: Option<usize>,
     /// `--upstream-timeout`.
     pub upstream_timeout: Option<String>,
+    /// `--upstream-ca-file` (refused with routes).
+    pub upstream_ca_file: Option<PathBuf>,
+    /// `--upstream-client-cert-file` (refused with routes).
+    pub upstream_client_cert_file: Option<PathBuf>,
+    /// `--upstream-client-key-file` (refused with routes).
+    pub upstream_client_key_file: Option<PathBuf>,
     /// `--client-cn-header`.
     pub client_cn_header: Option<String>,
     /// `--client-cn`.
@@ -161,6 +167,12 @@ pub struct DestinationFile {
     pub retry_max_delay: Option<String>,
     /// Extra request headers (values never logged).
     pub headers: Option<BTreeMap<String, String>>,
+    /// CA bundle (PEM) trusted instead of the system's roots (`https://` only).
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate chain (PEM) to present, with `client_key_file`.
+    pub client_cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    pub client_key_file: Option<PathBuf>,
 }
 
 /// A destination's `match` table: every given key must hold; a list means any of.
@@ -293,6 +305,9 @@ pub fn overlay(args: &mut ServeArgs, file: &FileConfig) {
     );
     take_some!(
         upstream,
+        upstream_ca_file,
+        upstream_client_cert_file,
+        upstream_client_key_file,
         verify_token,
         verify_token_file,
         app_secret_file,

@@ -5,7 +5,9 @@
 //!
 //! - [`file`](mod@file): the TOML config file, and its overlay onto the command line.
 //! - [`routes`]: routes and destinations, validated.
+//! - [`backend_tls`]: an https destination's own CA bundle and client certificate.
 
+pub mod backend_tls;
 pub mod exposure;
 pub mod file;
 pub mod routes;
@@ -22,6 +24,7 @@ use crate::listener::ListenAddr;
 use crate::secret::{self, load_app_secrets, load_token, load_verify_token, Secret};
 use crate::spool::postgres::connect::is_postgres_url;
 use crate::spool::postgres::PgTarget;
+use backend_tls::{BackendTls, TlsFiles};
 use routes::{Defaults, Route};
 
 /// The validated configuration of `xhubd serve`.
@@ -123,6 +126,9 @@ impl Config {
         let routes = match &file {
             Some((path, loaded)) if !loaded.route.is_empty() => {
                 let single_app = args.upstream.is_some()
+                    || args.upstream_ca_file.is_some()
+                    || args.upstream_client_cert_file.is_some()
+                    || args.upstream_client_key_file.is_some()
                     || args.verify_token.is_some()
                     || args.verify_token_file.is_some()
                     || args.app_secret.is_some()
@@ -130,7 +136,7 @@ impl Config {
                     || args.app_secret_file.is_some();
                 if single_app {
                     bail!(
-                        "{}: with [[route]], --upstream, --verify-token* and --app-secret* (flags, variables or top-level keys) are refused: each route has its own",
+                        "{}: with [[route]], --upstream, --upstream-*-file, --verify-token* and --app-secret* (flags, variables or top-level keys) are refused: each route has its own",
                         path.display()
                     );
                 }
@@ -263,6 +269,15 @@ fn flags_route(args: &ServeArgs, defaults: Defaults) -> anyhow::Result<Route> {
         anyhow!("--upstream is required (or XHUBD_UPSTREAM, or routes in --config)")
     })?;
     let upstream = parse_url(text).context("--upstream")?;
+    let tls = BackendTls::load(
+        &upstream,
+        TlsFiles {
+            ca: args.upstream_ca_file.as_deref(),
+            client_cert: args.upstream_client_cert_file.as_deref(),
+            client_key: args.upstream_client_key_file.as_deref(),
+        },
+        backend_tls::FLAGS,
+    )?;
     let verify_token = load_verify_token(&secret::require(
         "--verify-token",
         args.verify_token.as_deref(),
@@ -286,6 +301,7 @@ fn flags_route(args: &ServeArgs, defaults: Defaults) -> anyhow::Result<Route> {
         verify_token,
         app_secrets,
         upstream,
+        tls,
         defaults,
     ))
 }

@@ -11,6 +11,7 @@ use anyhow::{anyhow, bail, Context};
 use http::{HeaderName, HeaderValue};
 use url::Url;
 
+use super::backend_tls::{BackendTls, TlsFiles, FILE_KEYS};
 use super::file::{DestinationFile, RouteFile, SecretList};
 use crate::duration::parse_duration;
 use crate::secret::{load_app_secrets, load_token, load_verify_token, Secret, SecretSource};
@@ -62,6 +63,9 @@ pub struct Destination {
     pub split: Split,
     /// Signs every request to it with this secret instead of the App Secret.
     pub sign_secret: Option<Secret>,
+    /// Its own CA bundle and client certificate (`https://` only); none: the system's
+    /// roots, no client certificate.
+    pub tls: Option<BackendTls>,
 }
 
 /// A destination's `match` (DESIGN.md): each key given is a list, any of which must
@@ -121,6 +125,7 @@ pub fn default_route(
     verify_token: Secret,
     app_secrets: Vec<Secret>,
     upstream: Url,
+    tls: Option<BackendTls>,
     defaults: Defaults,
 ) -> Route {
     Route {
@@ -142,6 +147,7 @@ pub fn default_route(
             fallback: false,
             split: Split::None,
             sign_secret: None,
+            tls,
         }],
     }
 }
@@ -270,6 +276,20 @@ fn destination(
         })
         .transpose()?;
     let url = super::parse_url(&d.url).context("url")?;
+    let (ca, client_cert, client_key) = (
+        d.ca_file.as_ref().map(|f| resolve(f, file)),
+        d.client_cert_file.as_ref().map(|f| resolve(f, file)),
+        d.client_key_file.as_ref().map(|f| resolve(f, file)),
+    );
+    let tls = BackendTls::load(
+        &url,
+        TlsFiles {
+            ca: ca.as_deref(),
+            client_cert: client_cert.as_deref(),
+            client_key: client_key.as_deref(),
+        },
+        FILE_KEYS,
+    )?;
     let positive = |key: &str, value: &Option<String>, default: Duration| match value {
         None => Ok(default),
         Some(text) => match parse_duration(text) {
@@ -314,6 +334,7 @@ fn destination(
         fallback: d.fallback.unwrap_or(false),
         split,
         sign_secret,
+        tls,
     })
 }
 
@@ -399,6 +420,7 @@ mod tests {
             Secret::new("t"),
             vec![Secret::new("s")],
             url,
+            None,
             defaults,
         )];
         assert_eq!(route_for(&routes, "/anything").unwrap().name, "default");

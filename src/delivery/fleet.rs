@@ -136,6 +136,7 @@ impl Fleet {
                         destination.timeout,
                         destination.concurrency,
                         destination.headers.clone(),
+                        destination.tls.as_ref().map(|t| t.client_config()),
                     )
                     .map_err(|e| {
                         anyhow::anyhow!(
@@ -269,7 +270,8 @@ impl Fleet {
 }
 
 /// Whether two settings of a destination deliver the same way (what its scheduler
-/// uses; `match`, `split` and signing are decided at acceptance).
+/// uses; `match`, `split` and signing are decided at acceptance). TLS settings are the
+/// same when they name the same files holding the same bytes.
 fn same_delivery(a: &Destination, b: &Destination) -> bool {
     a.url == b.url
         && a.concurrency == b.concurrency
@@ -278,4 +280,5 @@ fn same_delivery(a: &Destination, b: &Destination) -> bool {
         && a.retry_initial == b.retry_initial
         && a.retry_max_delay == b.retry_max_delay
         && a.headers == b.headers
+        && a.tls == b.tls
 }

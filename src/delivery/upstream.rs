@@ -1,6 +1,8 @@
 //! The HTTP client for the upstream: pooled keep-alive connections, http or https (with
-//! the system's root certificates), one attempt with a time limit, and the contract's
-//! headers.
+//! the system's root certificates, or the destination's own CA bundle and client
+//! certificate), one attempt with a time limit, and the contract's headers. A failed
+//! TLS handshake (an unknown issuer, a certificate for another name, a client
+//! certificate refused) is a connection error: retried, and kept as the last error.
 
 use std::time::Duration;
 
@@ -51,12 +53,14 @@ pub struct Upstream {
 
 impl Upstream {
     /// A client for `url`, keeping up to `pool` idle connections, sending `headers`
-    /// (values marked sensitive) with every request.
+    /// (values marked sensitive) with every request. For an https `url`, `tls` is the
+    /// destination's own TLS configuration (already checked); none: the system's roots.
     pub fn new(
         url: &Url,
         timeout: Duration,
         pool: usize,
         headers: Vec<(http::HeaderName, HeaderValue)>,
+        tls: Option<rustls::ClientConfig>,
     ) -> anyhow::Result<Upstream> {
         let mut clean = url.clone();
         let authorization = basic_auth(url);
@@ -76,14 +80,19 @@ impl Upstream {
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(pool);
         let inner = if url.scheme() == "https" {
-            // The ring provider, named explicitly: never the process default.
-            let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-            let https = hyper_rustls::HttpsConnectorBuilder::new()
-                .with_provider_and_native_roots(provider)
-                .context("cannot load the system's root certificates for the https upstream")?
-                .https_only()
-                .enable_http1()
-                .wrap_connector(http);
+            let https = match tls {
+                Some(config) => hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config),
+                None => {
+                    // The ring provider, named explicitly: never the process default.
+                    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+                    hyper_rustls::HttpsConnectorBuilder::new()
+                        .with_provider_and_native_roots(provider)
+                        .context(
+                            "cannot load the system's root certificates for the https upstream",
+                        )?
+                }
+            };
+            let https = https.https_only().enable_http1().wrap_connector(http);
             Inner::Tls(builder.build(https))
         } else {
             Inner::Plain(builder.build(http))

@@ -29,6 +29,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+use tokio_util::either::Either;
 
 pub const APP_SECRET: &str = "app-secret-4f1d9c2b7e";
 pub const OTHER_SECRET: &str = "second-secret-8a7b6c5d";
@@ -642,19 +643,33 @@ struct Script {
     default_status: u16,
     /// Statuses for particular paths (after the scripted ones, before the default).
     by_path: std::collections::HashMap<String, u16>,
+    /// Why each refused TLS handshake failed, as the backend saw it (TLS backends).
+    handshake_errors: Vec<String>,
 }
 
 /// A fake backend on 127.0.0.1 that records requests and answers as scripted. It can
-/// be stopped (connections refused) and started again on the same port.
+/// be stopped (connections refused) and started again on the same port. Started with
+/// [`Upstream::start_tls`], it speaks HTTPS with the given server configuration (and so
+/// checks client certificates when that configuration asks for them).
 pub struct Upstream {
     pub addr: SocketAddr,
     script: Arc<Mutex<Script>>,
     runtime: tokio::runtime::Runtime,
     server: Option<tokio::task::JoinHandle<()>>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Upstream {
     pub fn start() -> Upstream {
+        Upstream::start_with(None)
+    }
+
+    /// An HTTPS backend: TLS with `config` on every connection, then the same HTTP.
+    pub fn start_tls(config: rustls::ServerConfig) -> Upstream {
+        Upstream::start_with(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))))
+    }
+
+    fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -673,18 +688,21 @@ impl Upstream {
             script,
             runtime,
             server: None,
+            tls,
         };
         up.serve(listener);
         up
     }
 
-    /// The URL to give xhubd.
+    /// The URL to give xhubd: `https://` for a TLS backend.
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}{}", self.addr, path)
     }
 
     fn serve(&mut self, listener: tokio::net::TcpListener) {
         let script = self.script.clone();
+        let tls = self.tls.clone();
         self.server = Some(self.runtime.spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             loop {
@@ -692,7 +710,18 @@ impl Upstream {
                     continue;
                 };
                 let script = script.clone();
+                let tls = tls.clone();
                 conns.spawn(async move {
+                    let stream = match tls {
+                        None => Either::Left(stream),
+                        Some(acceptor) => match acceptor.accept(stream).await {
+                            Ok(stream) => Either::Right(stream),
+                            Err(e) => {
+                                script.lock().unwrap().handshake_errors.push(e.to_string());
+                                return;
+                            }
+                        },
+                    };
                     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                         let script = script.clone();
                         async move {
@@ -795,6 +824,11 @@ impl Upstream {
 
     pub fn count(&self) -> usize {
         self.script.lock().unwrap().received.len()
+    }
+
+    /// Why each TLS handshake the backend refused failed, oldest first.
+    pub fn handshake_errors(&self) -> Vec<String> {
+        self.script.lock().unwrap().handshake_errors.clone()
     }
 
     /// Waits until at least `n` requests arrived.

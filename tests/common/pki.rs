@@ -1,7 +1,7 @@
 //! A throw-away PKI made at run time: a server certificate for `localhost`, a stand-in
 //! for Meta's client CA (root and intermediate) with a good client leaf, and the bad
 //! cases Nginx must refuse; and another for a PostgreSQL server with TLS and its
-//! clients ([`PgPki`]).
+//! clients ([`PgPki`]); and one for HTTPS backends behind a private CA ([`BackendPki`]).
 
 use std::path::{Path, PathBuf};
 
@@ -245,5 +245,97 @@ impl PgPki {
             postgres: client(dir, "pg-user-postgres", &user("postgres"), &[]),
             someone_else: client(dir, "pg-user-someone-else", &user("someone_else"), &[]),
         }
+    }
+}
+
+/// Files for HTTPS backends behind a private CA: server certificates it signs (one for
+/// `localhost` and `127.0.0.1`, one for another name), another CA that signs nothing a
+/// backend presents, and a client CA with a client certificate for backends that
+/// require one.
+pub struct BackendPki {
+    /// The private CA (a destination's `ca_file`).
+    pub ca: PathBuf,
+    /// A CA unrelated to every backend (a wrong `ca_file`).
+    pub other_ca: PathBuf,
+    /// A server certificate for `localhost` and `127.0.0.1` (leaf, then the CA) and key.
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    /// A server certificate from the same CA for `backend.invalid` only, and its key.
+    pub wrong_name_cert: PathBuf,
+    pub wrong_name_key: PathBuf,
+    /// The CA a backend checks client certificates against.
+    pub client_ca: PathBuf,
+    /// A client certificate it signs.
+    pub client: ClientId,
+}
+
+impl BackendPki {
+    pub fn create(dir: &Path) -> BackendPki {
+        let root = ca("Test Backend Private Root", None);
+        let server =
+            |sans: &[&str]| leaf(&[(DnType::CommonName, sans[0])], sans, false, &root, false);
+        let good = server(&["localhost", "127.0.0.1"]);
+        let wrong = server(&["backend.invalid"]);
+        let other = ca("Test Unrelated Backend Root", None);
+        let client_root = ca("Test Backend Client Root", None);
+        let xhubd = leaf(
+            &[(DnType::CommonName, "xhubd")],
+            &[],
+            true,
+            &client_root,
+            false,
+        );
+        BackendPki {
+            ca: write(dir, "backend-ca.pem", &[&root.cert.pem()]),
+            other_ca: write(dir, "backend-other-ca.pem", &[&other.cert.pem()]),
+            server_cert: write(dir, "backend.pem", &[&good.cert.pem(), &root.cert.pem()]),
+            server_key: write(dir, "backend.key", &[&good.key.serialize_pem()]),
+            wrong_name_cert: write(
+                dir,
+                "backend-wrong-name.pem",
+                &[&wrong.cert.pem(), &root.cert.pem()],
+            ),
+            wrong_name_key: write(dir, "backend-wrong-name.key", &[&wrong.key.serialize_pem()]),
+            client_ca: write(dir, "backend-client-ca.pem", &[&client_root.cert.pem()]),
+            client: client(dir, "backend-client", &xhubd, &[]),
+        }
+    }
+
+    /// A backend's TLS settings (rustls, ring): it presents `cert` with `key` and, when
+    /// `client_ca` is given, requires a client certificate that chains to it.
+    pub fn server_config(
+        cert: &Path,
+        key: &Path,
+        client_ca: Option<&Path>,
+    ) -> rustls::ServerConfig {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let builder = match client_ca {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+                    roots.add(cert.unwrap()).unwrap();
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    std::sync::Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .unwrap();
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let chain = CertificateDer::pem_file_iter(cert)
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        builder
+            .with_single_cert(chain, PrivateKeyDer::from_pem_file(key).unwrap())
+            .unwrap()
     }
 }
