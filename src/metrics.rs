@@ -167,7 +167,8 @@ struct StateLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct InstanceLabels {
-    instance: String,
+    /// Not `instance`: Prometheus gives that name to the target it scrapes.
+    holder: String,
 }
 
 /// Every metric xhubd exports.
@@ -377,7 +378,7 @@ impl Metrics {
         for c in &stats.claims {
             self.claimed
                 .get_or_create(&InstanceLabels {
-                    instance: c.instance.clone(),
+                    holder: c.instance.clone(),
                 })
                 .set(c.deliveries);
         }

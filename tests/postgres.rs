@@ -167,7 +167,7 @@ fn deliveries_claimed_by_an_instance_killed_with_kill_9_are_taken_over_after_the
     );
     let metrics = admin_a.get("/metrics").text();
     assert!(
-        metrics.contains("xhubd_spool_claimed{instance=\"a\"} 8"),
+        metrics.contains("xhubd_spool_claimed{holder=\"a\"} 8"),
         "{metrics}"
     );
     let claimed_at = Instant::now();
@@ -274,14 +274,6 @@ fn a_destinations_concurrency_holds_for_both_instances_together() {
     let most = slow.max_in_flight();
     assert!(most <= 3, "{most} requests at once at the backend");
     assert!(most >= 2, "the room was never used: at most {most} at once");
-    assert_eq!(
-        pg.count(
-            "spool",
-            "SELECT count(DISTINCT instance) FROM attempts WHERE result = 1"
-        ),
-        2,
-        "both instances deliver"
-    );
 }
 
 #[test]

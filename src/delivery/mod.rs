@@ -383,11 +383,12 @@ fn instant_at(unix_ms: i64) -> TokioInstant {
 }
 
 /// How long to sleep when a scan took nothing: until the next retry, at most
-/// [`IDLE_POLL`]. One due already was held elsewhere (another instance's claim, room
-/// taken by others): look again after [`BUSY_POLL`].
+/// [`IDLE_POLL`]. Where claims hold the concurrency, one due already was held
+/// elsewhere (another instance's claim, room taken by others): look again after
+/// [`BUSY_POLL`].
 async fn self_wait(this: &Delivery) -> Duration {
     match this.store.next_due_at(&this.destination).await {
-        Ok(Some(at)) if at <= now_ms() => BUSY_POLL,
+        Ok(Some(at)) if at <= now_ms() && this.store.claims_hold_concurrency() => BUSY_POLL,
         Ok(Some(at)) => {
             let ms = (at - now_ms()).clamp(0, IDLE_POLL.as_millis() as i64);
             Duration::from_millis(ms as u64)

@@ -136,6 +136,13 @@ pub(super) async fn accept_batch(
         claim(tx, s, &keys, &owners, now, cutoff).await?
     };
     let outcome = plan.items_taken(&taken, seqs);
+    // Who holds each key a retry was recognised by, before the keys point elsewhere.
+    let ids: Vec<Option<String>> = outcome
+        .verdicts
+        .iter()
+        .map(|v| matches!(v, Verdict::New).then(|| uuid::Uuid::now_v7().to_string()))
+        .collect();
+    let holders = holders(tx, s, &outcome, seqs, &ids).await?;
     if !outcome.undo.is_empty() {
         let (keys, owners) = split(&outcome.undo);
         tx.execute(&s.undo_keys, &[&keys, &owners]).await?;
@@ -144,12 +151,6 @@ pub(super) async fn accept_batch(
         let (keys, owners) = split(&outcome.refresh);
         tx.execute(&s.refresh_keys, &[&keys, &owners, &now]).await?;
     }
-    let ids: Vec<Option<String>> = outcome
-        .verdicts
-        .iter()
-        .map(|v| matches!(v, Verdict::New).then(|| uuid::Uuid::now_v7().to_string()))
-        .collect();
-    let holders = holders(tx, s, &outcome, seqs, &ids).await?;
     let stored = insert_new(tx, s, events, seqs, &ids, terms).await?;
     // Each event's answer, an earlier event of the batch standing for its copies.
     let mut answers: Vec<(Stored, usize)> = Vec::with_capacity(events.len());

@@ -49,9 +49,13 @@ pub(super) async fn claim(
 ) -> Result<Vec<DueDelivery>, SpoolError> {
     let held: Vec<i64> = mine.held.iter().copied().collect();
     let sending = mine.sending as i64;
-    let client = pool.get().await.map_err(read_error)?;
+    let client = connection(pool).await?;
     let now = now_ms();
-    let lease_until = now + terms.lease.as_millis().min(i64::MAX as u128) as i64;
+    let lease_ms = terms.lease.as_millis().min(i64::MAX as u128 / 2) as i64;
+    let lease_until = now + lease_ms;
+    // What this instance holds is still its own: a lease half run out is renewed, so
+    // an attempt whose record is slow to commit is not taken by another instance.
+    let renew_before = now + lease_ms / 2;
     let limit = limit.min(terms.concurrency) as i64;
     let concurrency = terms.concurrency as i64;
     let lock = client.prepare_cached("SELECT pg_advisory_xact_lock($1, hashtext($2))");
@@ -60,6 +64,9 @@ pub(super) async fn claim(
              SELECT count(*) AS n FROM deliveries
              WHERE state = 0 AND destination = $1 AND claimed_by IS NOT NULL
                AND lease_until > $3 AND claimed_by <> $2),
+         renewed AS (
+             UPDATE deliveries SET lease_until = $6
+             WHERE claimed_by = $2 AND state = 0 AND seq = ANY($8) AND lease_until < $10),
          picked AS (
              SELECT seq FROM deliveries
              WHERE state = 0 AND destination = $1 AND next_attempt_at <= $3
@@ -87,7 +94,7 @@ pub(super) async fn claim(
         .map_err(read_error)?;
     let key = destination.as_str();
     let lock_params: [&(dyn ToSql + Sync); 2] = [&LOCK_CLASS, &key];
-    let params: [&(dyn ToSql + Sync); 9] = [
+    let params: [&(dyn ToSql + Sync); 10] = [
         &destination.as_str(),
         &instance,
         &now,
@@ -97,6 +104,7 @@ pub(super) async fn claim(
         &(INLINE_BODY_MAX as i64),
         &held,
         &sending,
+        &renew_before,
     ];
     // One transaction sent at once and run in this order, so the destination's lock is
     // held only while the server runs it, not for a round trip to here. Should a
@@ -109,7 +117,16 @@ pub(super) async fn claim(
         client.query(&claim, &params),
         client.batch_execute("COMMIT"),
     )
-    .map_err(read_error)?;
+    .map_err(|e| {
+        // Should a request have failed before it was sent (COMMIT with it), end the
+        // transaction here: the connection goes back to the pool.
+        if !client.is_closed() {
+            tokio::spawn(async move {
+                let _ = client.batch_execute("ROLLBACK").await;
+            });
+        }
+        read_error(e)
+    })?;
     rows.iter()
         .map(|r| {
             let split: bool = r.try_get(9)?;
@@ -145,7 +162,7 @@ pub(super) async fn next_due_at(
     pool: &Pool,
     destination: &DestinationKey,
 ) -> Result<Option<i64>, SpoolError> {
-    let client = pool.get().await.map_err(read_error)?;
+    let client = connection(pool).await?;
     let stmt = client
         .prepare_cached(
             "SELECT LEAST(
@@ -166,7 +183,7 @@ pub(super) async fn next_due_at(
 
 /// The body delivery `seq` sends: its own (narrowed, split), else its event's.
 pub(super) async fn body(pool: &Pool, seq: i64) -> Result<Option<Bytes>, SpoolError> {
-    let client = pool.get().await.map_err(read_error)?;
+    let client = connection(pool).await?;
     let stmt = client
         .prepare_cached(
             "SELECT COALESCE((SELECT o.body FROM delivery_bodies o WHERE o.seq = d.seq),
@@ -179,6 +196,15 @@ pub(super) async fn body(pool: &Pool, seq: i64) -> Result<Option<Bytes>, SpoolEr
     Ok(row
         .and_then(|r| r.get::<_, Option<Vec<u8>>>(0))
         .map(Bytes::from))
+}
+
+/// A pooled connection, waited for at most 10 s (all of them busy, or the database
+/// not answering).
+pub(super) async fn connection(pool: &Pool) -> Result<deadpool_postgres::Object, SpoolError> {
+    tokio::time::timeout(std::time::Duration::from_secs(10), pool.get())
+        .await
+        .map_err(|_| SpoolError::Read("timed out waiting for a PostgreSQL connection".into()))?
+        .map_err(read_error)
 }
 
 /// A read that failed (the pool could not connect, or the statement failed).

@@ -40,6 +40,9 @@ pub struct PgTarget {
     config: Config,
     tls: MakeRustlsConnect,
     shown: String,
+    /// TLS may be used without checking who the server is (libpq's `prefer` and
+    /// `require` without `sslrootcert`).
+    unchecked_tls: bool,
 }
 
 /// A connection's driver, to be polled (for notifications) or spawned.
@@ -91,6 +94,7 @@ impl PgTarget {
             }
         }
         let (ssl_mode, check) = tls_checks(mode.as_deref(), rootcert.as_deref())?;
+        let unchecked_tls = ssl_mode != SslMode::Disable && check == Check::Nothing;
         if rest.is_empty() {
             parsed.set_query(None);
         } else {
@@ -143,7 +147,19 @@ impl PgTarget {
         };
         let tls = MakeRustlsConnect::new(client_config(check, identity)?);
         let shown = describe(&parsed);
-        Ok(PgTarget { config, tls, shown })
+        Ok(PgTarget {
+            config,
+            tls,
+            shown,
+            unchecked_tls,
+        })
+    }
+
+    /// Whether TLS, when used, goes without a check of the server's certificate (as
+    /// libpq's `prefer` and `require` without `sslrootcert`): worth a warning, since
+    /// anyone between xhubd and the database could then read the events.
+    pub fn tls_unchecked(&self) -> bool {
+        self.unchecked_tls
     }
 
     /// The URL without its password or query, for logs and pages:
@@ -264,17 +280,26 @@ fn describe(url: &url::Url) -> String {
 /// An error and what caused it, in one line: tokio-postgres says only `db error` of
 /// what the server said, which is in its source (`db error: ERROR: relation … does not
 /// exist`).
+///
+/// Of what the server said, only its message and SQLSTATE: its DETAIL may quote a
+/// row's values. Always one line.
 pub fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
+    let said = |cause: &(dyn std::error::Error + 'static)| match cause
+        .downcast_ref::<tokio_postgres::error::DbError>()
+    {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => cause.to_string(),
+    };
+    let mut text = said(e);
     let mut source = e.source();
     while let Some(cause) = source {
-        let said = cause.to_string();
-        if !text.ends_with(&said) {
-            text = format!("{text}: {said}");
+        let part = said(cause);
+        if !text.ends_with(&part) {
+            text = format!("{text}: {part}");
         }
         source = cause.source();
     }
-    text
+    text.replace(['\n', '\r'], " ")
 }
 
 /// Tells a refusal (waiting does not help) from an outage (it may).
@@ -342,6 +367,8 @@ mod tests {
         let outer = std::io::Error::new(std::io::ErrorKind::InvalidData, inner);
         // io::Error shows its inner error as itself: said once, not twice.
         assert_eq!(error_text(&outer), "relation \"events\" does not exist");
+        let lines = std::io::Error::other("failed\nDETAIL: more");
+        assert_eq!(error_text(&lines), "failed DETAIL: more");
         let wrapped = anyhow::Error::from(outer).context("db error");
         let wrapped: &(dyn std::error::Error + 'static) = wrapped.as_ref();
         assert_eq!(

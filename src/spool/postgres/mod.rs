@@ -25,7 +25,6 @@ mod writer;
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -91,6 +90,9 @@ impl PgStore {
         mpsc::Receiver<DueDelivery>,
         FirstConnection,
     )> {
+        if target.tls_unchecked() {
+            tracing::warn!(database = %target.describe(), "TLS to the PostgreSQL spool, if any, does not check the server's certificate (sslmode prefer or require without sslrootcert, as libpq): use sslmode=verify-full to be sure who you talk to");
+        }
         let target = Arc::new(target);
         let (tx, rx) = mpsc::channel(writer::QUEUE_DEPTH);
         let wakeups = Arc::new(watch::Sender::new(0u64));
@@ -269,9 +271,6 @@ impl PgStore {
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, SpoolError> {
-        tokio::time::timeout(Duration::from_secs(10), self.pool.get())
-            .await
-            .map_err(|_| SpoolError::Read("timed out waiting for a PostgreSQL connection".into()))?
-            .map_err(claims::read_error)
+        claims::connection(&self.pool).await
     }
 }

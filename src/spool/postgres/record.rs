@@ -20,7 +20,8 @@ impl RecordStatements {
     pub(super) async fn prepare(c: &Client) -> Result<RecordStatements, tokio_postgres::Error> {
         Ok(RecordStatements {
             // A delivery no longer pending (delivered or dead, by this instance or one
-            // whose lease had run out) is left as it is.
+            // whose lease had run out), or taken since by another instance, is left as
+            // it is: the other instance's claim stands.
             update: c
                 .prepare(
                     "UPDATE deliveries d SET state = v.st, attempts = v.a, next_attempt_at = v.n,
@@ -28,7 +29,8 @@ impl RecordStatements {
                                              claimed_by = NULL, lease_until = NULL
                      FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[],
                                  $5::text[], $6::bigint[]) AS v(s, st, a, n, err, fin)
-                     WHERE d.seq = v.s AND d.state = 0",
+                     WHERE d.seq = v.s AND d.state = 0
+                       AND (d.claimed_by = $7 OR d.claimed_by IS NULL)",
                 )
                 .await?,
             // A delivery purged meanwhile gets no history.
@@ -98,13 +100,14 @@ pub(super) async fn record_batch(
         c.status.push(a.report.status.map(i64::from));
         c.detail.push(&a.report.detail);
     }
-    let update_params: [&(dyn ToSql + Sync); 6] = [
+    let update_params: [&(dyn ToSql + Sync); 7] = [
         &c.seq,
         &c.state,
         &c.attempts,
         &c.next_attempt_at,
         &c.error,
         &c.finished_at,
+        &instance,
     ];
     let history_params: [&(dyn ToSql + Sync); 7] = [
         &c.seq,

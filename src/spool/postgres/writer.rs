@@ -224,7 +224,14 @@ pub(super) async fn run(
 /// Drops the session after a lost connection (or a database that can no longer
 /// commit): the health flag goes down and the next turn reconnects.
 fn lost(ctx: &WriterContext, session: &mut Option<Session>, e: &dyn std::fmt::Display) {
-    warn!(error = %e, "lost the PostgreSQL spool; reconnecting, events are answered 503 meanwhile");
+    match ctx.role {
+        Role::Events => {
+            warn!(error = %e, "lost the PostgreSQL spool; reconnecting, events are answered 503 meanwhile")
+        }
+        Role::Outcomes => {
+            warn!(error = %e, "lost the PostgreSQL spool's connection for outcomes; reconnecting, attempts wait for their record meanwhile")
+        }
+    }
     ctx.health.last_commit_ok.store(false, Ordering::Relaxed);
     *session = None;
 }
