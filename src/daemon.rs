@@ -329,15 +329,18 @@ impl Daemon {
                 name = stop_signal(&mut signals) => stop_asked = Some(name),
             }
         }
-        info!(
-            listen = %listen_addr,
-            destinations = %destinations.join(", "),
-            spool = %store.describe(),
-            state_dir = %config.state_dir.display(),
-            "xhubd ready"
-        );
-        // Everything is spawned and the listener is bound: tell systemd.
-        notify::ready(&listen_addr);
+        // Asked to stop while waiting for the database: it never was ready.
+        if stop_asked.is_none() {
+            info!(
+                listen = %listen_addr,
+                destinations = %destinations.join(", "),
+                spool = %store.describe(),
+                state_dir = %config.state_dir.display(),
+                "xhubd ready"
+            );
+            // Everything is spawned and the listener is bound: tell systemd.
+            notify::ready(&listen_addr);
+        }
         notify::spawn_watchdog(store.health().clone(), shutdown.clone());
         Ok(Daemon {
             signals,

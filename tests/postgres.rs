@@ -424,7 +424,11 @@ fn a_refused_password_ends_the_start_with_one_line_and_an_unreachable_database_i
     assert!(!x.logs().contains("xhubd ready"));
     assert!(!x.logs().contains(PG_PASSWORD));
     assert!(x.child.as_mut().unwrap().try_wait().unwrap().is_none());
+    // Stopped while still waiting: it never said it was ready.
     x.terminate();
+    let logs = x.logs();
+    assert!(logs.contains("stopped"), "{logs}");
+    assert!(!logs.contains("xhubd ready"), "{logs}");
 }
 
 /// Two machines' config: every event to `bot`; WhatsApp messages to `down`, one request

@@ -37,7 +37,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant as TokioInstant;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::metrics::{AttemptResult, Metrics};
 use crate::spool::{now_ms, ClaimTerms, Outcome, Store};
@@ -177,7 +177,13 @@ impl Delivery {
                         }
                     }
                     Err(e) => {
-                        error!(error = %e, "cannot read due events from the spool; retrying in 1s");
+                        // While the spool is known to be down, its writer says so (every
+                        // 5 s); each scan's failure would only repeat it.
+                        if this.store.health().is_ready() {
+                            error!(error = %e, "cannot read due events from the spool; retrying in 1s");
+                        } else {
+                            debug!(error = %e, "cannot read due events from the spool while it is down; retrying in 1s");
+                        }
                         next_scan = TokioInstant::now() + IDLE_POLL;
                     }
                 }

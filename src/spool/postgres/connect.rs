@@ -94,7 +94,7 @@ impl PgTarget {
             }
         }
         let (ssl_mode, check) = tls_checks(mode.as_deref(), rootcert.as_deref())?;
-        let unchecked_tls = ssl_mode != SslMode::Disable && check == Check::Nothing;
+        let mut unchecked_tls = ssl_mode != SslMode::Disable && check == Check::Nothing;
         if rest.is_empty() {
             parsed.set_query(None);
         } else {
@@ -147,6 +147,11 @@ impl PgTarget {
         };
         let tls = MakeRustlsConnect::new(client_config(check, identity)?);
         let shown = describe(&parsed);
+        // A Unix socket never carries TLS: nothing to warn about there.
+        unchecked_tls &= config
+            .get_hosts()
+            .iter()
+            .any(|h| matches!(h, tokio_postgres::config::Host::Tcp(_)));
         Ok(PgTarget {
             config,
             tls,
@@ -375,6 +380,15 @@ mod tests {
             error_text(wrapped),
             "db error: relation \"events\" does not exist"
         );
+    }
+
+    #[test]
+    fn tls_that_checks_nothing_is_told_apart_over_tcp_only() {
+        let unchecked = |url: &str| PgTarget::parse(url, None).unwrap().tls_unchecked();
+        assert!(unchecked("postgres://x@db.internal/x"));
+        assert!(unchecked("postgres://x@db.internal/x?sslmode=require"));
+        assert!(!unchecked("postgres://x@db.internal/x?sslmode=disable"));
+        assert!(!unchecked("postgres://x@%2Frun%2Fpostgresql/x"));
     }
 
     #[test]

@@ -111,8 +111,16 @@ pub async fn migrate(client: &mut Client) -> Result<i32, MigrateError> {
         &[&LOCK_CLASS, &MIGRATE_LOCK],
     )
     .await?;
-    tx.batch_execute("CREATE TABLE IF NOT EXISTS xhubd_schema (version integer NOT NULL)")
-        .await?;
+    // Asked first rather than `IF NOT EXISTS`, whose notice would be logged at every
+    // start and reconnection.
+    let exists: bool = tx
+        .query_one("SELECT to_regclass('xhubd_schema') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    if !exists {
+        tx.batch_execute("CREATE TABLE xhubd_schema (version integer NOT NULL)")
+            .await?;
+    }
     let found: Option<i32> = tx
         .query_opt("SELECT max(version) FROM xhubd_schema", &[])
         .await?
