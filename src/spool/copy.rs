@@ -29,7 +29,7 @@ use rusqlite::Connection;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement, Transaction};
 
-use super::postgres::schema::{CHANNEL, COPY_LOCK, LOCK_CLASS};
+use super::postgres::schema::{self, CHANNEL, COPY_LOCK, LOCK_CLASS};
 use crate::types::DeliveryState;
 
 /// Most events read and written together.
@@ -301,8 +301,7 @@ fn read_chunk(c: &Connection, chunk: &[(i64, i64)]) -> anyhow::Result<Chunk> {
 /// The statements of a copy, prepared once in its transaction.
 struct Statements {
     existing: Statement,
-    next_event_seqs: Statement,
-    next_delivery_seqs: Statement,
+    next_seqs: Statement,
     insert_events: Statement,
     insert_bodies: Statement,
     insert_deliveries: Statement,
@@ -317,18 +316,7 @@ impl Statements {
             existing: tx
                 .prepare("SELECT id, seq FROM events WHERE id = ANY($1::text[])")
                 .await?,
-            next_event_seqs: tx
-                .prepare(
-                    "SELECT nextval(pg_get_serial_sequence('events', 'seq'))
-                     FROM generate_series(1, $1::bigint)",
-                )
-                .await?,
-            next_delivery_seqs: tx
-                .prepare(
-                    "SELECT nextval(pg_get_serial_sequence('deliveries', 'seq'))
-                     FROM generate_series(1, $1::bigint)",
-                )
-                .await?,
+            next_seqs: tx.prepare(schema::NEXT_SEQS).await?,
             insert_events: tx
                 .prepare(
                     "INSERT INTO events (seq, id, received_at, route, size, object, field,
@@ -419,7 +407,7 @@ async fn write_chunk(
     if new.is_empty() {
         return Ok(());
     }
-    let seqs = next_seqs(tx, &s.next_event_seqs, new.len()).await?;
+    let seqs = schema::next_seqs(tx, &s.next_seqs, "events", new.len()).await?;
     // Old event numbers to new ones, for this chunk's new events only: deliveries of
     // events already there are not copied.
     let mut new_seq = HashMap::with_capacity(new.len());
@@ -456,7 +444,7 @@ async fn write_chunk(
     if d.is_empty() {
         return Ok(());
     }
-    let delivery_seqs = next_seqs(tx, &s.next_delivery_seqs, d.len()).await?;
+    let delivery_seqs = schema::next_seqs(tx, &s.next_seqs, "deliveries", d.len()).await?;
     let of_delivery: HashMap<i64, i64> = d
         .iter()
         .zip(&delivery_seqs)
@@ -523,19 +511,6 @@ async fn write_chunk(
         copied.attempts += a.len() as u64;
     }
     Ok(())
-}
-
-/// `n` new row numbers from `next` (a `nextval` over a series).
-async fn next_seqs(
-    tx: &Transaction<'_>,
-    next: &Statement,
-    n: usize,
-) -> Result<Vec<i64>, tokio_postgres::Error> {
-    tx.query(next, &[&(n as i64)])
-        .await?
-        .iter()
-        .map(|r| r.try_get(0))
-        .collect()
 }
 
 /// Copies the dedup memory, in key order (as instances claim keys, so neither waits on

@@ -177,3 +177,27 @@ impl ListFilter {
         }
     }
 }
+
+/// The condition on an event (`e`) that a list's state filter makes, either engine's
+/// SQL: `deliveries` is the condition that picks the deliveries the destination filter
+/// looks at, and `destination` the parameter holding that filter (NULL: none).
+/// Delivered means every delivery delivered; pending and dead, any one.
+pub(crate) fn state_clause(
+    state: Option<EventState>,
+    deliveries: &str,
+    destination: &str,
+) -> String {
+    let any = |state: &str| {
+        format!("e.seq IN (SELECT event_seq FROM deliveries WHERE {state}{deliveries})")
+    };
+    match state {
+        None => format!("{} OR {destination} IS NULL", any("")),
+        Some(EventState::Pending) => any("state = 0 AND "),
+        Some(EventState::Dead) => any("state = 2 AND "),
+        Some(EventState::Delivered) => format!(
+            "NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.event_seq = e.seq AND o.state != 1)
+             AND ({} OR {destination} IS NULL)",
+            any("")
+        ),
+    }
+}

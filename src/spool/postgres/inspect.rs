@@ -6,8 +6,8 @@ use tokio_postgres::{GenericClient, Row};
 
 use crate::spool::now_ms;
 use crate::spool::views::{
-    AttemptRecord, DeliveryDetail, DestinationStats, EventDetail, EventSummary, InstanceClaims,
-    ListFilter, Replay, SpoolStats,
+    state_clause, AttemptRecord, DeliveryDetail, DestinationStats, EventDetail, EventSummary,
+    InstanceClaims, ListFilter, Replay, SpoolStats,
 };
 use crate::types::{DeliveryState, DestinationKey, EventState};
 
@@ -55,21 +55,7 @@ pub async fn list(
         (Some(_), Some(_)) => "destination = $2::text || '/' || $3::text",
         (None, Some(_)) => "split_part(destination, '/', 2) = $3::text",
     };
-    let state_clause = match filter.state {
-        None => format!(
-            "e.seq IN (SELECT event_seq FROM deliveries WHERE {destination_clause}) OR $3::text IS NULL"
-        ),
-        Some(EventState::Pending) => format!(
-            "e.seq IN (SELECT event_seq FROM deliveries WHERE state = 0 AND {destination_clause})"
-        ),
-        Some(EventState::Dead) => format!(
-            "e.seq IN (SELECT event_seq FROM deliveries WHERE state = 2 AND {destination_clause})"
-        ),
-        Some(EventState::Delivered) => format!(
-            "NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.event_seq = e.seq AND o.state != 1)
-             AND (e.seq IN (SELECT event_seq FROM deliveries WHERE {destination_clause}) OR $3::text IS NULL)"
-        ),
-    };
+    let state_clause = state_clause(filter.state, destination_clause, "$3::text");
     let sql = format!(
         "{SUMMARY_SELECT} WHERE ({state_clause}) AND ($2::text IS NULL OR e.route = $2::text)
          GROUP BY e.seq ORDER BY e.seq DESC LIMIT $1"

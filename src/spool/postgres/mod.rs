@@ -107,14 +107,15 @@ impl PgStore {
         };
         let (started_tx, started) = oneshot::channel();
         let window_ms = settings.dedup_window.as_millis().min(i64::MAX as u128) as i64;
-        let context = writer::WriterContext {
-            role: writer::Role::Events,
+        let context = |role, health: &Arc<SpoolHealth>| writer::WriterContext {
+            role,
             target: target.clone(),
             window_ms,
             instance: instance.to_owned(),
             wakeups: wakeups.clone(),
             health: health.clone(),
         };
+        let events_context = context(writer::Role::Events, &health);
         // The outcomes' writer keeps health flags of its own: readiness is the events
         // writer's to say.
         let (outcomes_tx, outcomes_rx) = mpsc::channel(writer::QUEUE_DEPTH);
@@ -126,17 +127,13 @@ impl PgStore {
                 writer_running: true.into(),
             }),
         };
-        let outcomes_context = writer::WriterContext {
-            role: writer::Role::Outcomes,
-            target: target.clone(),
-            window_ms,
-            instance: instance.to_owned(),
-            wakeups: wakeups.clone(),
-            health: outcomes.health.clone(),
-        };
-        let outcomes_task = tokio::spawn(writer::run(outcomes_context, outcomes_rx, None));
+        let outcomes_task = tokio::spawn(writer::run(
+            context(writer::Role::Outcomes, &outcomes.health),
+            outcomes_rx,
+            None,
+        ));
         let writer_task = tokio::spawn(async move {
-            writer::run(context, rx, Some(started_tx)).await;
+            writer::run(events_context, rx, Some(started_tx)).await;
             health
                 .writer_running
                 .store(false, std::sync::atomic::Ordering::Relaxed);

@@ -23,6 +23,25 @@ pub const COPY_LOCK: i32 = 3;
 /// `route/destination` key, or empty for every destination).
 pub const CHANNEL: &str = "xhubd_due";
 
+/// Reserves `$1` row numbers of table `$2` (`events`, `deliveries`) ahead of inserting
+/// the rows, so that what refers to them can be written in the same batch.
+pub const NEXT_SEQS: &str =
+    "SELECT nextval(pg_get_serial_sequence($2, 'seq')) FROM generate_series(1, $1::bigint)";
+
+/// `n` new row numbers of `table`, by `next` (a statement prepared from [`NEXT_SEQS`]).
+pub async fn next_seqs(
+    c: &impl tokio_postgres::GenericClient,
+    next: &tokio_postgres::Statement,
+    table: &str,
+    n: usize,
+) -> Result<Vec<i64>, tokio_postgres::Error> {
+    c.query(next, &[&(n as i64), &table])
+        .await?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect()
+}
+
 /// The version this build reads and writes.
 pub const SCHEMA_VERSION: i32 = 2;
 

@@ -398,12 +398,7 @@ impl Session {
                 .await?;
             Vec::new()
         } else {
-            let seqs: Vec<i64> = tx
-                .query(&stmts.next_seqs, &[&(events.len() as i64)])
-                .await?
-                .iter()
-                .map(|r| r.try_get(0))
-                .collect::<Result<_, _>>()?;
+            let seqs = schema::next_seqs(&tx, &stmts.next_seqs, "events", events.len()).await?;
             let terms = AcceptTerms {
                 now,
                 cutoff: now.saturating_sub(ctx.window_ms),
@@ -521,12 +516,7 @@ impl Session {
 impl Statements {
     async fn prepare(c: &Client) -> Result<Statements, tokio_postgres::Error> {
         Ok(Statements {
-            next_seqs: c
-                .prepare(
-                    "SELECT nextval(pg_get_serial_sequence('events', 'seq'))
-                     FROM generate_series(1, $1::bigint)",
-                )
-                .await?,
+            next_seqs: c.prepare(schema::NEXT_SEQS).await?,
             accept: AcceptStatements::prepare(c).await?,
             record: RecordStatements::prepare(c).await?,
             retry_now: c

@@ -8,8 +8,8 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::spool::now_ms;
 use crate::spool::views::{
-    AttemptRecord, DeliveryDetail, DestinationStats, EventDetail, EventSummary, ListFilter, Replay,
-    SpoolStats,
+    state_clause, AttemptRecord, DeliveryDetail, DestinationStats, EventDetail, EventSummary,
+    ListFilter, Replay, SpoolStats,
 };
 use crate::types::{DeliveryState, DestinationKey, EventState};
 
@@ -58,21 +58,7 @@ pub fn list(
         (Some(_), Some(_)) => "destination = ?2 || '/' || ?3",
         (None, Some(_)) => "substr(destination, instr(destination, '/') + 1) = ?3",
     };
-    let state_clause = match filter.state {
-        None => format!(
-            "e.seq IN (SELECT event_seq FROM deliveries WHERE {destination_clause}) OR ?3 IS NULL"
-        ),
-        Some(EventState::Pending) => format!(
-            "e.seq IN (SELECT event_seq FROM deliveries WHERE state = 0 AND {destination_clause})"
-        ),
-        Some(EventState::Dead) => format!(
-            "e.seq IN (SELECT event_seq FROM deliveries WHERE state = 2 AND {destination_clause})"
-        ),
-        Some(EventState::Delivered) => format!(
-            "NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.event_seq = e.seq AND o.state != 1)
-             AND (e.seq IN (SELECT event_seq FROM deliveries WHERE {destination_clause}) OR ?3 IS NULL)"
-        ),
-    };
+    let state_clause = state_clause(filter.state, destination_clause, "?3");
     let sql = format!(
         "{SUMMARY_SELECT} WHERE ({state_clause}) AND (?2 IS NULL OR e.route = ?2)
          GROUP BY e.seq ORDER BY e.seq DESC LIMIT ?1"
