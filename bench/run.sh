@@ -27,7 +27,10 @@
 # and with --catch-up: xhubd accepts for CATCH_UP_DURATION (or, with CATCH_UP_EVENTS=N,
 # until bench-load has had N events accepted) while its upstream is down, then the
 # upstream starts and the time until every accepted event arrives is measured, with
-# xhubd's RSS while they are all pending.
+# xhubd's RSS while they are all pending (xhubd has taken the upstream as down: one
+# probe at a time, at most 2 s apart with the --retry-max-delay it gets here); with wrk
+# (no CATCH_UP_EVENTS), the acceptance rate is also given over C's, the same load with
+# the upstream up.
 # For xhubd it waits until the upstream has received every event accepted, and prints a
 # table with the ratios C/baseline and B/A (with --tls, a second table for the
 # bench-load loads, with B-tls/A-tls, B-load/A-load and A-load/A).
@@ -670,7 +673,11 @@ if [ "$CATCH_UP" = 1 ]; then
   declare -A backlog
   down_port=$(free_port)
   xhubd_port=$(free_port)
-  start_xhubd "$HOST:$xhubd_port" "$tmp/state-catch-up" "http://$HOST:$down_port/"
+  # While it is down, the destination gets one probe at a time on the retry backoff:
+  # at most 2 s apart here, so that the figure is the backlog's delivery, not the wait
+  # for the next probe (at most --retry-max-delay, 5 min by default).
+  start_xhubd "$HOST:$xhubd_port" "$tmp/state-catch-up" "http://$HOST:$down_port/" \
+    --retry-max-delay 2s
   wait_listening "$xhubd_pid" "$xhubd_port" xhubd || { tail -n 20 "$LOG_FILE" >&2; exit 1; }
   catch_up_tool=""
   if [ -n "$CATCH_UP_EVENTS" ]; then
@@ -708,7 +715,12 @@ if [ "$CATCH_UP" = 1 ]; then
     fi
     sleep 0.05
   done
-  catch_up="catch-up: ${backlog[ok]} events accepted with the upstream down (${backlog[rate]}/s$catch_up_tool);"
+  catch_up="catch-up: ${backlog[ok]} events accepted with the upstream down (${backlog[rate]}/s$catch_up_tool"
+  if [ -z "$CATCH_UP_EVENTS" ]; then
+    # The same load as C, whose upstream is up: acceptance while it is down, over up.
+    catch_up+=", $(calc %.2f "${backlog[rate]} / ${xhub_c[rate]}") x C's ${xhub_c[rate]}/s with it up"
+  fi
+  catch_up+=");"
   catch_up+=" $got delivered $(calc %.2f "$t_now - $t_up") s after it came back:"
   catch_up+=" $(calc %.0f "$got / ($t_now - $t_up)") events/s; xhubd's RSS with them all pending"
   catch_up+=" $rss_pending MiB, peak $(awk '/^VmHWM:/ { printf "%.1f", $2 / 1024 }' \

@@ -250,6 +250,17 @@ pub struct ServeArgs {
     )]
     pub upstream_concurrency: usize,
 
+    /// Requests per second at most to each destination, by every instance together,
+    /// retries and the catch-up after an outage included (a destination's `rate_limit`
+    /// wins). Unset: as fast as the concurrency allows.
+    #[arg(long, value_name = "N", env = "XHUBD_UPSTREAM_RATE_LIMIT")]
+    pub upstream_rate_limit: Option<f64>,
+
+    /// Requests that may go at once after a quiet time, with --upstream-rate-limit
+    /// (a destination's `rate_burst` wins). Default: the rate limit, rounded up.
+    #[arg(long, value_name = "N", env = "XHUBD_UPSTREAM_RATE_BURST")]
+    pub upstream_rate_burst: Option<u32>,
+
     /// Time limit of one delivery attempt (connect, send, answer).
     #[arg(
         long,

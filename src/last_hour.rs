@@ -1,5 +1,6 @@
 //! Counts over the last hour, in one-minute buckets: what the status page shows of the
-//! requests refused lately (`/metrics` has the totals since start).
+//! requests refused lately, and each destination's chart (`/metrics` has the totals
+//! since start).
 
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -30,6 +31,28 @@ impl<const K: usize> LastHour<K> {
     /// The sums of each counter over the last hour.
     pub fn sums(&self) -> [u64; K] {
         self.sums_at(now_minute())
+    }
+
+    /// Each counter per minute over the last hour, the oldest minute first (60 of them,
+    /// the last one the minute under way).
+    pub fn per_minute(&self) -> Vec<[u64; K]> {
+        self.per_minute_at(now_minute())
+    }
+
+    fn per_minute_at(&self, minute: u64) -> Vec<[u64; K]> {
+        let buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        (0..MINUTES as u64)
+            .rev()
+            .map(|ago| {
+                let at = minute.saturating_sub(ago);
+                let bucket = &buckets[(at % MINUTES as u64) as usize];
+                if bucket.0 == at && ago <= minute {
+                    bucket.1
+                } else {
+                    [0; K]
+                }
+            })
+            .collect()
     }
 
     fn count_at(&self, index: usize, minute: u64) {
@@ -84,5 +107,26 @@ mod tests {
         h.count_at(0, start + 60);
         assert_eq!(h.sums_at(start + 60), [1, 1]);
         assert_eq!(h.sums_at(start + 200), [0, 0]);
+    }
+
+    #[test]
+    fn per_minute_lists_the_hour_oldest_first() {
+        let h = LastHour::<2>::default();
+        let start = 29_000_000;
+        h.count_at(0, start);
+        h.count_at(1, start + 2);
+        h.count_at(1, start + 2);
+        let minutes = h.per_minute_at(start + 2);
+        assert_eq!(minutes.len(), 60);
+        assert_eq!(minutes[59], [0, 2], "the minute under way is last");
+        assert_eq!(minutes[57], [1, 0]);
+        assert_eq!(minutes.iter().map(|m| m[0] + m[1]).sum::<u64>(), 3);
+        assert_eq!(
+            h.per_minute_at(start + 61)[0],
+            [0, 2],
+            "59 minutes on, the oldest"
+        );
+        assert_eq!(h.per_minute_at(start + 62)[0], [0, 0], "an hour on, gone");
+        assert!(h.per_minute_at(start + 120).iter().all(|m| *m == [0, 0]));
     }
 }

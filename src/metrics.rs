@@ -2,9 +2,10 @@
 //! Counters and histograms are updated as requests and deliveries happen; the spool's
 //! gauges (depth by state, oldest pending event, dedup keys) are read at scrape time.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::AtomicU64;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -185,9 +186,37 @@ pub struct Metrics {
     oldest_pending_seconds: Gauge<f64, AtomicU64>,
     dedup_keys: Gauge,
     claimed: Family<InstanceLabels, Gauge>,
+    up: Family<DestinationLabels, Gauge>,
+    rate_limited: Family<DestinationLabels, Counter>,
     unrouted: Family<RouteLabels, Counter>,
     needs_attention: Gauge,
     last_hour: LastHour<{ RequestOutcome::ALL.len() }>,
+    flows: Mutex<HashMap<DestinationKey, Arc<LastHour<{ Flow::ALL.len() }>>>>,
+}
+
+/// What a destination's chart counts per minute (this instance's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Deliveries to it stored with an accepted event.
+    Accepted,
+    /// Attempts it answered 2xx.
+    Delivered,
+    /// Attempts that failed (to be retried, or dead).
+    Failed,
+}
+
+impl Flow {
+    /// Every flow, in the order of [`Metrics::flows_last_hour`]'s counts.
+    pub const ALL: [Flow; 3] = [Flow::Accepted, Flow::Delivered, Flow::Failed];
+
+    /// Its name on the page.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Flow::Accepted => "accepted",
+            Flow::Delivered => "delivered",
+            Flow::Failed => "failed",
+        }
+    }
 }
 
 impl Default for Metrics {
@@ -268,6 +297,18 @@ impl Metrics {
             "Pending deliveries each instance sharing the spool has taken under a live lease",
             claimed.clone(),
         );
+        let up = Family::<DestinationLabels, Gauge>::default();
+        registry.register(
+            "destination_up",
+            "1 while a destination is up, 0 while it is down (10 retryable failures in a row: one probe at a time until it answers), as every instance on the spool sees it",
+            up.clone(),
+        );
+        let rate_limited = Family::<DestinationLabels, Counter>::default();
+        registry.register(
+            "destination_rate_limited_waits",
+            "Times a destination's rate limit held requests back (one request waiting, or a claim on a shared spool taking fewer than it could)",
+            rate_limited.clone(),
+        );
         let unrouted = Family::<RouteLabels, Counter>::default();
         registry.register(
             "items_unrouted",
@@ -282,6 +323,7 @@ impl Metrics {
         );
         Metrics {
             last_hour: LastHour::default(),
+            flows: Mutex::default(),
             needs_attention,
             unrouted,
             registry: Mutex::new(registry),
@@ -296,6 +338,8 @@ impl Metrics {
             oldest_pending_seconds,
             dedup_keys,
             claimed,
+            up,
+            rate_limited,
         }
     }
 
@@ -332,8 +376,42 @@ impl Metrics {
         self.ack_seconds.observe(seconds);
     }
 
-    /// Counts one delivery attempt to `destination` and its duration.
+    /// Counts deliveries to `destination` in its chart.
+    pub fn flow(&self, destination: &DestinationKey, flow: Flow, n: u64) {
+        let counts = self
+            .flows
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(destination.clone())
+            .or_default()
+            .clone();
+        for _ in 0..n {
+            counts.count(flow as usize);
+        }
+    }
+
+    /// `destination`'s accepted, delivered and failed deliveries per minute over the
+    /// last hour, the oldest minute first (60 of them), in [`Flow::ALL`]'s order.
+    pub fn flows_last_hour(&self, destination: &DestinationKey) -> Vec<[u64; 3]> {
+        let counts = self
+            .flows
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(destination)
+            .cloned();
+        match counts {
+            Some(c) => c.per_minute(),
+            None => vec![[0; 3]; 60],
+        }
+    }
+
+    /// Counts one delivery attempt to `destination` and its duration (and in its chart).
     pub fn attempt(&self, destination: &DestinationKey, result: AttemptResult, seconds: f64) {
+        let flow = match result {
+            AttemptResult::Delivered => Flow::Delivered,
+            _ => Flow::Failed,
+        };
+        self.flow(destination, flow, 1);
         let (route, destination) = (
             destination.route().to_owned(),
             destination.destination().to_owned(),
@@ -350,14 +428,25 @@ impl Metrics {
             .observe(seconds);
     }
 
+    /// Counts a time `destination`'s rate limit held requests back.
+    pub fn rate_limited(&self, destination: &DestinationKey) {
+        self.rate_limited
+            .get_or_create(&DestinationLabels {
+                route: destination.route().to_owned(),
+                destination: destination.destination().to_owned(),
+            })
+            .inc();
+    }
+
     /// The text exposition, with the spool's gauges set from `stats`, and
     /// `xhubd_needs_attention` from the status page's verdict (`all_well`). Every
-    /// destination in `configured` has its per-destination gauges, 0 when the spool holds
-    /// nothing for it, so that an alert can tell zero from absent.
+    /// destination in `configured` (with whether it is up) has its per-destination
+    /// gauges, 0 when the spool holds nothing for it, so that an alert can tell zero
+    /// from absent.
     pub fn render(
         &self,
         stats: &SpoolStats,
-        configured: &[DestinationKey],
+        configured: &[(DestinationKey, bool)],
         all_well: bool,
     ) -> String {
         self.needs_attention.set(i64::from(!all_well));
@@ -386,11 +475,14 @@ impl Metrics {
         self.backlog.clear();
         self.dead.clear();
         self.oldest_pending.clear();
-        for key in configured {
+        self.up.clear();
+        for (key, up) in configured {
             let labels = DestinationLabels {
                 route: key.route().to_owned(),
                 destination: key.destination().to_owned(),
             };
+            self.up.get_or_create(&labels).set(i64::from(*up));
+            let _ = self.rate_limited.get_or_create(&labels);
             self.backlog.get_or_create(&labels).set(0);
             self.dead.get_or_create(&labels).set(0);
             self.oldest_pending.get_or_create(&labels).set(0.0);

@@ -66,6 +66,7 @@ fn target(args: &SendTestArgs) -> anyhow::Result<(url::Url, Secret, Secret)> {
             retry_for: Duration::from_secs(60),
             retry_initial: Duration::from_secs(1),
             retry_max_delay: Duration::from_secs(1),
+            rate: None,
         };
         let routes = crate::config::routes::from_file(path, &file.route, defaults)?;
         let route = routes

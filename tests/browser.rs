@@ -93,8 +93,39 @@ fn status_page_in_chromium_shows_events_and_replays_a_dead_one() {
     let up = Upstream::start();
     up.fail_next(&[404]);
     let admin_port = free_port();
+    // Two destinations: the backend, and a legacy one nothing listens for, which goes
+    // down after ten failed attempts.
+    let config_dir = tempfile::tempdir().unwrap();
+    let config = config_dir.path().join("xhubd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[route]]
+name = "default"
+path = "/webhook"
+verify_token = "{VERIFY_TOKEN}"
+app_secret = "{APP_SECRET}"
+
+  [[route.destination]]
+  name = "default"
+  url = "{backend}"
+
+  [[route.destination]]
+  name = "legacy"
+  url = "http://127.0.0.1:{closed}/hook"
+  match = {{ object = "whatsapp_business_account" }}
+  rate_limit = 5
+"#,
+            backend = up.url("/backend"),
+            closed = free_port(),
+        ),
+    )
+    .unwrap();
     let x = Xhubd::start(
-        Options::new(&up.url("/backend"))
+        Options::config(config.to_str().unwrap())
+            // Quick retries: the legacy destination's ten failures come within a second.
+            .retry("20ms", "50ms")
             .arg("--admin-listen")
             .arg(&format!("127.0.0.1:{admin_port}")),
     );
@@ -109,6 +140,10 @@ fn status_page_in_chromium_shows_events_and_replays_a_dead_one() {
     assert_eq!(x.target.post_signed(whatsapp).status, 200);
     wait_for(WAIT, "two delivered", || {
         x.count("SELECT COUNT(*) FROM deliveries WHERE state = 1") == 2
+    });
+    wait_for(WAIT, "the legacy destination down", || {
+        x.logs()
+            .contains("destination down after retryable failures in a row")
     });
     // A forged event: refused, and counted on the page.
     let forged = x.target.request(
@@ -192,6 +227,49 @@ fn status_page_in_chromium_shows_events_and_replays_a_dead_one() {
         assert_eq!(styles["delivered"], serde_json::json!("rgb(26, 127, 55)"));
         assert!(styles["dates"].as_u64().unwrap() >= 4, "{styles}");
         assert_eq!(styles["wrapped"], serde_json::json!(0), "{styles}");
+        // Each destination's state and its last hour, drawn inline (no script).
+        assert!(text.contains("default/legacy"), "{text}");
+        assert!(text.contains("down since"), "{text}");
+        assert!(
+            text.contains("next probe") || text.contains("probing"),
+            "{text}"
+        );
+        let charts = c
+            .execute(
+                r#"return Array.from(document.querySelectorAll('svg.chart'), s => ({
+                  bars: s.querySelectorAll('rect').length,
+                  width: Math.round(s.getBoundingClientRect().width),
+                  title: s.querySelector('title').textContent,
+                }));"#,
+                vec![],
+            )
+            .await
+            .unwrap();
+        let charts = charts.as_array().unwrap();
+        assert_eq!(charts.len(), 2, "{charts:?}");
+        for chart in charts {
+            // The background and at least the minute under way's bars.
+            assert!(chart["bars"].as_u64().unwrap() >= 3, "{chart}");
+            assert_eq!(chart["width"], serde_json::json!(180), "{chart}");
+        }
+        assert!(
+            charts[0]["title"]
+                .as_str()
+                .unwrap()
+                .contains("3 accepted, 2 delivered, 1 failed"),
+            "{charts:?}"
+        );
+        let state_color = c
+            .execute(
+                r#"return Array.from(document.querySelectorAll('td .notready'), e => getComputedStyle(e).color);"#,
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert!(
+            state_color.as_array().unwrap().contains(&red),
+            "down is red: {state_color}"
+        );
         std::fs::write(
             artifacts().join("status-page.png"),
             c.screenshot().await.unwrap(),

@@ -111,23 +111,29 @@ fn delivery(x: &Xhubd, destination: &str) -> serde_json::Value {
 }
 
 /// Waits until the delivery to `destination` has failed at least `attempts` times,
-/// and returns it: still pending, every attempt's error (the last one included)
-/// holding `reason`.
+/// and returns it: still pending, no attempt answered, and the attempts' errors naming
+/// `reason`. (Not every one: with TLS 1.3 the backend's refusal comes after the client
+/// has finished its handshake, and a pooled connection may die of it before the
+/// request is written, which the HTTP client reports as `connection was not ready`.)
 fn failing(x: &Xhubd, destination: &str, attempts: i64, reason: &str) -> serde_json::Value {
+    let named = |shown: &serde_json::Value| {
+        shown["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["detail"].as_str().unwrap().contains(reason))
+            .count() as i64
+    };
     wait_for(
         WAIT,
-        &format!("{attempts} attempts to {destination}"),
-        || delivery(x, destination)["attempts"].as_i64().unwrap() >= attempts,
+        &format!("{attempts} attempts to {destination} naming {reason}"),
+        || named(&delivery(x, destination)) >= attempts,
     );
     let shown = delivery(x, destination);
     assert_eq!(shown["state"], "pending", "retried, never dead: {shown}");
-    let history = shown["history"].as_array().unwrap();
-    assert!(history.len() as i64 >= attempts, "{shown}");
-    for attempt in history {
+    for attempt in shown["history"].as_array().unwrap() {
         assert_eq!(attempt["result"], "pending", "{shown}");
         assert!(attempt["status"].is_null(), "no answer: {shown}");
-        let detail = attempt["detail"].as_str().unwrap();
-        assert!(detail.contains(reason), "{reason:?} not in {detail:?}");
     }
     shown
 }

@@ -85,13 +85,13 @@ fn two_instances_started_at_once_deliver_each_copy_once_and_drop_retries_seen_by
     assert_eq!(
         pg.count(
             "spool",
-            "SELECT count(*) FROM xhubd_schema WHERE version = 2"
+            "SELECT count(*) FROM xhubd_schema WHERE version = 3"
         ),
         1
     );
     let (code, report, err) = run_xhubd(&check_args(&url, &url_events), None);
     assert_eq!(code, 0, "{report}{err}");
-    assert!(report.contains("connects (schema version 2)"), "{report}");
+    assert!(report.contains("connects (schema version 3)"), "{report}");
     assert!(!report.contains(PG_PASSWORD), "{report}");
     // The same body to both at the same moment, 100 times.
     let barrier = Barrier::new(2);
@@ -274,6 +274,106 @@ fn a_destinations_concurrency_holds_for_both_instances_together() {
     let most = slow.max_in_flight();
     assert!(most <= 3, "{most} requests at once at the backend");
     assert!(most >= 2, "the room was never used: at most {most} at once");
+}
+
+/// The most arrivals in any one-second window (windows start at each arrival).
+fn busiest_second(arrivals: &[Instant]) -> usize {
+    let mut sorted = arrivals.to_vec();
+    sorted.sort();
+    let mut end = 0;
+    let mut most = 0;
+    for start in 0..sorted.len() {
+        while end < sorted.len() && sorted[end] - sorted[start] < Duration::from_secs(1) {
+            end += 1;
+        }
+        most = most.max(end - start);
+    }
+    most
+}
+
+#[test]
+fn a_destinations_rate_limit_holds_for_both_instances_together() {
+    let (_, url) = postgres::shared().fresh_database();
+    let up = FaultyUpstream::start(Mode::Status(200));
+    let target = up.url("/events");
+    let extra = [
+        "--upstream-rate-limit",
+        "50",
+        "--upstream-rate-burst",
+        "5",
+        "--upstream-concurrency",
+        "16",
+    ];
+    let (a, _) = instance(&url, "a", &target, &extra);
+    let (b, _) = instance(&url, "b", &target, &extra);
+    for i in 0..200 {
+        let to = if i % 2 == 0 { &a } else { &b };
+        assert_eq!(to.target.post_signed(&page_event(i)).status, 200);
+    }
+    wait_for(Duration::from_secs(30), "the 200 at the backend", || {
+        up.hits().len() >= 200
+    });
+    let hits = up.hits();
+    let arrivals: Vec<Instant> = hits.iter().map(|h| h.at).collect();
+    let span = *arrivals.iter().max().unwrap() - *arrivals.iter().min().unwrap();
+    let most = busiest_second(&arrivals);
+    eprintln!("200 requests by two instances in {span:?}, at most {most} in one second");
+    // (200 - 5) / 50 s = 3.9 s, less a margin; each instance alone could send 50/s.
+    assert!(
+        span >= Duration::from_millis(3_500),
+        "200 requests in {span:?}"
+    );
+    assert!(most <= 55, "{most} requests in one second");
+    let ids: HashSet<&String> = hits.iter().map(|h| &h.event_id).collect();
+    assert_eq!(ids.len(), 200, "each event once");
+}
+
+#[test]
+fn a_destination_down_gets_one_probe_at_a_time_from_both_instances_together() {
+    let (db, url) = postgres::shared().fresh_database();
+    let up = FaultyUpstream::start(Mode::Slow(Duration::from_millis(200), 503));
+    let target = up.url("/events");
+    let extra = ["--upstream-concurrency", "4"];
+    let (a, admin_a) = instance(&url, "a", &target, &extra);
+    let (b, admin_b) = instance(&url, "b", &target, &extra);
+    for i in 0..30 {
+        let to = if i % 2 == 0 { &a } else { &b };
+        assert_eq!(to.target.post_signed(&page_event(i)).status, 200);
+    }
+    let down = "destination down after retryable failures in a row";
+    wait_for(Duration::from_secs(30), "down for both", || {
+        a.logs().contains(down) && b.logs().contains(down)
+    });
+    wait_for(Duration::from_secs(30), "attempts under way ended", || {
+        up.in_flight() == 0
+    });
+    up.reset_max_in_flight();
+    let before = up.hits().len();
+    for i in 30..50 {
+        let to = if i % 2 == 0 { &a } else { &b };
+        assert_eq!(to.target.post_signed(&page_event(i)).status, 200);
+    }
+    wait_for(Duration::from_secs(30), "three probes", || {
+        up.hits().len() >= before + 3
+    });
+    assert_eq!(
+        up.max_in_flight(),
+        1,
+        "one probe at a time, whichever instance"
+    );
+    for admin in [&admin_a, &admin_b] {
+        let page = admin.get("/").text();
+        assert!(page.contains("down since"), "{page}");
+    }
+    up.set_default(Mode::Status(200));
+    wait_for(Duration::from_secs(30), "the 50 delivered", || {
+        postgres::shared().count(&db, "SELECT count(*) FROM deliveries WHERE state = 1") == 50
+    });
+    wait_for(Duration::from_secs(10), "both see it up", || {
+        [&admin_a, &admin_b]
+            .iter()
+            .all(|admin| !admin.get("/").text().contains("down since"))
+    });
 }
 
 #[test]

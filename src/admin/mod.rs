@@ -13,10 +13,11 @@
 //! | `POST /events/{id}/replay` | make a dead event pending again |
 //!
 //! - [`auth`]: the optional `--admin-token`.
-//! - [`pages`]: the HTML.
+//! - [`pages`]: the HTML; [`chart`]: a destination's last hour as inline SVG.
 //! - [`verdict`]: whether something needs the operator's attention.
 
 pub mod auth;
+pub mod chart;
 pub mod indent;
 pub mod pages;
 pub mod verdict;
@@ -162,7 +163,10 @@ impl Admin {
             Ok(stats) => {
                 let views = self.fleet.views();
                 let verdict = verdict::Verdict::of(&stats, &views);
-                let configured: Vec<_> = views.into_iter().map(|v| v.key).collect();
+                let configured: Vec<_> = views
+                    .into_iter()
+                    .map(|v| (v.key, v.status.down_since.is_none()))
+                    .collect();
                 respond(
                     StatusCode::OK,
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -203,7 +207,12 @@ impl Admin {
                     dead: &dead,
                     destinations: &views
                         .into_iter()
-                        .map(|v| (v.key.to_string(), v.url, v.status))
+                        .map(|v| pages::DestinationRow {
+                            flows: self.metrics.flows_last_hour(&v.key),
+                            key: v.key.to_string(),
+                            url: v.url,
+                            status: v.status,
+                        })
                         .collect::<Vec<_>>(),
                     ready: self.store.health().is_ready() && self.delivering(),
                     verdict: &verdict,

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
-use crate::delivery::status::UpstreamSnapshot;
+use crate::delivery::status::{Condition, UpstreamSnapshot};
 use crate::metrics::RequestOutcome;
 use crate::spool::views::{EventDetail, EventSummary, SpoolStats};
 
@@ -34,9 +34,8 @@ pub struct Status<'a> {
     pub recent: &'a [EventSummary],
     /// The newest dead events.
     pub dead: &'a [EventSummary],
-    /// Each destination: its key (`route/destination`), URL (no password) and how it is
-    /// doing.
-    pub destinations: &'a [(String, String, UpstreamSnapshot)],
+    /// Each destination and how it is doing.
+    pub destinations: &'a [DestinationRow],
     /// /readyz's verdict.
     pub ready: bool,
     /// Whether something needs attention, and what.
@@ -46,6 +45,19 @@ pub struct Status<'a> {
     /// The spool, as the log's ready line names it (`sqlite`, or `postgresql (instance
     /// NAME)`).
     pub spool: &'a str,
+}
+
+/// One destination's line on the status page.
+pub struct DestinationRow {
+    /// `route/destination`.
+    pub key: String,
+    /// Its URL, password removed.
+    pub url: String,
+    /// Up or down, its last attempts, its rate limit.
+    pub status: UpstreamSnapshot,
+    /// Accepted, delivered and failed per minute over the last hour (this instance's),
+    /// the oldest minute first.
+    pub flows: Vec<[u64; 3]>,
 }
 
 /// Unix ms as `2026-11-22T21:40:00Z` and how long ago (or from now) that is, never
@@ -210,23 +222,25 @@ pub fn status(s: &Status<'_>) -> String {
             h2 { "Destinations" }
             table {
                 tr {
-                    th { "route/destination" } th { "URL" } th { "backlog" } th { "oldest pending" }
-                    th { "dead" } th { "last success" }
-                    th { "last failure" } th { "last error" } th { "failures in a row" }
+                    th { "route/destination" } th { "state" } th { "backlog" }
+                    th { "oldest pending" } th { "dead" } th { "last success / failure" }
+                    th { "last error" } th { "failures in a row" }
+                    th { "last hour (this instance)" }
                 }
-                @for (key, url, u) in s.destinations {
-                    @let backlog = s.stats.destinations.iter().find(|d| format!("{}/{}", d.route, d.destination) == *key);
+                @for d in s.destinations {
+                    @let u = &d.status;
+                    @let backlog = s.stats.destinations.iter().find(|b| format!("{}/{}", b.route, b.destination) == d.key);
                     tr {
-                        td { (key) }
-                        td.url { (url) }
+                        td { (d.key) br; span.muted.url { (d.url) } }
+                        td { (condition(u)) }
                         td.num { (backlog.map_or(0, |b| b.pending)) }
                         td.num { (format!("{:.1} s", backlog.map_or(0.0, |b| b.oldest_pending_age_seconds))) }
                         @let dead = backlog.map_or(0, |b| b.dead);
                         td class={ "num" @if dead > 0 { " state-dead" } } { (dead) }
-                        td { (opt_time(u.last_success_at)) }
-                        td { (opt_time(u.last_failure_at)) }
+                        td { "✓ " (opt_time(u.last_success_at)) br; "✗ " (opt_time(u.last_failure_at)) }
                         td.err { (u.last_error.as_deref().unwrap_or("—")) }
                         td.num { (u.consecutive_failures) }
+                        td { (super::chart::last_hour(&d.flows)) }
                     }
                 }
             }
@@ -245,6 +259,28 @@ pub fn status(s: &Status<'_>) -> String {
             p.muted { "JSON: " a href="/events" { "/events" } " · metrics: " a href="/metrics" { "/metrics" } }
         },
     )
+}
+
+/// A destination's state cell: up, rate limited, down since when (and the next
+/// probe), or probing.
+fn condition(u: &UpstreamSnapshot) -> Markup {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let state = u.condition(now);
+    html! {
+        @match state {
+            Condition::Up => span.ready { "up" },
+            Condition::RateLimited => span.state-pending { "rate limited" },
+            Condition::Down | Condition::Probing => {
+                span.notready { (state.as_str()) }
+                @if let Some(since) = u.down_since { br; "down since " (time(since)) }
+                @if let Some(next) = u.next_probe_at {
+                    @if state == Condition::Down { br; span.muted { "next probe " (time(next)) } }
+                }
+            }
+        }
+    }
 }
 
 /// One event's page: its state, its deliveries and their attempts, the request headers,

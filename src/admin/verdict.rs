@@ -34,7 +34,15 @@ impl Verdict {
             ));
         }
         for d in destinations {
-            if d.status.consecutive_failures >= FAILING_AFTER {
+            if let Some(since) = d.status.down_since {
+                let at =
+                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(since.max(0) as u64);
+                reasons.push(format!(
+                    "destination {} down since {}: one probe at a time until it answers",
+                    d.key,
+                    humantime::format_rfc3339_seconds(at)
+                ));
+            } else if d.status.consecutive_failures >= FAILING_AFTER {
                 reasons.push(format!(
                     "destination {} failing: {} attempts in a row",
                     d.key, d.status.consecutive_failures

@@ -84,6 +84,10 @@ pub struct FileConfig {
     pub upstream_concurrency: Option<usize>,
     /// `--upstream-timeout`.
     pub upstream_timeout: Option<String>,
+    /// `--upstream-rate-limit`.
+    pub upstream_rate_limit: Option<f64>,
+    /// `--upstream-rate-burst`.
+    pub upstream_rate_burst: Option<u32>,
     /// `--upstream-ca-file` (refused with routes).
     pub upstream_ca_file: Option<PathBuf>,
     /// `--upstream-client-cert-file` (refused with routes).
@@ -167,6 +171,10 @@ pub struct DestinationFile {
     pub retry_max_delay: Option<String>,
     /// Extra request headers (values never logged).
     pub headers: Option<BTreeMap<String, String>>,
+    /// Requests per second at most (every instance together).
+    pub rate_limit: Option<f64>,
+    /// Requests at once after a quiet time, with `rate_limit`.
+    pub rate_burst: Option<u32>,
     /// CA bundle (PEM) trusted instead of the system's roots (`https://` only).
     pub ca_file: Option<PathBuf>,
     /// Client certificate chain (PEM) to present, with `client_key_file`.
@@ -305,6 +313,8 @@ pub fn overlay(args: &mut ServeArgs, file: &FileConfig) {
     );
     take_some!(
         upstream,
+        upstream_rate_limit,
+        upstream_rate_burst,
         upstream_ca_file,
         upstream_client_cert_file,
         upstream_client_key_file,

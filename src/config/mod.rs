@@ -122,6 +122,16 @@ impl Config {
             retry_for: positive("--retry-for", &args.retry_for)?,
             retry_initial: positive("--retry-initial", &args.retry_initial)?,
             retry_max_delay: positive("--retry-max-delay", &args.retry_max_delay)?,
+            rate: match args.upstream_rate_limit {
+                None if args.upstream_rate_burst.is_some() => {
+                    bail!("--upstream-rate-burst needs --upstream-rate-limit")
+                }
+                per_second => routes::rate_limit(
+                    "--upstream-rate-limit",
+                    per_second,
+                    args.upstream_rate_burst,
+                )?,
+            },
         };
         let routes = match &file {
             Some((path, loaded)) if !loaded.route.is_empty() => {

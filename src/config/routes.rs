@@ -4,6 +4,7 @@
 //! (DESIGN.md "Routes and destinations").
 
 use std::collections::HashSet;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use super::backend_tls::{BackendTls, TlsFiles, FILE_KEYS};
 use super::file::{DestinationFile, RouteFile, SecretList};
 use crate::duration::parse_duration;
 use crate::secret::{load_app_secrets, load_token, load_verify_token, Secret, SecretSource};
+use crate::types::RateLimit;
 
 /// The name of the route and destination the flags make.
 pub const DEFAULT: &str = "default";
@@ -66,6 +68,9 @@ pub struct Destination {
     /// Its own CA bundle and client certificate (`https://` only); none: the system's
     /// roots, no client certificate.
     pub tls: Option<BackendTls>,
+    /// Requests per second at most, by every instance together (`rate_limit`,
+    /// `rate_burst`); none: as fast as the concurrency allows.
+    pub rate: Option<RateLimit>,
 }
 
 /// A destination's `match` (DESIGN.md): each key given is a list, any of which must
@@ -106,6 +111,8 @@ pub struct Defaults {
     pub retry_initial: Duration,
     /// `--retry-max-delay`.
     pub retry_max_delay: Duration,
+    /// `--upstream-rate-limit` and `--upstream-rate-burst`.
+    pub rate: Option<RateLimit>,
 }
 
 impl Route {
@@ -148,6 +155,7 @@ pub fn default_route(
             split: Split::None,
             sign_secret: None,
             tls,
+            rate: defaults.rate,
         }],
     }
 }
@@ -335,6 +343,33 @@ fn destination(
         split,
         sign_secret,
         tls,
+        rate: match d.rate_limit {
+            Some(_) => rate_limit("rate_limit", d.rate_limit, d.rate_burst)?,
+            None if d.rate_burst.is_some() => bail!("rate_burst: needs rate_limit"),
+            None => defaults.rate,
+        },
+    })
+}
+
+/// A rate limit of `per_second` requests per second, with bursts of `burst` (default:
+/// the rate, rounded up); `key` names the setting in errors. `None` without a rate.
+pub fn rate_limit(
+    key: &str,
+    per_second: Option<f64>,
+    burst: Option<u32>,
+) -> anyhow::Result<Option<RateLimit>> {
+    let Some(per_second) = per_second else {
+        return Ok(None);
+    };
+    let burst = match burst {
+        Some(b) => {
+            NonZeroU32::new(b).ok_or_else(|| anyhow!("{key}: the burst must be at least 1"))?
+        }
+        None => NonZeroU32::new(per_second.ceil().clamp(1.0, f64::from(u32::MAX)) as u32)
+            .unwrap_or(NonZeroU32::MIN),
+    };
+    RateLimit::new(per_second, burst).map(Some).ok_or_else(|| {
+        anyhow!("{key}: must be a number of requests per second above 0 (and at most 1000000000)")
     })
 }
 
@@ -414,6 +449,7 @@ mod tests {
             retry_for: Duration::from_secs(1),
             retry_initial: Duration::from_secs(1),
             retry_max_delay: Duration::from_secs(1),
+            rate: None,
         };
         let url = Url::parse("http://127.0.0.1:1/").unwrap();
         let mut routes = vec![default_route(

@@ -197,6 +197,7 @@ impl Fleet {
                 terms: ClaimTerms {
                     concurrency: destination.concurrency,
                     lease: destination.timeout + LEASE_MARGIN,
+                    rate: destination.rate,
                 },
                 running: running_flag.clone(),
                 metrics: self.metrics.clone(),
@@ -281,4 +282,5 @@ fn same_delivery(a: &Destination, b: &Destination) -> bool {
         && a.retry_max_delay == b.retry_max_delay
         && a.headers == b.headers
         && a.tls == b.tls
+        && a.rate == b.rate
 }

@@ -12,9 +12,20 @@
 //! queue had no room for) is found by a *scan* of the spool for pending, due events.
 //! The scan alone would deliver everything; the fresh queue only makes it cheaper.
 //!
-//! After an outage (ten retryable failures in a row), the first answer from the
-//! upstream makes every pending event due at once: the backlog goes as fast as the
-//! upstream takes it, not as each event's backoff happens to run out.
+//! Outages: after ten retryable failures in a row (see [`crate::types::Availability`],
+//! stored in the spool so that it holds for every instance), the destination is
+//! *down*: new deliveries are stored and not tried, and one *probe* at a time (the
+//! oldest pending delivery) goes on a backoff from `retry_initial` to
+//! `retry_max_delay`. A failed probe stands for every pending delivery: those whose
+//! `retry_for` ran out while it was down become dead then, with the last error
+//! `destination down since <time>`. The first answer (2xx, or a refusal) brings it up,
+//! and makes every pending delivery due at once: the backlog goes as fast as the
+//! destination (and its rate limit) takes it, not as each backoff happens to run out.
+//!
+//! Rate limit: on SQLite, the one scheduler waits for `governor`'s limiter before
+//! each attempt; on a shared spool, every claim spends the destination's budget in the
+//! database, so the limit holds for every instance together, and the scheduler claims
+//! again when the budget has room.
 //!
 //! An event is *claimed* from the moment it is taken (from either source) until its
 //! outcome is committed, so it is never sent twice at once. A fresh event whose row
@@ -39,9 +50,11 @@ use tokio::time::Instant as TokioInstant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+
 use crate::metrics::{AttemptResult, Metrics};
-use crate::spool::{now_ms, ClaimTerms, Outcome, Store};
-use crate::types::{AttemptReport, DestinationKey, DueDelivery};
+use crate::spool::{now_ms, Attempted, ClaimTerms, Outcome, Recorded, Store, Take};
+use crate::types::{AttemptReport, Availability, DestinationKey, DueDelivery, Expiry, Signal};
 use backoff::RetryPolicy;
 use status::UpstreamStatus;
 use upstream::{Attempt, Upstream};
@@ -78,11 +91,6 @@ pub(crate) struct Delivery {
     pub status: Arc<UpstreamStatus>,
 }
 
-/// Retryable failures in a row (connection errors, timeouts, 408, 429, 5xx, whatever
-/// the event) after which the upstream counts as down. When it answers again, every
-/// pending event is made due at once (see [`Spool::retry_now`]).
-const OUTAGE_FAILURES: u32 = 10;
-
 /// What an attempt reports back to the scheduler when its outcome is recorded (or could
 /// not be).
 struct Done {
@@ -90,8 +98,17 @@ struct Done {
     seq: i64,
     /// When it falls due again, if it stays pending.
     due_again: Option<i64>,
-    /// Whether the upstream answered (2xx or a refusal), rather than failing.
-    answered: bool,
+    /// What the record did to the destination (none: it could not be recorded).
+    recorded: Option<Recorded>,
+}
+
+/// What an attempt knows of its destination when it starts.
+#[derive(Debug, Clone, Copy)]
+struct Standing {
+    /// It is the destination's probe (taken while the destination was down).
+    probe: bool,
+    /// The destination's state when it was taken.
+    availability: Availability,
 }
 
 /// The scheduler's view of the events it has taken.
@@ -138,35 +155,82 @@ impl Delivery {
         shutdown: CancellationToken,
         drain: Duration,
     ) {
+        let shared = self.store.claims_hold_concurrency();
+        // One scheduler takes from a SQLite spool: it paces its own attempts. On a
+        // shared spool the claims spend the budget of every instance together.
+        let limiter = match self.terms.rate {
+            Some(rate) if !shared => Quota::with_period(rate.interval)
+                .map(|q| Arc::new(RateLimiter::direct(q.allow_burst(rate.burst)))),
+            _ => None,
+        };
         let this = Arc::new(self);
         let mut wakeups = this.store.wakeups();
+        let mut availability = match this.store.availability(&this.destination).await {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(destination = %this.destination, error = %e, "cannot read whether the destination is down; taking it as up");
+                Availability::default()
+            }
+        };
+        this.status.availability(&availability);
+        if let Some(since) = availability.down_since {
+            warn!(destination = %this.destination, down_since = %rfc3339(since), "the destination is down: one probe at a time until it answers");
+        }
         this.running.store(true, Ordering::Relaxed);
         let permits = Arc::new(Semaphore::new(this.terms.concurrency));
         let sent = Arc::new(Notify::new());
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
         let mut claims = Claims::default();
+        // Deliveries taken as the destination's probe.
+        let mut probes: HashSet<i64> = HashSet::new();
         // Scan as soon as the ready queue is empty (at start: the backlog).
         let mut scan_now = true;
         let mut next_scan = TokioInstant::now();
-        let mut failures_in_a_row: u32 = 0;
         while !shutdown.is_cancelled() {
+            let down = availability.is_down();
+            let probe_at = instant_at(availability.next_probe_at.unwrap_or(0));
             // Where taken deliveries count against the concurrency in the store, a scan
             // while this instance's attempts fill it could take nothing: the next
             // attempt to end makes room (and asks for a scan).
             let sending = this.terms.concurrency - permits.available_permits();
-            let no_room = this.store.claims_hold_concurrency() && sending >= this.terms.concurrency;
-            if claims.ready.is_empty() && !no_room && (scan_now || TokioInstant::now() >= next_scan)
-            {
+            let no_room = shared && sending >= this.terms.concurrency;
+            let scan_time = TokioInstant::now() >= next_scan;
+            let may_scan = if down {
+                // Down: its probe once due and nothing else is out; on a shared spool
+                // also now and then, to learn that another instance's probe got an
+                // answer.
+                claims.claimed.is_empty()
+                    && (TokioInstant::now() >= probe_at || (shared && scan_time))
+            } else {
+                claims.ready.is_empty() && !no_room && (scan_now || scan_time)
+            };
+            if may_scan {
                 scan_now = false;
                 let limit = claims.claimed.len() + FETCH_BATCH;
-                match this.fetch(limit, &claims.claimed, sending).await {
-                    Ok(list) => {
-                        let fetched = list.len();
-                        let taken = claims.offer_scanned(list);
-                        if fetched >= limit {
+                let take = Take {
+                    limit,
+                    terms: this.terms,
+                    held: &claims.claimed,
+                    sending,
+                    probe: down,
+                };
+                match this.store.due(&this.destination, take).await {
+                    Ok(taken) => {
+                        if let Some(stored) = taken.availability {
+                            this.learn(&mut availability, stored);
+                        }
+                        let fetched = taken.deliveries.len();
+                        if availability.is_down() {
+                            probes.extend(taken.deliveries.iter().map(|d| d.seq));
+                        }
+                        let taken_now = claims.offer_scanned(taken.deliveries);
+                        if availability.is_down() {
+                            // The probe's outcome (or the next look) decides what follows.
+                            next_scan = TokioInstant::now() + IDLE_POLL;
+                        } else if fetched >= limit {
                             // There may be more: scan again once these are on their way.
                             scan_now = true;
-                        } else if taken > 0 {
+                        } else if taken_now > 0 {
                             // Scan again once these are on their way (the next finds
                             // them claimed, or what fell due meanwhile).
                             next_scan = TokioInstant::now();
@@ -174,6 +238,14 @@ impl Delivery {
                             next_scan = TokioInstant::now() + BUSY_POLL;
                         } else {
                             next_scan = TokioInstant::now() + self_wait(&this).await;
+                        }
+                        if let Some(until) = taken.rate_limited_until {
+                            // The budget of every instance is spent: claim again when it
+                            // has room.
+                            this.metrics.rate_limited(&this.destination);
+                            this.status.rate_limited();
+                            scan_now = false;
+                            next_scan = next_scan.max(instant_at(until));
                         }
                     }
                     Err(e) => {
@@ -188,12 +260,24 @@ impl Delivery {
                     }
                 }
             }
+            let down = availability.is_down();
             let have_ready = !claims.ready.is_empty();
             // A scan waits for the ready queue to empty; while one is due, fresh events
             // wait in their queue, so that under a load the upstream cannot keep up with,
-            // retries and overflowed events still get their turn (oldest first).
+            // retries and overflowed events still get their turn (oldest first). While
+            // the destination is down they stay there (and in the spool), untried.
             let scan_due = scan_now || TokioInstant::now() >= next_scan;
-            let room = claims.ready.len() < FETCH_BATCH && !scan_due;
+            let room = claims.ready.len() < FETCH_BATCH && !scan_due && !down;
+            let wake_at = if down && claims.claimed.is_empty() {
+                if shared {
+                    next_scan.min(probe_at)
+                } else {
+                    probe_at
+                }
+            } else {
+                next_scan
+            };
+            let sleeping = !have_ready && (down || !no_room);
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
@@ -203,30 +287,44 @@ impl Delivery {
                     let mut next = Some(done);
                     while let Some(done) = next {
                         claims.claimed.remove(&done.seq);
+                        probes.remove(&done.seq);
                         if let Some(at) = done.due_again {
                             next_scan = next_scan.min(instant_at(at));
                         }
-                        if !done.answered {
-                            failures_in_a_row = failures_in_a_row.saturating_add(1);
-                        } else {
-                            if failures_in_a_row >= OUTAGE_FAILURES {
-                                info!(failures_in_a_row, "the upstream answers again: every pending event is due now");
+                        if let Some(recorded) = done.recorded {
+                            this.learn(&mut availability, recorded.availability);
+                            if recorded.came_up {
                                 tokio::spawn(retry_backlog_now(this.store.clone(), this.destination.clone()));
                             }
-                            failures_in_a_row = 0;
                         }
                         next = done_rx.try_recv().ok();
                     }
+                    if availability.is_down() {
+                        // Taken before it went down, not yet sent: they stay pending,
+                        // untried, like the rest.
+                        let Claims { ready, claimed, .. } = &mut claims;
+                        ready.retain(|event| {
+                            probes.contains(&event.seq) || !claimed.remove(&event.seq)
+                        });
+                    }
+                    this.status.probing(!probes.is_empty());
                 }
                 permit = permits.clone().acquire_owned(), if have_ready => {
                     let (Ok(permit), Some(event)) = (permit, claims.ready.pop_front()) else { break };
-                    tokio::spawn(this.clone().attempt(event, permit, done_tx.clone(), sent.clone()));
+                    let standing = Standing {
+                        probe: probes.contains(&event.seq),
+                        availability,
+                    };
+                    if standing.probe {
+                        this.status.probing(true);
+                    }
+                    tokio::spawn(this.clone().attempt(event, standing, limiter.clone(), permit, done_tx.clone(), sent.clone()));
                 }
                 Some(event) = fresh.recv(), if room => claims.offer_fresh(event),
                 Ok(()) = wakeups.changed() => scan_now = true,
                 // An attempt ended: room for another claim where claims count.
-                _ = sent.notified(), if this.store.claims_hold_concurrency() => scan_now = true,
-                _ = tokio::time::sleep_until(next_scan), if !have_ready && !no_room => {}
+                _ = sent.notified(), if shared => scan_now = true,
+                _ = tokio::time::sleep_until(wake_at), if sleeping => {}
             }
         }
         this.running.store(false, Ordering::Relaxed);
@@ -254,27 +352,46 @@ impl Delivery {
         }
     }
 
-    async fn fetch(
-        &self,
-        limit: usize,
-        held: &HashSet<i64>,
-        sending: usize,
-    ) -> anyhow::Result<Vec<DueDelivery>> {
-        Ok(self
-            .store
-            .due(&self.destination, limit, self.terms, held, sending)
-            .await?)
+    /// Takes in the destination's stored state (from a record or a claim): the status
+    /// page's copy, and a log line when it went down or came back up.
+    fn learn(&self, mine: &mut Availability, stored: Availability) {
+        match (mine.down_since, stored.down_since) {
+            (None, Some(since)) => warn!(
+                destination = %self.destination,
+                down_since = %rfc3339(since),
+                failures = stored.failures,
+                "destination down after retryable failures in a row: new deliveries are stored and not tried, one probe at a time until it answers"
+            ),
+            (Some(since), None) => info!(
+                destination = %self.destination,
+                down_since = %rfc3339(since),
+                "destination up again: its pending deliveries are due now"
+            ),
+            _ => {}
+        }
+        *mine = stored;
+        self.status.availability(&stored);
     }
 
-    /// One attempt: send (then say so on `sent`), log, record the outcome, then report
-    /// the event as no longer busy.
+    /// One attempt: wait for the rate limit (SQLite), send (then say so on `sent`),
+    /// log, record the outcome and what it says of the destination, then report the
+    /// event as no longer busy.
     async fn attempt(
         self: Arc<Self>,
         event: DueDelivery,
+        standing: Standing,
+        limiter: Option<Arc<DefaultDirectRateLimiter>>,
         permit: OwnedSemaphorePermit,
         done: mpsc::UnboundedSender<Done>,
         sent: Arc<Notify>,
     ) {
+        if let Some(limiter) = limiter {
+            if limiter.check().is_err() {
+                self.metrics.rate_limited(&self.destination);
+                self.status.rate_limited();
+                limiter.until_ready().await;
+            }
+        }
         let attempts = event.attempts + 1;
         let started = Instant::now();
         let (result, report) = match self.body_of(&event).await {
@@ -297,16 +414,21 @@ impl Delivery {
             Attempt::Retryable(e) | Attempt::Refused(e) => self.status.failure(e),
         }
         let answered = matches!(result, Attempt::Delivered(_) | Attempt::Refused(_));
+        let now = now_ms();
+        let signal = self.signal(&standing, answered, now);
         let outcome = match result {
             Attempt::Delivered(status) => {
-                info!(event_id = %event.event_id, delivery_id = %event.id, destination = %event.destination, attempts, status = status.as_u16(), elapsed_ms, "delivered");
+                info!(event_id = %event.event_id, delivery_id = %event.id, destination = %event.destination, attempts, status = status.as_u16(), elapsed_ms, probe = standing.probe, "delivered");
                 Outcome::Delivered
             }
             Attempt::Retryable(error) => {
-                let now = now_ms();
                 match self.policy.next_attempt(event.retry_from, now, attempts) {
                     Some(next_attempt_at) => {
-                        warn!(event_id = %event.event_id, delivery_id = %event.id, destination = %event.destination, attempts, error = %error, retry_in_ms = next_attempt_at - now, "delivery failed; retry scheduled");
+                        if standing.probe {
+                            warn!(event_id = %event.event_id, delivery_id = %event.id, destination = %event.destination, attempts, error = %error, next_probe_in_ms = signal.next_probe_at - now, "probe failed: the destination stays down");
+                        } else {
+                            warn!(event_id = %event.event_id, delivery_id = %event.id, destination = %event.destination, attempts, error = %error, retry_in_ms = next_attempt_at - now, "delivery failed; retry scheduled");
+                        }
                         Outcome::Retry {
                             next_attempt_at,
                             error,
@@ -338,23 +460,60 @@ impl Delivery {
             } => Some(*next_attempt_at),
             _ => None,
         };
-        let due_again = match self
-            .store
-            .record(event.seq, attempts, outcome, report)
-            .await
-        {
-            Ok(()) => due_again,
+        let attempted = Attempted {
+            seq: event.seq,
+            destination: event.destination.clone(),
+            attempts,
+            outcome,
+            report,
+            signal,
+        };
+        let (due_again, recorded) = match self.store.record(attempted).await {
+            Ok(recorded) => {
+                if recorded.expired > 0 {
+                    error!(destination = %event.destination, deliveries = recorded.expired, down_since = %recorded.availability.down_since.map(rfc3339).unwrap_or_default(), "dead: their --retry-for ran out while the destination was down");
+                }
+                (due_again, Some(recorded))
+            }
             Err(e) => {
                 warn!(event_id = %event.event_id, delivery_id = %event.id, destination = %event.destination, error = %e, "cannot record the delivery outcome; the event stays pending and will be sent again");
                 tokio::time::sleep(IDLE_POLL).await;
-                Some(now_ms())
+                (Some(now_ms()), None)
             }
         };
         let _ = done.send(Done {
             seq: event.seq,
             due_again,
-            answered,
+            recorded,
         });
+    }
+
+    /// What an attempt that ended at `now` says about its destination: whether it
+    /// answered, whether it was the probe; should it take the destination down or be a
+    /// failed probe, when the next probe starts (the retry backoff after as many failed
+    /// probes); a failed probe also makes dead what ran out of `retry_for` meanwhile.
+    fn signal(&self, standing: &Standing, answered: bool, now: i64) -> Signal {
+        let failed_probes = if standing.probe {
+            standing.availability.failed_probes + 1
+        } else {
+            0
+        };
+        let delay = self.policy.delay(failed_probes + 1);
+        let next_probe_at = now.saturating_add(delay.as_millis().min(i64::MAX as u128) as i64);
+        let expire = match standing.availability.down_since {
+            Some(since) if standing.probe && !answered => Some(Expiry {
+                retry_from_until: now
+                    .saturating_sub(self.policy.retry_for.as_millis().min(i64::MAX as u128) as i64),
+                error: format!("destination down since {}", rfc3339(since)),
+            }),
+            _ => None,
+        };
+        Signal {
+            answered,
+            probe: standing.probe,
+            next_probe_at,
+            expire,
+        }
     }
 
     async fn body_of(&self, event: &DueDelivery) -> anyhow::Result<Bytes> {
@@ -366,6 +525,12 @@ impl Delivery {
             .await?
             .ok_or_else(|| anyhow::anyhow!("the event is no longer in the spool"))
     }
+}
+
+/// A unix-ms time as RFC 3339 (UTC, seconds), as logs and errors show it.
+fn rfc3339(unix_ms: i64) -> String {
+    let at = std::time::UNIX_EPOCH + Duration::from_millis(unix_ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(at).to_string()
 }
 
 /// Makes the whole backlog due now, a chunk at a time, waking the scheduler after each.

@@ -17,13 +17,17 @@ pub mod sqlite;
 pub mod store;
 pub mod views;
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use crate::types::{AttemptReport, DedupKeys, DestinationKey, NewEvent, Outcome, Stored};
+pub use crate::types::{
+    AttemptReport, Availability, DedupKeys, DestinationKey, DueDelivery, NewEvent, Outcome,
+    RateLimit, Signal, Stored,
+};
 pub use store::{Running, Store};
 
 /// Bodies up to this size come with the due list (and with the writer's hand-over of
@@ -52,6 +56,72 @@ pub struct ClaimTerms {
     /// How long a taken delivery stays this instance's: the destination's timeout plus
     /// a margin. Once it runs out, another instance may take it.
     pub lease: Duration,
+    /// Requests per second at most, by all instances together (PostgreSQL: each
+    /// delivery taken spends the budget; SQLite's one taker paces its own attempts).
+    pub rate: Option<RateLimit>,
+}
+
+/// What a scheduler asks for when it takes due deliveries to its destination.
+#[derive(Debug, Clone, Copy)]
+pub struct Take<'a> {
+    /// Deliveries at most.
+    pub limit: usize,
+    /// The destination's terms.
+    pub terms: ClaimTerms,
+    /// What the caller holds: taken and not yet recorded.
+    pub held: &'a HashSet<i64>,
+    /// Of those, being attempted now.
+    pub sending: usize,
+    /// The destination is down as far as the caller knows: take only its probe, the
+    /// oldest pending delivery whether its retry is due or not (on PostgreSQL the
+    /// stored state decides, and only while no instance holds one).
+    pub probe: bool,
+}
+
+/// What a scheduler took.
+#[derive(Debug, Default)]
+pub struct Taken {
+    /// The deliveries, oldest first.
+    pub deliveries: Vec<DueDelivery>,
+    /// The destination's stored state as the taking saw it, where other instances
+    /// change it (PostgreSQL); `None` on SQLite, whose one scheduler learns every
+    /// change from its own records.
+    pub availability: Option<Availability>,
+    /// When the rate budget has room for another request (unix ms), when it held the
+    /// taking back (PostgreSQL).
+    pub rate_limited_until: Option<i64>,
+}
+
+/// One attempt to record: its outcome, its line in the history, and what it says
+/// about its destination.
+#[derive(Debug, Clone)]
+pub struct Attempted {
+    /// The delivery's row number.
+    pub seq: i64,
+    /// Its destination.
+    pub destination: DestinationKey,
+    /// Its attempts so far, this one included.
+    pub attempts: i64,
+    /// What becomes of the delivery.
+    pub outcome: Outcome,
+    /// The attempt's line in the history.
+    pub report: AttemptReport,
+    /// Whether the destination answered, and whether this was its probe.
+    pub signal: Signal,
+}
+
+/// What recording an attempt did to its destination, once committed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Recorded {
+    /// The destination's state after the commit.
+    pub availability: Availability,
+    /// This attempt brought the destination back up (it was down).
+    pub came_up: bool,
+    /// This attempt took the destination down.
+    pub went_down: bool,
+    /// Pending deliveries this failed probe made dead (their `retry_for` ran out while
+    /// the destination was down).
+    pub expired: usize,
 }
 
 /// The spool could not commit, or be read.
@@ -78,10 +148,12 @@ pub(crate) enum Command {
     },
     Record {
         seq: i64,
+        destination: DestinationKey,
         attempts: i64,
         outcome: Outcome,
         report: AttemptReport,
-        reply: oneshot::Sender<Result<(), SpoolError>>,
+        signal: Signal,
+        reply: oneshot::Sender<Result<Recorded, SpoolError>>,
     },
     /// Makes up to [`RETRY_NOW_CHUNK`] pending events due now (the upstream
     /// answers again).
@@ -128,20 +200,17 @@ impl Spool {
         self.ask(|reply| Command::Accept { event, reply }).await
     }
 
-    /// Records the outcome of an attempt at delivery `seq` (`attempts` is the new
-    /// count), and the attempt in its history.
-    pub async fn record(
-        &self,
-        seq: i64,
-        attempts: i64,
-        outcome: Outcome,
-        report: AttemptReport,
-    ) -> Result<(), SpoolError> {
+    /// Records the outcome of an attempt at delivery `seq` to `destination`
+    /// (`attempts` is the new count), the attempt in its history, and what it says
+    /// about the destination.
+    pub async fn record(&self, attempt: Attempted) -> Result<Recorded, SpoolError> {
         self.ask(|reply| Command::Record {
-            seq,
-            attempts,
-            outcome,
-            report,
+            seq: attempt.seq,
+            destination: attempt.destination,
+            attempts: attempt.attempts,
+            outcome: attempt.outcome,
+            report: attempt.report,
+            signal: attempt.signal,
             reply,
         })
         .await

@@ -6,7 +6,6 @@
 //! Writes return once committed; reads run off the async threads (SQLite) or on a
 //! pooled connection (PostgreSQL).
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -15,8 +14,8 @@ use tokio::sync::watch;
 use super::postgres::{PgRunning, PgStore};
 use super::sqlite::{SqliteRunning, SqliteStore};
 use super::views::{EventDetail, EventSummary, ListFilter, Replay, SpoolStats};
-use super::{ClaimTerms, SpoolError, SpoolHealth, RETRY_NOW_CHUNK};
-use crate::types::{AttemptReport, DestinationKey, DueDelivery, NewEvent, Outcome, Stored};
+use super::{Attempted, Recorded, SpoolError, SpoolHealth, Take, Taken, RETRY_NOW_CHUNK};
+use crate::types::{Availability, DestinationKey, NewEvent, Stored};
 
 /// The handle every stage uses.
 #[derive(Clone)]
@@ -68,16 +67,19 @@ impl Store {
         engine!(await self.accept(event))
     }
 
-    /// Records an attempt at delivery `seq` (`attempts` is the new count): its outcome
-    /// and its line in the history; the delivery is no longer taken.
-    pub async fn record(
+    /// Records an attempt: its outcome and its line in the history (the delivery is no
+    /// longer taken), and what it says about its destination (up or down, see
+    /// [`crate::types::Availability`]); answers with the destination's state after it.
+    pub async fn record(&self, attempt: Attempted) -> Result<Recorded, SpoolError> {
+        engine!(await self.record(attempt))
+    }
+
+    /// A destination's stored state (up, or down since when).
+    pub async fn availability(
         &self,
-        seq: i64,
-        attempts: i64,
-        outcome: Outcome,
-        report: AttemptReport,
-    ) -> Result<(), SpoolError> {
-        engine!(await self.record(seq, attempts, outcome, report))
+        destination: &DestinationKey,
+    ) -> Result<Availability, SpoolError> {
+        engine!(await self.availability(destination))
     }
 
     /// Makes every pending delivery to `destination` due now (it answers again after an
@@ -96,21 +98,19 @@ impl Store {
         }
     }
 
-    /// Takes up to `limit` pending deliveries to `destination` due now, oldest first,
-    /// on `terms`, besides those the caller `held` (taken and not yet recorded), while
-    /// `sending` of its attempts are in flight. On SQLite the caller skips what it
-    /// holds; on PostgreSQL they are claimed for this instance under a lease, never come
-    /// again while held, and at most the destination's concurrency less `sending` less
-    /// the other instances' live claims are taken.
+    /// Takes up to `take.limit` pending deliveries to `destination` due now, oldest
+    /// first, on `take.terms`, besides those the caller holds (taken and not yet
+    /// recorded), while `take.sending` of its attempts are in flight. On SQLite the
+    /// caller skips what it holds; on PostgreSQL they are claimed for this instance under
+    /// a lease, never come again while held, and at most the destination's concurrency
+    /// less `sending` less the other instances' live claims are taken, within the rate
+    /// budget of every instance together; while the destination is down, only its probe.
     pub async fn due(
         &self,
         destination: &DestinationKey,
-        limit: usize,
-        terms: ClaimTerms,
-        held: &HashSet<i64>,
-        sending: usize,
-    ) -> Result<Vec<DueDelivery>, SpoolError> {
-        engine!(await self.due(destination, limit, terms, held, sending))
+        take: Take<'_>,
+    ) -> Result<Taken, SpoolError> {
+        engine!(await self.due(destination, take))
     }
 
     /// Whether deliveries taken count against their destination's concurrency in the

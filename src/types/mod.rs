@@ -5,13 +5,19 @@
 //! - [`dedup`]: dedup keys.
 //! - [`state`]: delivery and event states.
 //! - [`event`]: a new event, a stored one's fate, a due delivery, an attempt's outcome.
+//! - [`rate`]: a destination's rate limit.
+//! - [`availability`]: whether a destination is up or down, and how an attempt moves it.
 
+pub mod availability;
 pub mod dedup;
 pub mod event;
+pub mod rate;
 pub mod state;
 
+pub use availability::{Availability, Expiry, Signal};
 pub use dedup::{DedupKey, DedupKeys};
 pub use event::{
     AttemptReport, DestinationKey, DueDelivery, NewDelivery, NewEvent, Outcome, Stored,
 };
+pub use rate::RateLimit;
 pub use state::{DeliveryState, EventState};

@@ -35,9 +35,9 @@ use hyper::body::Incoming;
 use tracing::{error, info, warn};
 
 use crate::config::routes::{route_for, Route};
-use crate::metrics::{Metrics, RequestOutcome};
+use crate::metrics::{Flow, Metrics, RequestOutcome};
 use crate::spool::{NewEvent, Store, Stored};
-use crate::types::{DedupKey, DedupKeys};
+use crate::types::{DedupKey, DedupKeys, DestinationKey};
 use challenge::Challenge;
 use client_cn::ClientCnCheck;
 use identity::Identity;
@@ -299,6 +299,11 @@ impl Webhook {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let bytes = raw.len();
+        let destinations: Vec<DestinationKey> = plan
+            .deliveries
+            .iter()
+            .map(|d| d.destination.clone())
+            .collect();
         let event = NewEvent {
             route: route.name.clone(),
             deliveries: plan.deliveries,
@@ -312,6 +317,9 @@ impl Webhook {
         };
         match self.store.accept(event).await {
             Ok(Stored::New(id)) => {
+                for destination in &destinations {
+                    self.metrics.flow(destination, Flow::Accepted, 1);
+                }
                 if plan.unrouted > 0 {
                     self.metrics.unrouted(&route.name, plan.unrouted);
                     info!(event_id = %id, route = %route.name, items = plan.unrouted, "items no destination takes: stored, delivered nowhere");

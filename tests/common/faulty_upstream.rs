@@ -172,6 +172,14 @@ impl FaultyUpstream {
         self.shared.max_in_flight.load(Ordering::SeqCst)
     }
 
+    /// Starts counting the most requests in flight at once again, from those in flight
+    /// now.
+    pub fn reset_max_in_flight(&self) {
+        self.shared
+            .max_in_flight
+            .store(self.in_flight(), Ordering::SeqCst);
+    }
+
     fn rules(&self) -> std::sync::MutexGuard<'_, Rules> {
         self.shared.rules.lock().unwrap()
     }

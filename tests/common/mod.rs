@@ -514,6 +514,21 @@ impl Xhubd {
         }
     }
 
+    /// Changes the spool under the running daemon (a test's set-up, e.g. retries put
+    /// far off); the SQL must read the same on both engines.
+    pub fn execute(&self, sql: &str) {
+        match &self.spool {
+            Spool::Sqlite => {
+                let conn = rusqlite::Connection::open(self.db_path()).unwrap();
+                conn.busy_timeout(Duration::from_secs(10)).unwrap();
+                conn.execute_batch(sql).unwrap();
+            }
+            Spool::Postgres { db, .. } => {
+                postgres::shared().psql(db, sql);
+            }
+        }
+    }
+
     /// The options that point `xhubd events` (and `check`) at this daemon's spool:
     /// `--state-dir DIR`, or `--spool URL`.
     pub fn spool_args(&self) -> Vec<String> {
@@ -603,6 +618,14 @@ pub fn assert_no_secret(what: &str, text: &str) {
 }
 
 /// Polls `cond` until it holds or `limit` passes.
+/// Milliseconds since the Unix epoch, as the spool counts time.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 pub fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {

@@ -7,31 +7,24 @@
 //! destination are serialised by an advisory lock, and an instance takes at most the
 //! destination's concurrency less what other instances hold under a live lease.
 
-use std::collections::HashSet;
-
 use bytes::Bytes;
 use deadpool_postgres::Pool;
 use tokio_postgres::types::ToSql;
 
 use super::connect::error_text;
 use super::schema::LOCK_CLASS;
-use crate::spool::{now_ms, ClaimTerms, SpoolError, INLINE_BODY_MAX};
-use crate::types::{DestinationKey, DueDelivery};
+use crate::spool::{now_ms, SpoolError, Take, Taken, INLINE_BODY_MAX};
+use crate::types::{Availability, DestinationKey, DueDelivery};
 
-/// What this instance has of a destination's deliveries.
-pub(super) struct Mine<'a> {
-    /// Taken and not yet recorded.
-    pub held: &'a HashSet<i64>,
-    /// Of those, being attempted now.
-    pub sending: usize,
-}
-
-/// Takes up to `limit` due deliveries to `destination` for `instance`, oldest first,
-/// within the room the destination's concurrency leaves: its concurrency less the
-/// live claims of other instances and the attempts this instance is `sending`. A
-/// delivery this instance claimed and no longer holds (its record failed, or the
-/// instance restarted) is taken again at once; one another instance claimed, once its
-/// lease has run out.
+/// Takes up to `take.limit` due deliveries to `destination` for `instance`, oldest
+/// first, within the room the destination's concurrency leaves: its concurrency less
+/// the live claims of other instances and the attempts this instance is sending
+/// (`take.sending`), and within its rate budget. A delivery this instance claimed and
+/// no longer holds (its record failed, or the instance restarted) is taken again at
+/// once; one another instance claimed, once its lease has run out. While the
+/// destination is down (its stored state, whatever `take.probe` says), only its probe
+/// is taken: one delivery, the oldest pending whether due or not, once the next probe
+/// is due and no instance holds any of its deliveries.
 ///
 /// Why this holds the concurrency for the cluster: an instance's claims in the
 /// database are never fewer than its attempts in flight (an attempt's claim goes only
@@ -39,46 +32,80 @@ pub(super) struct Mine<'a> {
 /// advisory lock), each counting every other instance's claims; so the attempts of all
 /// instances together never exceed it. An instance whose records lag behind holds more
 /// claims than attempts, which only leaves the others less room for a while.
+///
+/// The rate limit holds the same way: each claim spends the destination's budget
+/// (GCRA: `rate_budgets.tat`, see [`crate::types::RateLimit`]) for every delivery it
+/// takes, under the same lock, and takes no more than the budget allows now; each
+/// taken delivery is sent at once.
 pub(super) async fn claim(
     pool: &Pool,
     instance: &str,
     destination: &DestinationKey,
-    limit: usize,
-    terms: ClaimTerms,
-    mine: Mine<'_>,
-) -> Result<Vec<DueDelivery>, SpoolError> {
-    let held: Vec<i64> = mine.held.iter().copied().collect();
-    let sending = mine.sending as i64;
+    take: Take<'_>,
+) -> Result<Taken, SpoolError> {
+    let terms = take.terms;
+    let held: Vec<i64> = take.held.iter().copied().collect();
+    let sending = take.sending as i64;
     let client = connection(pool).await?;
     let now = now_ms();
+    let now_us = now.saturating_mul(1000);
     let lease_ms = terms.lease.as_millis().min(i64::MAX as u128 / 2) as i64;
     let lease_until = now + lease_ms;
     // What this instance holds is still its own: a lease half run out is renewed, so
     // an attempt whose record is slow to commit is not taken by another instance.
     let renew_before = now + lease_ms / 2;
-    let limit = limit.min(terms.concurrency) as i64;
+    let limit = take.limit.min(terms.concurrency) as i64;
     let concurrency = terms.concurrency as i64;
+    let (interval_us, burst) = match terms.rate {
+        Some(rate) => (rate.interval_micros(), i64::from(rate.burst.get())),
+        None => (0, 0),
+    };
     let lock = client.prepare_cached("SELECT pg_advisory_xact_lock($1, hashtext($2))");
     let claim = client.prepare_cached(
-        "WITH live AS (
+        "WITH st AS (
+             SELECT down_since, next_probe_at FROM destinations WHERE destination = $1),
+         live AS (
              SELECT count(*) AS n FROM deliveries
              WHERE state = 0 AND destination = $1 AND claimed_by IS NOT NULL
                AND lease_until > $3 AND claimed_by <> $2),
          renewed AS (
              UPDATE deliveries SET lease_until = $6
              WHERE claimed_by = $2 AND state = 0 AND seq = ANY($8) AND lease_until < $10),
+         budget AS (
+             SELECT GREATEST(COALESCE((SELECT tat FROM rate_budgets WHERE destination = $1), 0),
+                             $11::bigint) AS base),
+         room AS (
+             SELECT CASE
+                      WHEN (SELECT down_since FROM st) IS NULL
+                        THEN LEAST($4, $5::bigint - $9::bigint - (SELECT n FROM live))
+                      WHEN COALESCE((SELECT next_probe_at FROM st), 0) <= $3
+                           AND (SELECT n FROM live) = 0 AND cardinality($8::bigint[]) = 0
+                        THEN 1
+                      ELSE 0 END AS n,
+                    CASE WHEN (SELECT down_since FROM st) IS NULL THEN $3
+                         ELSE 9223372036854775807 END AS due_until,
+                    CASE WHEN $12::bigint > 0
+                        THEN $13::bigint - ceil(((SELECT base FROM budget) - $11::bigint)::numeric
+                                                / $12::bigint)::bigint
+                        ELSE $4 END AS budget),
          picked AS (
              SELECT seq FROM deliveries
-             WHERE state = 0 AND destination = $1 AND next_attempt_at <= $3
+             WHERE state = 0 AND destination = $1
+               AND next_attempt_at <= (SELECT due_until FROM room)
                AND (claimed_by IS NULL OR lease_until <= $3
                     OR (claimed_by = $2 AND seq <> ALL($8)))
              ORDER BY next_attempt_at, seq
-             LIMIT GREATEST(0, LEAST($4, $5::bigint - $9::bigint - (SELECT n FROM live)))
+             LIMIT GREATEST(0, LEAST((SELECT n FROM room), (SELECT budget FROM room)))
              FOR UPDATE SKIP LOCKED),
          claimed AS (
              UPDATE deliveries d SET claimed_by = $2, lease_until = $6
              WHERE d.seq = ANY(ARRAY(SELECT seq FROM picked))
-             RETURNING d.*)
+             RETURNING d.*),
+         spent AS (
+             INSERT INTO rate_budgets (destination, tat)
+             SELECT $1, (SELECT base FROM budget) + (SELECT count(*) FROM claimed) * $12::bigint
+             WHERE $12::bigint > 0
+             ON CONFLICT (destination) DO UPDATE SET tat = EXCLUDED.tat)
          SELECT c.seq, c.id, e.seq, e.id, c.retry_from, c.attempts,
                 COALESCE(c.signature, e.signature),
                 CASE WHEN c.signature IS NULL THEN e.signature_sha1 ELSE c.signature_sha1 END,
@@ -89,12 +116,13 @@ pub(super) async fn claim(
          FROM claimed c JOIN events e ON e.seq = c.event_seq
          ORDER BY c.next_attempt_at, c.seq",
     );
-    let (lock, claim) = futures_util::future::try_join(lock, claim)
+    let state = client.prepare_cached(STATE);
+    let (lock, claim, state) = futures_util::future::try_join3(lock, claim, state)
         .await
         .map_err(read_error)?;
     let key = destination.as_str();
     let lock_params: [&(dyn ToSql + Sync); 2] = [&LOCK_CLASS, &key];
-    let params: [&(dyn ToSql + Sync); 10] = [
+    let params: [&(dyn ToSql + Sync); 13] = [
         &destination.as_str(),
         &instance,
         &now,
@@ -105,16 +133,21 @@ pub(super) async fn claim(
         &held,
         &sending,
         &renew_before,
+        &now_us,
+        &interval_us,
+        &burst,
     ];
+    let state_params: [&(dyn ToSql + Sync); 1] = [&key];
     // One transaction sent at once and run in this order, so the destination's lock is
     // held only while the server runs it, not for a round trip to here. Should a
     // statement fail, the rest fail too and COMMIT ends the transaction as a rollback.
     // A claim the database forgets in a crash only lets another instance send that
     // delivery again (at least once): not worth a wait for the disk each time.
-    let (_, _, rows, _) = futures_util::try_join!(
+    let (_, _, rows, after, _) = futures_util::try_join!(
         client.batch_execute("BEGIN; SET LOCAL synchronous_commit = off"),
         client.execute(&lock, &lock_params),
         client.query(&claim, &params),
+        client.query_one(&state, &state_params),
         client.batch_execute("COMMIT"),
     )
     .map_err(|e| {
@@ -127,7 +160,8 @@ pub(super) async fn claim(
         }
         read_error(e)
     })?;
-    rows.iter()
+    let deliveries = rows
+        .iter()
         .map(|r| {
             let split: bool = r.try_get(9)?;
             let part = if split {
@@ -151,7 +185,53 @@ pub(super) async fn claim(
             })
         })
         .collect::<Result<_, tokio_postgres::Error>>()
-        .map_err(read_error)
+        .map_err(read_error)?;
+    let availability = availability_of(&after).map_err(read_error)?;
+    let tat: Option<i64> = after.try_get(4).map_err(read_error)?;
+    // The budget has room for one more once `tat - (burst - 1) * interval` is past.
+    let rate_limited_until = match (tat, terms.rate) {
+        (Some(tat), Some(_)) => {
+            let room_at = tat - (burst - 1) * interval_us;
+            (room_at > now_us).then(|| (room_at + 999) / 1000)
+        }
+        _ => None,
+    };
+    Ok(Taken {
+        deliveries,
+        availability: Some(availability),
+        rate_limited_until,
+    })
+}
+
+/// A destination's stored state and rate budget, in that order (one row; nulls while
+/// it has none).
+const STATE: &str = "SELECT d.failures, d.down_since, d.next_probe_at, d.failed_probes, r.tat
+     FROM (VALUES ($1::text)) AS k(destination)
+     LEFT JOIN destinations d ON d.destination = k.destination
+     LEFT JOIN rate_budgets r ON r.destination = k.destination";
+
+/// The state in a row of [`STATE`] (up, when the destination has no row yet).
+fn availability_of(row: &tokio_postgres::Row) -> Result<Availability, tokio_postgres::Error> {
+    Ok(Availability {
+        failures: row.try_get::<_, Option<i64>>(0)?.unwrap_or(0),
+        down_since: row.try_get(1)?,
+        next_probe_at: row.try_get(2)?,
+        failed_probes: row.try_get::<_, Option<i64>>(3)?.unwrap_or(0),
+    })
+}
+
+/// A destination's stored state (up or down).
+pub(super) async fn availability(
+    pool: &Pool,
+    destination: &DestinationKey,
+) -> Result<Availability, SpoolError> {
+    let client = connection(pool).await?;
+    let stmt = client.prepare_cached(STATE).await.map_err(read_error)?;
+    let row = client
+        .query_one(&stmt, &[&destination.as_str()])
+        .await
+        .map_err(read_error)?;
+    availability_of(&row).map_err(read_error)
 }
 
 /// When the next pending delivery to `destination` may be taken (unix ms): when the

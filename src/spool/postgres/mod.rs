@@ -23,7 +23,6 @@ pub mod schema;
 mod statistics;
 mod writer;
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -32,8 +31,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::views::{EventDetail, EventSummary, ListFilter, Replay, SpoolStats};
-use super::{ClaimTerms, Command, Spool, SpoolError, SpoolHealth, WriterSettings};
-use crate::types::{AttemptReport, DestinationKey, DueDelivery, NewEvent, Outcome, Stored};
+use super::{
+    Attempted, Command, Recorded, Spool, SpoolError, SpoolHealth, Take, Taken, WriterSettings,
+};
+use crate::types::{Availability, DestinationKey, DueDelivery, NewEvent, Stored};
 pub use connect::PgTarget;
 
 /// Connections in the pool for claims and the operator's views.
@@ -173,14 +174,16 @@ impl PgStore {
     }
 
     /// See [`crate::spool::Store::record`].
-    pub async fn record(
+    pub async fn record(&self, attempt: Attempted) -> Result<Recorded, SpoolError> {
+        self.outcomes.record(attempt).await
+    }
+
+    /// See [`crate::spool::Store::availability`].
+    pub async fn availability(
         &self,
-        seq: i64,
-        attempts: i64,
-        outcome: Outcome,
-        report: AttemptReport,
-    ) -> Result<(), SpoolError> {
-        self.outcomes.record(seq, attempts, outcome, report).await
+        destination: &DestinationKey,
+    ) -> Result<Availability, SpoolError> {
+        claims::availability(&self.pool, destination).await
     }
 
     /// The writer's handle (requests that every engine's writer takes).
@@ -192,13 +195,9 @@ impl PgStore {
     pub async fn due(
         &self,
         destination: &DestinationKey,
-        limit: usize,
-        terms: ClaimTerms,
-        held: &HashSet<i64>,
-        sending: usize,
-    ) -> Result<Vec<DueDelivery>, SpoolError> {
-        let mine = claims::Mine { held, sending };
-        claims::claim(&self.pool, &self.instance, destination, limit, terms, mine).await
+        take: Take<'_>,
+    ) -> Result<Taken, SpoolError> {
+        claims::claim(&self.pool, &self.instance, destination, take).await
     }
 
     /// See [`crate::spool::Store::next_due_at`].

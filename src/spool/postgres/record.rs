@@ -1,18 +1,26 @@
-//! The outcomes of a batch of attempts on PostgreSQL, in two statements whatever its
-//! size: one `UPDATE` of the deliveries (which also releases their claims) and one
-//! `INSERT` of their lines in the history, with the instance that made each attempt.
+//! The outcomes of a batch of attempts on PostgreSQL, in a few statements whatever its
+//! size: one `UPDATE` of the deliveries (which also releases their claims), one
+//! `INSERT` of their lines in the history, with the instance that made each attempt,
+//! and the state of their destinations (up or down, for every instance): their rows
+//! are locked, moved on by each outcome in turn ([`Availability::after`]) and written
+//! back, all in the batch's transaction.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement, Transaction};
 
-use crate::types::{AttemptReport, Outcome};
+use crate::spool::Recorded;
+use crate::types::{AttemptReport, Availability, DeliveryState, DestinationKey, Outcome, Signal};
 
 /// The statements of a batch of outcomes, prepared once per connection.
 pub(super) struct RecordStatements {
     update: Statement,
     history: Statement,
+    add_destinations: Statement,
+    lock_destinations: Statement,
+    save_destinations: Statement,
+    expire: Statement,
 }
 
 impl RecordStatements {
@@ -46,6 +54,41 @@ impl RecordStatements {
                            detail = EXCLUDED.detail, instance = EXCLUDED.instance",
                 )
                 .await?,
+            // Rows for destinations new to the spool, then every row of the batch
+            // locked in one order (instances recording at once never deadlock on them).
+            add_destinations: c
+                .prepare(
+                    "INSERT INTO destinations (destination)
+                     SELECT d FROM unnest($1::text[]) AS d ORDER BY d
+                     ON CONFLICT (destination) DO NOTHING",
+                )
+                .await?,
+            lock_destinations: c
+                .prepare(
+                    "SELECT destination, failures, down_since, next_probe_at, failed_probes
+                     FROM destinations WHERE destination = ANY($1::text[])
+                     ORDER BY destination FOR UPDATE",
+                )
+                .await?,
+            save_destinations: c
+                .prepare(
+                    "UPDATE destinations t SET failures = v.f, down_since = v.ds,
+                                               next_probe_at = v.np, failed_probes = v.fp
+                     FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[])
+                          AS v(d, f, ds, np, fp)
+                     WHERE t.destination = v.d",
+                )
+                .await?,
+            // What a failed probe makes dead: no instance holds them (only the probe is
+            // taken while a destination is down, and it is being recorded).
+            expire: c
+                .prepare(
+                    "UPDATE deliveries SET state = $1, finished_at = $2, last_error = $3,
+                                           claimed_by = NULL, lease_until = NULL
+                     WHERE state = 0 AND destination = $4 AND retry_from <= $5 AND seq <> $6
+                       AND (claimed_by IS NULL OR lease_until <= $2)",
+                )
+                .await?,
         })
     }
 }
@@ -60,20 +103,25 @@ pub(super) struct Attempted<'a> {
     pub outcome: &'a Outcome,
     /// The attempt's line in the history.
     pub report: &'a AttemptReport,
+    /// Its destination.
+    pub destination: &'a DestinationKey,
+    /// What it says about its destination.
+    pub signal: &'a Signal,
 }
 
-/// Records `attempted` at `now` (unix ms) by `instance`, inside `tx`. Of two outcomes
-/// for one delivery's same attempt in a batch (which only a lease run out can make),
-/// the later stands.
+/// Records `attempted` at `now` (unix ms) by `instance`, inside `tx`, and answers
+/// what each did to its destination, in the same order. Of two outcomes for one
+/// delivery's same attempt in a batch (which only a lease run out can make), the later
+/// stands.
 pub(super) async fn record_batch(
     tx: &Transaction<'_>,
     s: &RecordStatements,
     attempted: &[Attempted<'_>],
     now: i64,
     instance: &str,
-) -> Result<(), tokio_postgres::Error> {
+) -> Result<Vec<Recorded>, tokio_postgres::Error> {
     if attempted.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let mut last: HashMap<(i64, i64), usize> = HashMap::new();
     for (i, a) in attempted.iter().enumerate() {
@@ -118,10 +166,85 @@ pub(super) async fn record_batch(
         &c.detail,
         &instance,
     ];
-    let update = tx.execute(&s.update, &update_params);
-    let history = tx.execute(&s.history, &history_params);
-    futures_util::future::try_join(update, history).await?;
-    Ok(())
+    let names: Vec<&str> = attempted
+        .iter()
+        .map(|a| a.destination.as_str())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let names_params: [&(dyn ToSql + Sync); 1] = [&names];
+    let (_, locked, _, _) = futures_util::try_join!(
+        tx.execute(&s.add_destinations, &names_params),
+        tx.query(&s.lock_destinations, &names_params),
+        tx.execute(&s.update, &update_params),
+        tx.execute(&s.history, &history_params),
+    )?;
+    let mut states: HashMap<String, Availability> = HashMap::new();
+    for row in locked {
+        states.insert(
+            row.try_get(0)?,
+            Availability {
+                failures: row.try_get(1)?,
+                down_since: row.try_get(2)?,
+                next_probe_at: row.try_get(3)?,
+                failed_probes: row.try_get(4)?,
+            },
+        );
+    }
+    let mut recorded = Vec::with_capacity(attempted.len());
+    for a in attempted {
+        let key = a.destination.as_str();
+        let before = states.get(key).copied().unwrap_or_default();
+        let after = before.after(a.signal, now);
+        states.insert(key.to_owned(), after);
+        let expired = match &a.signal.expire {
+            Some(expiry) if a.signal.probe && after.is_down() => {
+                let params: [&(dyn ToSql + Sync); 6] = [
+                    &DeliveryState::Dead.code(),
+                    &now,
+                    &expiry.error,
+                    &key,
+                    &expiry.retry_from_until,
+                    &a.seq,
+                ];
+                tx.execute(&s.expire, &params).await? as usize
+            }
+            _ => 0,
+        };
+        recorded.push(Recorded {
+            availability: after,
+            came_up: before.is_down() && !after.is_down(),
+            went_down: !before.is_down() && after.is_down(),
+            expired,
+        });
+    }
+    let mut v = StateColumns::default();
+    for (name, state) in &states {
+        v.destination.push(name.as_str());
+        v.failures.push(state.failures);
+        v.down_since.push(state.down_since);
+        v.next_probe_at.push(state.next_probe_at);
+        v.failed_probes.push(state.failed_probes);
+    }
+    let save_params: [&(dyn ToSql + Sync); 5] = [
+        &v.destination,
+        &v.failures,
+        &v.down_since,
+        &v.next_probe_at,
+        &v.failed_probes,
+    ];
+    tx.execute(&s.save_destinations, &save_params).await?;
+    Ok(recorded)
+}
+
+/// The destinations' states to write back, one array per column.
+#[derive(Default)]
+struct StateColumns<'a> {
+    destination: Vec<&'a str>,
+    failures: Vec<i64>,
+    down_since: Vec<Option<i64>>,
+    next_probe_at: Vec<Option<i64>>,
+    failed_probes: Vec<i64>,
 }
 
 /// The columns of a batch of outcomes, one array per column.

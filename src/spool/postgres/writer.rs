@@ -28,7 +28,9 @@ use super::connect::{back_off, connection_lost, error_text, ConnectError, PgTarg
 use super::record::{record_batch, Attempted, RecordStatements};
 use super::schema::{self, MigrateError, CHANNEL, LOCK_CLASS, PRUNE_LOCK};
 use super::statistics::Growth;
-use crate::spool::{now_ms, Command, NewEvent, SpoolError, SpoolHealth, Stored, RETRY_NOW_CHUNK};
+use crate::spool::{
+    now_ms, Command, NewEvent, Recorded, SpoolError, SpoolHealth, Stored, RETRY_NOW_CHUNK,
+};
 
 /// Most requests in one transaction.
 const MAX_BATCH: usize = 1024;
@@ -268,8 +270,8 @@ fn fail_queued(rx: &mut mpsc::Receiver<Command>) -> bool {
 enum Applied {
     /// Stored (with this many deliveries) or recognised.
     Accepted(Stored, usize),
-    /// An outcome was recorded.
-    Recorded,
+    /// An outcome was recorded, with what it did to its destination.
+    Recorded(Recorded),
     /// This many pending deliveries were made due now.
     MadeDue(usize),
     /// Nothing to do (closing).
@@ -283,8 +285,8 @@ fn answer(cmd: Command, result: Result<Applied, SpoolError>) -> bool {
             let _ = reply.send(Ok(stored));
             n > 0
         }
-        (Command::Record { reply, .. }, Ok(_)) => {
-            let _ = reply.send(Ok(()));
+        (Command::Record { reply, .. }, Ok(Applied::Recorded(recorded))) => {
+            let _ = reply.send(Ok(recorded));
             false
         }
         (Command::RetryNow { reply, .. }, Ok(Applied::MadeDue(n))) => {
@@ -297,8 +299,10 @@ fn answer(cmd: Command, result: Result<Applied, SpoolError>) -> bool {
                 .unwrap_or(SpoolError::Commit("internal".into()))));
             false
         }
-        (Command::Record { reply, .. }, Err(e)) => {
-            let _ = reply.send(Err(e));
+        (Command::Record { reply, .. }, r) => {
+            let _ = reply.send(Err(r
+                .err()
+                .unwrap_or(SpoolError::Commit("internal".into()))));
             false
         }
         (Command::RetryNow { reply, .. }, r) => {
@@ -412,20 +416,26 @@ impl Session {
             .filter_map(|c| match c {
                 Command::Record {
                     seq,
+                    destination,
                     attempts,
                     outcome,
                     report,
+                    signal,
                     ..
                 } => Some(Attempted {
                     seq: *seq,
                     attempts: *attempts,
                     outcome,
                     report,
+                    destination,
+                    signal,
                 }),
                 _ => None,
             })
             .collect();
-        record_batch(&tx, &stmts.record, &attempted, now, &ctx.instance).await?;
+        let mut recorded = record_batch(&tx, &stmts.record, &attempted, now, &ctx.instance)
+            .await?
+            .into_iter();
         let mut applied = Vec::with_capacity(batch.len());
         let mut notify = false;
         for cmd in batch {
@@ -437,7 +447,10 @@ impl Session {
                     }
                     None => Applied::Nothing,
                 },
-                Command::Record { .. } => Applied::Recorded,
+                Command::Record { .. } => match recorded.next() {
+                    Some(r) => Applied::Recorded(r),
+                    None => Applied::Nothing,
+                },
                 Command::RetryNow { destination, .. } => {
                     let n = tx
                         .execute(

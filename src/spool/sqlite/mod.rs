@@ -6,13 +6,15 @@
 //!   hand-over of new deliveries; `checkpoint`: copying the log back.
 //! - [`schema`]: opening the database and its tables; `migrate`: upgrading an older
 //!   layout.
-//! - `queue`: the read side used by delivery (due deliveries, bodies).
+//! - `queue`: the read side used by delivery (due deliveries, bodies);
+//!   `availability`: whether each destination is up or down.
 //! - [`inspect`]: the operator's view: list, show, replay, purge, counts (also used by
 //!   `xhubd events` on a connection of its own).
 //!
 //! Writes go to the writer and return once committed; reads run on a connection of
 //! their own, off the async threads.
 
+mod availability;
 mod checkpoint;
 pub mod inspect;
 mod migrate;
@@ -20,7 +22,6 @@ mod queue;
 pub mod schema;
 mod writer;
 
-use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -29,8 +30,10 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, watch};
 
 use super::views::{EventDetail, EventSummary, ListFilter, Replay, SpoolStats};
-use super::{now_ms, ClaimTerms, Spool, SpoolError, SpoolHealth, WriterSettings};
-use crate::types::{AttemptReport, DestinationKey, DueDelivery, NewEvent, Outcome, Stored};
+use super::{
+    now_ms, Attempted, Recorded, Spool, SpoolError, SpoolHealth, Take, Taken, WriterSettings,
+};
+use crate::types::{Availability, DestinationKey, DueDelivery, NewEvent, Stored};
 use checkpoint::Checkpointer;
 use queue::Queue;
 use schema::Rekey;
@@ -99,16 +102,19 @@ impl SqliteStore {
         self.writer.accept(event).await
     }
 
-    /// Records an attempt at delivery `seq` (`attempts` is the new count): its outcome
-    /// and its line in the history.
-    pub async fn record(
+    /// See [`crate::spool::Store::record`].
+    pub async fn record(&self, attempt: Attempted) -> Result<Recorded, SpoolError> {
+        self.writer.record(attempt).await
+    }
+
+    /// See [`crate::spool::Store::availability`].
+    pub async fn availability(
         &self,
-        seq: i64,
-        attempts: i64,
-        outcome: Outcome,
-        report: AttemptReport,
-    ) -> Result<(), SpoolError> {
-        self.writer.record(seq, attempts, outcome, report).await
+        destination: &DestinationKey,
+    ) -> Result<Availability, SpoolError> {
+        let queue = self.queue.clone();
+        let destination = destination.clone();
+        blocking(move || queue.availability(&destination)).await
     }
 
     /// The writer's handle (requests that every engine's writer takes).
@@ -116,19 +122,26 @@ impl SqliteStore {
         &self.writer
     }
 
-    /// Up to `limit` pending deliveries to `destination` due now, oldest first (one
-    /// taker: the terms of a claim do not apply).
+    /// Up to `take.limit` pending deliveries to `destination` due now, oldest first;
+    /// for a probe, the oldest pending one whether due or not. One taker: the terms of
+    /// a claim do not apply, and the scheduler paces its own attempts.
     pub async fn due(
         &self,
         destination: &DestinationKey,
-        limit: usize,
-        _terms: ClaimTerms,
-        _held: &HashSet<i64>,
-        _sending: usize,
-    ) -> Result<Vec<DueDelivery>, SpoolError> {
+        take: Take<'_>,
+    ) -> Result<Taken, SpoolError> {
         let queue = self.queue.clone();
         let destination = destination.clone();
-        blocking(move || queue.due(&destination, now_ms(), limit)).await
+        let (until, limit) = if take.probe {
+            (i64::MAX, 1)
+        } else {
+            (now_ms(), take.limit)
+        };
+        let deliveries = blocking(move || queue.due(&destination, until, limit)).await?;
+        Ok(Taken {
+            deliveries,
+            ..Taken::default()
+        })
     }
 
     /// When the next pending delivery to `destination` falls due (unix ms), if any.

@@ -10,7 +10,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::schema;
 use crate::spool::INLINE_BODY_MAX;
-use crate::types::{DestinationKey, DueDelivery};
+use crate::types::{Availability, DestinationKey, DueDelivery};
 
 /// A shared read connection.
 #[derive(Clone)]
@@ -91,6 +91,11 @@ impl Queue {
             )?
             .query_row([destination.as_str()], |r| r.get(0))
         })
+    }
+
+    /// The stored state of `destination` (up or down).
+    pub fn availability(&self, destination: &DestinationKey) -> rusqlite::Result<Availability> {
+        self.with(|conn| super::availability::load(conn, destination))
     }
 
     /// The body delivery `seq` sends: its own (narrowed, split), else its event's.

@@ -122,6 +122,14 @@ CREATE TABLE IF NOT EXISTS dedup (
     seen_at   INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS dedup_seen ON dedup(seen_at);
+-- Whether each destination is up or down (types::Availability), kept across restarts.
+CREATE TABLE IF NOT EXISTS destinations (
+    destination   TEXT    PRIMARY KEY,
+    failures      INTEGER NOT NULL DEFAULT 0,
+    down_since    INTEGER,
+    next_probe_at INTEGER,
+    failed_probes INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
 ";
 
 /// The layout version this build reads and writes (`PRAGMA user_version`).
@@ -131,8 +139,8 @@ CREATE INDEX IF NOT EXISTS dedup_seen ON dedup(seen_at);
 /// echo, an unsend and an edit from the message they are about; 5: delivery state in
 /// `deliveries` (one row per event, destination and part), with an `attempts` history;
 /// 6: each event's route, due deliveries indexed per destination, and a delivery's own
-/// (narrowed or split) body and signatures.
-pub const SCHEMA_VERSION: i64 = 6;
+/// (narrowed or split) body and signatures; 7: whether each destination is up or down.
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// The dedup keys of a stored body under this build's identity rules, for the upgrade
 /// of a spool written with older ones. The spool does not know those rules: the daemon

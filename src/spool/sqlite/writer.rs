@@ -9,6 +9,7 @@
 //! bounded: when it is full the event is left to delivery's scan of the spool, which
 //! finds every pending event; nothing depends on the hand-over.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -18,11 +19,14 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBe
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
+use super::availability;
 use crate::spool::{
-    now_ms, Command, NewEvent, Outcome, Spool, SpoolError, SpoolHealth, Stored, WriterSettings,
-    INLINE_BODY_MAX, RETRY_NOW_CHUNK,
+    now_ms, Command, NewEvent, Outcome, Recorded, Spool, SpoolError, SpoolHealth, Stored,
+    WriterSettings, INLINE_BODY_MAX, RETRY_NOW_CHUNK,
 };
-use crate::types::{AttemptReport, DeliveryState, DueDelivery, NewDelivery};
+use crate::types::{
+    AttemptReport, Availability, DeliveryState, DestinationKey, DueDelivery, NewDelivery,
+};
 
 /// Most requests in one transaction.
 const MAX_BATCH: usize = 1024;
@@ -154,8 +158,8 @@ fn run(
 enum Applied {
     /// Stored or recognised, with the new event's deliveries (none for a duplicate).
     Accepted(Stored, Vec<Inserted>),
-    /// A delivery outcome was recorded.
-    Recorded,
+    /// A delivery outcome was recorded, with what it did to its destination.
+    Recorded(Recorded),
     /// This many pending events were made due now.
     MadeDue(usize),
     /// Nothing to do (closing).
@@ -175,6 +179,8 @@ fn commit_batch(
     let result = (|| -> rusqlite::Result<Vec<Applied>> {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut results = Vec::with_capacity(batch.len());
+        // Each destination's state, read once and written once per batch.
+        let mut states: HashMap<DestinationKey, Availability> = HashMap::new();
         for cmd in batch.iter() {
             results.push(match cmd {
                 Command::Accept { event, .. } => {
@@ -183,13 +189,32 @@ fn commit_batch(
                 }
                 Command::Record {
                     seq,
+                    destination,
                     attempts,
                     outcome,
                     report,
+                    signal,
                     ..
                 } => {
                     record_one(&tx, *seq, *attempts, outcome, report, now)?;
-                    Applied::Recorded
+                    let before = match states.get(destination) {
+                        Some(state) => *state,
+                        None => availability::load(&tx, destination)?,
+                    };
+                    let after = before.after(signal, now);
+                    states.insert(destination.clone(), after);
+                    let expired = match &signal.expire {
+                        Some(expiry) if signal.probe && after.is_down() => {
+                            availability::expire(&tx, destination, expiry, *seq, now)?
+                        }
+                        _ => 0,
+                    };
+                    Applied::Recorded(Recorded {
+                        availability: after,
+                        came_up: before.is_down() && !after.is_down(),
+                        went_down: !before.is_down() && after.is_down(),
+                        expired,
+                    })
                 }
                 Command::RetryNow { destination, .. } => Applied::MadeDue(
                     tx.prepare_cached(
@@ -206,6 +231,9 @@ fn commit_batch(
                 ),
                 Command::Close => Applied::Nothing,
             });
+        }
+        for (destination, state) in &states {
+            availability::save(&tx, destination, state)?;
         }
         tx.commit()?;
         Ok(results)
@@ -224,8 +252,11 @@ fn commit_batch(
                         }
                         let _ = reply.send(Ok(stored));
                     }
+                    (Command::Record { reply, .. }, Applied::Recorded(recorded)) => {
+                        let _ = reply.send(Ok(recorded));
+                    }
                     (Command::Record { reply, .. }, _) => {
-                        let _ = reply.send(Ok(()));
+                        let _ = reply.send(Err(SpoolError::Commit("internal".into())));
                     }
                     (Command::RetryNow { reply, .. }, Applied::MadeDue(n)) => {
                         let _ = reply.send(Ok(n));
