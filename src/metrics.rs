@@ -1,6 +1,7 @@
 //! Prometheus metrics (`GET /metrics` on the admin listener), with prometheus-client.
 //! Counters and histograms are updated as requests and deliveries happen; the spool's
-//! gauges (depth by state, oldest pending event, dedup keys) are read at scrape time.
+//! gauges (depth by state, oldest pending event, dedup keys) are read at scrape time, as
+//! are readiness and the status page's verdict.
 
 use std::fmt::Write as _;
 use std::sync::atomic::AtomicU64;
@@ -187,6 +188,7 @@ pub struct Metrics {
     claimed: Family<InstanceLabels, Gauge>,
     unrouted: Family<RouteLabels, Counter>,
     needs_attention: Gauge,
+    ready: Gauge,
     last_hour: LastHour<{ RequestOutcome::ALL.len() }>,
 }
 
@@ -280,9 +282,16 @@ impl Metrics {
             "1 when something needs the operator's attention (dead deliveries, a destination failing, delivery behind), as the status page's top line says; else 0",
             needs_attention.clone(),
         );
+        let ready = Gauge::default();
+        registry.register(
+            "ready",
+            "1 when xhubd is ready (the spool's last commit succeeded and delivery runs), as /readyz answers 200; else 0",
+            ready.clone(),
+        );
         Metrics {
             last_hour: LastHour::default(),
             needs_attention,
+            ready,
             unrouted,
             registry: Mutex::new(registry),
             requests,
@@ -350,8 +359,9 @@ impl Metrics {
             .observe(seconds);
     }
 
-    /// The text exposition, with the spool's gauges set from `stats`, and
-    /// `xhubd_needs_attention` from the status page's verdict (`all_well`). Every
+    /// The text exposition, with the spool's gauges set from `stats`,
+    /// `xhubd_needs_attention` from the status page's verdict (`all_well`) and
+    /// `xhubd_ready` from `/readyz`'s (`ready`). Every
     /// destination in `configured` has its per-destination gauges, 0 when the spool holds
     /// nothing for it, so that an alert can tell zero from absent.
     pub fn render(
@@ -359,8 +369,10 @@ impl Metrics {
         stats: &SpoolStats,
         configured: &[DestinationKey],
         all_well: bool,
+        ready: bool,
     ) -> String {
         self.needs_attention.set(i64::from(!all_well));
+        self.ready.set(i64::from(ready));
         for (state, count) in [
             ("pending", stats.pending),
             ("delivered", stats.delivered),
