@@ -203,6 +203,10 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("xhubd");
         let requests = Family::<OutcomeLabels, Counter>::default();
+        // Every outcome reads 0 from the start, so that `increase()` sees its first one.
+        for outcome in RequestOutcome::ALL {
+            let _ = requests.get_or_create(&OutcomeLabels { outcome });
+        }
         registry.register(
             "requests",
             "Requests on the webhook listener, by outcome",
