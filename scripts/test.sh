@@ -8,8 +8,9 @@
 # their TLS client, systemd for systemd-analyze and systemd-socket-activate, dpkg-dev
 # for the package's dependencies, chromium and chromium-driver for the status page's
 # browser test, postgresql for the shared spool's tests (a throw-away cluster of their
-# own; the package's cluster is left alone). SQLite is bundled; cargo-deb comes from
-# crates.io.
+# own; the package's cluster is left alone), prometheus for promtool, which checks and
+# unit-tests the shipped alert rules (tests/prometheus_rules.rs; the package's own
+# Prometheus server is not used). SQLite is bundled; cargo-deb comes from crates.io.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +23,7 @@ command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
 # The PostgreSQL spool's tests start a throw-away cluster with initdb and pg_ctl.
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+command -v promtool >/dev/null || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -1,6 +1,7 @@
 //! Prometheus metrics (`GET /metrics` on the admin listener), with prometheus-client.
 //! Counters and histograms are updated as requests and deliveries happen; the spool's
-//! gauges (depth by state, oldest pending event, dedup keys) are read at scrape time.
+//! gauges (depth by state, oldest pending event, dedup keys) are read at scrape time, as
+//! are readiness and the status page's verdict.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -190,6 +191,7 @@ pub struct Metrics {
     rate_limited: Family<DestinationLabels, Counter>,
     unrouted: Family<RouteLabels, Counter>,
     needs_attention: Gauge,
+    ready: Gauge,
     last_hour: LastHour<{ RequestOutcome::ALL.len() }>,
     flows: Mutex<HashMap<DestinationKey, Arc<LastHour<{ Flow::ALL.len() }>>>>,
 }
@@ -230,6 +232,10 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("xhubd");
         let requests = Family::<OutcomeLabels, Counter>::default();
+        // Every outcome reads 0 from the start, so that `increase()` sees its first one.
+        for outcome in RequestOutcome::ALL {
+            let _ = requests.get_or_create(&OutcomeLabels { outcome });
+        }
         registry.register(
             "requests",
             "Requests on the webhook listener, by outcome",
@@ -321,10 +327,17 @@ impl Metrics {
             "1 when something needs the operator's attention (dead deliveries, a destination failing, delivery behind), as the status page's top line says; else 0",
             needs_attention.clone(),
         );
+        let ready = Gauge::default();
+        registry.register(
+            "ready",
+            "1 when xhubd is ready (the spool's last commit succeeded and delivery runs), as /readyz answers 200; else 0",
+            ready.clone(),
+        );
         Metrics {
             last_hour: LastHour::default(),
             flows: Mutex::default(),
             needs_attention,
+            ready,
             unrouted,
             registry: Mutex::new(registry),
             requests,
@@ -438,18 +451,20 @@ impl Metrics {
             .inc();
     }
 
-    /// The text exposition, with the spool's gauges set from `stats`, and
-    /// `xhubd_needs_attention` from the status page's verdict (`all_well`). Every
-    /// destination in `configured` (with whether it is up) has its per-destination
-    /// gauges, 0 when the spool holds nothing for it, so that an alert can tell zero
-    /// from absent.
+    /// The text exposition, with the spool's gauges set from `stats`,
+    /// `xhubd_needs_attention` from the status page's verdict (`all_well`) and
+    /// `xhubd_ready` from `/readyz`'s (`ready`). Every destination in `configured` (with
+    /// whether it is up) has its per-destination gauges, 0 when the spool holds nothing
+    /// for it, so that an alert can tell zero from absent.
     pub fn render(
         &self,
         stats: &SpoolStats,
         configured: &[(DestinationKey, bool)],
         all_well: bool,
+        ready: bool,
     ) -> String {
         self.needs_attention.set(i64::from(!all_well));
+        self.ready.set(i64::from(ready));
         for (state, count) in [
             ("pending", stats.pending),
             ("delivered", stats.delivered),

@@ -56,7 +56,8 @@ fn value(scrape: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &st
 }
 
 /// Before any event, every configured destination already has its gauges at 0 (and
-/// its route the unrouted counter), so an alert tells zero from absent.
+/// its route the unrouted counter), and every request outcome its counter, so an alert
+/// tells zero from absent; a ready xhubd says so as `xhubd_ready 1`.
 #[test]
 fn every_destination_has_its_series_from_the_start() {
     let up = Upstream::start();
@@ -74,6 +75,21 @@ fn every_destination_has_its_series_from_the_start() {
             "{name}"
         );
     }
+    assert_eq!(value(&scrape, "xhubd_ready", None), 1.0, "as /readyz says");
+    // Every outcome too: the shipped alert's increase() sees the first spool error.
+    for outcome in xhubd::metrics::RequestOutcome::ALL {
+        assert_eq!(
+            value(
+                &scrape,
+                "xhubd_requests_total",
+                Some(("outcome", outcome.as_str()))
+            ),
+            0.0,
+            "{}",
+            outcome.as_str()
+        );
+    }
+    assert_eq!(admin.get("/readyz").status, 200);
 }
 
 both_spools!(metrics_count_what_was_sent);

@@ -1,5 +1,6 @@
-//! Operating behaviour: a spool that cannot commit answers 503 and recovers (on both
-//! spools), JSON logs, and the health listener.
+//! Operating behaviour: a spool that cannot commit answers 503, reads not ready (on
+//! `/readyz` and as `xhubd_ready`) and recovers (on both spools), JSON logs, and the
+//! health listener.
 
 mod common;
 
@@ -48,6 +49,7 @@ fn a_failed_commit_answers_503_stores_nothing_and_recovers(spool: &Spool) {
     );
     let admin = Target::Tcp(format!("127.0.0.1:{admin_port}").parse().unwrap());
     assert_eq!(admin.get("/readyz").status, 200);
+    assert_eq!(ready_gauge(&admin), "1");
 
     refuse_inserts(&x, true);
     let body = whatsapp_message("wamid.FAIL");
@@ -55,6 +57,11 @@ fn a_failed_commit_answers_503_stores_nothing_and_recovers(spool: &Spool) {
     assert_eq!(answer.status, 503);
     assert!(!answer.text().is_empty());
     assert_eq!(admin.get("/readyz").status, 503);
+    assert_eq!(
+        ready_gauge(&admin),
+        "0",
+        "xhubd_ready says what /readyz says"
+    );
     assert_eq!(x.count("SELECT COUNT(*) FROM events"), 0);
     assert_eq!(
         x.count("SELECT COUNT(*) FROM dedup"),
@@ -67,10 +74,23 @@ fn a_failed_commit_answers_503_stores_nothing_and_recovers(spool: &Spool) {
     refuse_inserts(&x, false);
     assert_eq!(x.target.post_signed(&body).status, 200);
     assert_eq!(admin.get("/readyz").status, 200);
+    assert_eq!(ready_gauge(&admin), "1");
     let got = up.wait_for(1, Duration::from_secs(20));
     assert_eq!(got[0].body.as_ref(), &body[..]);
     assert_eq!(admin.get("/healthz").status, 200);
     assert_eq!(admin.get("/nope").status, 404);
+}
+
+/// The value of `xhubd_ready` on the admin listener's `/metrics`.
+fn ready_gauge(admin: &Target) -> String {
+    let answer = admin.get("/metrics");
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    answer
+        .text()
+        .lines()
+        .find_map(|l| l.strip_prefix("xhubd_ready "))
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("no xhubd_ready in /metrics:\n{}", answer.text()))
 }
 
 fn whatsapp_message(id: &str) -> Vec<u8> {

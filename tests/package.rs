@@ -1,6 +1,7 @@
 //! The Debian package built by `scripts/package.sh` (which `scripts/test.sh` runs before
-//! the tests) holds the binary, both units, the Nginx files, the conffiles, man pages
-//! and completions, and what it ships is what this tree holds.
+//! the tests) holds the binary, both units, the Nginx files, the conffiles, man pages,
+//! completions, the Prometheus rules and the Grafana dashboard, and what it ships is
+//! what this tree holds.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -75,6 +76,9 @@ fn the_package_holds_everything_an_operator_needs() {
         "./usr/share/zsh/vendor-completions/_xhubd",
         "./usr/share/fish/vendor_completions.d/xhubd.fish",
         "./usr/share/doc/xhubd/README.md",
+        "./usr/share/xhubd/prometheus/xhubd.rules.yml",
+        "./usr/share/xhubd/prometheus/xhubd.rules.test.yml",
+        "./usr/share/xhubd/grafana/xhubd.json",
     ] {
         assert!(
             listing.lines().any(|l| l.ends_with(path)),
@@ -174,6 +178,18 @@ fn the_package_holds_everything_an_operator_needs() {
         ("etc/nginx/sites-available/xhubd", "nginx/xhubd.conf"),
         ("etc/default/xhubd", "debian/xhubd.default"),
         ("etc/xhubd/xhubd.toml", "debian/xhubd.toml"),
+        (
+            "usr/share/xhubd/prometheus/xhubd.rules.yml",
+            "contrib/prometheus/xhubd.rules.yml",
+        ),
+        (
+            "usr/share/xhubd/prometheus/xhubd.rules.test.yml",
+            "contrib/prometheus/xhubd.rules.test.yml",
+        ),
+        (
+            "usr/share/xhubd/grafana/xhubd.json",
+            "contrib/grafana/xhubd.json",
+        ),
     ] {
         assert_eq!(
             packaged_file(&deb, packaged),

@@ -129,18 +129,23 @@ impl Admin {
     }
 
     fn readyz(&self) -> Answer {
+        match self.readiness() {
+            Ok(()) => text(StatusCode::OK, "ready"),
+            Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, why),
+        }
+    }
+
+    /// Ready, or why not: what `/readyz`, the status page and `xhubd_ready` say.
+    fn readiness(&self) -> Result<(), &'static str> {
         let health = self.store.health();
         if !health.writer_running.load(Ordering::Relaxed) {
-            text(StatusCode::SERVICE_UNAVAILABLE, "spool writer not running")
+            Err("spool writer not running")
         } else if !health.last_commit_ok.load(Ordering::Relaxed) {
-            text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "spool: the last commit failed",
-            )
+            Err("spool: the last commit failed")
         } else if !self.delivering() {
-            text(StatusCode::SERVICE_UNAVAILABLE, "delivery not running")
+            Err("delivery not running")
         } else {
-            text(StatusCode::OK, "ready")
+            Ok(())
         }
     }
 
@@ -170,7 +175,12 @@ impl Admin {
                 respond(
                     StatusCode::OK,
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    self.metrics.render(&stats, &configured, verdict.all_well()),
+                    self.metrics.render(
+                        &stats,
+                        &configured,
+                        verdict.all_well(),
+                        self.readiness().is_ok(),
+                    ),
                 )
             }
             Err(answer) => answer,
@@ -214,7 +224,7 @@ impl Admin {
                             status: v.status,
                         })
                         .collect::<Vec<_>>(),
-                    ready: self.store.health().is_ready() && self.delivering(),
+                    ready: self.readiness().is_ok(),
                     verdict: &verdict,
                     requests: &self.metrics.requests_last_hour(),
                     spool: &self.store.describe(),
