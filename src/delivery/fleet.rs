@@ -279,6 +279,8 @@ fn same_delivery(a: &Destination, b: &Destination) -> bool {
         && a.retry_for == b.retry_for
         && a.retry_initial == b.retry_initial
         && a.retry_max_delay == b.retry_max_delay
+        && a.order == b.order
+        && a.order_hold == b.order_hold
         && a.headers == b.headers
         && a.tls == b.tls
 }
