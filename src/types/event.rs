@@ -43,6 +43,11 @@ pub struct NewDelivery {
     pub signature: Option<String>,
     /// The `X-Hub-Signature` to send with a re-signed body (when Meta sent one).
     pub signature_sha1: Option<String>,
+    /// The conversations it belongs to, for a destination with `order =
+    /// "conversation"` (`whatsapp:<id>`, `messenger:<id>`, `entry:<id>`, ...; see
+    /// `webhook::conversation`), each once; empty otherwise. It is not sent before the
+    /// earlier pending deliveries to its destination that share one of them.
+    pub conversations: Vec<String>,
 }
 
 /// What the store did with an event.
