@@ -21,7 +21,7 @@ use super::status::{UpstreamSnapshot, UpstreamStatus};
 use super::upstream::Upstream;
 use super::Delivery;
 use crate::config::redacted_url;
-use crate::config::routes::{Destination, Route};
+use crate::config::routes::{Destination, Order, Route};
 use crate::metrics::Metrics;
 use crate::spool::{ClaimTerms, Store};
 use crate::types::{DestinationKey, DueDelivery};
@@ -197,6 +197,8 @@ impl Fleet {
                 terms: ClaimTerms {
                     concurrency: destination.concurrency,
                     lease: destination.timeout + LEASE_MARGIN,
+                    order: (destination.order == Order::Conversation)
+                        .then_some(destination.order_hold),
                 },
                 running: running_flag.clone(),
                 metrics: self.metrics.clone(),

@@ -310,6 +310,7 @@ impl Delivery {
                         Outcome::Retry {
                             next_attempt_at,
                             error,
+                            release_conversations: false,
                         }
                     }
                     None => {

@@ -12,6 +12,7 @@ pub mod state;
 
 pub use dedup::{DedupKey, DedupKeys};
 pub use event::{
-    AttemptReport, DestinationKey, DueDelivery, NewDelivery, NewEvent, Outcome, Stored,
+    AttemptReport, ConversationHold, DestinationKey, DueDelivery, NewDelivery, NewEvent, Outcome,
+    Stored,
 };
 pub use state::{DeliveryState, EventState};

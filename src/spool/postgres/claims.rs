@@ -15,6 +15,7 @@ use tokio_postgres::types::ToSql;
 
 use super::connect::error_text;
 use super::schema::LOCK_CLASS;
+use crate::spool::conversations;
 use crate::spool::{now_ms, ClaimTerms, SpoolError, INLINE_BODY_MAX};
 use crate::types::{DestinationKey, DueDelivery};
 
@@ -59,7 +60,14 @@ pub(super) async fn claim(
     let limit = limit.min(terms.concurrency) as i64;
     let concurrency = terms.concurrency as i64;
     let lock = client.prepare_cached("SELECT pg_advisory_xact_lock($1, hashtext($2))");
-    let claim = client.prepare_cached(
+    // A destination that keeps order takes no delivery its conversation holds ($11: now
+    // less its order_hold); the lock above makes that hold across instances.
+    let hold_cutoff = terms.hold_cutoff(now);
+    let ordered = match hold_cutoff {
+        Some(_) => format!("AND {}", conversations::not_held("deliveries.seq", "$11")),
+        None => String::new(),
+    };
+    let claim_sql = format!(
         "WITH live AS (
              SELECT count(*) AS n FROM deliveries
              WHERE state = 0 AND destination = $1 AND claimed_by IS NOT NULL
@@ -72,6 +80,7 @@ pub(super) async fn claim(
              WHERE state = 0 AND destination = $1 AND next_attempt_at <= $3
                AND (claimed_by IS NULL OR lease_until <= $3
                     OR (claimed_by = $2 AND seq <> ALL($8)))
+               {ordered}
              ORDER BY next_attempt_at, seq
              LIMIT GREATEST(0, LEAST($4, $5::bigint - $9::bigint - (SELECT n FROM live)))
              FOR UPDATE SKIP LOCKED),
@@ -89,23 +98,28 @@ pub(super) async fn claim(
          FROM claimed c JOIN events e ON e.seq = c.event_seq
          ORDER BY c.next_attempt_at, c.seq",
     );
+    let claim = client.prepare_cached(&claim_sql);
     let (lock, claim) = futures_util::future::try_join(lock, claim)
         .await
         .map_err(read_error)?;
     let key = destination.as_str();
     let lock_params: [&(dyn ToSql + Sync); 2] = [&LOCK_CLASS, &key];
-    let params: [&(dyn ToSql + Sync); 10] = [
-        &destination.as_str(),
+    let inline = INLINE_BODY_MAX as i64;
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![
+        &key,
         &instance,
         &now,
         &limit,
         &concurrency,
         &lease_until,
-        &(INLINE_BODY_MAX as i64),
+        &inline,
         &held,
         &sending,
         &renew_before,
     ];
+    if let Some(cutoff) = &hold_cutoff {
+        params.push(cutoff);
+    }
     // One transaction sent at once and run in this order, so the destination's lock is
     // held only while the server runs it, not for a round trip to here. Should a
     // statement fail, the rest fail too and COMMIT ends the transaction as a rollback.
@@ -114,7 +128,7 @@ pub(super) async fn claim(
     let (_, _, rows, _) = futures_util::try_join!(
         client.batch_execute("BEGIN; SET LOCAL synchronous_commit = off"),
         client.execute(&lock, &lock_params),
-        client.query(&claim, &params),
+        client.query(&claim, &params[..]),
         client.batch_execute("COMMIT"),
     )
     .map_err(|e| {

@@ -32,8 +32,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::views::{EventDetail, EventSummary, ListFilter, Replay, SpoolStats};
-use super::{ClaimTerms, Command, Spool, SpoolError, SpoolHealth, WriterSettings};
-use crate::types::{AttemptReport, DestinationKey, DueDelivery, NewEvent, Outcome, Stored};
+use super::{conversations, ClaimTerms, Command, Spool, SpoolError, SpoolHealth, WriterSettings};
+use crate::types::{
+    AttemptReport, ConversationHold, DestinationKey, DueDelivery, NewEvent, Outcome, Stored,
+};
 pub use connect::PgTarget;
 
 /// Connections in the pool for claims and the operator's views.
@@ -207,6 +209,41 @@ impl PgStore {
         destination: &DestinationKey,
     ) -> Result<Option<i64>, SpoolError> {
         claims::next_due_at(&self.pool, destination).await
+    }
+
+    /// See [`crate::spool::Store::next_retry_at`].
+    pub async fn next_retry_at(
+        &self,
+        destination: &DestinationKey,
+    ) -> Result<Option<i64>, SpoolError> {
+        let c = self.client().await?;
+        let now = crate::spool::now_ms();
+        let stmt = c
+            .prepare_cached(conversations::NEXT_RETRY)
+            .await
+            .map_err(claims::read_error)?;
+        let row = c
+            .query_one(&stmt, &[&destination.as_str(), &now])
+            .await
+            .map_err(claims::read_error)?;
+        row.try_get(0).map_err(claims::read_error)
+    }
+
+    /// See [`crate::spool::Store::conversation_hold`].
+    pub async fn conversation_hold(&self, seq: i64) -> Result<ConversationHold, SpoolError> {
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached(conversations::HOLD)
+            .await
+            .map_err(claims::read_error)?;
+        let row = c
+            .query_one(&stmt, &[&seq])
+            .await
+            .map_err(claims::read_error)?;
+        Ok(ConversationHold {
+            keys: row.try_get::<_, i64>(0).map_err(claims::read_error)? as usize,
+            failed_at: row.try_get(1).map_err(claims::read_error)?,
+        })
     }
 
     /// See [`crate::spool::Store::body`].

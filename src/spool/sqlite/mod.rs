@@ -30,7 +30,9 @@ use tokio::sync::{mpsc, watch};
 
 use super::views::{EventDetail, EventSummary, ListFilter, Replay, SpoolStats};
 use super::{now_ms, ClaimTerms, Spool, SpoolError, SpoolHealth, WriterSettings};
-use crate::types::{AttemptReport, DestinationKey, DueDelivery, NewEvent, Outcome, Stored};
+use crate::types::{
+    AttemptReport, ConversationHold, DestinationKey, DueDelivery, NewEvent, Outcome, Stored,
+};
 use checkpoint::Checkpointer;
 use queue::Queue;
 use schema::Rekey;
@@ -117,18 +119,38 @@ impl SqliteStore {
     }
 
     /// Up to `limit` pending deliveries to `destination` due now, oldest first (one
-    /// taker: the terms of a claim do not apply).
+    /// taker: of the terms of a claim only the order applies).
     pub async fn due(
         &self,
         destination: &DestinationKey,
         limit: usize,
-        _terms: ClaimTerms,
+        terms: ClaimTerms,
         _held: &HashSet<i64>,
         _sending: usize,
     ) -> Result<Vec<DueDelivery>, SpoolError> {
         let queue = self.queue.clone();
         let destination = destination.clone();
-        blocking(move || queue.due(&destination, now_ms(), limit)).await
+        blocking(move || {
+            let now = now_ms();
+            queue.due(&destination, now, limit, terms.hold_cutoff(now))
+        })
+        .await
+    }
+
+    /// See [`crate::spool::Store::next_retry_at`].
+    pub async fn next_retry_at(
+        &self,
+        destination: &DestinationKey,
+    ) -> Result<Option<i64>, SpoolError> {
+        let queue = self.queue.clone();
+        let destination = destination.clone();
+        blocking(move || queue.next_retry_at(&destination, now_ms())).await
+    }
+
+    /// See [`crate::spool::Store::conversation_hold`].
+    pub async fn conversation_hold(&self, seq: i64) -> Result<ConversationHold, SpoolError> {
+        let queue = self.queue.clone();
+        blocking(move || queue.hold(seq)).await
     }
 
     /// When the next pending delivery to `destination` falls due (unix ms), if any.
