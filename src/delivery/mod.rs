@@ -16,6 +16,13 @@
 //! upstream makes every pending event due at once: the backlog goes as fast as the
 //! upstream takes it, not as each event's backoff happens to run out.
 //!
+//! For a destination that keeps conversations in order (`order = "conversation"`), the
+//! spool decides what may be taken (`spool::conversations`): every delivery comes from
+//! a scan, none from the fresh queue, and a scan follows every attempt that ends, since
+//! that may free the next delivery of its conversation. A delivery that keeps failing
+//! stops holding its conversation `order_hold` after its first failed attempt; the
+//! first attempt after that says so (a log line, a metric) and its record releases it.
+//!
 //! An event is *claimed* from the moment it is taken (from either source) until its
 //! outcome is committed, so it is never sent twice at once. A fresh event whose row
 //! number is not above every row number a scan has claimed is skipped: that scan may
@@ -149,6 +156,7 @@ impl Delivery {
         let mut scan_now = true;
         let mut next_scan = TokioInstant::now();
         let mut failures_in_a_row: u32 = 0;
+        let ordered = this.terms.order.is_some();
         while !shutdown.is_cancelled() {
             // Where taken deliveries count against the concurrency in the store, a scan
             // while this instance's attempts fill it could take nothing: the next
@@ -170,7 +178,7 @@ impl Delivery {
                             // Scan again once these are on their way (the next finds
                             // them claimed, or what fell due meanwhile).
                             next_scan = TokioInstant::now();
-                        } else if fetched > 0 {
+                        } else if fetched > 0 && !ordered {
                             next_scan = TokioInstant::now() + BUSY_POLL;
                         } else {
                             next_scan = TokioInstant::now() + self_wait(&this).await;
@@ -206,6 +214,10 @@ impl Delivery {
                         if let Some(at) = done.due_again {
                             next_scan = next_scan.min(instant_at(at));
                         }
+                        if ordered {
+                            // The next delivery of its conversation may be free now.
+                            next_scan = TokioInstant::now();
+                        }
                         if !done.answered {
                             failures_in_a_row = failures_in_a_row.saturating_add(1);
                         } else {
@@ -222,7 +234,12 @@ impl Delivery {
                     let (Ok(permit), Some(event)) = (permit, claims.ready.pop_front()) else { break };
                     tokio::spawn(this.clone().attempt(event, permit, done_tx.clone(), sent.clone()));
                 }
-                Some(event) = fresh.recv(), if room => claims.offer_fresh(event),
+                // Where conversations keep order, only a scan knows what may go.
+                Some(event) = fresh.recv(), if room => if ordered {
+                    scan_now = true;
+                } else {
+                    claims.offer_fresh(event);
+                },
                 Ok(()) = wakeups.changed() => scan_now = true,
                 // An attempt ended: room for another claim where claims count.
                 _ = sent.notified(), if this.store.claims_hold_concurrency() => scan_now = true,
@@ -276,6 +293,7 @@ impl Delivery {
         sent: Arc<Notify>,
     ) {
         let attempts = event.attempts + 1;
+        let release_conversations = self.hold_ran_out(&event).await;
         let started = Instant::now();
         let (result, report) = match self.body_of(&event).await {
             Ok(body) => self.upstream.send(&event, attempts, body).await,
@@ -310,7 +328,7 @@ impl Delivery {
                         Outcome::Retry {
                             next_attempt_at,
                             error,
-                            release_conversations: false,
+                            release_conversations,
                         }
                     }
                     None => {
@@ -358,6 +376,47 @@ impl Delivery {
         });
     }
 
+    /// Where conversations keep order: whether `event`, which failed before, still
+    /// holds its conversations though its `order_hold` ran out (then its record
+    /// releases them: they have not waited for it since then anyway). Says so, with a
+    /// log line and a metric, once per delivery: the record of this attempt ends the
+    /// hold whatever its outcome.
+    async fn hold_ran_out(&self, event: &DueDelivery) -> bool {
+        let Some(order_hold) = self.terms.order else {
+            return false;
+        };
+        if event.attempts == 0 {
+            return false;
+        }
+        let hold = match self.store.conversation_hold(event.seq).await {
+            Ok(hold) => hold,
+            Err(e) => {
+                debug!(delivery_id = %event.id, error = %e, "cannot read what the delivery holds of its conversations; looked at again at its next attempt");
+                return false;
+            }
+        };
+        let Some(failed_at) = hold.failed_at.filter(|_| hold.keys > 0) else {
+            return false;
+        };
+        let hold_ms = order_hold.as_millis().min(i64::MAX as u128) as i64;
+        let now = now_ms();
+        if failed_at.saturating_add(hold_ms) > now {
+            return false;
+        }
+        // The keys are users' phone numbers and ids: their count only.
+        warn!(
+            event_id = %event.event_id,
+            delivery_id = %event.id,
+            destination = %event.destination,
+            conversations = hold.keys,
+            failing_for_ms = now - failed_at,
+            attempts = event.attempts,
+            "order_hold ran out: the delivery stops holding its conversation; later deliveries of it go ahead, and it is retried out of order"
+        );
+        self.metrics.conversation_hold_released(&self.destination);
+        true
+    }
+
     async fn body_of(&self, event: &DueDelivery) -> anyhow::Result<Bytes> {
         if let Some(body) = &event.body {
             return Ok(body.clone());
@@ -392,8 +451,20 @@ fn instant_at(unix_ms: i64) -> TokioInstant {
 /// How long to sleep when a scan took nothing: until the next retry, at most
 /// [`IDLE_POLL`]. Where claims hold the concurrency, one due already was held
 /// elsewhere (another instance's claim, room taken by others): look again after
-/// [`BUSY_POLL`].
+/// [`BUSY_POLL`]. Where conversations keep order, until the next retry due later.
 async fn self_wait(this: &Delivery) -> Duration {
+    if this.terms.order.is_some() {
+        // What is due already may be held by its conversation: wait for a retry to
+        // fall due. An attempt that ends here asks for a scan by itself; another
+        // instance's, or an order_hold running out, is seen within IDLE_POLL.
+        return match this.store.next_retry_at(&this.destination).await {
+            Ok(Some(at)) => {
+                let ms = (at - now_ms()).clamp(0, IDLE_POLL.as_millis() as i64);
+                Duration::from_millis(ms as u64)
+            }
+            _ => IDLE_POLL,
+        };
+    }
     match this.store.next_due_at(&this.destination).await {
         Ok(Some(at)) if at <= now_ms() && this.store.claims_hold_concurrency() => BUSY_POLL,
         Ok(Some(at)) => {
