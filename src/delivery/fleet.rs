@@ -286,3 +286,44 @@ fn same_delivery(a: &Destination, b: &Destination) -> bool {
         && a.headers == b.headers
         && a.tls == b.tls
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::routes::{default_route, Defaults};
+    use crate::secret::Secret;
+
+    #[test]
+    fn a_change_of_order_or_order_hold_restarts_the_scheduler() {
+        let second = Duration::from_secs(1);
+        let defaults = Defaults {
+            concurrency: 1,
+            timeout: second,
+            retry_for: second,
+            retry_initial: second,
+            retry_max_delay: second,
+            order: Order::None,
+            order_hold: second,
+        };
+        let url = url::Url::parse("http://127.0.0.1:1/").unwrap();
+        let route = default_route(
+            Secret::new("t"),
+            vec![Secret::new("s")],
+            url,
+            None,
+            defaults,
+        );
+        let before = route.destinations[0].clone();
+        assert!(same_delivery(&before, &before.clone()));
+        let ordered = Destination {
+            order: Order::Conversation,
+            ..before.clone()
+        };
+        assert!(!same_delivery(&before, &ordered));
+        let longer = Destination {
+            order_hold: second * 2,
+            ..ordered.clone()
+        };
+        assert!(!same_delivery(&ordered, &longer));
+    }
+}

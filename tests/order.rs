@@ -1,0 +1,401 @@
+//! Order within a conversation (`order = "conversation"`, `--upstream-order`): a user's
+//! messages reach the backend one at a time, in the order xhubd accepted them, while
+//! an earlier one is retried; other users' messages do not wait; the order holds across
+//! `kill -9` and with two instances on one PostgreSQL spool; a delivery that keeps
+//! failing stops holding its conversation after `order_hold`, with a log line and a
+//! metric; bad settings are one line and exit status 2.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::faulty_upstream::{contains, FaultyUpstream, Hit, Mode};
+use common::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+/// Two WhatsApp users (their phone numbers are their conversation keys).
+const ALICE: &str = "4917600000001";
+const BOB: &str = "4917600000002";
+
+/// A WhatsApp notification of one text message `id` from `from`.
+fn message(from: &str, id: &str) -> Vec<u8> {
+    format!(
+        r#"{{"object":"whatsapp_business_account","entry":[{{"id":"102290129340398","changes":[{{"value":{{"messaging_product":"whatsapp","metadata":{{"display_phone_number":"15550783881","phone_number_id":"106540352242922"}},"contacts":[{{"profile":{{"name":"A user"}},"wa_id":"{from}"}}],"messages":[{{"from":"{from}","id":"{id}","timestamp":"1750000000","type":"text","text":{{"body":"hello"}}}}]}},"field":"messages"}}]}}]}}"#
+    )
+    .into_bytes()
+}
+
+/// One notification holding the messages `(from, id)`, each in a change of its own.
+fn batch(messages: &[(&str, &str)]) -> Vec<u8> {
+    let changes: Vec<String> = messages
+        .iter()
+        .map(|(from, id)| {
+            format!(
+                r#"{{"value":{{"messaging_product":"whatsapp","metadata":{{"phone_number_id":"106540352242922"}},"messages":[{{"from":"{from}","id":"{id}","timestamp":"1750000000","type":"text","text":{{"body":"hello"}}}}]}},"field":"messages"}}"#
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"object":"whatsapp_business_account","entry":[{{"id":"102290129340398","changes":[{}]}}]}}"#,
+        changes.join(",")
+    )
+    .into_bytes()
+}
+
+/// The requests that carried one of `ids`, in order of arrival, as (id, answer).
+fn sequence(up: &FaultyUpstream, ids: &[&str]) -> Vec<(String, Option<u16>)> {
+    up.hits()
+        .iter()
+        .filter_map(|h| {
+            let id = ids.iter().find(|id| contains(&h.body, id.as_bytes()))?;
+            Some(((*id).to_owned(), h.answered))
+        })
+        .collect()
+}
+
+/// The first request carrying `id` that was answered `status`.
+fn answered(up: &FaultyUpstream, id: &str, status: u16) -> Option<Hit> {
+    up.hits()
+        .into_iter()
+        .find(|h| contains(&h.body, id.as_bytes()) && h.answered == Some(status))
+}
+
+/// (id, 200) for each of `ids`.
+fn delivered(ids: &[&str]) -> Vec<(String, Option<u16>)> {
+    ids.iter().map(|id| ((*id).to_owned(), Some(200))).collect()
+}
+
+both_spools!(a_users_messages_arrive_one_at_a_time_in_order_and_others_do_not_wait);
+fn a_users_messages_arrive_one_at_a_time_in_order_and_others_do_not_wait(spool: &Spool) {
+    let up = FaultyUpstream::start(Mode::Status(200));
+    // Alice's first message fails twice, then is taken.
+    up.for_content(
+        b"wamid.A1",
+        &[Mode::Status(500), Mode::Status(500), Mode::Status(200)],
+    );
+    let x = Xhubd::start(
+        Options::new(&up.url("/wa"))
+            .spool(spool)
+            .retry("1s", "2s")
+            .arg("--upstream-order")
+            .arg("conversation"),
+    );
+    for id in ["wamid.A1", "wamid.A2", "wamid.A3"] {
+        assert_eq!(x.target.post_signed(&message(ALICE, id)).status, 200);
+    }
+    for id in ["wamid.B1", "wamid.B2"] {
+        assert_eq!(x.target.post_signed(&message(BOB, id)).status, 200);
+    }
+    wait_for(WAIT, "Alice's third message delivered", || {
+        answered(&up, "wamid.A3", 200).is_some()
+    });
+    // 1 after its retries, then 2, then 3: none sent before the one ahead was taken.
+    let alice = ["wamid.A1", "wamid.A2", "wamid.A3"];
+    let mut expected = vec![
+        ("wamid.A1".to_owned(), Some(500)),
+        ("wamid.A1".to_owned(), Some(500)),
+    ];
+    expected.extend(delivered(&alice));
+    assert_eq!(sequence(&up, &alice), expected);
+    // Bob's messages, sent after Alice's, went while her first was still failing.
+    let first_taken = answered(&up, "wamid.A1", 200).unwrap().at;
+    assert_eq!(
+        sequence(&up, &["wamid.B1", "wamid.B2"]),
+        delivered(&["wamid.B1", "wamid.B2"])
+    );
+    for id in ["wamid.B1", "wamid.B2"] {
+        let bob = answered(&up, id, 200).unwrap().at;
+        assert!(
+            bob < first_taken,
+            "{id} waited for Alice: {:?} after her first was taken",
+            bob - first_taken
+        );
+    }
+    // Each delivery kept its user as its key; none holds it any more.
+    assert_eq!(x.count("SELECT count(*) FROM conversations"), 5);
+    wait_for(WAIT, "every hold ended", || {
+        x.count("SELECT count(*) FROM conversations WHERE holding") == 0
+    });
+    assert_eq!(
+        x.count("SELECT count(DISTINCT key) FROM conversations"),
+        2,
+        "one key per user"
+    );
+}
+
+both_spools!(the_order_holds_across_kill_9);
+fn the_order_holds_across_kill_9(spool: &Spool) {
+    let up = FaultyUpstream::start(Mode::Status(200));
+    // The first attempt at the first message hangs until xhubd dies.
+    up.for_content(b"wamid.K1", &[Mode::Hang, Mode::Status(200)]);
+    let mut x = Xhubd::start(
+        Options::new(&up.url("/wa"))
+            .spool(spool)
+            .arg("--upstream-order")
+            .arg("conversation"),
+    );
+    let ids = ["wamid.K1", "wamid.K2", "wamid.K3"];
+    for id in ids {
+        assert_eq!(x.target.post_signed(&message(ALICE, id)).status, 200);
+    }
+    wait_for(WAIT, "the first message in flight", || up.in_flight() == 1);
+    x.kill9();
+    wait_for(WAIT, "the hung attempt closed", || up.in_flight() == 0);
+    x.spawn();
+    wait_for(WAIT, "the third message delivered", || {
+        answered(&up, "wamid.K3", 200).is_some()
+    });
+    let mut expected = vec![("wamid.K1".to_owned(), None)];
+    expected.extend(delivered(&ids));
+    assert_eq!(sequence(&up, &ids), expected);
+}
+
+both_spools!(a_delivery_that_keeps_failing_stops_holding_after_order_hold);
+fn a_delivery_that_keeps_failing_stops_holding_after_order_hold(spool: &Spool) {
+    let up = FaultyUpstream::start(Mode::Status(200));
+    up.for_content(b"wamid.H1", &[Mode::Status(500)]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("xhubd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[route]]
+name = "wa"
+path = "/wa"
+verify_token = "t"
+app_secret = "{APP_SECRET}"
+  [[route.destination]]
+  name = "bot"
+  url = "{}"
+  split = "item"
+  order = "conversation"
+  order_hold = "1s"
+  retry_initial = "200ms"
+  retry_max_delay = "400ms"
+"#,
+            up.url("/wa")
+        ),
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o640)).unwrap();
+    }
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let x = Xhubd::start(
+        Options::config(config.to_str().unwrap())
+            .spool(spool)
+            .arg("--admin-listen")
+            .arg(&admin.to_string()),
+    );
+    let admin = Target::Tcp(admin);
+    let post = |body: &[u8]| {
+        x.target.request(
+            "POST",
+            "/wa",
+            &[("X-Hub-Signature-256", &sign(APP_SECRET, body))],
+            body,
+        )
+    };
+    // One notification for two users (split: a delivery each), then Alice's second.
+    assert_eq!(
+        post(&batch(&[(ALICE, "wamid.H1"), (BOB, "wamid.D1")])).status,
+        200
+    );
+    assert_eq!(post(&message(ALICE, "wamid.H2")).status, 200);
+    wait_for(WAIT, "Alice's second message delivered", || {
+        answered(&up, "wamid.H2", 200).is_some()
+    });
+    let first_failure = answered(&up, "wamid.H1", 500).unwrap().at;
+    let second = answered(&up, "wamid.H2", 200).unwrap().at;
+    let bob = answered(&up, "wamid.D1", 200).unwrap().at;
+    assert!(bob < second, "Bob waited for Alice");
+    let waited = second - first_failure;
+    assert!(
+        waited >= Duration::from_millis(950),
+        "the second went {waited:?} after the first failed, inside order_hold"
+    );
+    // The first keeps failing, out of order now.
+    wait_for(WAIT, "the first retried after the second went", || {
+        up.hits()
+            .iter()
+            .any(|h| contains(&h.body, b"wamid.H1") && h.at > second)
+    });
+    let metrics = || admin.get("/metrics").text();
+    wait_for(WAIT, "the release counted", || {
+        metrics()
+            .contains("xhubd_conversation_holds_released_total{route=\"wa\",destination=\"bot\"} 1")
+    });
+    // Said once, with the count of conversations, never the user's number.
+    let retried_at = Instant::now();
+    wait_for(WAIT, "two more attempts at the first", || {
+        up.hits()
+            .iter()
+            .filter(|h| contains(&h.body, b"wamid.H1") && h.at > retried_at)
+            .count()
+            >= 2
+    });
+    let logs = x.logs();
+    let lines: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("order_hold ran out"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{logs}");
+    assert!(lines[0].contains("conversations=1"), "{}", lines[0]);
+    assert!(!logs.contains(ALICE), "a user's number in the logs: {logs}");
+    assert!(metrics()
+        .contains("xhubd_conversation_holds_released_total{route=\"wa\",destination=\"bot\"} 1"));
+    assert_eq!(
+        x.count("SELECT count(*) FROM deliveries WHERE state = 0"),
+        1,
+        "the first is still pending"
+    );
+}
+
+#[test]
+fn two_instances_on_one_database_keep_a_conversation_in_order() {
+    let spool = Spool::postgres();
+    let up = FaultyUpstream::start(Mode::Slow(Duration::from_millis(30), 200));
+    up.for_content(
+        b"wamid.E1",
+        &[Mode::Status(500), Mode::Status(500), Mode::Status(200)],
+    );
+    let start = |name: &str| {
+        Xhubd::start(
+            Options::new(&up.url("/wa"))
+                .spool(&spool)
+                .retry("300ms", "600ms")
+                .arg("--instance-name")
+                .arg(name)
+                .arg("--upstream-order")
+                .arg("conversation"),
+        )
+    };
+    let (a, b) = (start("a"), start("b"));
+    let alice: Vec<String> = (1..=8).map(|i| format!("wamid.E{i}")).collect();
+    let bob: Vec<String> = (1..=8).map(|i| format!("wamid.F{i}")).collect();
+    // Each user's messages alternate between the instances, one after the other.
+    for i in 0..8 {
+        let to = if i % 2 == 0 { &a } else { &b };
+        assert_eq!(
+            to.target.post_signed(&message(ALICE, &alice[i])).status,
+            200
+        );
+        let to = if i % 2 == 0 { &b } else { &a };
+        assert_eq!(to.target.post_signed(&message(BOB, &bob[i])).status, 200);
+    }
+    wait_for(WAIT, "all 16 delivered", || {
+        a.count("SELECT count(*) FROM deliveries WHERE state = 1") == 16
+    });
+    let alice: Vec<&str> = alice.iter().map(String::as_str).collect();
+    let bob: Vec<&str> = bob.iter().map(String::as_str).collect();
+    let mut expected = vec![
+        ("wamid.E1".to_owned(), Some(500)),
+        ("wamid.E1".to_owned(), Some(500)),
+    ];
+    expected.extend(delivered(&alice));
+    assert_eq!(sequence(&up, &alice), expected);
+    assert_eq!(sequence(&up, &bob), delivered(&bob));
+    // Both instances took part.
+    for name in ["a", "b"] {
+        assert!(
+            a.count(&format!(
+                "SELECT count(*) FROM attempts WHERE instance = '{name}'"
+            )) > 0,
+            "instance {name} made no attempt"
+        );
+    }
+}
+
+#[test]
+fn bad_order_settings_are_one_line_and_exit_status_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = format!("unix:{}", dir.path().join("s.sock").display());
+    let state = dir.path().join("state").display().to_string();
+    let serve = |extra: &[&str]| {
+        let mut args = vec![
+            "serve",
+            "--listen",
+            &sock,
+            "--state-dir",
+            &state,
+            "--verify-token",
+            VERIFY_TOKEN,
+            "--app-secret",
+            APP_SECRET,
+            "--upstream",
+            "http://127.0.0.1:9/",
+        ];
+        args.extend_from_slice(extra);
+        run_xhubd(&args, None)
+    };
+    for (extra, named) in [
+        (&["--upstream-order", "sideways"][..], "--upstream-order"),
+        (
+            &["--upstream-order-hold", "0s"][..],
+            "--upstream-order-hold",
+        ),
+        (
+            &["--upstream-order-hold", "10"][..],
+            "--upstream-order-hold",
+        ),
+    ] {
+        let (code, _, err) = serve(extra);
+        assert_eq!(code, 2, "{extra:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(named), "{err}");
+    }
+    let route = |keys: &str| {
+        format!(
+            "[[route]]\nname = \"wa\"\npath = \"/wa\"\nverify_token = \"t\"\napp_secret = \"s\"\n[[route.destination]]\nname = \"d\"\nurl = \"http://127.0.0.1:9/\"\n{keys}\n"
+        )
+    };
+    let path = dir.path().join("xhubd.toml");
+    for (keys, named) in [
+        ("order = \"fifo\"", "order"),
+        (
+            "order = \"conversation\"\norder_hold = \"never\"",
+            "order_hold",
+        ),
+        ("order_hold = \"5m\"", "order_hold"),
+    ] {
+        std::fs::write(&path, route(keys)).unwrap();
+        let (code, out, err) = run_xhubd(
+            &[
+                "check",
+                "--config",
+                path.to_str().unwrap(),
+                "--state-dir",
+                &state,
+            ],
+            None,
+        );
+        assert_eq!(code, 2, "{keys}: {out}{err}");
+        let fail: Vec<&str> = out.lines().filter(|l| l.contains("FAIL")).collect();
+        assert_eq!(fail.len(), 1, "{out}{err}");
+        assert!(
+            fail[0].contains("destination \"d\"") && fail[0].contains(named),
+            "{keys}: {}",
+            fail[0]
+        );
+    }
+    // A good one passes (the backend being down is only a warning).
+    std::fs::write(
+        &path,
+        route("order = \"conversation\"\norder_hold = \"2m\"\nsplit = \"item\""),
+    )
+    .unwrap();
+    let (code, out, err) = run_xhubd(
+        &[
+            "check",
+            "--config",
+            path.to_str().unwrap(),
+            "--state-dir",
+            &state,
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+}
