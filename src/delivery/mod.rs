@@ -18,8 +18,9 @@
 //!
 //! For a destination that keeps conversations in order (`order = "conversation"`), the
 //! spool decides what may be taken (`spool::conversations`): every delivery comes from
-//! a scan, none from the fresh queue, and a scan follows every attempt that ends, since
-//! that may free the next delivery of its conversation. A delivery that keeps failing
+//! a scan, none from the fresh queue, and a scan follows every attempt after which its
+//! delivery no longer holds its conversation (delivered, dead, released): the next one
+//! of that conversation may go. A delivery that keeps failing
 //! stops holding its conversation `order_hold` after its first failed attempt; the
 //! first attempt after that says so (a log line, a metric) and its record releases it.
 //!
@@ -99,6 +100,9 @@ struct Done {
     due_again: Option<i64>,
     /// Whether the upstream answered (2xx or a refusal), rather than failing.
     answered: bool,
+    /// Whether it no longer holds its conversations, if any (delivered, dead, or
+    /// released): the next delivery of one of them may go.
+    freed: bool,
 }
 
 /// The scheduler's view of the events it has taken.
@@ -214,8 +218,8 @@ impl Delivery {
                         if let Some(at) = done.due_again {
                             next_scan = next_scan.min(instant_at(at));
                         }
-                        if ordered {
-                            // The next delivery of its conversation may be free now.
+                        if ordered && done.freed {
+                            // The next delivery of its conversation may go now.
                             next_scan = TokioInstant::now();
                         }
                         if !done.answered {
@@ -357,6 +361,7 @@ impl Delivery {
             } => Some(*next_attempt_at),
             _ => None,
         };
+        let freed = due_again.is_none() || release_conversations;
         let due_again = match self
             .store
             .record(event.seq, attempts, outcome, report)
@@ -373,6 +378,7 @@ impl Delivery {
             seq: event.seq,
             due_again,
             answered,
+            freed,
         });
     }
 
