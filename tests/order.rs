@@ -257,56 +257,67 @@ app_secret = "{APP_SECRET}"
 #[test]
 fn two_instances_on_one_database_keep_a_conversation_in_order() {
     let spool = Spool::postgres();
-    let up = FaultyUpstream::start(Mode::Slow(Duration::from_millis(30), 200));
-    up.for_content(
-        b"wamid.E1",
-        &[Mode::Status(500), Mode::Status(500), Mode::Status(200)],
-    );
+    let up = FaultyUpstream::start(Mode::Slow(Duration::from_millis(20), 200));
+    // Alice's first message hangs at the backend until its sender dies.
+    up.for_content(b"wamid.E1", &[Mode::Hang, Mode::Status(200)]);
+    // A lease of 3 s + 10 s: an instance that dies holds its claims that long.
     let start = |name: &str| {
         Xhubd::start(
             Options::new(&up.url("/wa"))
                 .spool(&spool)
-                .retry("300ms", "600ms")
                 .arg("--instance-name")
                 .arg(name)
+                .arg("--upstream-timeout")
+                .arg("3s")
                 .arg("--upstream-order")
                 .arg("conversation"),
         )
     };
-    let (a, b) = (start("a"), start("b"));
-    let alice: Vec<String> = (1..=8).map(|i| format!("wamid.E{i}")).collect();
-    let bob: Vec<String> = (1..=8).map(|i| format!("wamid.F{i}")).collect();
+    let mut instances = [start("a"), start("b")];
+    let alice: Vec<String> = (1..=6).map(|i| format!("wamid.E{i}")).collect();
+    let bob: Vec<String> = (1..=6).map(|i| format!("wamid.F{i}")).collect();
     // Each user's messages alternate between the instances, one after the other.
-    for i in 0..8 {
-        let to = if i % 2 == 0 { &a } else { &b };
-        assert_eq!(
-            to.target.post_signed(&message(ALICE, &alice[i])).status,
-            200
-        );
-        let to = if i % 2 == 0 { &b } else { &a };
-        assert_eq!(to.target.post_signed(&message(BOB, &bob[i])).status, 200);
+    for i in 0..6 {
+        let post = |x: &Xhubd, from: &str, id: &str| {
+            assert_eq!(x.target.post_signed(&message(from, id)).status, 200);
+        };
+        post(&instances[i % 2], ALICE, &alice[i]);
+        post(&instances[(i + 1) % 2], BOB, &bob[i]);
     }
-    wait_for(WAIT, "all 16 delivered", || {
-        a.count("SELECT count(*) FROM deliveries WHERE state = 1") == 16
-    });
     let alice: Vec<&str> = alice.iter().map(String::as_str).collect();
     let bob: Vec<&str> = bob.iter().map(String::as_str).collect();
-    let mut expected = vec![
-        ("wamid.E1".to_owned(), Some(500)),
-        ("wamid.E1".to_owned(), Some(500)),
-    ];
+    // Bob's go while Alice's first hangs; none of her others leaves either instance.
+    wait_for(WAIT, "Bob's six delivered", || {
+        answered(&up, "wamid.F6", 200).is_some()
+    });
+    assert_eq!(sequence(&up, &bob), delivered(&bob));
+    wait_for(WAIT, "Alice's first in flight", || up.in_flight() == 1);
+    // The instance sending it dies; the other takes it over once the lease has run
+    // out, and only then her second, and so on.
+    let holder = ["a", "b"]
+        .iter()
+        .position(|name| {
+            instances[0].count(&format!(
+                "SELECT count(*) FROM deliveries WHERE state = 0 AND claimed_by = '{name}'"
+            )) > 0
+        })
+        .expect("an instance holds Alice's first");
+    instances[holder].kill9();
+    let survivor = ["a", "b"][1 - holder];
+    wait_for(WAIT, "Alice's sixth delivered", || {
+        answered(&up, "wamid.E6", 200).is_some()
+    });
+    let mut expected = vec![("wamid.E1".to_owned(), None)];
     expected.extend(delivered(&alice));
     assert_eq!(sequence(&up, &alice), expected);
-    assert_eq!(sequence(&up, &bob), delivered(&bob));
-    // Both instances took part.
-    for name in ["a", "b"] {
-        assert!(
-            a.count(&format!(
-                "SELECT count(*) FROM attempts WHERE instance = '{name}'"
-            )) > 0,
-            "instance {name} made no attempt"
-        );
-    }
+    assert_eq!(
+        instances[1 - holder].count(&format!(
+            "SELECT count(*) FROM attempts a JOIN conversations c ON c.delivery_seq = a.delivery_seq
+             WHERE a.instance = '{survivor}' AND a.result = 1 AND c.key = 'whatsapp:{ALICE}'"
+        )),
+        6,
+        "the survivor delivered Alice's six"
+    );
 }
 
 #[test]
