@@ -22,15 +22,22 @@
 /// the SQL parameter holding now less the destination's `order_hold` (unix ms): an
 /// earlier delivery that failed first at or before it holds no more. Reads the same on
 /// both engines (`holding` is a boolean in PostgreSQL, 0 or 1 in SQLite).
+///
+/// Both subqueries end in `LIMIT 1 OFFSET 0`, which keeps PostgreSQL from turning them
+/// into joins: as joins it would hash every pair of rows of a conversation (quadratic
+/// in its backlog); as they stand each is index probes per delivery the scan looks at.
 pub fn not_held(seq: &str, cutoff: &str) -> String {
     format!(
         "NOT EXISTS (
              SELECT 1 FROM conversations mine
-             JOIN conversations earlier
-               ON earlier.destination = mine.destination AND earlier.key = mine.key
-              AND earlier.holding AND earlier.delivery_seq < mine.delivery_seq
              WHERE mine.delivery_seq = {seq}
-               AND (earlier.failed_at IS NULL OR earlier.failed_at > {cutoff}))"
+               AND EXISTS (
+                   SELECT 1 FROM conversations earlier
+                   WHERE earlier.destination = mine.destination AND earlier.key = mine.key
+                     AND earlier.holding AND earlier.delivery_seq < mine.delivery_seq
+                     AND (earlier.failed_at IS NULL OR earlier.failed_at > {cutoff})
+                   ORDER BY earlier.delivery_seq LIMIT 1 OFFSET 0)
+             LIMIT 1 OFFSET 0)"
     )
 }
 
