@@ -170,7 +170,14 @@ impl Delivery {
             if claims.ready.is_empty() && !no_room && (scan_now || TokioInstant::now() >= next_scan)
             {
                 scan_now = false;
-                let limit = claims.claimed.len() + FETCH_BATCH;
+                // Where conversations keep order, a scan that fills the queue walks
+                // past every held delivery: ask for what the attempt slots take.
+                let batch = if ordered {
+                    this.terms.concurrency.min(FETCH_BATCH)
+                } else {
+                    FETCH_BATCH
+                };
+                let limit = claims.claimed.len() + batch;
                 match this.fetch(limit, &claims.claimed, sending).await {
                     Ok(list) => {
                         let fetched = list.len();
