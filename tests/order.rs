@@ -321,6 +321,58 @@ fn two_instances_on_one_database_keep_a_conversation_in_order() {
 }
 
 #[test]
+fn spool_copy_keeps_each_conversation_in_order() {
+    // The old machine's backend fails everything: Alice's first is retried, her others
+    // wait for it.
+    let up = FaultyUpstream::start(Mode::Status(503));
+    let mut old = Xhubd::start(
+        Options::new(&up.url("/wa"))
+            .arg("--upstream-order")
+            .arg("conversation"),
+    );
+    let ids = ["wamid.C1", "wamid.C2", "wamid.C3"];
+    for id in ids {
+        assert_eq!(old.target.post_signed(&message(ALICE, id)).status, 200);
+    }
+    wait_for(WAIT, "the first tried twice", || {
+        sequence(&up, &ids).len() >= 2
+    });
+    assert!(old.terminate().success());
+    let spool = Spool::postgres();
+    let Spool::Postgres { url, .. } = &spool else {
+        unreachable!()
+    };
+    let from = old.state_dir.display().to_string();
+    let (code, out, err) = run_xhubd(&["spool", "copy", "--from", &from, "--to", url], None);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("3 pending"), "{out}");
+    // The new machine takes them in the old one's order.
+    up.set_default(Mode::Status(200));
+    let new = Xhubd::start(
+        Options::new(&up.url("/wa"))
+            .spool(&spool)
+            .arg("--upstream-order")
+            .arg("conversation"),
+    );
+    assert_eq!(
+        new.count("SELECT count(*) FROM conversations WHERE holding"),
+        3
+    );
+    wait_for(WAIT, "the third delivered", || {
+        answered(&up, "wamid.C3", 200).is_some()
+    });
+    let seen = sequence(&up, &ids);
+    let failed = seen.len() - 3;
+    assert!(
+        seen[..failed]
+            .iter()
+            .all(|(id, status)| id == "wamid.C1" && *status == Some(503)),
+        "{seen:?}"
+    );
+    assert_eq!(seen[failed..], delivered(&ids)[..]);
+}
+
+#[test]
 fn bad_order_settings_are_one_line_and_exit_status_2() {
     let dir = tempfile::tempdir().unwrap();
     let sock = format!("unix:{}", dir.path().join("s.sock").display());
