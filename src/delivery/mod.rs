@@ -20,9 +20,9 @@
 //! spool decides what may be taken (`spool::conversations`): every delivery comes from
 //! a scan, none from the fresh queue, and a scan follows every attempt after which its
 //! delivery no longer holds its conversation (delivered, dead, released): the next one
-//! of that conversation may go. A delivery that keeps failing
-//! stops holding its conversation `order_hold` after its first failed attempt; the
-//! first attempt after that says so (a log line, a metric) and its record releases it.
+//! of that conversation may go. A delivery that keeps failing stops holding its
+//! conversation `order_hold` after its first failed attempt; its first attempt after
+//! that says so (a log line, a metric), and the record of that attempt releases it.
 //!
 //! An event is *claimed* from the moment it is taken (from either source) until its
 //! outcome is committed, so it is never sent twice at once. A fresh event whose row
