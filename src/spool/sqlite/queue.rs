@@ -232,6 +232,22 @@ mod tests {
     }
 
     #[test]
+    fn the_next_retry_is_the_first_due_after_now() {
+        let (_dir, conn, queue) = spool();
+        let destination = DestinationKey::from_stored("r/d".into());
+        assert_eq!(queue.next_retry_at(&destination, 0).unwrap(), None);
+        conn.execute_batch(
+            "UPDATE deliveries SET next_attempt_at = 700 WHERE seq = 4;
+             UPDATE deliveries SET next_attempt_at = 500 WHERE seq = 2;",
+        )
+        .unwrap();
+        assert_eq!(queue.next_retry_at(&destination, 0).unwrap(), Some(500));
+        assert_eq!(queue.next_retry_at(&destination, 500).unwrap(), Some(700));
+        let other = DestinationKey::from_stored("r/e".into());
+        assert_eq!(queue.next_retry_at(&other, 0).unwrap(), None);
+    }
+
+    #[test]
     fn whether_a_delivery_is_held_is_one_index_probe_per_key() {
         let (_dir, conn, _queue) = spool();
         let sql = format!(
