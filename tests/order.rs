@@ -151,6 +151,58 @@ fn the_order_holds_across_kill_9(spool: &Spool) {
     assert_eq!(sequence(&up, &ids), expected);
 }
 
+both_spools!(a_dead_delivery_holds_nothing_and_a_replayed_one_takes_its_place_again);
+fn a_dead_delivery_holds_nothing_and_a_replayed_one_takes_its_place_again(spool: &Spool) {
+    let up = FaultyUpstream::start(Mode::Status(200));
+    // Refused (dead at once); once replayed, failing twice before it is taken.
+    up.for_content(
+        b"wamid.R1",
+        &[
+            Mode::Status(400),
+            Mode::Status(503),
+            Mode::Status(503),
+            Mode::Status(200),
+        ],
+    );
+    let x = Xhubd::start(
+        Options::new(&up.url("/wa"))
+            .spool(spool)
+            .retry("300ms", "600ms")
+            .arg("--upstream-order")
+            .arg("conversation"),
+    );
+    for id in ["wamid.R1", "wamid.R2"] {
+        assert_eq!(x.target.post_signed(&message(ALICE, id)).status, 200);
+    }
+    wait_for(WAIT, "the second delivered after the first died", || {
+        answered(&up, "wamid.R2", 200).is_some()
+    });
+    let first = up.hits()[0].event_id.clone();
+    let (code, out, err) = x.run_on_spool(&["events", "replay", &first]);
+    assert_eq!(code, 0, "{out}{err}");
+    // Pending again with its row number: a message accepted after waits for it.
+    assert_eq!(
+        x.target.post_signed(&message(ALICE, "wamid.R3")).status,
+        200
+    );
+    wait_for(WAIT, "the third delivered", || {
+        answered(&up, "wamid.R3", 200).is_some()
+    });
+    let ids = ["wamid.R1", "wamid.R2", "wamid.R3"];
+    let status = |id: &str, s| (id.to_owned(), Some(s));
+    assert_eq!(
+        sequence(&up, &ids),
+        [
+            status("wamid.R1", 400),
+            status("wamid.R2", 200),
+            status("wamid.R1", 503),
+            status("wamid.R1", 503),
+            status("wamid.R1", 200),
+            status("wamid.R3", 200),
+        ]
+    );
+}
+
 both_spools!(a_delivery_that_keeps_failing_stops_holding_after_order_hold);
 fn a_delivery_that_keeps_failing_stops_holding_after_order_hold(spool: &Spool) {
     let up = FaultyUpstream::start(Mode::Status(200));
