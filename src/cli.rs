@@ -270,6 +270,28 @@ pub struct ServeArgs {
     )]
     pub upstream_timeout: String,
 
+    /// In which order deliveries go: none (as fast as --upstream-concurrency allows), or
+    /// conversation (those that share a conversation, a WhatsApp or Messenger user, go
+    /// one at a time, in the order they were accepted).
+    #[arg(
+        long,
+        value_name = "ORDER",
+        env = "XHUBD_UPSTREAM_ORDER",
+        default_value = "none"
+    )]
+    pub upstream_order: String,
+
+    /// With --upstream-order conversation: how long after its first failed attempt a
+    /// delivery that keeps failing stops holding its conversation (it keeps retrying,
+    /// out of order).
+    #[arg(
+        long,
+        value_name = "DUR",
+        env = "XHUBD_UPSTREAM_ORDER_HOLD",
+        default_value = "10m"
+    )]
+    pub upstream_order_hold: String,
+
     /// When set, every event (POST) must carry this header holding a subject DN whose
     /// CN is exactly --client-cn (e.g. X-Client-Subject behind the shipped Nginx site,
     /// or X-Amzn-Mtls-Clientcert-Subject behind an AWS ALB); otherwise 403. The

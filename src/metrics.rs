@@ -183,6 +183,7 @@ pub struct Metrics {
     backlog: Family<DestinationLabels, Gauge>,
     dead: Family<DestinationLabels, Gauge>,
     oldest_pending: Family<DestinationLabels, Gauge<f64, AtomicU64>>,
+    holds_released: Family<DestinationLabels, Counter>,
     spool_events: Family<StateLabels, Gauge>,
     oldest_pending_seconds: Gauge<f64, AtomicU64>,
     dedup_keys: Gauge,
@@ -279,6 +280,12 @@ impl Metrics {
             "Age of a destination's oldest pending delivery (since acceptance or replay)",
             oldest_pending.clone(),
         );
+        let holds_released = Family::<DestinationLabels, Counter>::default();
+        registry.register(
+            "conversation_holds_released",
+            "Deliveries to a destination that keeps conversations in order that stopped holding their conversation because order_hold ran out while they kept failing",
+            holds_released.clone(),
+        );
         let spool_events = Family::<StateLabels, Gauge>::default();
         registry.register(
             "spool_events",
@@ -347,6 +354,7 @@ impl Metrics {
             backlog,
             dead,
             oldest_pending,
+            holds_released,
             spool_events,
             oldest_pending_seconds,
             dedup_keys,
@@ -451,6 +459,17 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts a delivery to `destination` that stopped holding its conversation
+    /// (its `order_hold` ran out).
+    pub fn conversation_hold_released(&self, destination: &DestinationKey) {
+        self.holds_released
+            .get_or_create(&DestinationLabels {
+                route: destination.route().to_owned(),
+                destination: destination.destination().to_owned(),
+            })
+            .inc();
+    }
+
     /// The text exposition, with the spool's gauges set from `stats`,
     /// `xhubd_needs_attention` from the status page's verdict (`all_well`) and
     /// `xhubd_ready` from `/readyz`'s (`ready`). Every destination in `configured` (with
@@ -501,6 +520,8 @@ impl Metrics {
             self.backlog.get_or_create(&labels).set(0);
             self.dead.get_or_create(&labels).set(0);
             self.oldest_pending.get_or_create(&labels).set(0.0);
+            // Created, not counted: reads 0 before the first release.
+            let _ = self.holds_released.get_or_create(&labels);
             // Created, not counted: the route's series reads 0 before its first.
             let _ = self.unrouted.get_or_create(&RouteLabels {
                 route: key.route().to_owned(),

@@ -67,6 +67,10 @@ fn target(args: &SendTestArgs) -> anyhow::Result<(url::Url, Secret, Secret)> {
             retry_initial: Duration::from_secs(1),
             retry_max_delay: Duration::from_secs(1),
             rate: None,
+            // Nothing is delivered here: the default that refuses no destination's
+            // order_hold.
+            order: crate::config::routes::Order::Conversation,
+            order_hold: Duration::from_secs(600),
         };
         let routes = crate::config::routes::from_file(path, &file.route, defaults)?;
         let route = routes

@@ -82,16 +82,20 @@ fn two_instances_started_at_once_deliver_each_copy_once_and_drop_retries_seen_by
     });
     let (a, admin_a) = a;
     let (b, _admin_b) = b;
+    let version = xhubd::spool::postgres::schema::SCHEMA_VERSION;
     assert_eq!(
         pg.count(
             "spool",
-            "SELECT count(*) FROM xhubd_schema WHERE version = 3"
+            &format!("SELECT count(*) FROM xhubd_schema WHERE version = {version}")
         ),
         1
     );
     let (code, report, err) = run_xhubd(&check_args(&url, &url_events), None);
     assert_eq!(code, 0, "{report}{err}");
-    assert!(report.contains("connects (schema version 3)"), "{report}");
+    assert!(
+        report.contains(&format!("connects (schema version {version})")),
+        "{report}"
+    );
     assert!(!report.contains(PG_PASSWORD), "{report}");
     // The same body to both at the same moment, 100 times.
     let barrier = Barrier::new(2);

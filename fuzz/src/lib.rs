@@ -18,6 +18,7 @@ pub mod types {
 pub mod webhook {
     pub mod challenge;
     pub mod client_cn;
+    pub mod conversation;
     pub mod identity;
     pub mod items;
     pub mod json;

@@ -88,6 +88,10 @@ pub struct FileConfig {
     pub upstream_rate_limit: Option<f64>,
     /// `--upstream-rate-burst`.
     pub upstream_rate_burst: Option<u32>,
+    /// `--upstream-order`.
+    pub upstream_order: Option<String>,
+    /// `--upstream-order-hold`.
+    pub upstream_order_hold: Option<String>,
     /// `--upstream-ca-file` (refused with routes).
     pub upstream_ca_file: Option<PathBuf>,
     /// `--upstream-client-cert-file` (refused with routes).
@@ -155,6 +159,10 @@ pub struct DestinationFile {
     pub match_: Option<MatchFile>,
     /// `"none"` or `"item"`.
     pub split: Option<String>,
+    /// `"none"` or `"conversation"`.
+    pub order: Option<String>,
+    /// How long a failing delivery holds its conversation (with `order`).
+    pub order_hold: Option<String>,
     /// Takes what no other destination of the route matches.
     pub fallback: Option<bool>,
     /// Signs every request to it with this secret instead.
@@ -304,6 +312,8 @@ pub fn overlay(args: &mut ServeArgs, file: &FileConfig) {
         retry_max_delay,
         upstream_concurrency,
         upstream_timeout,
+        upstream_order,
+        upstream_order_hold,
         client_cn,
         max_connections,
         header_timeout,

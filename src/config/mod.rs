@@ -25,7 +25,7 @@ use crate::secret::{self, load_app_secrets, load_token, load_verify_token, Secre
 use crate::spool::postgres::connect::is_postgres_url;
 use crate::spool::postgres::PgTarget;
 use backend_tls::{BackendTls, TlsFiles};
-use routes::{Defaults, Route};
+use routes::{Defaults, Order, Route};
 
 /// The validated configuration of `xhubd serve`.
 #[derive(Debug)]
@@ -132,6 +132,9 @@ impl Config {
                     args.upstream_rate_burst,
                 )?,
             },
+            order: Order::parse(&args.upstream_order)
+                .map_err(|e| anyhow!("--upstream-order: {e}"))?,
+            order_hold: positive("--upstream-order-hold", &args.upstream_order_hold)?,
         };
         let routes = match &file {
             Some((path, loaded)) if !loaded.route.is_empty() => {

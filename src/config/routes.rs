@@ -63,6 +63,12 @@ pub struct Destination {
     pub fallback: bool,
     /// One request per item (`split = "item"`), or one per event.
     pub split: Split,
+    /// Whether deliveries that share a conversation go one at a time, in order.
+    pub order: Order,
+    /// With [`Order::Conversation`]: how long after its first failed attempt a delivery
+    /// that keeps failing stops holding its conversation (it keeps retrying, out of
+    /// order).
+    pub order_hold: Duration,
     /// Signs every request to it with this secret instead of the App Secret.
     pub sign_secret: Option<Secret>,
     /// Its own CA bundle and client certificate (`https://` only); none: the system's
@@ -98,6 +104,30 @@ pub enum Split {
     Item,
 }
 
+/// In which order a destination receives deliveries (`order`, README "Order within a
+/// conversation").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// Any order (the default): as many at once as its `concurrency` allows.
+    None,
+    /// Deliveries that share a conversation key (decided at acceptance,
+    /// `webhook::conversation`) go one at a time, in the order xhubd accepted them.
+    Conversation,
+}
+
+impl Order {
+    /// `"none"` or `"conversation"`; otherwise what is wrong with the value.
+    pub fn parse(text: &str) -> Result<Order, String> {
+        match text {
+            "none" => Ok(Order::None),
+            "conversation" => Ok(Order::Conversation),
+            other => Err(format!(
+                "{other:?} is neither \"none\" nor \"conversation\""
+            )),
+        }
+    }
+}
+
 /// What a destination falls back to when it does not set a value: the flags.
 #[derive(Debug, Clone, Copy)]
 pub struct Defaults {
@@ -113,6 +143,10 @@ pub struct Defaults {
     pub retry_max_delay: Duration,
     /// `--upstream-rate-limit` and `--upstream-rate-burst`.
     pub rate: Option<RateLimit>,
+    /// `--upstream-order`.
+    pub order: Order,
+    /// `--upstream-order-hold`.
+    pub order_hold: Duration,
 }
 
 impl Route {
@@ -153,6 +187,8 @@ pub fn default_route(
             matches: Match::default(),
             fallback: false,
             split: Split::None,
+            order: defaults.order,
+            order_hold: defaults.order_hold,
             sign_secret: None,
             tls,
             rate: defaults.rate,
@@ -306,6 +342,14 @@ fn destination(
             Err(e) => Err(anyhow!("{key}: {e}")),
         },
     };
+    let order = match d.order.as_deref() {
+        None => defaults.order,
+        Some(text) => Order::parse(text).map_err(|e| anyhow!("order: {e}"))?,
+    };
+    let order_hold = positive("order_hold", &d.order_hold, defaults.order_hold)?;
+    if d.order_hold.is_some() && order == Order::None {
+        bail!("order_hold: has no effect without order = \"conversation\"");
+    }
     let concurrency = d.concurrency.unwrap_or(defaults.concurrency);
     if concurrency == 0 {
         bail!("concurrency: must be at least 1");
@@ -341,6 +385,8 @@ fn destination(
         matches,
         fallback: d.fallback.unwrap_or(false),
         split,
+        order,
+        order_hold,
         sign_secret,
         tls,
         rate: match d.rate_limit {
@@ -450,6 +496,8 @@ mod tests {
             retry_initial: Duration::from_secs(1),
             retry_max_delay: Duration::from_secs(1),
             rate: None,
+            order: Order::None,
+            order_hold: Duration::from_secs(600),
         };
         let url = Url::parse("http://127.0.0.1:1/").unwrap();
         let mut routes = vec![default_route(

@@ -21,7 +21,7 @@ use super::status::{UpstreamSnapshot, UpstreamStatus};
 use super::upstream::Upstream;
 use super::Delivery;
 use crate::config::redacted_url;
-use crate::config::routes::{Destination, Route};
+use crate::config::routes::{Destination, Order, Route};
 use crate::metrics::Metrics;
 use crate::spool::{ClaimTerms, Store};
 use crate::types::{DestinationKey, DueDelivery};
@@ -198,6 +198,8 @@ impl Fleet {
                     concurrency: destination.concurrency,
                     lease: destination.timeout + LEASE_MARGIN,
                     rate: destination.rate,
+                    order: (destination.order == Order::Conversation)
+                        .then_some(destination.order_hold),
                 },
                 running: running_flag.clone(),
                 metrics: self.metrics.clone(),
@@ -280,7 +282,56 @@ fn same_delivery(a: &Destination, b: &Destination) -> bool {
         && a.retry_for == b.retry_for
         && a.retry_initial == b.retry_initial
         && a.retry_max_delay == b.retry_max_delay
+        && a.order == b.order
+        && a.order_hold == b.order_hold
         && a.headers == b.headers
         && a.tls == b.tls
         && a.rate == b.rate
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::routes::{default_route, Defaults};
+    use crate::secret::Secret;
+
+    #[test]
+    fn a_change_of_order_order_hold_or_rate_restarts_the_scheduler() {
+        let second = Duration::from_secs(1);
+        let defaults = Defaults {
+            concurrency: 1,
+            timeout: second,
+            retry_for: second,
+            retry_initial: second,
+            retry_max_delay: second,
+            order: Order::None,
+            order_hold: second,
+            rate: None,
+        };
+        let url = url::Url::parse("http://127.0.0.1:1/").unwrap();
+        let route = default_route(
+            Secret::new("t"),
+            vec![Secret::new("s")],
+            url,
+            None,
+            defaults,
+        );
+        let before = route.destinations[0].clone();
+        assert!(same_delivery(&before, &before.clone()));
+        let ordered = Destination {
+            order: Order::Conversation,
+            ..before.clone()
+        };
+        assert!(!same_delivery(&before, &ordered));
+        let longer = Destination {
+            order_hold: second * 2,
+            ..ordered.clone()
+        };
+        assert!(!same_delivery(&ordered, &longer));
+        let limited = Destination {
+            rate: crate::types::RateLimit::new(5.0, std::num::NonZeroU32::MIN),
+            ..before.clone()
+        };
+        assert!(!same_delivery(&before, &limited));
+    }
 }

@@ -27,6 +27,14 @@
 //! database, so the limit holds for every instance together, and the scheduler claims
 //! again when the budget has room.
 //!
+//! For a destination that keeps conversations in order (`order = "conversation"`), the
+//! spool decides what may be taken (`spool::conversations`): every delivery comes from
+//! a scan, none from the fresh queue, and a scan follows every attempt after which its
+//! delivery no longer holds its conversation (delivered, dead, released): the next one
+//! of that conversation may go. A delivery that keeps failing stops holding its
+//! conversation `order_hold` after its first failed attempt; its first attempt after
+//! that says so (a log line, a metric), and the record of that attempt releases it.
+//!
 //! An event is *claimed* from the moment it is taken (from either source) until its
 //! outcome is committed, so it is never sent twice at once. A fresh event whose row
 //! number is not above every row number a scan has claimed is skipped: that scan may
@@ -100,6 +108,9 @@ struct Done {
     due_again: Option<i64>,
     /// What the record did to the destination (none: it could not be recorded).
     recorded: Option<Recorded>,
+    /// Whether it no longer holds its conversations, if any (delivered, dead, or
+    /// released): the next delivery of one of them may go.
+    freed: bool,
 }
 
 /// What an attempt knows of its destination when it starts.
@@ -186,6 +197,7 @@ impl Delivery {
         // Scan as soon as the ready queue is empty (at start: the backlog).
         let mut scan_now = true;
         let mut next_scan = TokioInstant::now();
+        let ordered = this.terms.order.is_some();
         while !shutdown.is_cancelled() {
             let down = availability.is_down();
             let probe_at = instant_at(availability.next_probe_at.unwrap_or(0));
@@ -206,7 +218,14 @@ impl Delivery {
             };
             if may_scan {
                 scan_now = false;
-                let limit = claims.claimed.len() + FETCH_BATCH;
+                // Where conversations keep order, a scan that fills the queue walks
+                // past every held delivery: ask for what the attempt slots take.
+                let batch = if ordered {
+                    this.terms.concurrency.min(FETCH_BATCH)
+                } else {
+                    FETCH_BATCH
+                };
+                let limit = claims.claimed.len() + batch;
                 let take = Take {
                     limit,
                     terms: this.terms,
@@ -234,7 +253,7 @@ impl Delivery {
                             // Scan again once these are on their way (the next finds
                             // them claimed, or what fell due meanwhile).
                             next_scan = TokioInstant::now();
-                        } else if fetched > 0 {
+                        } else if fetched > 0 && !ordered {
                             next_scan = TokioInstant::now() + BUSY_POLL;
                         } else {
                             next_scan = TokioInstant::now() + self_wait(&this).await;
@@ -291,6 +310,10 @@ impl Delivery {
                         if let Some(at) = done.due_again {
                             next_scan = next_scan.min(instant_at(at));
                         }
+                        if ordered && done.freed {
+                            // The next delivery of its conversation may go now.
+                            next_scan = TokioInstant::now();
+                        }
                         if let Some(recorded) = done.recorded {
                             this.learn(&mut availability, recorded.availability);
                             if recorded.came_up {
@@ -320,7 +343,12 @@ impl Delivery {
                     }
                     tokio::spawn(this.clone().attempt(event, standing, limiter.clone(), permit, done_tx.clone(), sent.clone()));
                 }
-                Some(event) = fresh.recv(), if room => claims.offer_fresh(event),
+                // Where conversations keep order, only a scan knows what may go.
+                Some(event) = fresh.recv(), if room => if ordered {
+                    scan_now = true;
+                } else {
+                    claims.offer_fresh(event);
+                },
                 Ok(()) = wakeups.changed() => scan_now = true,
                 // An attempt ended: room for another claim where claims count.
                 _ = sent.notified(), if shared => scan_now = true,
@@ -393,6 +421,7 @@ impl Delivery {
             }
         }
         let attempts = event.attempts + 1;
+        let release_conversations = self.hold_ran_out(&event).await;
         let started = Instant::now();
         let (result, report) = match self.body_of(&event).await {
             Ok(body) => self.upstream.send(&event, attempts, body).await,
@@ -432,6 +461,7 @@ impl Delivery {
                         Outcome::Retry {
                             next_attempt_at,
                             error,
+                            release_conversations,
                         }
                     }
                     None => {
@@ -460,6 +490,7 @@ impl Delivery {
             } => Some(*next_attempt_at),
             _ => None,
         };
+        let freed = due_again.is_none() || release_conversations;
         let attempted = Attempted {
             seq: event.seq,
             destination: event.destination.clone(),
@@ -485,6 +516,7 @@ impl Delivery {
             seq: event.seq,
             due_again,
             recorded,
+            freed,
         });
     }
 
@@ -514,6 +546,47 @@ impl Delivery {
             next_probe_at,
             expire,
         }
+    }
+
+    /// Where conversations keep order: whether `event`, which failed before, still
+    /// holds its conversations though its `order_hold` ran out (then its record
+    /// releases them: they have not waited for it since then anyway). Says so, with a
+    /// log line and a metric, once per delivery: the record of this attempt ends the
+    /// hold whatever its outcome.
+    async fn hold_ran_out(&self, event: &DueDelivery) -> bool {
+        let Some(order_hold) = self.terms.order else {
+            return false;
+        };
+        if event.attempts == 0 {
+            return false;
+        }
+        let hold = match self.store.conversation_hold(event.seq).await {
+            Ok(hold) => hold,
+            Err(e) => {
+                debug!(delivery_id = %event.id, error = %e, "cannot read what the delivery holds of its conversations; looked at again at its next attempt");
+                return false;
+            }
+        };
+        let Some(failed_at) = hold.failed_at.filter(|_| hold.keys > 0) else {
+            return false;
+        };
+        let hold_ms = order_hold.as_millis().min(i64::MAX as u128) as i64;
+        let now = now_ms();
+        if failed_at.saturating_add(hold_ms) > now {
+            return false;
+        }
+        // The keys are users' phone numbers and ids: their count only.
+        warn!(
+            event_id = %event.event_id,
+            delivery_id = %event.id,
+            destination = %event.destination,
+            conversations = hold.keys,
+            failing_for_ms = now - failed_at,
+            attempts = event.attempts,
+            "order_hold ran out: the delivery stops holding its conversation; later deliveries of it go ahead, and it is retried out of order"
+        );
+        self.metrics.conversation_hold_released(&self.destination);
+        true
     }
 
     async fn body_of(&self, event: &DueDelivery) -> anyhow::Result<Bytes> {
@@ -556,8 +629,20 @@ fn instant_at(unix_ms: i64) -> TokioInstant {
 /// How long to sleep when a scan took nothing: until the next retry, at most
 /// [`IDLE_POLL`]. Where claims hold the concurrency, one due already was held
 /// elsewhere (another instance's claim, room taken by others): look again after
-/// [`BUSY_POLL`].
+/// [`BUSY_POLL`]. Where conversations keep order, until the next retry due later.
 async fn self_wait(this: &Delivery) -> Duration {
+    if this.terms.order.is_some() {
+        // What is due already may be held by its conversation: wait for a retry to
+        // fall due. An attempt that ends here asks for a scan by itself; another
+        // instance's, or an order_hold running out, is seen within IDLE_POLL.
+        return match this.store.next_retry_at(&this.destination).await {
+            Ok(Some(at)) => {
+                let ms = (at - now_ms()).clamp(0, IDLE_POLL.as_millis() as i64);
+                Duration::from_millis(ms as u64)
+            }
+            _ => IDLE_POLL,
+        };
+    }
     match this.store.next_due_at(&this.destination).await {
         Ok(Some(at)) if at <= now_ms() && this.store.claims_hold_concurrency() => BUSY_POLL,
         Ok(Some(at)) => {

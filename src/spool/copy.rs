@@ -3,9 +3,9 @@
 //!
 //! Copied: every event with a pending or dead delivery, with its body, those
 //! deliveries (their own narrowed or split bodies, signatures, parts, attempts count,
-//! backoff, retry period and last error) and their attempt history; and the whole dedup
-//! memory, so that Meta's retries of events the old machine delivered are still
-//! recognised. Not copied: delivered deliveries, and events all of whose deliveries
+//! backoff, retry period and last error, conversation keys) and their attempt history;
+//! and the whole dedup memory, so that Meta's retries of events the old machine
+//! delivered are still recognised. Not copied: delivered deliveries, and events all of whose deliveries
 //! were delivered (nothing is left to send; their dedup keys are copied).
 //!
 //! Everything goes in one PostgreSQL transaction, so an interrupted copy leaves nothing
@@ -200,11 +200,21 @@ struct AttemptRow {
     detail: String,
 }
 
+/// A conversation key of a delivery (destinations that keep order), with its hold.
+struct ConversationRow {
+    delivery_seq: i64,
+    key: String,
+    destination: String,
+    holding: bool,
+    failed_at: Option<i64>,
+}
+
 /// The rows of one chunk of events.
 struct Chunk {
     events: Vec<EventRow>,
     deliveries: Vec<DeliveryRow>,
     attempts: Vec<AttemptRow>,
+    conversations: Vec<ConversationRow>,
 }
 
 /// Reads the events of `chunk`, their pending and dead deliveries and their attempts.
@@ -291,10 +301,31 @@ fn read_chunk(c: &Connection, chunk: &[(i64, i64)]) -> anyhow::Result<Chunk> {
             },
         )?
         .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut stmt = c.prepare_cached(
+        "SELECT k.delivery_seq, k.key, k.destination, k.holding, k.failed_at
+         FROM conversations k JOIN deliveries d ON d.seq = k.delivery_seq
+         WHERE d.event_seq IN (SELECT value FROM json_each(?1)) AND d.state IN (?2, ?3)
+         ORDER BY k.delivery_seq, k.key",
+    )?;
+    let conversations = stmt
+        .query_map(
+            rusqlite::params![seqs, OWED_STATES[0], OWED_STATES[1]],
+            |r| {
+                Ok(ConversationRow {
+                    delivery_seq: r.get(0)?,
+                    key: r.get(1)?,
+                    destination: r.get(2)?,
+                    holding: r.get(3)?,
+                    failed_at: r.get(4)?,
+                })
+            },
+        )?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(Chunk {
         events,
         deliveries,
         attempts,
+        conversations,
     })
 }
 
@@ -307,6 +338,7 @@ struct Statements {
     insert_deliveries: Statement,
     insert_delivery_bodies: Statement,
     insert_attempts: Statement,
+    insert_conversations: Statement,
     insert_dedup: Statement,
 }
 
@@ -359,6 +391,14 @@ impl Statements {
                      SELECT v.*, $7::text
                      FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[],
                                  $5::bigint[], $6::text[]) AS v",
+                )
+                .await?,
+            insert_conversations: tx
+                .prepare(
+                    "INSERT INTO conversations (delivery_seq, key, destination, holding,
+                                                failed_at)
+                     SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bool[],
+                                          $5::bigint[])",
                 )
                 .await?,
             // Returns the keys copied: new, or newer than the one there.
@@ -509,6 +549,25 @@ async fn write_chunk(
         ];
         tx.execute(&s.insert_attempts, &attempts).await?;
         copied.attempts += a.len() as u64;
+    }
+
+    // Renumbered in the same order, so each conversation keeps its order.
+    let k: Vec<(i64, &ConversationRow)> = rows
+        .conversations
+        .iter()
+        .filter_map(|k| Some((*of_delivery.get(&k.delivery_seq)?, k)))
+        .collect();
+    if !k.is_empty() {
+        let conversations: [&(dyn ToSql + Sync); 5] = [
+            &k.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
+            &k.iter().map(|(_, k)| k.key.as_str()).collect::<Vec<_>>(),
+            &k.iter()
+                .map(|(_, k)| k.destination.as_str())
+                .collect::<Vec<_>>(),
+            &k.iter().map(|(_, k)| k.holding).collect::<Vec<_>>(),
+            &k.iter().map(|(_, k)| k.failed_at).collect::<Vec<_>>(),
+        ];
+        tx.execute(&s.insert_conversations, &conversations).await?;
     }
     Ok(())
 }

@@ -8,9 +8,11 @@
 //! - [`postgres`]: several machines sharing one PostgreSQL database, with deliveries
 //!   claimed under a lease.
 //! - [`views`]: what the operator's views show, whichever the engine.
+//! - [`conversations`]: conversation order, as both engines keep and ask it.
 //! - [`copy`]: a stopped SQLite spool's pending and dead events and its dedup memory,
 //!   copied into a PostgreSQL spool (`xhubd spool copy`).
 
+pub mod conversations;
 pub mod copy;
 pub mod postgres;
 pub mod sqlite;
@@ -59,6 +61,20 @@ pub struct ClaimTerms {
     /// Requests per second at most, by all instances together (PostgreSQL: each
     /// delivery taken spends the budget; SQLite's one taker paces its own attempts).
     pub rate: Option<RateLimit>,
+    /// `Some(order_hold)` when the destination keeps conversations in order (on both
+    /// engines): a delivery is not taken while an earlier pending one shares a
+    /// conversation and holds it, which a delivery that keeps failing does until
+    /// `order_hold` after its first failed attempt ([`conversations`]).
+    pub order: Option<Duration>,
+}
+
+impl ClaimTerms {
+    /// For a destination that keeps order, the time (unix ms) at or before which a
+    /// first failure no longer holds a conversation at `now`.
+    pub fn hold_cutoff(&self, now: i64) -> Option<i64> {
+        self.order
+            .map(|hold| now.saturating_sub(hold.as_millis().min(i64::MAX as u128) as i64))
+    }
 }
 
 /// What a scheduler asks for when it takes due deliveries to its destination.

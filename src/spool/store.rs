@@ -15,7 +15,7 @@ use super::postgres::{PgRunning, PgStore};
 use super::sqlite::{SqliteRunning, SqliteStore};
 use super::views::{EventDetail, EventSummary, ListFilter, Replay, SpoolStats};
 use super::{Attempted, Recorded, SpoolError, SpoolHealth, Take, Taken, RETRY_NOW_CHUNK};
-use crate::types::{Availability, DestinationKey, NewEvent, Stored};
+use crate::types::{Availability, ConversationHold, DestinationKey, NewEvent, Stored};
 
 /// The handle every stage uses.
 #[derive(Clone)]
@@ -111,6 +111,22 @@ impl Store {
         take: Take<'_>,
     ) -> Result<Taken, SpoolError> {
         engine!(await self.due(destination, take))
+    }
+
+    /// When the next pending delivery to `destination` falls due strictly after now
+    /// (unix ms), if any: for a destination that keeps order, where those due already
+    /// may be held by their conversations.
+    pub async fn next_retry_at(
+        &self,
+        destination: &DestinationKey,
+    ) -> Result<Option<i64>, SpoolError> {
+        engine!(await self.next_retry_at(destination))
+    }
+
+    /// What pending delivery `seq` (to a destination that keeps order) still holds of
+    /// its conversations, and since when it fails.
+    pub async fn conversation_hold(&self, seq: i64) -> Result<ConversationHold, SpoolError> {
+        engine!(await self.conversation_hold(seq))
     }
 
     /// Whether deliveries taken count against their destination's concurrency in the

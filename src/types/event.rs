@@ -43,6 +43,11 @@ pub struct NewDelivery {
     pub signature: Option<String>,
     /// The `X-Hub-Signature` to send with a re-signed body (when Meta sent one).
     pub signature_sha1: Option<String>,
+    /// The conversations it belongs to, for a destination with `order =
+    /// "conversation"` (`whatsapp:<id>`, `messenger:<id>`, `entry:<id>`, ...; see
+    /// `webhook::conversation`), each once; empty otherwise. It is not sent before the
+    /// earlier pending deliveries to its destination that share one of them.
+    pub conversations: Vec<String>,
 }
 
 /// What the store did with an event.
@@ -81,6 +86,17 @@ pub struct DueDelivery {
     pub body: Option<bytes::Bytes>,
 }
 
+/// What a pending delivery to a destination that keeps order still holds (see
+/// `spool::conversations`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConversationHold {
+    /// How many conversation keys it holds.
+    pub keys: usize,
+    /// Its first failed attempt since it became pending (unix ms), if any: its hold
+    /// ends `order_hold` after it.
+    pub failed_at: Option<i64>,
+}
+
 /// What one attempt got, for the attempt history.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttemptReport {
@@ -101,6 +117,9 @@ pub enum Outcome {
         next_attempt_at: i64,
         /// What went wrong this time.
         error: String,
+        /// It stops holding its conversations (its destination keeps order, and its
+        /// `order_hold` ran out): later deliveries of them go on without it.
+        release_conversations: bool,
     },
     /// Given up.
     Dead {

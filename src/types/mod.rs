@@ -17,7 +17,8 @@ pub mod state;
 pub use availability::{Availability, Expiry, Signal};
 pub use dedup::{DedupKey, DedupKeys};
 pub use event::{
-    AttemptReport, DestinationKey, DueDelivery, NewDelivery, NewEvent, Outcome, Stored,
+    AttemptReport, ConversationHold, DestinationKey, DueDelivery, NewDelivery, NewEvent, Outcome,
+    Stored,
 };
 pub use rate::RateLimit;
 pub use state::{DeliveryState, EventState};

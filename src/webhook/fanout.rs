@@ -11,7 +11,7 @@ use sha1::Sha1;
 
 use super::items::{ItemFacts, Notification};
 use super::signature;
-use crate::config::routes::{Destination, Match, Route, Split};
+use crate::config::routes::{Destination, Match, Order, Route, Split};
 use crate::secret::Secret;
 use crate::types::{DestinationKey, NewDelivery};
 
@@ -26,8 +26,10 @@ pub struct Plan {
 
 /// Plans the deliveries of an event on `route` (`raw`, parsed as `doc`). `secret`
 /// verified the request; `meta_sha1` says whether Meta sent an `X-Hub-Signature`. When
-/// every destination takes every event whole (no `match`, `fallback`, `split` or
-/// signing secret of its own), the items are not even looked at.
+/// every destination takes every event whole (no `match`, `fallback`, `split`, signing
+/// secret or `order` of its own), the items are not even looked at. A destination with
+/// `order = "conversation"` gets with each delivery the conversation keys of the items
+/// it holds.
 pub fn plan(
     route: &Route,
     raw: &[u8],
@@ -46,6 +48,7 @@ pub fn plan(
                     body: None,
                     signature: None,
                     signature_sha1: None,
+                    conversations: Vec::new(),
                 })
                 .collect(),
             unrouted: 0,
@@ -89,13 +92,16 @@ pub fn plan(
         }
         let key = DestinationKey::new(&route.name, &destination.name);
         let all = keep.iter().all(|k| *k);
+        let ordered = destination.order == Order::Conversation;
         match destination.split {
             Split::Item => {
                 let parts = notification.split(&keep);
                 let n = parts.len() as u32;
-                for (i, bytes) in parts.into_iter().enumerate() {
+                // Part i holds the i-th item kept.
+                let kept = keep.iter().enumerate().filter(|(_, k)| **k).map(|(i, _)| i);
+                for ((i, bytes), item) in parts.into_iter().enumerate().zip(kept) {
                     let whole = all && n == 1;
-                    deliveries.push(delivery(
+                    let mut planned = delivery(
                         &key,
                         Some((i as u32 + 1, n)),
                         bytes,
@@ -104,7 +110,11 @@ pub fn plan(
                         notification.raw(),
                         secret,
                         meta_sha1,
-                    ));
+                    );
+                    if ordered {
+                        planned.conversations = notification.conversations_of_item(item);
+                    }
+                    deliveries.push(planned);
                 }
             }
             Split::None => {
@@ -113,7 +123,7 @@ pub fn plan(
                 } else {
                     notification.narrowed(&keep)
                 };
-                deliveries.push(delivery(
+                let mut planned = delivery(
                     &key,
                     None,
                     bytes,
@@ -122,7 +132,11 @@ pub fn plan(
                     notification.raw(),
                     secret,
                     meta_sha1,
-                ));
+                );
+                if ordered {
+                    planned.conversations = notification.conversations(&keep);
+                }
+                deliveries.push(planned);
             }
         }
     }
@@ -152,6 +166,7 @@ fn delivery(
             body: None,
             signature: None,
             signature_sha1: None,
+            conversations: Vec::new(),
         };
     }
     let secret = destination.sign_secret.as_ref().unwrap_or(secret);
@@ -162,6 +177,7 @@ fn delivery(
         signature: Some(signature::sign(secret.expose(), signed)),
         signature_sha1: meta_sha1.then(|| sign_sha1(secret.expose(), signed)),
         body: (!whole).then(|| Bytes::from(bytes)),
+        conversations: Vec::new(),
     }
 }
 
@@ -183,6 +199,7 @@ fn takes_every_event_whole(d: &Destination) -> bool {
         && !d.fallback
         && d.split == Split::None
         && d.sign_secret.is_none()
+        && d.order == Order::None
 }
 
 /// Whether a destination's `match` allows an item: every key given must hold.
@@ -213,6 +230,58 @@ mod tests {
             sign_sha1(b"Jefe", b"what do ya want for nothing?"),
             "sha1=effcdf6ae5eb2fa2d27416d5f184df9c259a7c79"
         );
+    }
+
+    #[test]
+    fn an_ordered_destination_gets_the_conversations_of_what_each_delivery_holds() {
+        use crate::config::routes::{default_route, Defaults};
+        use std::time::Duration;
+        let second = Duration::from_secs(1);
+        let defaults = Defaults {
+            concurrency: 1,
+            timeout: second,
+            retry_for: second,
+            retry_initial: second,
+            retry_max_delay: second,
+            order: Order::Conversation,
+            order_hold: second,
+            rate: None,
+        };
+        let url = url::Url::parse("http://127.0.0.1:1/").unwrap();
+        let secret = Secret::new("s");
+        let mut route = default_route(Secret::new("t"), vec![secret.clone()], url, None, defaults);
+        let raw = br#"{"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"field":"messages","value":{"messages":[{"from":"111","id":"a"}]}},{"field":"messages","value":{"statuses":[{"id":"b","status":"read","recipient_id":"222"}]}}]}]}"#;
+        let doc = serde_json::from_slice(raw).unwrap();
+        let conversations = |route: &Route| -> Vec<Vec<String>> {
+            plan(route, raw, &doc, &secret, false)
+                .deliveries
+                .into_iter()
+                .map(|d| d.conversations)
+                .collect()
+        };
+        // Whole: every item's user; the body is still Meta's, unsigned anew.
+        let whole = plan(&route, raw, &doc, &secret, false);
+        assert!(whole.deliveries[0].body.is_none() && whole.deliveries[0].signature.is_none());
+        assert_eq!(
+            conversations(&route),
+            [vec!["whatsapp:111".to_owned(), "whatsapp:222".to_owned()]]
+        );
+        // Split: each part its own item's user.
+        route.destinations[0].split = Split::Item;
+        assert_eq!(
+            conversations(&route),
+            [
+                vec!["whatsapp:111".to_owned()],
+                vec!["whatsapp:222".to_owned()]
+            ]
+        );
+        // Narrowed to the statuses: only that user.
+        route.destinations[0].split = Split::None;
+        route.destinations[0].matches.value_has = Some(vec!["statuses".into()]);
+        assert_eq!(conversations(&route), [vec!["whatsapp:222".to_owned()]]);
+        // Not ordered: no keys.
+        route.destinations[0].order = Order::None;
+        assert_eq!(conversations(&route), [Vec::<String>::new()]);
     }
 
     #[test]

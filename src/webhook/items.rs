@@ -14,6 +14,7 @@ use std::ops::Range;
 
 use serde_json::Value;
 
+use super::conversation;
 use super::raw::{self, Member};
 
 /// What an item is about, for `match` (DESIGN.md): ids compare as text.
@@ -274,6 +275,64 @@ impl<'a> Notification<'a> {
     /// The body as Meta sent it.
     pub fn raw(&self) -> &'a [u8] {
         self.raw
+    }
+
+    /// The conversation keys of the items `keep` says (one flag per item, in order),
+    /// each once, sorted: those of [`conversation::of_element`], or the item's entry
+    /// when it names no user ([`conversation::of_entry`]).
+    pub fn conversations(&self, keep: &[bool]) -> Vec<String> {
+        let mut keys = std::collections::BTreeSet::new();
+        for (item, _) in self.items.iter().zip(keep).filter(|(_, k)| **k) {
+            keys.extend(self.conversations_of(item));
+        }
+        keys.into_iter().collect()
+    }
+
+    /// The conversation keys of item `index` alone (see [`Notification::conversations`]).
+    pub fn conversations_of_item(&self, index: usize) -> Vec<String> {
+        let mut keys = self
+            .items
+            .get(index)
+            .map(|item| self.conversations_of(item))
+            .unwrap_or_default();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
+    /// The keys of one item, perhaps repeated.
+    fn conversations_of(&self, item: &Item) -> Vec<String> {
+        let users = match (&self.shape, item.place) {
+            (
+                Shape::Entries(_, entries),
+                Place::Element {
+                    entry,
+                    group,
+                    element,
+                },
+            ) => entries
+                .get(entry)
+                .and_then(|e| {
+                    let (member, elements) = e.groups.get(group)?;
+                    let array = &e.members.get(*member)?.key;
+                    let span = elements.get(element)?.clone();
+                    Some(conversation::of_element(
+                        self.raw,
+                        array,
+                        span,
+                        &item.facts.object,
+                    ))
+                })
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        if !users.is_empty() {
+            return users;
+        }
+        let entry = item.facts.entry_id.as_deref().unwrap_or_default();
+        conversation::of_entry(&item.facts.object, entry)
+            .into_iter()
+            .collect()
     }
 
     /// The body with only the items `keep` says (one flag per item, in order); the raw

@@ -10,13 +10,15 @@
 //! - [`json`]: the body as a JSON object, by RFC 8259's grammar.
 //! - [`identity`]: what makes two notifications the same event.
 //! - [`items`]: the items of a notification, what each is about, narrowed bodies
-//!   ([`raw`]: where members and elements lie in the bytes).
+//!   ([`raw`]: where members and elements lie in the bytes), and the conversation each
+//!   belongs to ([`conversation`]).
 //! - [`fanout`]: which destinations take which items, and what each is sent.
 //! - [`rejection`]: why a request was refused, as status, metric and reason.
 
 pub mod body;
 pub mod challenge;
 pub mod client_cn;
+pub mod conversation;
 pub mod fanout;
 pub mod identity;
 pub mod items;

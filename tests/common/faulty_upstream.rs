@@ -1,6 +1,7 @@
 //! A misbehaving upstream: a raw HTTP/1.1 server on 127.0.0.1 (keep-alive, one task per
 //! connection) whose answer to each request is chosen when the request arrives, from a
-//! default [`Mode`] or a script for one body, both switchable while it runs. It answers a
+//! default [`Mode`] or a script for one body (or for bodies holding a given piece), all
+//! switchable while it runs. It answers a
 //! status (a 3xx with a `Location`), answers slowly, hangs, or resets the connection,
 //! and records every request with what it did.
 
@@ -54,17 +55,32 @@ struct Rules {
     default: Option<Mode>,
     /// Per body: modes used in turn; the last one stays.
     by_body: HashMap<Vec<u8>, VecDeque<Mode>>,
+    /// Per piece of a body (the first that a body holds, after `by_body`): the same.
+    by_content: Vec<(Vec<u8>, VecDeque<Mode>)>,
     hits: Vec<Hit>,
 }
 
 impl Rules {
     fn choose(&mut self, body: &[u8]) -> Mode {
-        match self.by_body.get_mut(body) {
+        let modes = match self.by_body.get_mut(body) {
+            Some(modes) => Some(modes),
+            None => self
+                .by_content
+                .iter_mut()
+                .find(|(piece, _)| contains(body, piece))
+                .map(|(_, modes)| modes),
+        };
+        match modes {
             Some(modes) if modes.len() > 1 => modes.pop_front().unwrap(),
             Some(modes) => modes[0],
             None => self.default.unwrap_or(Mode::Status(200)),
         }
     }
+}
+
+/// Whether `piece` occurs in `body`.
+pub fn contains(body: &[u8], piece: &[u8]) -> bool {
+    !piece.is_empty() && body.windows(piece.len()).any(|w| w == piece)
 }
 
 struct Shared {
@@ -131,6 +147,16 @@ impl FaultyUpstream {
         self.rules()
             .by_body
             .insert(body.to_vec(), modes.iter().copied().collect());
+    }
+
+    /// Requests whose body holds `piece` (and has no script of its own) get `modes` in
+    /// turn, then the last one for good: e.g. the first two requests carrying a message
+    /// id fail, whatever else the body holds (narrowed, split or batched).
+    pub fn for_content(&self, piece: &[u8], modes: &[Mode]) {
+        assert!(!modes.is_empty());
+        self.rules()
+            .by_content
+            .push((piece.to_vec(), modes.iter().copied().collect()));
     }
 
     /// Makes every request now hanging choose its mode again (and so be answered, once

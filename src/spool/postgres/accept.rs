@@ -30,6 +30,7 @@ pub(super) struct AcceptStatements {
     insert_bodies: Statement,
     insert_deliveries: Statement,
     insert_delivery_bodies: Statement,
+    insert_conversations: Statement,
 }
 
 impl AcceptStatements {
@@ -98,6 +99,14 @@ impl AcceptStatements {
                     "INSERT INTO delivery_bodies (seq, body)
                      SELECT d.seq, v.b FROM unnest($1::text[], $2::bytea[]) AS v(i, b)
                      JOIN deliveries d ON d.id = v.i",
+                )
+                .await?,
+            insert_conversations: c
+                .prepare(
+                    "INSERT INTO conversations (delivery_seq, key, destination)
+                     SELECT d.seq, v.k, d.destination FROM unnest($1::text[], $2::text[]) AS v(i, k)
+                     JOIN deliveries d ON d.id = v.i
+                     ON CONFLICT DO NOTHING",
                 )
                 .await?,
         })
@@ -229,8 +238,8 @@ async fn holders(
         .collect()
 }
 
-/// Inserts the new events (those with an id), their bodies and their deliveries, in
-/// four statements sent together. Returns each event's number of deliveries stored.
+/// Inserts the new events (those with an id), their bodies, their deliveries and their
+/// conversation keys, in five statements sent together. Returns each event's number of deliveries stored.
 async fn insert_new(
     tx: &Transaction<'_>,
     s: &AcceptStatements,
@@ -260,6 +269,10 @@ async fn insert_new(
             if let Some(own) = &planned.body {
                 d.own_body_of.push(delivery_id.clone());
                 d.own_body.push(&own[..]);
+            }
+            for key in &planned.conversations {
+                d.conversation_of.push(delivery_id.clone());
+                d.conversation.push(key);
             }
             d.id.push(delivery_id);
             d.event_seq.push(seqs[i]);
@@ -319,11 +332,22 @@ async fn insert_new(
         tx.execute(&s.insert_delivery_bodies, &[&d.own_body_of, &d.own_body])
             .await
     };
+    let conversations_insert = async {
+        if d.conversation.is_empty() {
+            return Ok(0);
+        }
+        tx.execute(
+            &s.insert_conversations,
+            &[&d.conversation_of, &d.conversation],
+        )
+        .await
+    };
     futures_util::try_join!(
         events_insert,
         bodies_insert,
         deliveries_insert,
-        own_bodies_insert
+        own_bodies_insert,
+        conversations_insert
     )?;
     Ok(stored)
 }
@@ -356,6 +380,9 @@ struct DeliveryColumns<'a> {
     signature_sha1: Vec<Option<&'a str>>,
     own_body_of: Vec<String>,
     own_body: Vec<&'a [u8]>,
+    /// The conversation keys of ordered deliveries, by delivery id, one per key.
+    conversation_of: Vec<String>,
+    conversation: Vec<&'a str>,
 }
 
 /// A key as read back.

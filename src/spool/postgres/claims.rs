@@ -13,7 +13,7 @@ use tokio_postgres::types::ToSql;
 
 use super::connect::error_text;
 use super::schema::LOCK_CLASS;
-use crate::spool::{now_ms, SpoolError, Take, Taken, INLINE_BODY_MAX};
+use crate::spool::{conversations, now_ms, SpoolError, Take, Taken, INLINE_BODY_MAX};
 use crate::types::{Availability, DestinationKey, DueDelivery};
 
 /// Takes up to `take.limit` due deliveries to `destination` for `instance`, oldest
@@ -61,7 +61,14 @@ pub(super) async fn claim(
         None => (0, 0),
     };
     let lock = client.prepare_cached("SELECT pg_advisory_xact_lock($1, hashtext($2))");
-    let claim = client.prepare_cached(
+    // A destination that keeps order takes no delivery its conversation holds ($14: now
+    // less its order_hold); the lock above makes that hold across instances.
+    let hold_cutoff = terms.hold_cutoff(now);
+    let ordered = match hold_cutoff {
+        Some(_) => format!("AND {}", conversations::not_held("deliveries.seq", "$14")),
+        None => String::new(),
+    };
+    let claim_sql = format!(
         "WITH st AS (
              SELECT down_since, next_probe_at FROM destinations WHERE destination = $1),
          live AS (
@@ -94,6 +101,7 @@ pub(super) async fn claim(
                AND next_attempt_at <= (SELECT due_until FROM room)
                AND (claimed_by IS NULL OR lease_until <= $3
                     OR (claimed_by = $2 AND seq <> ALL($8)))
+               {ordered}
              ORDER BY next_attempt_at, seq
              LIMIT GREATEST(0, LEAST((SELECT n FROM room), (SELECT budget FROM room)))
              FOR UPDATE SKIP LOCKED),
@@ -116,20 +124,22 @@ pub(super) async fn claim(
          FROM claimed c JOIN events e ON e.seq = c.event_seq
          ORDER BY c.next_attempt_at, c.seq",
     );
+    let claim = client.prepare_cached(&claim_sql);
     let state = client.prepare_cached(STATE);
     let (lock, claim, state) = futures_util::future::try_join3(lock, claim, state)
         .await
         .map_err(read_error)?;
     let key = destination.as_str();
     let lock_params: [&(dyn ToSql + Sync); 2] = [&LOCK_CLASS, &key];
-    let params: [&(dyn ToSql + Sync); 13] = [
-        &destination.as_str(),
+    let inline = INLINE_BODY_MAX as i64;
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![
+        &key,
         &instance,
         &now,
         &limit,
         &concurrency,
         &lease_until,
-        &(INLINE_BODY_MAX as i64),
+        &inline,
         &held,
         &sending,
         &renew_before,
@@ -137,6 +147,9 @@ pub(super) async fn claim(
         &interval_us,
         &burst,
     ];
+    if let Some(cutoff) = &hold_cutoff {
+        params.push(cutoff);
+    }
     let state_params: [&(dyn ToSql + Sync); 1] = [&key];
     // One transaction sent at once and run in this order, so the destination's lock is
     // held only while the server runs it, not for a round trip to here. Should a
@@ -146,7 +159,7 @@ pub(super) async fn claim(
     let (_, _, rows, after, _) = futures_util::try_join!(
         client.batch_execute("BEGIN; SET LOCAL synchronous_commit = off"),
         client.execute(&lock, &lock_params),
-        client.query(&claim, &params),
+        client.query(&claim, &params[..]),
         client.query_one(&state, &state_params),
         client.batch_execute("COMMIT"),
     )

@@ -32,9 +32,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::views::{EventDetail, EventSummary, ListFilter, Replay, SpoolStats};
 use super::{
-    Attempted, Command, Recorded, Spool, SpoolError, SpoolHealth, Take, Taken, WriterSettings,
+    conversations, Attempted, Command, Recorded, Spool, SpoolError, SpoolHealth, Take, Taken,
+    WriterSettings,
 };
-use crate::types::{Availability, DestinationKey, DueDelivery, NewEvent, Stored};
+use crate::types::{Availability, ConversationHold, DestinationKey, DueDelivery, NewEvent, Stored};
 pub use connect::PgTarget;
 
 /// Connections in the pool for claims and the operator's views.
@@ -206,6 +207,41 @@ impl PgStore {
         destination: &DestinationKey,
     ) -> Result<Option<i64>, SpoolError> {
         claims::next_due_at(&self.pool, destination).await
+    }
+
+    /// See [`crate::spool::Store::next_retry_at`].
+    pub async fn next_retry_at(
+        &self,
+        destination: &DestinationKey,
+    ) -> Result<Option<i64>, SpoolError> {
+        let c = self.client().await?;
+        let now = crate::spool::now_ms();
+        let stmt = c
+            .prepare_cached(conversations::NEXT_RETRY)
+            .await
+            .map_err(claims::read_error)?;
+        let row = c
+            .query_one(&stmt, &[&destination.as_str(), &now])
+            .await
+            .map_err(claims::read_error)?;
+        row.try_get(0).map_err(claims::read_error)
+    }
+
+    /// See [`crate::spool::Store::conversation_hold`].
+    pub async fn conversation_hold(&self, seq: i64) -> Result<ConversationHold, SpoolError> {
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached(conversations::HOLD)
+            .await
+            .map_err(claims::read_error)?;
+        let row = c
+            .query_one(&stmt, &[&seq])
+            .await
+            .map_err(claims::read_error)?;
+        Ok(ConversationHold {
+            keys: row.try_get::<_, i64>(0).map_err(claims::read_error)? as usize,
+            failed_at: row.try_get(1).map_err(claims::read_error)?,
+        })
     }
 
     /// See [`crate::spool::Store::body`].

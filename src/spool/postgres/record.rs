@@ -1,5 +1,6 @@
 //! The outcomes of a batch of attempts on PostgreSQL, in a few statements whatever its
-//! size: one `UPDATE` of the deliveries (which also releases their claims), one
+//! size: one `UPDATE` of the deliveries (which also releases their claims, and updates
+//! their conversations' holds), one
 //! `INSERT` of their lines in the history, with the instance that made each attempt,
 //! and the state of their destinations (up or down, for every instance): their rows
 //! are locked, moved on by each outcome in turn ([`Availability::after`]) and written
@@ -29,16 +30,30 @@ impl RecordStatements {
         Ok(RecordStatements {
             // A delivery no longer pending (delivered or dead, by this instance or one
             // whose lease had run out), or taken since by another instance, is left as
-            // it is: the other instance's claim stands.
+            // it is: the other instance's claim stands. Of those updated, the
+            // conversations (destinations that keep order, spool::conversations): a
+            // failure starts the hold's clock; delivered, dead or released ($8), the
+            // delivery holds them no more.
             update: c
                 .prepare(
-                    "UPDATE deliveries d SET state = v.st, attempts = v.a, next_attempt_at = v.n,
-                                             last_error = v.err, finished_at = v.fin,
-                                             claimed_by = NULL, lease_until = NULL
-                     FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[],
-                                 $5::text[], $6::bigint[]) AS v(s, st, a, n, err, fin)
-                     WHERE d.seq = v.s AND d.state = 0
-                       AND (d.claimed_by = $7 OR d.claimed_by IS NULL)",
+                    "WITH updated AS (
+                         UPDATE deliveries d SET state = v.st, attempts = v.a, next_attempt_at = v.n,
+                                                 last_error = v.err, finished_at = v.fin,
+                                                 claimed_by = NULL, lease_until = NULL
+                         FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[],
+                                     $5::text[], $6::bigint[], $8::bool[])
+                              AS v(s, st, a, n, err, fin, rel)
+                         WHERE d.seq = v.s AND d.state = 0
+                           AND (d.claimed_by = $7 OR d.claimed_by IS NULL)
+                         RETURNING d.seq, d.state, v.rel)
+                     UPDATE conversations c
+                     SET holding = c.holding AND u.state = 0 AND NOT u.rel,
+                         failed_at = CASE WHEN u.state = 0 THEN coalesce(c.failed_at, $9)
+                                          ELSE c.failed_at END
+                     FROM updated u
+                     WHERE c.delivery_seq = u.seq
+                       AND ((c.holding AND (u.state <> 0 OR u.rel))
+                            OR (u.state = 0 AND c.failed_at IS NULL))",
                 )
                 .await?,
             // A delivery purged meanwhile gets no history.
@@ -80,13 +95,20 @@ impl RecordStatements {
                 )
                 .await?,
             // What a failed probe makes dead: no instance holds them (only the probe is
-            // taken while a destination is down, and it is being recorded).
+            // taken while a destination is down, and it is being recorded). Dead, they
+            // hold their conversations no more.
             expire: c
                 .prepare(
-                    "UPDATE deliveries SET state = $1, finished_at = $2, last_error = $3,
-                                           claimed_by = NULL, lease_until = NULL
-                     WHERE state = 0 AND destination = $4 AND retry_from <= $5 AND seq <> $6
-                       AND (claimed_by IS NULL OR lease_until <= $2)",
+                    "WITH expired AS (
+                         UPDATE deliveries SET state = $1, finished_at = $2, last_error = $3,
+                                               claimed_by = NULL, lease_until = NULL
+                         WHERE state = 0 AND destination = $4 AND retry_from <= $5 AND seq <> $6
+                           AND (claimed_by IS NULL OR lease_until <= $2)
+                         RETURNING seq),
+                     released AS (
+                         UPDATE conversations c SET holding = false
+                         FROM expired x WHERE c.delivery_seq = x.seq AND c.holding)
+                     SELECT count(*) FROM expired",
                 )
                 .await?,
         })
@@ -131,13 +153,19 @@ pub(super) async fn record_batch(
     order.sort_unstable();
     let mut c = Columns::default();
     for a in order.iter().map(|&i| &attempted[i]) {
-        let (next_attempt_at, error, finished_at) = match a.outcome {
-            Outcome::Delivered => (now, None, Some(now)),
+        let (next_attempt_at, error, finished_at, release) = match a.outcome {
+            Outcome::Delivered => (now, None, Some(now), false),
             Outcome::Retry {
                 next_attempt_at,
                 error,
-            } => (*next_attempt_at, Some(error.as_str()), None),
-            Outcome::Dead { error } => (now, Some(error.as_str()), Some(now)),
+                release_conversations,
+            } => (
+                *next_attempt_at,
+                Some(error.as_str()),
+                None,
+                *release_conversations,
+            ),
+            Outcome::Dead { error } => (now, Some(error.as_str()), Some(now), false),
         };
         c.seq.push(a.seq);
         c.state.push(a.outcome.state().code());
@@ -145,10 +173,11 @@ pub(super) async fn record_batch(
         c.next_attempt_at.push(next_attempt_at);
         c.error.push(error);
         c.finished_at.push(finished_at);
+        c.release.push(release);
         c.status.push(a.report.status.map(i64::from));
         c.detail.push(&a.report.detail);
     }
-    let update_params: [&(dyn ToSql + Sync); 7] = [
+    let update_params: [&(dyn ToSql + Sync); 9] = [
         &c.seq,
         &c.state,
         &c.attempts,
@@ -156,6 +185,8 @@ pub(super) async fn record_batch(
         &c.error,
         &c.finished_at,
         &instance,
+        &c.release,
+        &now,
     ];
     let history_params: [&(dyn ToSql + Sync); 7] = [
         &c.seq,
@@ -207,7 +238,8 @@ pub(super) async fn record_batch(
                     &expiry.retry_from_until,
                     &a.seq,
                 ];
-                tx.execute(&s.expire, &params).await? as usize
+                let n: i64 = tx.query_one(&s.expire, &params).await?.try_get(0)?;
+                n as usize
             }
             _ => 0,
         };
@@ -256,6 +288,7 @@ struct Columns<'a> {
     next_attempt_at: Vec<i64>,
     error: Vec<Option<&'a str>>,
     finished_at: Vec<Option<i64>>,
+    release: Vec<bool>,
     status: Vec<Option<i64>>,
     detail: Vec<&'a str>,
 }

@@ -53,7 +53,8 @@ pub(super) fn save(
 
 /// Makes dead, at `now`, the pending deliveries to `destination` whose retry period
 /// began at or before `expiry.retry_from_until`, except delivery `probe` (its own
-/// outcome is being recorded). Returns how many.
+/// outcome is being recorded); dead, they hold their conversations no more. Returns
+/// how many.
 pub(super) fn expire(
     conn: &Connection,
     destination: &DestinationKey,
@@ -61,16 +62,31 @@ pub(super) fn expire(
     probe: i64,
     now: i64,
 ) -> rusqlite::Result<usize> {
-    conn.prepare_cached(
-        "UPDATE deliveries SET state = ?1, finished_at = ?2, last_error = ?3
-         WHERE state = 0 AND destination = ?4 AND retry_from <= ?5 AND seq <> ?6",
-    )?
-    .execute(params![
-        DeliveryState::Dead.code(),
-        now,
-        expiry.error,
-        destination.as_str(),
-        expiry.retry_from_until,
-        probe
-    ])
+    let n = conn
+        .prepare_cached(
+            "UPDATE deliveries SET state = ?1, finished_at = ?2, last_error = ?3
+             WHERE state = 0 AND destination = ?4 AND retry_from <= ?5 AND seq <> ?6",
+        )?
+        .execute(params![
+            DeliveryState::Dead.code(),
+            now,
+            expiry.error,
+            destination.as_str(),
+            expiry.retry_from_until,
+            probe
+        ])?;
+    if n > 0 {
+        conn.prepare_cached(
+            "UPDATE conversations SET holding = 0
+             WHERE holding AND destination = ?1 AND delivery_seq IN
+                   (SELECT seq FROM deliveries
+                    WHERE destination = ?1 AND state = ?2 AND finished_at = ?3)",
+        )?
+        .execute(params![
+            destination.as_str(),
+            DeliveryState::Dead.code(),
+            now
+        ])?;
+    }
+    Ok(n)
 }

@@ -140,6 +140,9 @@ pub(super) fn apply(conn: &mut Connection, version: i64, rekey: Rekey<'_>) -> ru
              WHERE instr(destination, '/') = 0;",
         )?;
     }
+    // Layout 8 only adds `conversations`, its index and triggers, which SCHEMA above
+    // created; deliveries accepted before it have no conversation keys (they wait for
+    // nothing and hold nothing).
     tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))?;
     tx.commit()
 }
@@ -428,6 +431,36 @@ mod tests {
             .collect::<rusqlite::Result<_>>()
             .unwrap();
         assert_eq!(sha1, [Some("sha1=ab".to_owned()), None, None]);
+    }
+
+    #[test]
+    fn an_older_spool_gets_the_conversations_table_and_its_triggers() {
+        let (_dir, conn) = upgraded(LAYOUT_2);
+        // Its pending delivery (event 2) had no keys; one given now follows the rules.
+        let seq: i64 = conn
+            .query_row("SELECT seq FROM deliveries WHERE state = 0", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        conn.execute(
+            "INSERT INTO conversations (delivery_seq, key, destination, holding, failed_at)
+             VALUES (?1, 'whatsapp:1', 'default/default', 0, 5)",
+            [seq],
+        )
+        .unwrap();
+        conn.execute_batch("UPDATE deliveries SET state = 2; UPDATE deliveries SET state = 0;")
+            .unwrap();
+        let (holding, failed_at): (bool, Option<i64>) = conn
+            .query_row("SELECT holding, failed_at FROM conversations", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert!(holding && failed_at.is_none(), "a replay holds again");
+        conn.execute("DELETE FROM events", []).unwrap();
+        let left: i64 = conn
+            .query_row("SELECT COUNT(*) FROM conversations", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 0, "deleted with its delivery");
     }
 
     /// A layout-4 spool: delivery state in the events rows.

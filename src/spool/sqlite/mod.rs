@@ -33,7 +33,7 @@ use super::views::{EventDetail, EventSummary, ListFilter, Replay, SpoolStats};
 use super::{
     now_ms, Attempted, Recorded, Spool, SpoolError, SpoolHealth, Take, Taken, WriterSettings,
 };
-use crate::types::{Availability, DestinationKey, DueDelivery, NewEvent, Stored};
+use crate::types::{Availability, ConversationHold, DestinationKey, DueDelivery, NewEvent, Stored};
 use checkpoint::Checkpointer;
 use queue::Queue;
 use schema::Rekey;
@@ -123,8 +123,10 @@ impl SqliteStore {
     }
 
     /// Up to `take.limit` pending deliveries to `destination` due now, oldest first;
-    /// for a probe, the oldest pending one whether due or not. One taker: the terms of
-    /// a claim do not apply, and the scheduler paces its own attempts.
+    /// for a probe, the oldest pending one whether due or not. Where the destination
+    /// keeps order, none held by an earlier delivery of its conversation. One taker: of
+    /// the terms of a claim only the order applies, and the scheduler paces its own
+    /// attempts.
     pub async fn due(
         &self,
         destination: &DestinationKey,
@@ -132,16 +134,34 @@ impl SqliteStore {
     ) -> Result<Taken, SpoolError> {
         let queue = self.queue.clone();
         let destination = destination.clone();
-        let (until, limit) = if take.probe {
-            (i64::MAX, 1)
-        } else {
-            (now_ms(), take.limit)
-        };
-        let deliveries = blocking(move || queue.due(&destination, until, limit)).await?;
+        let (probe, terms) = (take.probe, take.terms);
+        let limit = if probe { 1 } else { take.limit };
+        let deliveries = blocking(move || {
+            let now = now_ms();
+            let until = if probe { i64::MAX } else { now };
+            queue.due(&destination, until, limit, terms.hold_cutoff(now))
+        })
+        .await?;
         Ok(Taken {
             deliveries,
             ..Taken::default()
         })
+    }
+
+    /// See [`crate::spool::Store::next_retry_at`].
+    pub async fn next_retry_at(
+        &self,
+        destination: &DestinationKey,
+    ) -> Result<Option<i64>, SpoolError> {
+        let queue = self.queue.clone();
+        let destination = destination.clone();
+        blocking(move || queue.next_retry_at(&destination, now_ms())).await
+    }
+
+    /// See [`crate::spool::Store::conversation_hold`].
+    pub async fn conversation_hold(&self, seq: i64) -> Result<ConversationHold, SpoolError> {
+        let queue = self.queue.clone();
+        blocking(move || queue.hold(seq)).await
     }
 
     /// When the next pending delivery to `destination` falls due (unix ms), if any.

@@ -115,6 +115,30 @@ CREATE TRIGGER IF NOT EXISTS deliveries_delete_body AFTER DELETE ON deliveries
 BEGIN
     DELETE FROM delivery_bodies WHERE seq = OLD.seq;
 END;
+-- The conversations of each delivery to a destination with order = 'conversation'
+-- (spool::conversations): holding while it is pending and not released; failed_at its
+-- first failed attempt since it became pending.
+CREATE TABLE IF NOT EXISTS conversations (
+    delivery_seq INTEGER NOT NULL,
+    key          TEXT    NOT NULL,
+    destination  TEXT    NOT NULL,
+    holding      INTEGER NOT NULL DEFAULT 1,
+    failed_at    INTEGER,
+    PRIMARY KEY (delivery_seq, key)
+) WITHOUT ROWID;
+-- Whether an earlier delivery holds a conversation: one probe per key.
+CREATE INDEX IF NOT EXISTS conversations_holding
+    ON conversations(destination, key, delivery_seq) WHERE holding;
+CREATE TRIGGER IF NOT EXISTS deliveries_delete_conversations AFTER DELETE ON deliveries
+BEGIN
+    DELETE FROM conversations WHERE delivery_seq = OLD.seq;
+END;
+-- A replayed delivery holds its conversations again, its hold starting afresh.
+CREATE TRIGGER IF NOT EXISTS deliveries_replay_conversations
+    AFTER UPDATE OF state ON deliveries WHEN NEW.state = 0 AND OLD.state <> 0
+BEGIN
+    UPDATE conversations SET holding = 1, failed_at = NULL WHERE delivery_seq = NEW.seq;
+END;
 -- key: the first 16 bytes of the SHA-256 of an identity (body hash or item id).
 CREATE TABLE IF NOT EXISTS dedup (
     key       BLOB    PRIMARY KEY,
@@ -139,8 +163,10 @@ CREATE TABLE IF NOT EXISTS destinations (
 /// echo, an unsend and an edit from the message they are about; 5: delivery state in
 /// `deliveries` (one row per event, destination and part), with an `attempts` history;
 /// 6: each event's route, due deliveries indexed per destination, and a delivery's own
-/// (narrowed or split) body and signatures; 7: whether each destination is up or down.
-pub const SCHEMA_VERSION: i64 = 7;
+/// (narrowed or split) body and signatures; 7: whether each destination is up or down;
+/// 8: each delivery's conversation keys, for destinations that keep order
+/// (`conversations`).
+pub const SCHEMA_VERSION: i64 = 8;
 
 /// The dedup keys of a stored body under this build's identity rules, for the upgrade
 /// of a spool written with older ones. The spool does not know those rules: the daemon

@@ -419,6 +419,9 @@ fn accept_one(
     )?;
     let mut own_body =
         tx.prepare_cached("INSERT INTO delivery_bodies (seq, body) VALUES (?1, ?2)")?;
+    let mut conversation = tx.prepare_cached(
+        "INSERT OR IGNORE INTO conversations (delivery_seq, key, destination) VALUES (?1, ?2, ?3)",
+    )?;
     let mut deliveries = Vec::with_capacity(event.deliveries.len());
     for planned in &event.deliveries {
         let delivery_id = uuid::Uuid::now_v7().to_string();
@@ -439,6 +442,9 @@ fn accept_one(
         if let Some(body) = &planned.body {
             own_body.execute(params![delivery_seq, &body[..]])?;
         }
+        for key in &planned.conversations {
+            conversation.execute(params![delivery_seq, key, planned.destination.as_str()])?;
+        }
         deliveries.push(Inserted {
             seq: delivery_seq,
             id: delivery_id,
@@ -458,27 +464,45 @@ fn record_one(
     report: &AttemptReport,
     now: i64,
 ) -> rusqlite::Result<()> {
-    let (next_attempt_at, error, finished_at) = match outcome {
-        Outcome::Delivered => (now, None, Some(now)),
+    let (next_attempt_at, error, finished_at, release) = match outcome {
+        Outcome::Delivered => (now, None, Some(now), true),
         Outcome::Retry {
             next_attempt_at,
             error,
-        } => (*next_attempt_at, Some(error), None),
-        Outcome::Dead { error } => (now, Some(error), Some(now)),
+            release_conversations,
+        } => (*next_attempt_at, Some(error), None, *release_conversations),
+        Outcome::Dead { error } => (now, Some(error), Some(now), true),
     };
-    tx.prepare_cached(
-        "UPDATE deliveries SET state = ?2, attempts = ?3, next_attempt_at = ?4, last_error = ?5,
+    let updated = tx
+        .prepare_cached(
+            "UPDATE deliveries SET state = ?2, attempts = ?3, next_attempt_at = ?4, last_error = ?5,
                                finished_at = ?6
          WHERE seq = ?1 AND state = 0",
-    )?
-    .execute(params![
-        seq,
-        outcome.state().code(),
-        attempts,
-        next_attempt_at,
-        error,
-        finished_at
-    ])?;
+        )?
+        .execute(params![
+            seq,
+            outcome.state().code(),
+            attempts,
+            next_attempt_at,
+            error,
+            finished_at
+        ])?;
+    if updated > 0 {
+        // Its conversations (if its destination keeps order): a failure starts its
+        // hold's clock; delivered, dead or released, it holds them no more.
+        if matches!(outcome, Outcome::Retry { .. }) {
+            tx.prepare_cached(
+                "UPDATE conversations SET failed_at = ?2 WHERE delivery_seq = ?1 AND failed_at IS NULL",
+            )?
+            .execute(params![seq, now])?;
+        }
+        if release {
+            tx.prepare_cached(
+                "UPDATE conversations SET holding = 0 WHERE delivery_seq = ?1 AND holding",
+            )?
+            .execute([seq])?;
+        }
+    }
     tx.prepare_cached(
         "INSERT OR REPLACE INTO attempts (delivery_seq, attempt, at, result, status, detail)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
