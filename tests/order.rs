@@ -391,24 +391,25 @@ fn spool_copy_keeps_each_conversation_in_order() {
     });
     assert!(old.terminate().success());
     let spool = Spool::postgres();
-    let Spool::Postgres { url, .. } = &spool else {
+    let Spool::Postgres { url, db } = &spool else {
         unreachable!()
     };
     let from = old.state_dir.display().to_string();
     let (code, out, err) = run_xhubd(&["spool", "copy", "--from", &from, "--to", url], None);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("3 pending"), "{out}");
+    assert_eq!(
+        common::postgres::shared().count(db, "SELECT count(*) FROM conversations WHERE holding"),
+        3,
+        "each copied delivery holds Alice's conversation"
+    );
     // The new machine takes them in the old one's order.
     up.set_default(Mode::Status(200));
-    let new = Xhubd::start(
+    let _new = Xhubd::start(
         Options::new(&up.url("/wa"))
             .spool(&spool)
             .arg("--upstream-order")
             .arg("conversation"),
-    );
-    assert_eq!(
-        new.count("SELECT count(*) FROM conversations WHERE holding"),
-        3
     );
     wait_for(WAIT, "the third delivered", || {
         answered(&up, "wamid.C3", 200).is_some()
