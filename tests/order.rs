@@ -515,3 +515,127 @@ fn bad_order_settings_are_one_line_and_exit_status_2() {
     );
     assert_eq!(code, 0, "{out}{err}");
 }
+
+both_spools!(an_outage_longer_than_order_hold_keeps_every_conversation_in_order);
+fn an_outage_longer_than_order_hold_keeps_every_conversation_in_order(spool: &Spool) {
+    let up = FaultyUpstream::start(Mode::Reset);
+    let x = Xhubd::start(
+        Options::new(&up.url("/wa"))
+            .spool(spool)
+            .retry("50ms", "200ms")
+            .arg("--upstream-order")
+            .arg("conversation")
+            .arg("--upstream-order-hold")
+            .arg("1s"),
+    );
+    let alice = ["wamid.A1", "wamid.A2", "wamid.A3"];
+    let bob = ["wamid.B1", "wamid.B2", "wamid.B3"];
+    for (a, b) in alice.iter().zip(bob) {
+        assert_eq!(x.target.post_signed(&message(ALICE, a)).status, 200);
+        assert_eq!(x.target.post_signed(&message(BOB, b)).status, 200);
+    }
+    wait_for(WAIT, "the destination down", || {
+        x.logs()
+            .contains("destination down after retryable failures in a row")
+    });
+    // Down for three times order_hold: an outage releases no conversation.
+    let down_at = Instant::now();
+    while down_at.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !x.logs().contains("order_hold ran out"),
+        "released during the outage: {}",
+        x.logs()
+    );
+    up.set_default(Mode::Status(200));
+    wait_for(WAIT, "all six delivered", || {
+        x.count("SELECT count(*) FROM deliveries WHERE state = 1") == 6
+    });
+    for user in [alice, bob] {
+        let got: Vec<String> = sequence(&up, &user)
+            .into_iter()
+            .filter(|(_, status)| *status == Some(200))
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(got, user, "in the order they were accepted");
+    }
+}
+
+/// Instances draw row numbers when their transactions start and commit in any order,
+/// so a user's later message may be in flight at one instance before the earlier one
+/// is visible at another: the earlier one then waits for it, never goes beside it.
+#[test]
+fn on_postgres_a_message_waits_while_a_later_one_of_its_conversation_is_in_flight() {
+    let spool = Spool::postgres();
+    let up = FaultyUpstream::start(Mode::Reset);
+    let mut x = Xhubd::start(
+        Options::new(&up.url("/wa"))
+            .spool(&spool)
+            .arg("--upstream-order")
+            .arg("conversation"),
+    );
+    for id in ["wamid.A1", "wamid.A2"] {
+        assert_eq!(x.target.post_signed(&message(ALICE, id)).status, 200);
+    }
+    wait_for(WAIT, "the first tried", || {
+        x.count("SELECT count(*) FROM deliveries WHERE attempts > 0") > 0
+    });
+    x.kill9();
+    // The later message in flight at another instance for 3 s more; the earlier due.
+    let lease_end = Instant::now() + Duration::from_secs(3);
+    let until = now_ms() + 3_000;
+    x.execute(&format!(
+        "UPDATE deliveries SET claimed_by = 'elsewhere', lease_until = {until}
+         WHERE seq = (SELECT max(seq) FROM deliveries);
+         UPDATE deliveries SET next_attempt_at = 0, claimed_by = NULL
+         WHERE seq = (SELECT min(seq) FROM deliveries)"
+    ));
+    up.set_default(Mode::Status(200));
+    x.spawn();
+    wait_for(WAIT, "the first delivered", || {
+        answered(&up, "wamid.A1", 200).is_some()
+    });
+    let first = answered(&up, "wamid.A1", 200).unwrap().at;
+    assert!(
+        first + Duration::from_millis(100) >= lease_end,
+        "sent {:?} before the later one's lease ended",
+        lease_end - first
+    );
+}
+
+/// With a backend that takes its time and room for 8 at once, one user's messages
+/// still go one at a time; two users', two at a time.
+#[test]
+fn a_slow_backend_gets_one_request_at_a_time_per_conversation() {
+    let up = FaultyUpstream::start(Mode::Slow(Duration::from_millis(150), 200));
+    let x = Xhubd::start(
+        Options::new(&up.url("/wa"))
+            .arg("--upstream-concurrency")
+            .arg("8")
+            .arg("--upstream-order")
+            .arg("conversation"),
+    );
+    for n in 0..4 {
+        let id = format!("wamid.A{n}");
+        assert_eq!(x.target.post_signed(&message(ALICE, &id)).status, 200);
+    }
+    wait_for(WAIT, "Alice's four delivered", || {
+        x.count("SELECT count(*) FROM deliveries WHERE state = 1") == 4
+    });
+    assert_eq!(up.max_in_flight(), 1, "one of her messages at a time");
+    for n in 0..4 {
+        for user in [ALICE, BOB] {
+            let id = format!("wamid.{user}.{n}");
+            assert_eq!(x.target.post_signed(&message(user, &id)).status, 200);
+        }
+    }
+    wait_for(WAIT, "the other eight delivered", || {
+        x.count("SELECT count(*) FROM deliveries WHERE state = 1") == 12
+    });
+    assert_eq!(
+        up.max_in_flight(),
+        2,
+        "one per user at a time, both users at once"
+    );
+}

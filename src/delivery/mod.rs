@@ -58,6 +58,7 @@ use tokio::time::Instant as TokioInstant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use crate::metrics::{AttemptResult, Metrics};
@@ -169,11 +170,15 @@ impl Delivery {
         let shared = self.store.claims_hold_concurrency();
         // One scheduler takes from a SQLite spool: it paces its own attempts. On a
         // shared spool the claims spend the budget of every instance together.
-        let limiter = match self.terms.rate {
+        let limiter: Option<DefaultDirectRateLimiter> = match self.terms.rate {
             Some(rate) if !shared => Quota::with_period(rate.interval)
-                .map(|q| Arc::new(RateLimiter::direct(q.allow_burst(rate.burst)))),
+                .map(|q| RateLimiter::direct(q.allow_burst(rate.burst))),
             _ => None,
         };
+        // While the limiter holds the next attempt back: when it may start. The wait is
+        // here, not in the attempt, so that a stop or the destination going down ends it
+        // with the delivery unsent.
+        let mut rate_wait: Option<TokioInstant> = None;
         let this = Arc::new(self);
         let mut wakeups = this.store.wakeups();
         let mut availability = match this.store.availability(&this.destination).await {
@@ -297,6 +302,7 @@ impl Delivery {
                 next_scan
             };
             let sleeping = !have_ready && (down || !no_room);
+            let rate_open = rate_wait.is_none_or(|at| TokioInstant::now() >= at);
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
@@ -332,8 +338,19 @@ impl Delivery {
                     }
                     this.status.probing(!probes.is_empty());
                 }
-                permit = permits.clone().acquire_owned(), if have_ready => {
-                    let (Ok(permit), Some(event)) = (permit, claims.ready.pop_front()) else { break };
+                permit = permits.clone().acquire_owned(), if have_ready && rate_open => {
+                    let Ok(permit) = permit else { break };
+                    rate_wait = None;
+                    if let Some(Err(not_until)) = limiter.as_ref().map(|l| l.check()) {
+                        // The permit goes back; the event waits at the head of the queue.
+                        drop(permit);
+                        this.metrics.rate_limited(&this.destination);
+                        this.status.rate_limited();
+                        let wait = not_until.wait_time_from(DefaultClock::default().now());
+                        rate_wait = Some(TokioInstant::now() + wait);
+                        continue;
+                    }
+                    let Some(event) = claims.ready.pop_front() else { continue };
                     let standing = Standing {
                         probe: probes.contains(&event.seq),
                         availability,
@@ -341,7 +358,7 @@ impl Delivery {
                     if standing.probe {
                         this.status.probing(true);
                     }
-                    tokio::spawn(this.clone().attempt(event, standing, limiter.clone(), permit, done_tx.clone(), sent.clone()));
+                    tokio::spawn(this.clone().attempt(event, standing, permit, done_tx.clone(), sent.clone()));
                 }
                 // Where conversations keep order, only a scan knows what may go.
                 Some(event) = fresh.recv(), if room => if ordered {
@@ -353,6 +370,7 @@ impl Delivery {
                 // An attempt ended: room for another claim where claims count.
                 _ = sent.notified(), if shared => scan_now = true,
                 _ = tokio::time::sleep_until(wake_at), if sleeping => {}
+                _ = tokio::time::sleep_until(rate_wait.unwrap_or(wake_at)), if have_ready && !rate_open => {}
             }
         }
         this.running.store(false, Ordering::Relaxed);
@@ -401,27 +419,19 @@ impl Delivery {
         self.status.availability(&stored);
     }
 
-    /// One attempt: wait for the rate limit (SQLite), send (then say so on `sent`),
+    /// One attempt: send (then say so on `sent`),
     /// log, record the outcome and what it says of the destination, then report the
     /// event as no longer busy.
     async fn attempt(
         self: Arc<Self>,
         event: DueDelivery,
         standing: Standing,
-        limiter: Option<Arc<DefaultDirectRateLimiter>>,
         permit: OwnedSemaphorePermit,
         done: mpsc::UnboundedSender<Done>,
         sent: Arc<Notify>,
     ) {
-        if let Some(limiter) = limiter {
-            if limiter.check().is_err() {
-                self.metrics.rate_limited(&self.destination);
-                self.status.rate_limited();
-                limiter.until_ready().await;
-            }
-        }
         let attempts = event.attempts + 1;
-        let release_conversations = self.hold_ran_out(&event).await;
+        let release_conversations = self.hold_ran_out(&event, &standing).await;
         let started = Instant::now();
         let (result, report) = match self.body_of(&event).await {
             Ok(body) => self.upstream.send(&event, attempts, body).await,
@@ -552,12 +562,14 @@ impl Delivery {
     /// holds its conversations though its `order_hold` ran out (then its record
     /// releases them: they have not waited for it since then anyway). Says so, with a
     /// log line and a metric, once per delivery: the record of this attempt ends the
-    /// hold whatever its outcome.
-    async fn hold_ran_out(&self, event: &DueDelivery) -> bool {
+    /// hold whatever its outcome. Never while the destination is down: an outage holds
+    /// every conversation for as long as it lasts (order_hold counts again from the
+    /// first failure once it is up: the spool forgets earlier ones when it comes up).
+    async fn hold_ran_out(&self, event: &DueDelivery, standing: &Standing) -> bool {
         let Some(order_hold) = self.terms.order else {
             return false;
         };
-        if event.attempts == 0 {
+        if event.attempts == 0 || standing.availability.is_down() {
             return false;
         }
         let hold = match self.store.conversation_hold(event.seq).await {
@@ -609,6 +621,7 @@ fn rfc3339(unix_ms: i64) -> String {
 /// Makes the whole backlog due now, a chunk at a time, waking the scheduler after each.
 async fn retry_backlog_now(store: Store, destination: DestinationKey) {
     match store.retry_all_now(&destination).await {
+        Ok(0) => debug!(destination = %destination, "no pending delivery was waiting for a retry"),
         Ok(total) => info!(
             destination = %destination,
             deliveries = total,

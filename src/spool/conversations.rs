@@ -41,10 +41,38 @@ pub fn not_held(seq: &str, cutoff: &str) -> String {
     )
 }
 
+/// The condition a PostgreSQL claim adds to [`not_held`]: no other delivery of the
+/// same destination that shares a conversation with the delivery `seq` is claimed under
+/// a live lease (`now`: the SQL parameter holding now, unix ms; `destination`: the one
+/// holding the destination). Row numbers are drawn when an instance's transaction
+/// starts, and instances commit in any order, so a later message may be in flight
+/// before an earlier one is even visible; this keeps the two from being sent at once.
+/// Driven from the destination's few live claims (`deliveries_claimed`), so it costs
+/// a few index probes whatever the backlog. (On SQLite one writer commits in row
+/// order: [`not_held`] is enough.)
+pub fn not_beside_one_in_flight(seq: &str, destination: &str, now: &str) -> String {
+    format!(
+        "NOT EXISTS (
+             SELECT 1 FROM deliveries flying
+             JOIN conversations theirs ON theirs.delivery_seq = flying.seq
+             JOIN conversations mine ON mine.delivery_seq = {seq} AND mine.key = theirs.key
+             WHERE flying.state = 0 AND flying.destination = {destination}
+               AND flying.claimed_by IS NOT NULL AND flying.lease_until > {now}
+               AND flying.seq <> {seq}
+             LIMIT 1 OFFSET 0)"
+    )
+}
+
 /// What a delivery still holds, for delivery to tell whether its `order_hold` ran out:
 /// how many keys, and since when it fails. One parameter: the delivery's row number.
 pub const HOLD: &str =
     "SELECT count(*), max(failed_at) FROM conversations WHERE delivery_seq = $1 AND holding";
+
+/// When destination `$1` comes back up after an outage: its deliveries' first failures
+/// are forgotten, so that `order_hold` counts from the next one (an outage, however
+/// long, releases no conversation).
+pub const RESTART_HOLDS: &str = "UPDATE conversations SET failed_at = NULL
+     WHERE destination = $1 AND holding AND failed_at IS NOT NULL";
 
 /// When the next pending delivery to destination `$1` falls due strictly after `$2`
 /// (unix ms): for a destination that keeps order, those due already may be held, and

@@ -133,8 +133,6 @@ pub struct Recorded {
     pub availability: Availability,
     /// This attempt brought the destination back up (it was down).
     pub came_up: bool,
-    /// This attempt took the destination down.
-    pub went_down: bool,
     /// Pending deliveries this failed probe made dead (their `retry_for` ran out while
     /// the destination was down).
     pub expired: usize,

@@ -23,8 +23,10 @@ use crate::types::{Availability, DestinationKey, DueDelivery};
 /// no longer holds (its record failed, or the instance restarted) is taken again at
 /// once; one another instance claimed, once its lease has run out. While the
 /// destination is down (its stored state, whatever `take.probe` says), only its probe
-/// is taken: one delivery, the oldest pending whether due or not, once the next probe
-/// is due and no instance holds any of its deliveries.
+/// is taken: one delivery, whether due or not, once the next probe is due and no
+/// instance holds any of its deliveries; the first accepted pending one when
+/// `take.probe` (as it is unless another instance took it down since this one last
+/// looked).
 ///
 /// Why this holds the concurrency for the cluster: an instance's claims in the
 /// database are never fewer than its attempts in flight (an attempt's claim goes only
@@ -65,8 +67,19 @@ pub(super) async fn claim(
     // less its order_hold); the lock above makes that hold across instances.
     let hold_cutoff = terms.hold_cutoff(now);
     let ordered = match hold_cutoff {
-        Some(_) => format!("AND {}", conversations::not_held("deliveries.seq", "$14")),
+        Some(_) => format!(
+            "AND {} AND {}",
+            conversations::not_held("deliveries.seq", "$14"),
+            conversations::not_beside_one_in_flight("deliveries.seq", "$1", "$3")
+        ),
         None => String::new(),
+    };
+    // While the destination is down (as this instance knows), its probe is the first
+    // accepted pending delivery: never held by its conversation, whatever order_hold.
+    let order_by = if take.probe {
+        "seq"
+    } else {
+        "next_attempt_at, seq"
     };
     let claim_sql = format!(
         "WITH st AS (
@@ -102,7 +115,7 @@ pub(super) async fn claim(
                AND (claimed_by IS NULL OR lease_until <= $3
                     OR (claimed_by = $2 AND seq <> ALL($8)))
                {ordered}
-             ORDER BY next_attempt_at, seq
+             ORDER BY {order_by}
              LIMIT GREATEST(0, LEAST((SELECT n FROM room), (SELECT budget FROM room)))
              FOR UPDATE SKIP LOCKED),
          claimed AS (

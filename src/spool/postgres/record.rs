@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement, Transaction};
 
-use crate::spool::Recorded;
+use crate::spool::{conversations, Recorded};
 use crate::types::{AttemptReport, Availability, DeliveryState, DestinationKey, Outcome, Signal};
 
 /// The statements of a batch of outcomes, prepared once per connection.
@@ -22,6 +22,7 @@ pub(super) struct RecordStatements {
     lock_destinations: Statement,
     save_destinations: Statement,
     expire: Statement,
+    restart_holds: Statement,
 }
 
 impl RecordStatements {
@@ -69,8 +70,12 @@ impl RecordStatements {
                            detail = EXCLUDED.detail, instance = EXCLUDED.instance",
                 )
                 .await?,
-            // Rows for destinations new to the spool, then every row of the batch
-            // locked in one order (instances recording at once never deadlock on them).
+            // Rows for destinations new to the spool that a failure may change, then the
+            // rows the batch may change locked in one order (instances recording at once
+            // never deadlock on them): those of destinations with a failure in the batch
+            // ($2), and those not at rest (failures counted, or down). A destination
+            // that only answered and is at rest stays as it is, unlocked: the common
+            // case costs no lock that other instances' outcomes would wait for.
             add_destinations: c
                 .prepare(
                     "INSERT INTO destinations (destination)
@@ -81,7 +86,10 @@ impl RecordStatements {
             lock_destinations: c
                 .prepare(
                     "SELECT destination, failures, down_since, next_probe_at, failed_probes
-                     FROM destinations WHERE destination = ANY($1::text[])
+                     FROM destinations
+                     WHERE destination = ANY($1::text[])
+                       AND (destination = ANY($2::text[]) OR failures <> 0
+                            OR down_since IS NOT NULL)
                      ORDER BY destination FOR UPDATE",
                 )
                 .await?,
@@ -111,6 +119,7 @@ impl RecordStatements {
                      SELECT count(*) FROM expired",
                 )
                 .await?,
+            restart_holds: c.prepare(conversations::RESTART_HOLDS).await?,
         })
     }
 }
@@ -203,13 +212,22 @@ pub(super) async fn record_batch(
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let names_params: [&(dyn ToSql + Sync); 1] = [&names];
+    let failing: Vec<&str> = attempted
+        .iter()
+        .filter(|a| !a.signal.answered)
+        .map(|a| a.destination.as_str())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let add_params: [&(dyn ToSql + Sync); 1] = [&failing];
+    let lock_params: [&(dyn ToSql + Sync); 2] = [&names, &failing];
     let (_, locked, _, _) = futures_util::try_join!(
-        tx.execute(&s.add_destinations, &names_params),
-        tx.query(&s.lock_destinations, &names_params),
+        tx.execute(&s.add_destinations, &add_params),
+        tx.query(&s.lock_destinations, &lock_params),
         tx.execute(&s.update, &update_params),
         tx.execute(&s.history, &history_params),
     )?;
+    // Those not locked are at rest: up, no failure counted.
     let mut states: HashMap<String, Availability> = HashMap::new();
     for row in locked {
         states.insert(
@@ -222,6 +240,7 @@ pub(super) async fn record_batch(
             },
         );
     }
+    let stored = states.clone();
     let mut recorded = Vec::with_capacity(attempted.len());
     for a in attempted {
         let key = a.destination.as_str();
@@ -243,15 +262,21 @@ pub(super) async fn record_batch(
             }
             _ => 0,
         };
+        let came_up = before.is_down() && !after.is_down();
+        if came_up {
+            tx.execute(&s.restart_holds, &[&key]).await?;
+        }
         recorded.push(Recorded {
             availability: after,
-            came_up: before.is_down() && !after.is_down(),
-            went_down: !before.is_down() && after.is_down(),
+            came_up,
             expired,
         });
     }
     let mut v = StateColumns::default();
-    for (name, state) in &states {
+    let changed = states
+        .iter()
+        .filter(|(name, state)| stored.get(*name).copied().unwrap_or_default() != **state);
+    for (name, state) in changed {
         v.destination.push(name.as_str());
         v.failures.push(state.failures);
         v.down_since.push(state.down_since);

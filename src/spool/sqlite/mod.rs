@@ -122,8 +122,8 @@ impl SqliteStore {
         &self.writer
     }
 
-    /// Up to `take.limit` pending deliveries to `destination` due now, oldest first;
-    /// for a probe, the oldest pending one whether due or not. Where the destination
+    /// Up to `take.limit` pending deliveries to `destination` due now, the earliest due
+    /// first; for a probe, the first accepted pending one, whether due or not. Where the destination
     /// keeps order, none held by an earlier delivery of its conversation. One taker: of
     /// the terms of a claim only the order applies, and the scheduler paces its own
     /// attempts.
@@ -138,7 +138,7 @@ impl SqliteStore {
         let limit = if probe { 1 } else { take.limit };
         let deliveries = blocking(move || {
             let now = now_ms();
-            let until = if probe { i64::MAX } else { now };
+            let until = (!probe).then_some(now);
             queue.due(&destination, until, limit, terms.hold_cutoff(now))
         })
         .await?;

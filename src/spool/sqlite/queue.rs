@@ -35,13 +35,15 @@ impl Queue {
         f(&conn)
     }
 
-    /// Up to `limit` pending deliveries to `destination` due at `now`, oldest first.
-    /// With `hold_cutoff` (a destination that keeps order: now less its `order_hold`),
-    /// none held by an earlier delivery of its conversation ([`conversations`]).
+    /// Up to `limit` pending deliveries to `destination` due at `now`, the earliest
+    /// due first; with `now` `None` (the destination's probe), whether due or not, the
+    /// first accepted first (the oldest: never held by its conversation). With
+    /// `hold_cutoff` (a destination that keeps order: now less its `order_hold`), none
+    /// held by an earlier delivery of its conversation ([`conversations`]).
     pub fn due(
         &self,
         destination: &DestinationKey,
-        now: i64,
+        now: Option<i64>,
         limit: usize,
         hold_cutoff: Option<i64>,
     ) -> rusqlite::Result<Vec<DueDelivery>> {
@@ -49,6 +51,11 @@ impl Queue {
             Some(_) => format!("AND {}", conversations::not_held("d.seq", "?5")),
             None => String::new(),
         };
+        let order_by = match now {
+            Some(_) => "d.next_attempt_at, d.seq",
+            None => "d.seq",
+        };
+        let now = now.unwrap_or(i64::MAX);
         self.with(|conn| {
             let mut stmt = conn.prepare_cached(&format!(
                 "SELECT d.seq, d.id, e.seq, e.id, d.retry_from, d.attempts,
@@ -60,7 +67,7 @@ impl Queue {
                         d.split, d.part, d.parts
                  FROM deliveries d JOIN events e ON e.seq = d.event_seq
                  WHERE d.state = 0 AND d.destination = ?4 AND d.next_attempt_at <= ?1 {ordered}
-                 ORDER BY d.next_attempt_at, d.seq LIMIT ?2",
+                 ORDER BY {order_by} LIMIT ?2",
             ))?;
             let (limit, inline) = (limit as i64, INLINE_BODY_MAX as i64);
             let key = destination.as_str();
@@ -174,7 +181,7 @@ mod tests {
     fn due(queue: &Queue, hold_cutoff: Option<i64>) -> Vec<i64> {
         let destination = DestinationKey::from_stored("r/d".into());
         queue
-            .due(&destination, 1000, 10, hold_cutoff)
+            .due(&destination, Some(1000), 10, hold_cutoff)
             .unwrap()
             .iter()
             .map(|d| d.seq)

@@ -21,8 +21,8 @@ use tracing::{debug, error, info, warn};
 
 use super::availability;
 use crate::spool::{
-    now_ms, Command, NewEvent, Outcome, Recorded, Spool, SpoolError, SpoolHealth, Stored,
-    WriterSettings, INLINE_BODY_MAX, RETRY_NOW_CHUNK,
+    conversations, now_ms, Command, NewEvent, Outcome, Recorded, Spool, SpoolError, SpoolHealth,
+    Stored, WriterSettings, INLINE_BODY_MAX, RETRY_NOW_CHUNK,
 };
 use crate::types::{
     AttemptReport, Availability, DeliveryState, DestinationKey, DueDelivery, NewDelivery,
@@ -209,10 +209,14 @@ fn commit_batch(
                         }
                         _ => 0,
                     };
+                    let came_up = before.is_down() && !after.is_down();
+                    if came_up {
+                        tx.prepare_cached(conversations::RESTART_HOLDS)?
+                            .execute([destination.as_str()])?;
+                    }
                     Applied::Recorded(Recorded {
                         availability: after,
-                        came_up: before.is_down() && !after.is_down(),
-                        went_down: !before.is_down() && after.is_down(),
+                        came_up,
                         expired,
                     })
                 }
