@@ -5,6 +5,9 @@
 //! - [`upstream`]: the HTTP client and one attempt.
 //! - [`backoff`]: when to try again.
 //! - [`status`]: how the upstream is doing, for the status page.
+//! - `taken`: what the scheduler has taken; `outage`: a destination that is down;
+//!   `order`: a conversation's hold running out.
+//! - [`fleet`]: one scheduler per destination, as the configuration says.
 //!
 //! Events reach the scheduler two ways. Newly committed events come from the writer in
 //! memory (the *fresh* queue), so a first attempt needs no read of the spool. Everything
@@ -15,7 +18,7 @@
 //! Outages: after ten retryable failures in a row (see [`crate::types::Availability`],
 //! stored in the spool so that it holds for every instance), the destination is
 //! *down*: new deliveries are stored and not tried, and one *probe* at a time (the
-//! oldest pending delivery) goes on a backoff from `retry_initial` to
+//! first accepted pending delivery) goes on a backoff from `retry_initial` to
 //! `retry_max_delay`. A failed probe stands for every pending delivery: those whose
 //! `retry_for` ran out while it was down become dead then, with the last error
 //! `destination down since <time>`. The first answer (2xx, or a refusal) brings it up,
@@ -44,28 +47,32 @@
 
 pub mod backoff;
 pub mod fleet;
+mod order;
+mod outage;
 pub mod status;
+mod taken;
 pub mod upstream;
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant as TokioInstant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-
 use crate::metrics::{AttemptResult, Metrics};
 use crate::spool::{now_ms, Attempted, ClaimTerms, Outcome, Recorded, Store, Take};
-use crate::types::{AttemptReport, Availability, DestinationKey, DueDelivery, Expiry, Signal};
+use crate::types::{AttemptReport, Availability, DestinationKey, DueDelivery};
 use backoff::RetryPolicy;
+use outage::Standing;
 use status::UpstreamStatus;
+use taken::Claims;
 use upstream::{Attempt, Upstream};
 
 /// Due events fetched per scan (beyond those already claimed), and the most events
@@ -114,49 +121,6 @@ struct Done {
     freed: bool,
 }
 
-/// What an attempt knows of its destination when it starts.
-#[derive(Debug, Clone, Copy)]
-struct Standing {
-    /// It is the destination's probe (taken while the destination was down).
-    probe: bool,
-    /// The destination's state when it was taken.
-    availability: Availability,
-}
-
-/// The scheduler's view of the events it has taken.
-#[derive(Default)]
-struct Claims {
-    /// Taken and not yet recorded: waiting in `ready` or being attempted.
-    claimed: HashSet<i64>,
-    /// Taken, waiting for an attempt slot.
-    ready: VecDeque<DueDelivery>,
-    /// The highest row number a scan has claimed; fresh events at or below it are
-    /// left to scans.
-    max_scanned: i64,
-}
-
-impl Claims {
-    /// Takes a fresh event unless a scan may have taken it.
-    fn offer_fresh(&mut self, event: DueDelivery) {
-        if event.seq > self.max_scanned && self.claimed.insert(event.seq) {
-            self.ready.push_back(event);
-        }
-    }
-
-    /// Takes what a scan found, except events already claimed. Returns how many were new.
-    fn offer_scanned(&mut self, events: Vec<DueDelivery>) -> usize {
-        let mut taken = 0;
-        for event in events {
-            self.max_scanned = self.max_scanned.max(event.seq);
-            if self.claimed.insert(event.seq) {
-                self.ready.push_back(event);
-                taken += 1;
-            }
-        }
-        taken
-    }
-}
-
 impl Delivery {
     /// Runs until `shutdown` is cancelled, taking newly committed events from `fresh`
     /// (the writer's hand-over) and the rest from scans of the spool, then waits up to
@@ -190,7 +154,7 @@ impl Delivery {
         };
         this.status.availability(&availability);
         if let Some(since) = availability.down_since {
-            warn!(destination = %this.destination, down_since = %rfc3339(since), "the destination is down: one probe at a time until it answers");
+            warn!(destination = %this.destination, down_since = %outage::rfc3339(since), "the destination is down: one probe at a time until it answers");
         }
         this.running.store(true, Ordering::Relaxed);
         let permits = Arc::new(Semaphore::new(this.terms.concurrency));
@@ -241,7 +205,12 @@ impl Delivery {
                 match this.store.due(&this.destination, take).await {
                     Ok(taken) => {
                         if let Some(stored) = taken.availability {
-                            this.learn(&mut availability, stored);
+                            outage::learn(
+                                &this.destination,
+                                &this.status,
+                                &mut availability,
+                                stored,
+                            );
                         }
                         let fetched = taken.deliveries.len();
                         if availability.is_down() {
@@ -321,9 +290,9 @@ impl Delivery {
                             next_scan = TokioInstant::now();
                         }
                         if let Some(recorded) = done.recorded {
-                            this.learn(&mut availability, recorded.availability);
+                            outage::learn(&this.destination, &this.status, &mut availability, recorded.availability);
                             if recorded.came_up {
-                                tokio::spawn(retry_backlog_now(this.store.clone(), this.destination.clone()));
+                                tokio::spawn(outage::retry_backlog_now(this.store.clone(), this.destination.clone()));
                             }
                         }
                         next = done_rx.try_recv().ok();
@@ -398,27 +367,6 @@ impl Delivery {
         }
     }
 
-    /// Takes in the destination's stored state (from a record or a claim): the status
-    /// page's copy, and a log line when it went down or came back up.
-    fn learn(&self, mine: &mut Availability, stored: Availability) {
-        match (mine.down_since, stored.down_since) {
-            (None, Some(since)) => warn!(
-                destination = %self.destination,
-                down_since = %rfc3339(since),
-                failures = stored.failures,
-                "destination down after retryable failures in a row: new deliveries are stored and not tried, one probe at a time until it answers"
-            ),
-            (Some(since), None) => info!(
-                destination = %self.destination,
-                down_since = %rfc3339(since),
-                "destination up again: its pending deliveries are due now"
-            ),
-            _ => {}
-        }
-        *mine = stored;
-        self.status.availability(&stored);
-    }
-
     /// One attempt: send (then say so on `sent`),
     /// log, record the outcome and what it says of the destination, then report the
     /// event as no longer busy.
@@ -431,7 +379,7 @@ impl Delivery {
         sent: Arc<Notify>,
     ) {
         let attempts = event.attempts + 1;
-        let release_conversations = self.hold_ran_out(&event, &standing).await;
+        let release_conversations = order::hold_ran_out(&self, &event, &standing).await;
         let started = Instant::now();
         let (result, report) = match self.body_of(&event).await {
             Ok(body) => self.upstream.send(&event, attempts, body).await,
@@ -454,7 +402,7 @@ impl Delivery {
         }
         let answered = matches!(result, Attempt::Delivered(_) | Attempt::Refused(_));
         let now = now_ms();
-        let signal = self.signal(&standing, answered, now);
+        let signal = outage::signal(&self.policy, &standing, answered, now);
         let outcome = match result {
             Attempt::Delivered(status) => {
                 info!(event_id = %event.event_id, delivery_id = %event.id, destination = %event.destination, attempts, status = status.as_u16(), elapsed_ms, probe = standing.probe, "delivered");
@@ -512,7 +460,7 @@ impl Delivery {
         let (due_again, recorded) = match self.store.record(attempted).await {
             Ok(recorded) => {
                 if recorded.expired > 0 {
-                    error!(destination = %event.destination, deliveries = recorded.expired, down_since = %recorded.availability.down_since.map(rfc3339).unwrap_or_default(), "dead: their --retry-for ran out while the destination was down");
+                    error!(destination = %event.destination, deliveries = recorded.expired, down_since = %recorded.availability.down_since.map(outage::rfc3339).unwrap_or_default(), "dead: their --retry-for ran out while the destination was down");
                 }
                 (due_again, Some(recorded))
             }
@@ -530,77 +478,6 @@ impl Delivery {
         });
     }
 
-    /// What an attempt that ended at `now` says about its destination: whether it
-    /// answered, whether it was the probe; should it take the destination down or be a
-    /// failed probe, when the next probe starts (the retry backoff after as many failed
-    /// probes); a failed probe also makes dead what ran out of `retry_for` meanwhile.
-    fn signal(&self, standing: &Standing, answered: bool, now: i64) -> Signal {
-        let failed_probes = if standing.probe {
-            standing.availability.failed_probes + 1
-        } else {
-            0
-        };
-        let delay = self.policy.delay(failed_probes + 1);
-        let next_probe_at = now.saturating_add(delay.as_millis().min(i64::MAX as u128) as i64);
-        let expire = match standing.availability.down_since {
-            Some(since) if standing.probe && !answered => Some(Expiry {
-                retry_from_until: now
-                    .saturating_sub(self.policy.retry_for.as_millis().min(i64::MAX as u128) as i64),
-                error: format!("destination down since {}", rfc3339(since)),
-            }),
-            _ => None,
-        };
-        Signal {
-            answered,
-            probe: standing.probe,
-            next_probe_at,
-            expire,
-        }
-    }
-
-    /// Where conversations keep order: whether `event`, which failed before, still
-    /// holds its conversations though its `order_hold` ran out (then its record
-    /// releases them: they have not waited for it since then anyway). Says so, with a
-    /// log line and a metric, once per delivery: the record of this attempt ends the
-    /// hold whatever its outcome. Never while the destination is down: an outage holds
-    /// every conversation for as long as it lasts (order_hold counts again from the
-    /// first failure once it is up: the spool forgets earlier ones when it comes up).
-    async fn hold_ran_out(&self, event: &DueDelivery, standing: &Standing) -> bool {
-        let Some(order_hold) = self.terms.order else {
-            return false;
-        };
-        if event.attempts == 0 || standing.availability.is_down() {
-            return false;
-        }
-        let hold = match self.store.conversation_hold(event.seq).await {
-            Ok(hold) => hold,
-            Err(e) => {
-                debug!(delivery_id = %event.id, error = %e, "cannot read what the delivery holds of its conversations; looked at again at its next attempt");
-                return false;
-            }
-        };
-        let Some(failed_at) = hold.failed_at.filter(|_| hold.keys > 0) else {
-            return false;
-        };
-        let hold_ms = order_hold.as_millis().min(i64::MAX as u128) as i64;
-        let now = now_ms();
-        if failed_at.saturating_add(hold_ms) > now {
-            return false;
-        }
-        // The keys are users' phone numbers and ids: their count only.
-        warn!(
-            event_id = %event.event_id,
-            delivery_id = %event.id,
-            destination = %event.destination,
-            conversations = hold.keys,
-            failing_for_ms = now - failed_at,
-            attempts = event.attempts,
-            "order_hold ran out: the delivery stops holding its conversation; later deliveries of it go ahead, and it is retried out of order"
-        );
-        self.metrics.conversation_hold_released(&self.destination);
-        true
-    }
-
     async fn body_of(&self, event: &DueDelivery) -> anyhow::Result<Bytes> {
         if let Some(body) = &event.body {
             return Ok(body.clone());
@@ -609,27 +486,6 @@ impl Delivery {
             .body(event.seq)
             .await?
             .ok_or_else(|| anyhow::anyhow!("the event is no longer in the spool"))
-    }
-}
-
-/// A unix-ms time as RFC 3339 (UTC, seconds), as logs and errors show it.
-fn rfc3339(unix_ms: i64) -> String {
-    let at = std::time::UNIX_EPOCH + Duration::from_millis(unix_ms.max(0) as u64);
-    humantime::format_rfc3339_seconds(at).to_string()
-}
-
-/// Makes the whole backlog due now, a chunk at a time, waking the scheduler after each.
-async fn retry_backlog_now(store: Store, destination: DestinationKey) {
-    match store.retry_all_now(&destination).await {
-        Ok(0) => debug!(destination = %destination, "no pending delivery was waiting for a retry"),
-        Ok(total) => info!(
-            destination = %destination,
-            deliveries = total,
-            "pending deliveries waiting for a retry are due now"
-        ),
-        Err(e) => {
-            warn!(error = %e, "cannot bring the pending deliveries forward; they go as their retries fall due")
-        }
     }
 }
 
@@ -663,62 +519,5 @@ async fn self_wait(this: &Delivery) -> Duration {
             Duration::from_millis(ms as u64)
         }
         _ => IDLE_POLL,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn event(seq: i64) -> DueDelivery {
-        DueDelivery {
-            seq,
-            id: format!("d{seq}"),
-            event_seq: seq,
-            event_id: format!("e{seq}"),
-            destination: DestinationKey::new("default", "default"),
-            part: None,
-            retry_from: 0,
-            attempts: 0,
-            signature: String::new(),
-            signature_sha1: None,
-            body: None,
-        }
-    }
-
-    fn ready(claims: &Claims) -> Vec<i64> {
-        claims.ready.iter().map(|e| e.seq).collect()
-    }
-
-    #[test]
-    fn a_fresh_event_a_scan_already_took_is_not_taken_again() {
-        let mut claims = Claims::default();
-        assert_eq!(claims.offer_scanned(vec![event(3), event(4)]), 2);
-        // The writer's hand-over of 3 and 4 arrives after the scan took them.
-        claims.offer_fresh(event(3));
-        claims.offer_fresh(event(4));
-        assert_eq!(ready(&claims), [3, 4]);
-        // Even once they are sent and recorded (no longer claimed).
-        claims.ready.clear();
-        claims.claimed.clear();
-        claims.offer_fresh(event(4));
-        assert!(claims.ready.is_empty());
-        // A later event is taken.
-        claims.offer_fresh(event(5));
-        assert_eq!(ready(&claims), [5]);
-    }
-
-    #[test]
-    fn a_scan_skips_events_already_claimed_and_counts_the_new_ones() {
-        let mut claims = Claims::default();
-        claims.offer_fresh(event(7));
-        claims.offer_fresh(event(8));
-        assert_eq!(claims.offer_scanned(vec![event(7), event(8), event(9)]), 1);
-        assert_eq!(ready(&claims), [7, 8, 9]);
-        assert_eq!(claims.max_scanned, 9);
-        // A retry found again while its attempt is still running is left alone.
-        assert_eq!(claims.offer_scanned(vec![event(2)]), 1);
-        assert_eq!(claims.offer_scanned(vec![event(2)]), 0);
-        assert_eq!(ready(&claims), [7, 8, 9, 2]);
     }
 }
