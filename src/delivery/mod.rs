@@ -145,6 +145,8 @@ impl Delivery {
         let mut rate_wait: Option<TokioInstant> = None;
         let this = Arc::new(self);
         let mut wakeups = this.store.wakeups();
+        // Running from here (for /readyz): the state is read before the first scan.
+        this.running.store(true, Ordering::Relaxed);
         let mut availability = match this.store.availability(&this.destination).await {
             Ok(a) => a,
             Err(e) => {
@@ -156,7 +158,6 @@ impl Delivery {
         if let Some(since) = availability.down_since {
             warn!(destination = %this.destination, down_since = %outage::rfc3339(since), "the destination is down: one probe at a time until it answers");
         }
-        this.running.store(true, Ordering::Relaxed);
         let permits = Arc::new(Semaphore::new(this.terms.concurrency));
         let sent = Arc::new(Notify::new());
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
