@@ -187,3 +187,44 @@ fn a_flapping_destination_goes_down_and_up_and_gets_every_event_once(spool: &Spo
     assert_eq!(distinct.len(), 30, "every event delivered");
     assert_eq!(delivered.len(), 30, "and once");
 }
+
+both_spools!(a_message_the_backend_keeps_refusing_neither_takes_it_down_nor_blocks_the_probe);
+fn a_message_the_backend_keeps_refusing_neither_takes_it_down_nor_blocks_the_probe(spool: &Spool) {
+    let up = FaultyUpstream::start(Mode::Status(200));
+    let x = Xhubd::start(
+        Options::new(&up.url("/"))
+            .retry("50ms", "100ms")
+            .spool(spool),
+    );
+    // One message the backend answers 500 to, whatever happens to the others.
+    let poison = page_event(0);
+    up.for_body(&poison, &[Mode::Status(500)]);
+    assert_eq!(x.target.post_signed(&poison).status, 200);
+    wait_for(WAIT, "fifteen failures of it", || {
+        up.hits().iter().filter(|h| h.body == poison).count() >= 15
+    });
+    assert!(
+        !x.logs().contains("destination down"),
+        "one message refused again and again is not an outage: {}",
+        x.logs()
+    );
+    assert_eq!(x.target.post_signed(&page_event(1)).status, 200);
+    wait_for(WAIT, "the next event delivered", || {
+        x.count("SELECT COUNT(*) FROM deliveries WHERE state = 1") == 1
+    });
+    // A real outage, then the backend back for all but that message: the probes go
+    // round the pending deliveries, so one of the others finds it up.
+    up.set_default(Mode::Reset);
+    for n in 2..14 {
+        assert_eq!(x.target.post_signed(&page_event(n)).status, 200);
+    }
+    wait_for(WAIT, "the destination down", || {
+        x.logs()
+            .contains("destination down after retryable failures in a row")
+    });
+    up.set_default(Mode::Status(200));
+    wait_for(WAIT, "every other event delivered", || {
+        x.count("SELECT COUNT(*) FROM deliveries WHERE state = 1") == 13
+    });
+    assert!(x.logs().contains("destination up again"), "{}", x.logs());
+}

@@ -18,7 +18,7 @@
 //! Outages: after ten retryable failures in a row (see [`crate::types::Availability`],
 //! stored in the spool so that it holds for every instance), the destination is
 //! *down*: new deliveries are stored and not tried, and one *probe* at a time (the
-//! first accepted pending delivery) goes on a backoff from `retry_initial` to
+//! pending delivery whose retry comes first) goes on a backoff from `retry_initial` to
 //! `retry_max_delay`. A failed probe stands for every pending delivery: those whose
 //! `retry_for` ran out while it was down become dead then, with the last error
 //! `destination down since <time>`. The first answer (2xx, or a refusal) brings it up,
@@ -403,7 +403,7 @@ impl Delivery {
         }
         let answered = matches!(result, Attempt::Delivered(_) | Attempt::Refused(_));
         let now = now_ms();
-        let signal = outage::signal(&self.policy, &standing, answered, now);
+        let signal = outage::signal(&self.policy, &standing, event.seq, answered, now);
         let outcome = match result {
             Attempt::Delivered(status) => {
                 info!(event_id = %event.event_id, delivery_id = %event.id, destination = %event.destination, attempts, status = status.as_u16(), elapsed_ms, probe = standing.probe, "delivered");

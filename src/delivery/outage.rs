@@ -54,6 +54,7 @@ pub(super) fn learn(
 pub(super) fn signal(
     policy: &RetryPolicy,
     standing: &Standing,
+    delivery: i64,
     answered: bool,
     now: i64,
 ) -> Signal {
@@ -73,6 +74,7 @@ pub(super) fn signal(
         _ => None,
     };
     Signal {
+        delivery,
         answered,
         probe: standing.probe,
         next_probe_at,

@@ -2,7 +2,9 @@
 //! how one attempt's result moves that state (issue "outages: probe, don't hammer").
 //!
 //! After [`DOWN_AFTER`] retryable failures in a row (connection errors, timeouts, 408,
-//! 429, 5xx), a destination is *down*: one *probe* at a time, on a backoff, and no
+//! 429, 5xx; failures of one delivery one after another count once, so that one
+//! message the backend keeps refusing with a 5xx is not an outage), a destination is
+//! *down*: one *probe* at a time, on a backoff, and no
 //! other attempt. Any answer that is not retryable (2xx, or a 4xx that makes its
 //! delivery dead) makes it *up* again. The state is stored in the spool, so that it
 //! holds for every instance sharing it and across restarts; the transition is this
@@ -14,8 +16,11 @@ pub const DOWN_AFTER: i64 = 10;
 /// A destination's stored state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Availability {
-    /// Retryable failures in a row (by every instance), since the last answer.
+    /// Retryable failures in a row (by every instance), since the last answer; a
+    /// delivery failing again right after its own failure is not counted again.
     pub failures: i64,
+    /// The delivery (row number) whose failure was the last one counted.
+    pub last_failed: Option<i64>,
     /// When it went down (unix ms); `None` while it is up.
     pub down_since: Option<i64>,
     /// While down: when the next probe may start (unix ms).
@@ -27,6 +32,8 @@ pub struct Availability {
 /// What one attempt says about its destination, recorded with the attempt's outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Signal {
+    /// The delivery attempted (its row number).
+    pub delivery: i64,
     /// The destination answered (2xx, or a refusal): it is up.
     pub answered: bool,
     /// The attempt was the destination's probe (taken while it was down).
@@ -63,22 +70,37 @@ impl Availability {
         if signal.answered {
             return Availability::default();
         }
-        let failures = self.failures.saturating_add(1);
+        let failures = if self.last_failed == Some(signal.delivery) {
+            self.failures
+        } else {
+            self.failures.saturating_add(1)
+        };
+        let last_failed = Some(signal.delivery);
         match self.down_since {
             Some(_) if signal.probe => Availability {
                 failures,
+                last_failed,
                 next_probe_at: Some(signal.next_probe_at),
                 failed_probes: self.failed_probes.saturating_add(1),
                 ..self
             },
-            Some(_) => Availability { failures, ..self },
+            Some(_) => Availability {
+                failures,
+                last_failed,
+                ..self
+            },
             None if failures >= DOWN_AFTER => Availability {
                 failures,
+                last_failed,
                 down_since: Some(now),
                 next_probe_at: Some(signal.next_probe_at),
                 failed_probes: 0,
             },
-            None => Availability { failures, ..self },
+            None => Availability {
+                failures,
+                last_failed,
+                ..self
+            },
         }
     }
 }
@@ -87,8 +109,11 @@ impl Availability {
 mod tests {
     use super::*;
 
+    /// A failure of a delivery of its own each time (row numbers counting up).
     fn failed(probe: bool, next_probe_at: i64) -> Signal {
+        static NEXT: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(1);
         Signal {
+            delivery: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             answered: false,
             probe,
             next_probe_at,
@@ -136,5 +161,26 @@ mod tests {
             state = state.after(&failed(false, 0), 3);
         }
         assert!(!state.is_down());
+    }
+
+    #[test]
+    fn one_delivery_failing_again_and_again_is_not_an_outage() {
+        let again = Signal {
+            delivery: 7,
+            ..failed(false, 0)
+        };
+        let mut state = Availability::default();
+        for _ in 0..3 * DOWN_AFTER {
+            state = state.after(&again, 1);
+        }
+        assert_eq!(state.failures, 1);
+        assert!(!state.is_down());
+        // Another delivery failing in between counts, and so does 7 again after it.
+        for _ in 0..(DOWN_AFTER - 1) / 2 {
+            state = state.after(&failed(false, 0), 2).after(&again, 2);
+        }
+        assert!(!state.is_down(), "{state:?}");
+        state = state.after(&failed(false, 0), 3);
+        assert!(state.is_down(), "{state:?}");
     }
 }

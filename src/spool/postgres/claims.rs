@@ -23,10 +23,10 @@ use crate::types::{Availability, DestinationKey, DueDelivery};
 /// no longer holds (its record failed, or the instance restarted) is taken again at
 /// once; one another instance claimed, once its lease has run out. While the
 /// destination is down (its stored state, whatever `take.probe` says), only its probe
-/// is taken: one delivery, whether due or not, once the next probe is due and no
-/// instance holds any of its deliveries; the first accepted pending one when
-/// `take.probe` (as it is unless another instance took it down since this one last
-/// looked).
+/// is taken: one delivery, whether due or not (the one whose retry comes first, so
+/// that probes go round the pending deliveries rather than repeat one the backend keeps
+/// refusing), once the next probe is due and no instance holds any of its
+/// deliveries; with `take.probe` no conversation's hold runs out.
 ///
 /// Why this holds the concurrency for the cluster: an instance's claims in the
 /// database are never fewer than its attempts in flight (an attempt's claim goes only
@@ -65,7 +65,10 @@ pub(super) async fn claim(
     let lock = client.prepare_cached("SELECT pg_advisory_xact_lock($1, hashtext($2))");
     // A destination that keeps order takes no delivery its conversation holds ($14: now
     // less its order_hold); the lock above makes that hold across instances.
-    let hold_cutoff = terms.hold_cutoff(now);
+    // While it is down no hold runs out (an outage releases no conversation).
+    let hold_cutoff = terms
+        .hold_cutoff(now)
+        .map(|c| if take.probe { i64::MIN } else { c });
     let ordered = match hold_cutoff {
         Some(_) => format!(
             "AND {} AND {}",
@@ -73,13 +76,6 @@ pub(super) async fn claim(
             conversations::not_beside_one_in_flight("deliveries.seq", "$1", "$3")
         ),
         None => String::new(),
-    };
-    // While the destination is down (as this instance knows), its probe is the first
-    // accepted pending delivery: never held by its conversation, whatever order_hold.
-    let order_by = if take.probe {
-        "seq"
-    } else {
-        "next_attempt_at, seq"
     };
     let claim_sql = format!(
         "WITH st AS (
@@ -115,7 +111,7 @@ pub(super) async fn claim(
                AND (claimed_by IS NULL OR lease_until <= $3
                     OR (claimed_by = $2 AND seq <> ALL($8)))
                {ordered}
-             ORDER BY {order_by}
+             ORDER BY next_attempt_at, seq
              LIMIT GREATEST(0, LEAST((SELECT n FROM room), (SELECT budget FROM room)))
              FOR UPDATE SKIP LOCKED),
          claimed AS (
@@ -243,6 +239,8 @@ fn availability_of(row: &tokio_postgres::Row) -> Result<Availability, tokio_post
         down_since: row.try_get(1)?,
         next_probe_at: row.try_get(2)?,
         failed_probes: row.try_get::<_, Option<i64>>(3)?.unwrap_or(0),
+        // Only the writer moves the state on: a claim never needs it.
+        last_failed: None,
     })
 }
 

@@ -85,7 +85,8 @@ impl RecordStatements {
                 .await?,
             lock_destinations: c
                 .prepare(
-                    "SELECT destination, failures, down_since, next_probe_at, failed_probes
+                    "SELECT destination, failures, down_since, next_probe_at, failed_probes,
+                            last_failed
                      FROM destinations
                      WHERE destination = ANY($1::text[])
                        AND (destination = ANY($2::text[]) OR failures <> 0
@@ -96,9 +97,11 @@ impl RecordStatements {
             save_destinations: c
                 .prepare(
                     "UPDATE destinations t SET failures = v.f, down_since = v.ds,
-                                               next_probe_at = v.np, failed_probes = v.fp
-                     FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[])
-                          AS v(d, f, ds, np, fp)
+                                               next_probe_at = v.np, failed_probes = v.fp,
+                                               last_failed = v.lf
+                     FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[],
+                                 $6::bigint[])
+                          AS v(d, f, ds, np, fp, lf)
                      WHERE t.destination = v.d",
                 )
                 .await?,
@@ -237,6 +240,7 @@ pub(super) async fn record_batch(
                 down_since: row.try_get(2)?,
                 next_probe_at: row.try_get(3)?,
                 failed_probes: row.try_get(4)?,
+                last_failed: row.try_get(5)?,
             },
         );
     }
@@ -282,13 +286,15 @@ pub(super) async fn record_batch(
         v.down_since.push(state.down_since);
         v.next_probe_at.push(state.next_probe_at);
         v.failed_probes.push(state.failed_probes);
+        v.last_failed.push(state.last_failed);
     }
-    let save_params: [&(dyn ToSql + Sync); 5] = [
+    let save_params: [&(dyn ToSql + Sync); 6] = [
         &v.destination,
         &v.failures,
         &v.down_since,
         &v.next_probe_at,
         &v.failed_probes,
+        &v.last_failed,
     ];
     tx.execute(&s.save_destinations, &save_params).await?;
     Ok(recorded)
@@ -302,6 +308,7 @@ struct StateColumns<'a> {
     down_since: Vec<Option<i64>>,
     next_probe_at: Vec<Option<i64>>,
     failed_probes: Vec<i64>,
+    last_failed: Vec<Option<i64>>,
 }
 
 /// The columns of a batch of outcomes, one array per column.

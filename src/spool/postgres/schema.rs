@@ -135,7 +135,8 @@ CREATE TABLE destinations (
     failures      bigint NOT NULL DEFAULT 0,
     down_since    bigint,
     next_probe_at bigint,
-    failed_probes bigint NOT NULL DEFAULT 0
+    failed_probes bigint NOT NULL DEFAULT 0,
+    last_failed   bigint
 );
 -- A destination's rate limit for every instance together (GCRA): tat is the
 -- theoretical arrival time of its next request (unix microseconds); written by claims.

@@ -13,7 +13,7 @@ pub(super) fn load(
 ) -> rusqlite::Result<Availability> {
     Ok(conn
         .prepare_cached(
-            "SELECT failures, down_since, next_probe_at, failed_probes
+            "SELECT failures, down_since, next_probe_at, failed_probes, last_failed
              FROM destinations WHERE destination = ?1",
         )?
         .query_row([destination.as_str()], |r| {
@@ -22,6 +22,7 @@ pub(super) fn load(
                 down_since: r.get(1)?,
                 next_probe_at: r.get(2)?,
                 failed_probes: r.get(3)?,
+                last_failed: r.get(4)?,
             })
         })
         .optional()?
@@ -35,18 +36,20 @@ pub(super) fn save(
     state: &Availability,
 ) -> rusqlite::Result<()> {
     conn.prepare_cached(
-        "INSERT INTO destinations (destination, failures, down_since, next_probe_at, failed_probes)
-         VALUES (?1, ?2, ?3, ?4, ?5)
+        "INSERT INTO destinations (destination, failures, down_since, next_probe_at, failed_probes,
+                                   last_failed)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT (destination) DO UPDATE SET failures = excluded.failures,
              down_since = excluded.down_since, next_probe_at = excluded.next_probe_at,
-             failed_probes = excluded.failed_probes",
+             failed_probes = excluded.failed_probes, last_failed = excluded.last_failed",
     )?
     .execute(params![
         destination.as_str(),
         state.failures,
         state.down_since,
         state.next_probe_at,
-        state.failed_probes
+        state.failed_probes,
+        state.last_failed
     ])?;
     Ok(())
 }

@@ -123,7 +123,9 @@ impl SqliteStore {
     }
 
     /// Up to `take.limit` pending deliveries to `destination` due now, the earliest due
-    /// first; for a probe, the first accepted pending one, whether due or not. Where the destination
+    /// first; for a probe, one, whether due or not (the one whose retry comes first, so
+    /// that probes go round the pending deliveries rather than repeat one the backend
+    /// keeps refusing), and no conversation's hold runs out while it is down. Where the destination
     /// keeps order, none held by an earlier delivery of its conversation. One taker: of
     /// the terms of a claim only the order applies, and the scheduler paces its own
     /// attempts.
@@ -139,7 +141,10 @@ impl SqliteStore {
         let deliveries = blocking(move || {
             let now = now_ms();
             let until = (!probe).then_some(now);
-            queue.due(&destination, until, limit, terms.hold_cutoff(now))
+            let cutoff = terms
+                .hold_cutoff(now)
+                .map(|c| if probe { i64::MIN } else { c });
+            queue.due(&destination, until, limit, cutoff)
         })
         .await?;
         Ok(Taken {

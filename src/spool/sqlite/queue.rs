@@ -36,8 +36,7 @@ impl Queue {
     }
 
     /// Up to `limit` pending deliveries to `destination` due at `now`, the earliest
-    /// due first; with `now` `None` (the destination's probe), whether due or not, the
-    /// first accepted first (the oldest: never held by its conversation). With
+    /// due first; with `now` `None` (the destination's probe), whether due or not. With
     /// `hold_cutoff` (a destination that keeps order: now less its `order_hold`), none
     /// held by an earlier delivery of its conversation ([`conversations`]).
     pub fn due(
@@ -51,10 +50,6 @@ impl Queue {
             Some(_) => format!("AND {}", conversations::not_held("d.seq", "?5")),
             None => String::new(),
         };
-        let order_by = match now {
-            Some(_) => "d.next_attempt_at, d.seq",
-            None => "d.seq",
-        };
         let now = now.unwrap_or(i64::MAX);
         self.with(|conn| {
             let mut stmt = conn.prepare_cached(&format!(
@@ -67,7 +62,7 @@ impl Queue {
                         d.split, d.part, d.parts
                  FROM deliveries d JOIN events e ON e.seq = d.event_seq
                  WHERE d.state = 0 AND d.destination = ?4 AND d.next_attempt_at <= ?1 {ordered}
-                 ORDER BY {order_by} LIMIT ?2",
+                 ORDER BY d.next_attempt_at, d.seq LIMIT ?2",
             ))?;
             let (limit, inline) = (limit as i64, INLINE_BODY_MAX as i64);
             let key = destination.as_str();

@@ -152,7 +152,8 @@ CREATE TABLE IF NOT EXISTS destinations (
     failures      INTEGER NOT NULL DEFAULT 0,
     down_since    INTEGER,
     next_probe_at INTEGER,
-    failed_probes INTEGER NOT NULL DEFAULT 0
+    failed_probes INTEGER NOT NULL DEFAULT 0,
+    last_failed   INTEGER
 ) WITHOUT ROWID;
 ";
 
