@@ -89,8 +89,9 @@ pub struct Take<'a> {
     /// Of those, being attempted now.
     pub sending: usize,
     /// The destination is down as far as the caller knows: take only its probe, the
-    /// oldest pending delivery whether its retry is due or not (on PostgreSQL the
-    /// stored state decides, and only while no instance holds one).
+    /// pending delivery whose retry comes first, whether due or not, with no
+    /// conversation's hold running out (on PostgreSQL the stored state decides, and
+    /// only while no instance holds one).
     pub probe: bool,
 }
 
