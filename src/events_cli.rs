@@ -16,6 +16,7 @@ use crate::spool::postgres::inspect as pg;
 use crate::spool::sqlite::inspect;
 use crate::spool::sqlite::schema;
 use crate::spool::views::{EventDetail, EventSummary, ListFilter, Replay};
+use crate::time::rfc3339;
 
 /// The spool the command works on.
 enum Spool {
@@ -136,13 +137,13 @@ pub fn run(args: &EventsArgs) -> anyhow::Result<String> {
             let s = &event.summary;
             let mut out = format!(
                 "id:         {}\nstate:      {}\nreceived:   {}\nobject:     {}\nfield:      {}\nsize:       {} bytes\nattempts:   {}\n",
-                s.id, s.state, time(s.received_at), s.object, s.field, s.size, s.attempts
+                s.id, s.state, rfc3339(s.received_at), s.object, s.field, s.size, s.attempts
             );
             if let Some(instance) = &s.accepted_by {
                 out.push_str(&format!("accepted by: instance {instance}\n"));
             }
             if let Some(next) = s.next_attempt_at {
-                out.push_str(&format!("next try:   {}\n", time(next)));
+                out.push_str(&format!("next try:   {}\n", rfc3339(next)));
             }
             if let Some(error) = &s.last_error {
                 out.push_str(&format!("last error: {error}\n"));
@@ -175,7 +176,7 @@ pub fn run(args: &EventsArgs) -> anyhow::Result<String> {
                     }
                     out.push_str(&format!(
                         "    {:<20}  {:<9}  {:>6}  {}\n",
-                        time(a.at),
+                        rfc3339(a.at),
                         a.result,
                         status,
                         detail.replace(['\n', '\r'], " ")
@@ -230,15 +231,10 @@ pub fn run(args: &EventsArgs) -> anyhow::Result<String> {
                 .context("cannot update the spool")?;
             Ok(format!(
                 "{n} delivered event(s) accepted before {} deleted",
-                time(cutoff)
+                rfc3339(cutoff)
             ))
         }
     }
-}
-
-fn time(ms: i64) -> String {
-    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_seconds(at).to_string()
 }
 
 /// A plain table, one event a line.
@@ -264,7 +260,7 @@ fn table(list: &[EventSummary]) -> String {
             .collect();
         out.push_str(&format!(
             "{:<20}  {:<36}  {:<route_width$}  {:<9}  {:>8}  {:>8}  {:<what_width$}  {}\n",
-            time(e.received_at),
+            rfc3339(e.received_at),
             e.id,
             e.route,
             e.state,

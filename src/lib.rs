@@ -23,7 +23,8 @@
 //! - [`events_cli`], [`spool_cli`], [`check`], [`send_test`]: the operator's commands;
 //!   [`output`] writes their output like a Unix tool.
 //! - [`types`]: plain types the stages share (dedup keys); it uses no other module.
-//! - [`secret`], [`tls`], [`duration`], [`logging`], [`shutdown`], [`fd_limit`]: small helpers.
+//! - [`secret`], [`tls`], [`duration`], [`time`], [`logging`], [`shutdown`], [`fd_limit`]:
+//!   small helpers.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -51,6 +52,7 @@ pub mod shutdown;
 pub mod sign;
 pub mod spool;
 pub mod spool_cli;
+pub mod time;
 pub mod tls;
 pub mod types;
 pub mod webhook;

@@ -10,10 +10,6 @@ use common::*;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-fn admin_target(port: u16) -> Target {
-    Target::Tcp(format!("127.0.0.1:{port}").parse().unwrap())
-}
-
 fn start_with_admin(up: &Upstream, extra: &[&str]) -> (Xhubd, Target) {
     start_with_admin_on(&Spool::sqlite(), up, extra)
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{free_port, Options, Target, Upstream, Xhubd};
+use common::{admin_target, free_port, Options, Upstream, Xhubd};
 
 /// A tmpfs of `size` mounted on a fresh directory, unmounted on drop.
 struct SmallFs {
@@ -91,7 +91,7 @@ fn a_full_disk_gets_503_never_a_lost_200_and_recovers_by_itself() {
             .arg("--admin-listen")
             .arg(&format!("127.0.0.1:{admin_port}")),
     );
-    let admin = Target::Tcp(format!("127.0.0.1:{admin_port}").parse().expect("addr"));
+    let admin = admin_target(admin_port);
     let mut acked = Vec::new();
     let mut n = 0;
     for _ in 0..5 {

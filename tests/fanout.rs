@@ -396,7 +396,7 @@ fn items_nobody_takes_are_stored_and_counted(spool: &Spool) {
     wait_for(WAIT, "the delivery recorded", || {
         x.count("SELECT COUNT(*) FROM deliveries WHERE state = 1") == 1
     });
-    let admin = Target::Tcp(format!("127.0.0.1:{port}").parse().unwrap());
+    let admin = admin_target(port);
     let metrics = admin.get("/metrics").text();
     assert!(
         metrics.contains(r#"xhubd_items_unrouted_total{route="wa"} 1"#),

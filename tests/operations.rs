@@ -47,7 +47,7 @@ fn a_failed_commit_answers_503_stores_nothing_and_recovers(spool: &Spool) {
             .arg(&format!("127.0.0.1:{admin_port}"))
             .spool(spool),
     );
-    let admin = Target::Tcp(format!("127.0.0.1:{admin_port}").parse().unwrap());
+    let admin = admin_target(admin_port);
     assert_eq!(admin.get("/readyz").status, 200);
     assert_eq!(ready_gauge(&admin), "1");
 

@@ -71,7 +71,7 @@ fn routes_and_destinations_everywhere(spool: &Spool) {
     wait_for(WAIT, "the refused delivery dead", || {
         x.count("SELECT COUNT(*) FROM deliveries WHERE state = 2") == 1
     });
-    let admin = Target::Tcp(format!("127.0.0.1:{admin_port}").parse().unwrap());
+    let admin = admin_target(admin_port);
     let metrics = admin.get("/metrics").text();
     for line in [
         r#"xhubd_delivery_attempts_total{route="shop",destination="orders",result="delivered"} 1"#,

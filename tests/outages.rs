@@ -14,10 +14,6 @@ use common::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn admin_target(port: u16) -> Target {
-    Target::Tcp(format!("127.0.0.1:{port}").parse().unwrap())
-}
-
 /// The value of the sample `name` labelled `destination="default"`, if any.
 fn gauge(admin: &Target, name: &str) -> Option<f64> {
     let text = admin.get("/metrics").text();

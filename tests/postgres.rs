@@ -280,21 +280,6 @@ fn a_destinations_concurrency_holds_for_both_instances_together() {
     assert!(most >= 2, "the room was never used: at most {most} at once");
 }
 
-/// The most arrivals in any one-second window (windows start at each arrival).
-fn busiest_second(arrivals: &[Instant]) -> usize {
-    let mut sorted = arrivals.to_vec();
-    sorted.sort();
-    let mut end = 0;
-    let mut most = 0;
-    for start in 0..sorted.len() {
-        while end < sorted.len() && sorted[end] - sorted[start] < Duration::from_secs(1) {
-            end += 1;
-        }
-        most = most.max(end - start);
-    }
-    most
-}
-
 #[test]
 fn a_destinations_rate_limit_holds_for_both_instances_together() {
     let (_, url) = postgres::shared().fresh_database();

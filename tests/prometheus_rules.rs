@@ -248,7 +248,7 @@ fn every_metric_the_rules_and_dashboard_name_is_exported() {
             .arg("--admin-listen")
             .arg(&format!("127.0.0.1:{port}")),
     );
-    let admin = Target::Tcp(format!("127.0.0.1:{port}").parse().expect("an address"));
+    let admin = admin_target(port);
     for n in [1, 2] {
         assert_eq!(x.target.post_signed(&page_event(n)).status, 200);
     }

@@ -12,21 +12,6 @@ use common::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// The most arrivals in any one-second window (windows start at each arrival).
-fn busiest_second(arrivals: &[Instant]) -> usize {
-    let mut sorted = arrivals.to_vec();
-    sorted.sort();
-    let mut most = 0;
-    let mut end = 0;
-    for start in 0..sorted.len() {
-        while end < sorted.len() && sorted[end] - sorted[start] < Duration::from_secs(1) {
-            end += 1;
-        }
-        most = most.max(end - start);
-    }
-    most
-}
-
 both_spools!(five_hundred_events_at_100_per_second_with_bursts_of_10);
 fn five_hundred_events_at_100_per_second_with_bursts_of_10(spool: &Spool) {
     let up = FaultyUpstream::start(Mode::Status(200));
@@ -80,7 +65,7 @@ fn five_hundred_events_at_100_per_second_with_bursts_of_10(spool: &Spool) {
         most >= 50,
         "the backend was barely used: {most} in its busiest second"
     );
-    let admin = Target::Tcp(format!("127.0.0.1:{port}").parse().unwrap());
+    let admin = admin_target(port);
     let metrics = admin.get("/metrics").text();
     let waits: f64 = metrics
         .lines()

@@ -2,12 +2,11 @@
 //! no external assets, no JavaScript. maud escapes everything spliced in, so payloads
 //! (untrusted) are shown as text.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
 use crate::delivery::status::{Condition, UpstreamSnapshot};
 use crate::metrics::RequestOutcome;
+use crate::spool::now_ms;
 use crate::spool::views::{EventDetail, EventSummary, SpoolStats};
 
 const STYLE: &str = "
@@ -63,11 +62,8 @@ pub struct DestinationRow {
 /// Unix ms as `2026-11-22T21:40:00Z` and how long ago (or from now) that is, never
 /// wrapped.
 fn time(ms: i64) -> Markup {
-    let at = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
-    let text = humantime::format_rfc3339_seconds(at).to_string();
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let text = crate::time::rfc3339(ms);
+    let now = now_ms();
     html! {
         span.when { time datetime=(text) { (text) } " " span.muted { "(" (relative(ms - now)) ")" } }
     }
@@ -264,9 +260,7 @@ pub fn status(s: &Status<'_>) -> String {
 /// A destination's state cell: up, rate limited, down since when (and the next
 /// probe), or probing.
 fn condition(u: &UpstreamSnapshot) -> Markup {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let now = now_ms();
     let state = u.condition(now);
     html! {
         @match state {

@@ -4,6 +4,7 @@
 
 use crate::delivery::fleet::DestinationView;
 use crate::spool::views::SpoolStats;
+use crate::time::rfc3339;
 
 /// Failed attempts in a row after which a destination is reported failing.
 pub const FAILING_AFTER: u64 = 3;
@@ -35,12 +36,10 @@ impl Verdict {
         }
         for d in destinations {
             if let Some(since) = d.status.down_since {
-                let at =
-                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(since.max(0) as u64);
                 reasons.push(format!(
                     "destination {} down since {}: one probe at a time until it answers",
                     d.key,
-                    humantime::format_rfc3339_seconds(at)
+                    rfc3339(since)
                 ));
             } else if d.status.consecutive_failures >= FAILING_AFTER {
                 reasons.push(format!(

@@ -68,6 +68,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::metrics::{AttemptResult, Metrics};
 use crate::spool::{now_ms, Attempted, ClaimTerms, Outcome, Recorded, Store, Take};
+use crate::time::rfc3339;
 use crate::types::{AttemptReport, Availability, DestinationKey, DueDelivery};
 use backoff::RetryPolicy;
 use outage::Standing;
@@ -156,7 +157,7 @@ impl Delivery {
         };
         this.status.availability(&availability);
         if let Some(since) = availability.down_since {
-            warn!(destination = %this.destination, down_since = %outage::rfc3339(since), "the destination is down: one probe at a time until it answers");
+            warn!(destination = %this.destination, down_since = %rfc3339(since), "the destination is down: one probe at a time until it answers");
         }
         let permits = Arc::new(Semaphore::new(this.terms.concurrency));
         let sent = Arc::new(Notify::new());
@@ -461,7 +462,7 @@ impl Delivery {
         let (due_again, recorded) = match self.store.record(attempted).await {
             Ok(recorded) => {
                 if recorded.expired > 0 {
-                    error!(destination = %event.destination, deliveries = recorded.expired, down_since = %recorded.availability.down_since.map(outage::rfc3339).unwrap_or_default(), "dead: their --retry-for ran out while the destination was down");
+                    error!(destination = %event.destination, deliveries = recorded.expired, down_since = %recorded.availability.down_since.map(rfc3339).unwrap_or_default(), "dead: their --retry-for ran out while the destination was down");
                 }
                 (due_again, Some(recorded))
             }

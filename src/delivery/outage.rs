@@ -3,13 +3,12 @@
 //! failed probe makes dead), the log lines when it goes down and comes back up, and
 //! the backlog released at once when it does.
 
-use std::time::Duration;
-
 use tracing::{debug, info, warn};
 
 use super::backoff::RetryPolicy;
 use super::status::UpstreamStatus;
 use crate::spool::Store;
+use crate::time::rfc3339;
 use crate::types::{Availability, DestinationKey, Expiry, Signal};
 
 /// What an attempt knows of its destination when it starts.
@@ -95,10 +94,4 @@ pub(super) async fn retry_backlog_now(store: Store, destination: DestinationKey)
             warn!(error = %e, "cannot bring the pending deliveries forward; they go as their retries fall due")
         }
     }
-}
-
-/// A unix-ms time as RFC 3339 (UTC, seconds), as logs and errors show it.
-pub(super) fn rfc3339(unix_ms: i64) -> String {
-    let at = std::time::UNIX_EPOCH + Duration::from_millis(unix_ms.max(0) as u64);
-    humantime::format_rfc3339_seconds(at).to_string()
 }

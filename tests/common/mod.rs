@@ -618,6 +618,27 @@ pub fn assert_no_secret(what: &str, text: &str) {
 }
 
 /// Polls `cond` until it holds or `limit` passes.
+/// The admin listener on loopback `port` (`--admin-listen 127.0.0.1:PORT`).
+pub fn admin_target(port: u16) -> Target {
+    Target::Tcp(SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+/// The most of `arrivals` in any one-second window (windows start at each arrival):
+/// what a backend behind a rate limit sees at worst.
+pub fn busiest_second(arrivals: &[Instant]) -> usize {
+    let mut sorted = arrivals.to_vec();
+    sorted.sort();
+    let mut most = 0;
+    let mut end = 0;
+    for start in 0..sorted.len() {
+        while end < sorted.len() && sorted[end] - sorted[start] < Duration::from_secs(1) {
+            end += 1;
+        }
+        most = most.max(end - start);
+    }
+    most
+}
+
 /// Milliseconds since the Unix epoch, as the spool counts time.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -179,8 +179,10 @@ fn commit_batch(
     let result = (|| -> rusqlite::Result<Vec<Applied>> {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut results = Vec::with_capacity(batch.len());
-        // Each destination's state, read once and written once per batch.
-        let mut states: HashMap<DestinationKey, Availability> = HashMap::new();
+        // Each destination's state, read once per batch (as stored, and as the batch's
+        // outcomes move it on), written once if it changed: an answer while the
+        // destination is at rest writes nothing.
+        let mut states: HashMap<DestinationKey, (Availability, Availability)> = HashMap::new();
         for cmd in batch.iter() {
             results.push(match cmd {
                 Command::Accept { event, .. } => {
@@ -197,12 +199,15 @@ fn commit_batch(
                     ..
                 } => {
                     record_one(&tx, *seq, *attempts, outcome, report, now)?;
-                    let before = match states.get(destination) {
+                    let (stored, before) = match states.get(destination) {
                         Some(state) => *state,
-                        None => availability::load(&tx, destination)?,
+                        None => {
+                            let stored = availability::load(&tx, destination)?;
+                            (stored, stored)
+                        }
                     };
                     let after = before.after(signal, now);
-                    states.insert(destination.clone(), after);
+                    states.insert(destination.clone(), (stored, after));
                     let expired = match &signal.expire {
                         Some(expiry) if signal.probe && after.is_down() => {
                             availability::expire(&tx, destination, expiry, *seq, now)?
@@ -236,8 +241,10 @@ fn commit_batch(
                 Command::Close => Applied::Nothing,
             });
         }
-        for (destination, state) in &states {
-            availability::save(&tx, destination, state)?;
+        for (destination, (stored, state)) in &states {
+            if state != stored {
+                availability::save(&tx, destination, state)?;
+            }
         }
         tx.commit()?;
         Ok(results)
