@@ -8,8 +8,12 @@
 #   C         wrk -> xhubd over TCP -> bench-upstream (fresh spool);
 # and with --nginx (Nginx from the shipped nginx/xhubd.conf, plain-HTTP variant: no TLS,
 # no client-certificate check; installed when missing):
-#   A         wrk -> Nginx -> bench-upstream over a Unix socket: the ceiling, no
-#             verification and no storage;
+#   A         wrk -> Nginx -> bench-upstream over a Unix socket: no verification and
+#             no storage, one hop fewer than B;
+#   A-relay   wrk -> Nginx -> bench-relay (bench/relay.rs) over a Unix socket ->
+#             bench-upstream: the honest ceiling, B's hops with nothing durable (the relay
+#             answers 200 once it has read the body, then forwards it over a pooled
+#             keep-alive client from CONCURRENCY senders; no verification, no storage);
 #   B         wrk -> Nginx -> xhubd over a Unix socket -> bench-upstream (fresh spool);
 # and with --tls (implies --nginx; wrk cannot present a client certificate, so these
 # loads use bench-load, bench/load.rs: the same signed bodies from a Rust HTTP/1.1 client,
@@ -31,8 +35,9 @@
 # probe at a time, at most 2 s apart with the --retry-max-delay it gets here); with wrk
 # (no CATCH_UP_EVENTS), the acceptance rate is also given over C's, the same load with
 # the upstream up.
-# For xhubd it waits until the upstream has received every event accepted, and prints a
-# table with the ratios C/baseline and B/A (with --tls, a second table for the
+# For xhubd (and the relay) it waits until the upstream has received every event
+# accepted, and prints a table with the ratios C/baseline, B/A and B/A-relay, and the CPU
+# per event of each process a load goes through (with --tls, a second table for the
 # bench-load loads, with B-tls/A-tls, B-load/A-load and A-load/A).
 #
 # and with --fanout: xhubd with a config file of one route and three destinations, two
@@ -133,6 +138,7 @@ fi
 pg_bin=$(find /usr/lib/postgresql -maxdepth 2 -name bin -type d 2>/dev/null | sort -V | tail -n 1)
 
 examples=(--example bench-upstream)
+[ "$WITH_NGINX" = 0 ] || examples+=(--example bench-relay)
 if [ "$WITH_TLS" = 1 ] || { [ "$CATCH_UP" = 1 ] && [ -n "$CATCH_UP_EVENTS" ]; }; then
   examples+=(--example bench-load)
 fi
@@ -143,6 +149,7 @@ target_dir=${CARGO_TARGET_DIR:-target}/$profile_dir
 xhubd_bin=$target_dir/xhubd
 upstream_bin=$target_dir/examples/bench-upstream
 load_bin=$target_dir/examples/bench-load
+relay_bin=$target_dir/examples/bench-relay
 
 tmp=$(mktemp -d -t xhubd-bench.XXXXXX)
 LOG_FILE=${LOG_FILE:-$tmp/xhubd.log}
@@ -213,6 +220,44 @@ cpu_ticks() { # utime + stime of PID, in clock ticks
   echo $((fields[11] + fields[12]))
 }
 
+# CPU of PID and its children, live (Nginx's workers) and reaped (cutime, cstime: the
+# commands a peer runs).
+tree_ticks() {
+  local stat fields total pid
+  stat=$(<"/proc/$1/stat")
+  read -ra fields <<<"${stat##*) }"
+  total=$((fields[11] + fields[12] + fields[13] + fields[14]))
+  for pid in $(pgrep -P "$1"); do
+    total=$((total + $(cpu_ticks "$pid" 2>/dev/null || echo 0)))
+  done
+  echo "$total"
+}
+
+# CPU ticks of the other processes a load goes through: "NGINX UPSTREAM" (NGINX 0 when
+# no Nginx runs).
+others_ticks() {
+  local nginx=0
+  if [ -n "${nginx_pid:-}" ] && kill -0 "$nginx_pid" 2>/dev/null; then
+    nginx=$(tree_ticks "$nginx_pid")
+  fi
+  echo "$nginx $(cpu_ticks "$upstream_pid")"
+}
+
+# CPU s per 1,000 events of Nginx and the upstream into ARRAYNAME, from two
+# others_ticks readings.
+others_cpu() { # ARRAYNAME BEFORE AFTER EVENTS
+  local -n o=$1
+  local before after
+  read -ra before <<<"$2"
+  read -ra after <<<"$3"
+  o["nginx_cpu_per_k"]="-"
+  o["upstream_cpu_per_k"]="-"
+  [ "$4" -gt 0 ] || return 0
+  [ "${after[0]}" = 0 ] \
+    || o["nginx_cpu_per_k"]=$(calc %.3f "(${after[0]} - ${before[0]}) / $(getconf CLK_TCK) / $4 * 1000")
+  o["upstream_cpu_per_k"]=$(calc %.3f "(${after[1]} - ${before[1]}) / $(getconf CLK_TCK) / $4 * 1000")
+}
+
 # The xhubd processes a load measures: xhubd_pid, or all of measured_pids.
 xhubd_ticks() {
   local pid total=0
@@ -234,7 +279,7 @@ postgres_ticks() {
   echo "$total"
 }
 
-declare -A base xhub_c ceiling xhub_b ceiling_load xhub_b_load ceiling_tls xhub_b_tls backlog fan \
+declare -A base xhub_c ceiling relay xhub_b ceiling_load xhub_b_load ceiling_tls xhub_b_tls backlog fan \
   xhub_c_pg xhub_b_pg1 xhub_b_pg2
 # The load generator of run_load: wrk with bench/sign.lua, or bench-load (same bodies,
 # same WRKSTATS line) with load_args (its TLS files, --requests).
@@ -242,7 +287,8 @@ load_tool=wrk
 load_args=()
 run_load() { # URL OUTFILE ARRAYNAME: runs the load, parses the WRKSTATS line
   local -n stats=$3
-  local kv kvs=()
+  local kv kvs=() others_before
+  others_before=$(others_ticks)
   if [ "$load_tool" = wrk ]; then
     timeout $(($(seconds "$DURATION") + 60)) \
       env BENCH_APP_SECRET="$secret" BODY_BYTES="$BODY_BYTES" BODY_SHAPE="${BODY_SHAPE:-user}" \
@@ -266,6 +312,7 @@ run_load() { # URL OUTFILE ARRAYNAME: runs the load, parses the WRKSTATS line
   stats["rate"]=$(calc %.0f "${stats["ok"]} / (${stats["duration_us"]} / 1e6)")
   stats["latency"]=$(calc "%.2f / %.2f / %.2f" \
     "${stats["p50_us"]} / 1e3, ${stats["p99_us"]} / 1e3, ${stats["max_us"]} / 1e3")
+  others_cpu "$3" "$others_before" "$(others_ticks)" "${stats["ok"]}"
 }
 
 secret="bench-$RANDOM$RANDOM$RANDOM"
@@ -309,11 +356,12 @@ measure_xhubd() { # NAME URL ARRAYNAME [FANOUT]
   local -n m=$3
   local fanout=${4:-1}
   local before t_start t_load_end t_now deadline delivered cpu_start cpu_end rss_kib
-  local pg_start pg_end
+  local pg_start pg_end others_start
   local drained=0
   before=$(upstream_count)
   echo "$1 for $DURATION" >&2
   cpu_start=$(xhubd_ticks)
+  others_start=$(others_ticks)
   [ -z "${measure_postgres:-}" ] || pg_start=$(postgres_ticks)
   t_start=$(now)
   run_load "$2" "$tmp/wrk-$3.txt" "$3"
@@ -329,6 +377,7 @@ measure_xhubd() { # NAME URL ARRAYNAME [FANOUT]
     sleep 0.02
   done
   cpu_end=$(xhubd_ticks)
+  others_cpu "$3" "$others_start" "$(others_ticks)" $((delivered / fanout))
   [ -z "${measure_postgres:-}" ] || pg_end=$(postgres_ticks)
   sleep 1 # the stragglers wrk did not wait for
   m["extra"]=$(($(upstream_count) - before - m[ok] * fanout))
@@ -554,6 +603,20 @@ if [ "$WITH_NGINX" = 1 ]; then
   stop "$nginx_pid"
   sleep 0.5
 
+  "$relay_bin" "$tmp/relay.sock" "http://$HOST:$upstream_port/" "$CONCURRENCY" >"$tmp/relay.out" &
+  xhubd_pid=$!
+  pids+=("$xhubd_pid")
+  wait_socket "$xhubd_pid" "$tmp/relay.sock" bench-relay
+  nginx_port=$(free_port)
+  start_nginx relay "$nginx_port" "$tmp/relay.sock"
+  measure_xhubd "A-relay: wrk -> nginx -> bench-relay -> bench-upstream" \
+    "http://$HOST:$nginx_port/webhook" relay
+  stop "$nginx_pid"
+  relay_counts=$(curl -sf --max-time 5 --unix-socket "$tmp/relay.sock" http://relay/count || echo "? ?")
+  stop "$xhubd_pid"
+  [ "${relay_counts#* }" = 0 ] || failures+=("A-relay: ${relay_counts#* } bodies not forwarded")
+  sleep 0.5
+
   start_xhubd "unix:$tmp/xhubd.sock" "$tmp/state-b" "http://$HOST:$upstream_port/"
   wait_socket "$xhubd_pid" "$tmp/xhubd.sock" xhubd || { tail -n 20 "$LOG_FILE" >&2; exit 1; }
   nginx_port=$(free_port)
@@ -734,28 +797,36 @@ report=bench/out/run-$(date +%Y%m%dT%H%M%S).txt
   echo "xhubd $(git describe --always --dirty 2>/dev/null || echo '?') ($PROFILE build), $(nproc) cores;" \
     "wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $BODY_BYTES-byte signed bodies;" \
     "--upstream-concurrency $CONCURRENCY, XHUBD_LOG=$LOG_LEVEL"
-  row() { printf '| %-34s | %-22s | %-22s | %-22s | %-22s |\n' "$@"; }
+  row() { printf '| %-34s' "$1"; shift; printf ' | %-22s' "$@"; printf ' |\n'; }
   pick() { local -n a=$1; [ "$WITH_NGINX" = 1 ] || [ "$1" = xhub_c ] || [ "$1" = base ] \
     || { echo "-"; return; }; echo "${a[$2]:--}"; }
-  row "figure" "baseline: upstream" "C: xhubd" "A: nginx (ceiling)" "B: nginx + xhubd"
+  echo "(the daemon: xhubd, or bench-relay in A-relay)"
+  row "figure" "baseline: upstream" "C: xhubd" "A: nginx" "A-relay: nginx + relay" \
+    "B: nginx + xhubd"
   row "----------------------------------" "----------------------" \
-    "----------------------" "----------------------" "----------------------"
+    "----------------------" "----------------------" "----------------------" \
+    "----------------------"
   # Each row of the tables: its label, then the key of the figure in a load's array.
   fields=("accepted events/s (2xx / duration):rate"
     "delivered events/s (load to drain):delivered_rate"
     "drain time after load (s):drain" "latency p50 / p99 / max (ms):latency"
     "2xx answers:ok" "non-2xx answers:status" "socket errors conn/read/write/tmo:socket"
-    "delivered beyond 2xx (in flight):extra" "peak RSS of xhubd (MiB):rss"
-    "xhubd CPU s per 1,000 events:cpu_per_k")
+    "delivered beyond 2xx (in flight):extra" "peak RSS of the daemon (MiB):rss"
+    "daemon CPU s per 1,000 events:cpu_per_k"
+    "Nginx CPU s per 1,000 events:nginx_cpu_per_k"
+    "upstream CPU s per 1,000 events:upstream_cpu_per_k")
   for f in "${fields[@]}"; do
     row "${f%%:*}" "$(pick base "${f##*:}")" "$(pick xhub_c "${f##*:}")" \
-      "$(pick ceiling "${f##*:}")" "$(pick xhub_b "${f##*:}")"
+      "$(pick ceiling "${f##*:}")" "$(pick relay "${f##*:}")" "$(pick xhub_b "${f##*:}")"
   done
   echo
   echo "C / baseline, accepted events/s: $(calc %.3f "${xhub_c[rate]} / ${base[rate]}")"
   if [ "$WITH_NGINX" = 1 ]; then
     echo "B / A, accepted events/s: $(calc %.3f "${xhub_b[rate]} / ${ceiling[rate]}")"
     echo "B / A, p99 latency: $(calc %.2f "${xhub_b[p99_us]} / ${ceiling[p99_us]}")"
+    echo "B / A-relay, accepted events/s: $(calc %.3f "${xhub_b[rate]} / ${relay[rate]}")"
+    echo "B / A-relay, p99 latency: $(calc %.2f "${xhub_b[p99_us]} / ${relay[p99_us]}")"
+    echo "A-relay / A, events/s (what the third hop costs): $(calc %.3f "${relay[rate]} / ${ceiling[rate]}")"
   fi
   if [ "$WITH_TLS" = 1 ]; then
     echo
@@ -813,7 +884,7 @@ report=bench/out/run-$(date +%Y%m%dT%H%M%S).txt
   [ -z "$fanout_line" ] || echo "$fanout_line"
 } | tee "$report"
 
-for name in base xhub_c ceiling xhub_b ceiling_load xhub_b_load ceiling_tls xhub_b_tls backlog fan \
+for name in base xhub_c ceiling relay xhub_b ceiling_load xhub_b_load ceiling_tls xhub_b_tls backlog fan \
   xhub_c_pg xhub_b_pg1 xhub_b_pg2; do
   declare -n r=$name
   if [ -z "${r[ok]:-}" ]; then unset -n r; continue; fi
