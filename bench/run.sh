@@ -53,11 +53,28 @@
 #             two sockets, the shipped site otherwise), delivering between them;
 # with the CPU per event split between xhubd and PostgreSQL's processes, and the ratios
 # C-pg / C and B-pg2 / B-pg1.
+# and with --peers, after C, two other receivers that check the same signatures, each
+# loaded alone by the same wrk load (one hop, as C), with nothing stored durably and
+# nothing forwarded:
+#   express   Meta's sample receiver pattern (fbsamples/graph-api-webhooks-samples) on
+#             Node.js and Express, bench/peers/express/receiver.js: checks
+#             X-Hub-Signature-256 over the raw body, parses the JSON, keeps the event in
+#             an array in memory, answers 200 (npm ci from its package-lock.json into the
+#             temporary directory; NODE_ENV=production);
+#   webhook   adnanh/webhook (Debian's webhook), one hook from the template
+#             bench/peers/webhook/hooks.json.tmpl: a payload-hmac-sha256 rule on
+#             X-Hub-Signature-256, /bin/true run for each event (after the 200: its
+#             commands can still be running when the load ends);
+# each measured until it is idle, with accepted events/s, events/s until idle, latency,
+# CPU per event (webhook's with the commands it ran) and peak RSS next to C's, and the
+# ratios C / express and C / webhook. Before each is loaded, a body signed with the
+# secret must get 2xx and one signed with another key must not, else the run fails.
 # With BASELINE_XHUBD=PATH (an earlier release's binary), C is measured again with it
 # and with this build, alternated (C-prev, C, C-prev, C), and the ratio of the medians
 # is printed.
 #
 # Usage: bash bench/run.sh [--smoke] [--nginx] [--tls] [--catch-up] [--fanout] [--postgres]
+#                          [--peers]
 #   --smoke (or SMOKE=1)  2 s loads, for CI
 # Environment (defaults in brackets):
 #   DURATION [10s; 2s with --smoke]  wrk -d, per load (and bench-load's)
@@ -77,11 +94,12 @@
 #   PROFILE [release]                cargo profile of the binaries (dev: the smoke run
 #                                    in scripts/test.sh, which has them built already)
 # Installs wrk and curl (and nginx-light with --nginx or --postgres, openssl with --tls,
-# postgresql with --postgres) with apt-get
-# when missing; builds bench-load with --tls or CATCH_UP_EVENTS. The table is also
-# written to bench/out/. Exits non-zero when an answer was not 2xx, a socket error
-# occurred, or delivery did not drain in time. Figures are targets for the report, not
-# assertions.
+# postgresql with --postgres; webhook, openssl, and nodejs and npm when node or npm is
+# missing, with --peers) with apt-get when missing; builds bench-load with --tls or
+# CATCH_UP_EVENTS. The table is also written to bench/out/. Exits non-zero when an
+# answer was not 2xx, a socket error occurred, delivery did not drain in time, or (with
+# --peers) a peer failed its signature check or did not keep every event it accepted.
+# Figures are targets for the report, not assertions.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -91,6 +109,7 @@ WITH_TLS=0
 CATCH_UP=0
 FANOUT=0
 POSTGRES=0
+PEERS=0
 for arg in "$@"; do
   case $arg in
     --smoke) SMOKE=1 ;;
@@ -99,6 +118,7 @@ for arg in "$@"; do
     --catch-up) CATCH_UP=1 ;;
     --fanout) FANOUT=1 ;;
     --postgres) POSTGRES=1 ;;
+    --peers) PEERS=1 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $arg (try --help)" >&2; exit 2 ;;
   esac
@@ -129,6 +149,12 @@ nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
 pg_bin=$(find /usr/lib/postgresql -maxdepth 2 -name bin -type d 2>/dev/null | sort -V | tail -n 1)
 [ "$POSTGRES" = 0 ] || [ -x "$pg_bin/initdb" ] || missing+=(postgresql)
 [ "$WITH_TLS" = 0 ] || command -v openssl >/dev/null || missing+=(openssl)
+if [ "$PEERS" = 1 ]; then
+  command -v webhook >/dev/null || missing+=(webhook)
+  command -v node >/dev/null || missing+=(nodejs)
+  command -v npm >/dev/null || missing+=(npm)
+  command -v openssl >/dev/null || missing+=(openssl)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}" >&2
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -281,6 +307,7 @@ postgres_ticks() {
 
 declare -A base xhub_c ceiling relay xhub_b ceiling_load xhub_b_load ceiling_tls xhub_b_tls backlog fan \
   xhub_c_pg xhub_b_pg1 xhub_b_pg2
+declare -A peer_express peer_webhook
 # The load generator of run_load: wrk with bench/sign.lua, or bench-load (same bodies,
 # same WRKSTATS line) with load_args (its TLS files, --requests).
 load_tool=wrk
@@ -552,6 +579,113 @@ if [ -n "${BASELINE_XHUBD:-}" ]; then
   compare="C alternated with $BASELINE_XHUBD: previous ${prev_rates[*]} events/s"
   compare+=" (CPU s per 1,000: ${prev_cpu[*]}), this build ${this_rates[*]}"
   compare+=" (${this_cpu[*]}); this / previous, mean of two: $(calc %.3f "$this_mid / $prev_mid")"
+fi
+
+# Peers: other receivers checking the same signatures, each loaded alone by the same
+# wrk load; they store nothing durably and forward nothing.
+peers_line=""
+if [ "$PEERS" = 1 ]; then
+  # POSTs BODY signed with KEY to URL; prints the status (000 when curl failed).
+  peer_post() { # URL BODY KEY
+    local sig
+    sig=$(printf '%s' "$2" | openssl dgst -sha256 -hmac "$3" -r | cut -d' ' -f1)
+    curl -s -o /dev/null -w '%{http_code}' --max-time 5 -H 'Content-Type: application/json' \
+      -H "X-Hub-Signature-256: sha256=$sig" --data-binary "$2" "$1" || true
+  }
+  # The peer really checks signatures: 2xx for a body signed with the secret, not for
+  # one signed with another key (else the run stops here).
+  peer_signature_check() { # NAME URL
+    local body='{"object":"user","entry":[{"id":"signature-check","time":0,"changed_fields":["photos"]}]}'
+    local good bad
+    good=$(peer_post "$2" "$body" "$secret")
+    bad=$(peer_post "$2" "$body" "not-$secret")
+    if [[ $good != 2?? ]] || [[ $bad == 2?? ]]; then
+      echo "$1: a body signed with the secret got $good, one signed with another key" \
+        "got $bad (expected 2xx, then not 2xx)" >&2
+      exit 1
+    fi
+  }
+  # Loads the peer PID (through URL) and measures acceptance, latency, peak RSS, and
+  # CPU: PID's own with that of its children, reaped (webhook's commands) or running.
+  # webhook answers before it runs the command, which then waits its turn: after the
+  # load, the peer counts as done when it is idle (at most 1 tick of CPU in 0.25 s, no
+  # child left), and its CPU is taken until then.
+  measure_peer() { # NAME URL ARRAYNAME PID
+    local -n p=$3
+    local cpu_start cpu_prev cpu_now t_start t_load_end t_prev t_now deadline idle=0
+    echo "$1 for $DURATION" >&2
+    cpu_start=$(tree_ticks "$4")
+    t_start=$(now)
+    run_load "$2" "$tmp/wrk-$3.txt" "$3"
+    t_load_end=$(now)
+    deadline=$(calc %.6f "$t_load_end + $DRAIN_TIMEOUT")
+    cpu_prev=$(tree_ticks "$4")
+    t_prev=$(now)
+    while :; do
+      sleep 0.25
+      cpu_now=$(tree_ticks "$4")
+      t_now=$(now)
+      if [ $((cpu_now - cpu_prev)) -le 1 ] && [ -z "$(pgrep -P "$4")" ]; then idle=1; break; fi
+      [ "$(calc %d "($t_now > $deadline)")" = 1 ] && break
+      cpu_prev=$cpu_now
+      t_prev=$t_now
+    done
+    p["rss"]=$(awk '/^VmHWM:/ { printf "%.1f", $2 / 1024 }' "/proc/$4/status")
+    p["cpu_per_k"]="-"
+    p["delivered_rate"]="-"
+    if [ "$idle" = 1 ]; then
+      p["drain"]=$(calc %.2f "$t_prev - $t_load_end")
+      p["delivered_rate"]=$(calc %.0f "${p[ok]} / ($t_prev - $t_start)")
+    else
+      p["drain"]="busy after ${DRAIN_TIMEOUT}s"
+      failures+=("$1: still busy ${DRAIN_TIMEOUT}s after the load")
+    fi
+    [ "${p[ok]}" -eq 0 ] \
+      || p["cpu_per_k"]=$(calc %.3f "($cpu_now - $cpu_start) / $(getconf CLK_TCK) / ${p[ok]} * 1000")
+  }
+
+  # express: installed from the committed lock file into the temporary directory.
+  mkdir -p "$tmp/express"
+  cp bench/peers/express/package.json bench/peers/express/package-lock.json \
+    bench/peers/express/receiver.js "$tmp/express/"
+  t_install=$(now)
+  (cd "$tmp/express" && npm ci --omit=dev --no-audit --no-fund --prefer-offline) \
+    >"$tmp/npm-ci.log" 2>&1 || { cat "$tmp/npm-ci.log" >&2; exit 1; }
+  npm_seconds=$(calc %.1f "$(now) - $t_install")
+  peer_port=$(free_port)
+  APP_SECRET=$secret NODE_ENV=production node "$tmp/express/receiver.js" "$peer_port" "$HOST" \
+    >"$tmp/express.out" 2>&1 &
+  peer_pid=$!
+  pids+=("$peer_pid")
+  wait_listening "$peer_pid" "$peer_port" express || { cat "$tmp/express.out" >&2; exit 1; }
+  peer_signature_check express "http://$HOST:$peer_port/"
+  kept_before=$(curl -sf --max-time 5 "http://$HOST:$peer_port/count")
+  measure_peer "express: wrk -> node (Express, events kept in memory)" \
+    "http://$HOST:$peer_port/" peer_express "$peer_pid"
+  kept=$(($(curl -sf --max-time 5 "http://$HOST:$peer_port/count") - kept_before))
+  peer_express["extra"]=$((kept - peer_express[ok]))
+  [ "$kept" -ge "${peer_express[ok]}" ] \
+    || failures+=("express: $kept events kept of ${peer_express[ok]} accepted")
+  stop "$peer_pid"
+  sleep 0.5
+
+  # webhook: the hooks file is a Go template that reads the secret from APP_SECRET.
+  peer_port=$(free_port)
+  APP_SECRET=$secret webhook -template -hooks bench/peers/webhook/hooks.json.tmpl \
+    -ip "$HOST" -port "$peer_port" -hotreload=false >"$tmp/webhook.out" 2>&1 &
+  peer_pid=$!
+  pids+=("$peer_pid")
+  wait_listening "$peer_pid" "$peer_port" webhook || { cat "$tmp/webhook.out" >&2; exit 1; }
+  peer_signature_check webhook "http://$HOST:$peer_port/hooks/meta"
+  measure_peer "webhook: wrk -> webhook (/bin/true per event)" \
+    "http://$HOST:$peer_port/hooks/meta" peer_webhook "$peer_pid"
+  # shellcheck disable=SC2034 # read through a nameref in the report
+  peer_webhook["extra"]="-"
+  stop "$peer_pid"
+  sleep 0.5
+  peers_line="express: Node.js $(node --version), Express $(node -p 'require(process.argv[1]).version' \
+    "$tmp/express/node_modules/express/package.json") (npm ci took $npm_seconds s);"
+  peers_line+=" webhook: $(webhook -version | sed 's/^webhook version //')"
 fi
 
 # Fan-out: one route, three destinations, narrowing.
@@ -879,13 +1013,48 @@ report=bench/out/run-$(date +%Y%m%dT%H%M%S).txt
       echo "${!profile}"
     done
   fi
+  if [ "$PEERS" = 1 ]; then
+    echo
+    echo "Peers, each loaded alone by the same wrk load, one hop as C; neither stores anything" \
+      "durably nor forwards anything: express keeps the events in an array in memory," \
+      "webhook runs /bin/true for each (C: xhubd's spool on SQLite, every event delivered" \
+      "to the upstream; its CPU is xhubd's own, delivery included)"
+    peer_row() {
+      printf '| %-26s | %-8s | %-9s | %-9s | %-24s | %-7s | %-7s | %-13s | %-15s | %-14s | %-10s |\n' "$@"
+    }
+    peer_row "load" "events/s" "to done/s" "drain (s)" "latency p50 / p99 / max" "2xx" \
+      "non-2xx" "socket errors" "CPU s per 1,000" "peak RSS (MiB)" "beyond 2xx"
+    peer_row "--------------------------" "--------" "---------" "---------" \
+      "------------------------" "-------" "-------" "-------------" "---------------" \
+      "--------------" "----------"
+    for load in "C: xhubd:xhub_c" "express: Node.js + Express:peer_express" \
+      "webhook: adnanh/webhook:peer_webhook"; do
+      declare -n l=${load##*:}
+      peer_row "${load%:*}" "${l[rate]}" "${l[delivered_rate]}" "${l[drain]}" "${l[latency]}" \
+        "${l[ok]}" "${l[status]}" "${l[socket]}" "${l[cpu_per_k]}" "${l[rss]}" "${l[extra]}"
+      unset -n l
+    done
+    echo "(events/s: 2xx answers per second of load; to done/s: the 2xx events per second from" \
+      "the load's start until C's upstream had them all, or until the peer was idle (webhook" \
+      "runs the command after its 200); drain: seconds from the load's end to then; latency" \
+      "in ms; CPU: the daemon's own, with the commands webhook ran; beyond 2xx: events" \
+      "delivered (C) or kept (express) beyond wrk's 2xx answers, in flight when it stopped)"
+    echo "$peers_line"
+    for peer in express webhook; do
+      declare -n l=peer_$peer
+      echo "C / $peer, accepted events/s: $(calc %.3f "${xhub_c[rate]} / ${l[rate]}");" \
+        "to done: $(calc %.3f "${xhub_c[delivered_rate]} / ${l[delivered_rate]}");" \
+        "CPU per event: $(calc %.3f "${xhub_c[cpu_per_k]} / ${l[cpu_per_k]}")"
+      unset -n l
+    done
+  fi
   [ -z "$catch_up" ] || echo "$catch_up"
   [ -z "$compare" ] || echo "$compare"
   [ -z "$fanout_line" ] || echo "$fanout_line"
 } | tee "$report"
 
 for name in base xhub_c ceiling relay xhub_b ceiling_load xhub_b_load ceiling_tls xhub_b_tls backlog fan \
-  xhub_c_pg xhub_b_pg1 xhub_b_pg2; do
+  xhub_c_pg xhub_b_pg1 xhub_b_pg2 peer_express peer_webhook; do
   declare -n r=$name
   if [ -z "${r[ok]:-}" ]; then unset -n r; continue; fi
   [ "${r[status]}" -eq 0 ] || failures+=("$name: ${r[status]} non-2xx answers")
