@@ -259,18 +259,20 @@ tree_ticks() {
   echo "$total"
 }
 
-# CPU ticks of the other processes a load goes through: "NGINX UPSTREAM" (NGINX 0 when
-# no Nginx runs).
+# CPU ticks of the other processes a load goes through, and of the whole machine (every
+# core, kernel included, from /proc/stat): "NGINX UPSTREAM MACHINE" (NGINX 0 when no
+# Nginx runs).
 others_ticks() {
-  local nginx=0
+  local nginx=0 label user nice system idle iowait irq softirq steal
   if [ -n "${nginx_pid:-}" ] && kill -0 "$nginx_pid" 2>/dev/null; then
     nginx=$(tree_ticks "$nginx_pid")
   fi
-  echo "$nginx $(cpu_ticks "$upstream_pid")"
+  read -r label user nice system idle iowait irq softirq steal _ </proc/stat
+  echo "$nginx $(cpu_ticks "$upstream_pid") $((user + nice + system + irq + softirq + steal))"
 }
 
-# CPU s per 1,000 events of Nginx and the upstream into ARRAYNAME, from two
-# others_ticks readings.
+# CPU s per 1,000 events of Nginx, the upstream and the whole machine into ARRAYNAME,
+# from two others_ticks readings.
 others_cpu() { # ARRAYNAME BEFORE AFTER EVENTS
   local -n o=$1
   local before after
@@ -278,7 +280,9 @@ others_cpu() { # ARRAYNAME BEFORE AFTER EVENTS
   read -ra after <<<"$3"
   o["nginx_cpu_per_k"]="-"
   o["upstream_cpu_per_k"]="-"
+  o["machine_cpu_per_k"]="-"
   [ "$4" -gt 0 ] || return 0
+  o["machine_cpu_per_k"]=$(calc %.3f "(${after[2]} - ${before[2]}) / $(getconf CLK_TCK) / $4 * 1000")
   [ "${after[0]}" = 0 ] \
     || o["nginx_cpu_per_k"]=$(calc %.3f "(${after[0]} - ${before[0]}) / $(getconf CLK_TCK) / $4 * 1000")
   o["upstream_cpu_per_k"]=$(calc %.3f "(${after[1]} - ${before[1]}) / $(getconf CLK_TCK) / $4 * 1000")
@@ -948,7 +952,8 @@ report=bench/out/run-$(date +%Y%m%dT%H%M%S).txt
     "delivered beyond 2xx (in flight):extra" "peak RSS of the daemon (MiB):rss"
     "daemon CPU s per 1,000 events:cpu_per_k"
     "Nginx CPU s per 1,000 events:nginx_cpu_per_k"
-    "upstream CPU s per 1,000 events:upstream_cpu_per_k")
+    "upstream CPU s per 1,000 events:upstream_cpu_per_k"
+    "machine CPU s per 1,000 events:machine_cpu_per_k")
   for f in "${fields[@]}"; do
     row "${f%%:*}" "$(pick base "${f##*:}")" "$(pick xhub_c "${f##*:}")" \
       "$(pick ceiling "${f##*:}")" "$(pick relay "${f##*:}")" "$(pick xhub_b "${f##*:}")"

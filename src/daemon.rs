@@ -91,26 +91,28 @@ pub fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return startup_error(&e),
             };
-            crate::logging::init(config.log_format);
-            crate::fd_limit::raise_for(config.max_connections);
             // Before any thread exists: this edits the environment.
             let inherited = match take_systemd_socket() {
                 Ok(s) => s,
                 Err(e) => return startup_error(&e),
             };
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
+            let logs = crate::logging::init(config.log_format);
+            crate::fd_limit::raise_for(config.max_connections);
+            let ran = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
             {
-                Ok(r) => r,
-                Err(e) => return startup_error(&anyhow!(e).context("cannot start the runtime")),
+                Ok(runtime) => runtime.block_on(async move {
+                    match Daemon::start(args, config, inherited).await {
+                        Ok(daemon) => Ok(daemon.run().await),
+                        Err(e) => Err(e),
+                    }
+                }),
+                Err(e) => Err(anyhow!(e).context("cannot start the runtime")),
             };
-            runtime.block_on(async move {
-                match Daemon::start(args, config, inherited).await {
-                    Ok(daemon) => daemon.run().await,
-                    Err(e) => startup_error(&e),
-                }
-            })
+            // Every line logged is written before the error line, and before exit.
+            drop(logs);
+            ran.unwrap_or_else(|e| startup_error(&e))
         }
     }
 }
