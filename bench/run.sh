@@ -82,7 +82,8 @@
 #                                    worker threads)
 #   BODY_BYTES [1024]                size of each request body
 #   CONCURRENCY [8]                  xhubd --upstream-concurrency
-#   LOG_LEVEL [warn]                 XHUBD_LOG for xhubd (info logs one line per event)
+#   LOG_LEVEL [info]                 XHUBD_LOG for xhubd (its default, info: two lines
+#                                    per event, written to LOG_FILE)
 #   LOG_FILE [xhubd.log in the temporary directory]  where xhubd's stderr goes
 #   DRAIN_TIMEOUT [60]               seconds to wait for delivery after the load
 #   CATCH_UP_DURATION [DURATION]     how long xhubd accepts with its upstream down
@@ -129,7 +130,7 @@ CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
 BODY_BYTES=${BODY_BYTES:-1024}
 CONCURRENCY=${CONCURRENCY:-8}
-LOG_LEVEL=${LOG_LEVEL:-warn}
+LOG_LEVEL=${LOG_LEVEL:-info}
 DRAIN_TIMEOUT=${DRAIN_TIMEOUT:-60}
 CATCH_UP_TIMEOUT=${CATCH_UP_TIMEOUT:-600}
 PROFILE=${PROFILE:-release}
@@ -288,6 +289,34 @@ others_cpu() { # ARRAYNAME BEFORE AFTER EVENTS
   o["upstream_cpu_per_k"]=$(calc %.3f "(${after[1]} - ${before[1]}) / $(getconf CLK_TCK) / $4 * 1000")
 }
 
+# CPU ticks of the measured processes' threads, summed by thread name: "name=ticks ..."
+# (xhubd: tokio-rt-worker for HTTP in and out, spool-writer, spool-checkpoint,
+# log-writer).
+thread_ticks() {
+  local pid task stat fields name
+  declare -A by_name=()
+  for pid in ${measured_pids:-$xhubd_pid}; do
+    for task in /proc/"$pid"/task/*; do
+      stat=$(<"$task/stat") || continue
+      name=${stat#*(}
+      name=${name%%)*}
+      name=${name// /_}
+      read -ra fields <<<"${stat##*) }"
+      by_name[$name]=$((${by_name[$name]:-0} + fields[11] + fields[12]))
+    done
+  done
+  for name in "${!by_name[@]}"; do printf '%s=%s ' "$name" "${by_name[$name]}"; done
+}
+
+# Bytes the measured processes had written to storage (/proc/PID/io write_bytes).
+written_bytes() {
+  local pid total=0
+  for pid in ${measured_pids:-$xhubd_pid}; do
+    total=$((total + $(awk '/^write_bytes:/ { print $2 }' "/proc/$pid/io")))
+  done
+  echo "$total"
+}
+
 # The xhubd processes a load measures: xhubd_pid, or all of measured_pids.
 xhubd_ticks() {
   local pid total=0
@@ -357,8 +386,14 @@ upstream_pid=$!
 pids+=("$upstream_pid")
 wait_listening "$upstream_pid" "$upstream_port" bench-upstream
 
+# The allocator's settings of the shipped unit (systemd/xhubd.service), so that xhubd runs
+# here as it does there.
+xhubd_env=()
+malloc_arena_max=$(sed -n 's/^Environment=MALLOC_ARENA_MAX=//p' systemd/xhubd.service)
+[ -z "$malloc_arena_max" ] || xhubd_env+=("MALLOC_ARENA_MAX=$malloc_arena_max")
+
 start_xhubd() { # LISTEN STATE_DIR UPSTREAM_URL [ARG...]: starts xhubd, sets xhubd_pid
-  XHUBD_LOG=$LOG_LEVEL "$xhubd_bin" serve \
+  env "${xhubd_env[@]}" XHUBD_LOG="$LOG_LEVEL" "$xhubd_bin" serve \
     --listen "$1" \
     --upstream "$3" \
     --upstream-concurrency "$CONCURRENCY" \
@@ -387,11 +422,13 @@ measure_xhubd() { # NAME URL ARRAYNAME [FANOUT]
   local -n m=$3
   local fanout=${4:-1}
   local before t_start t_load_end t_now deadline delivered cpu_start cpu_end rss_kib
-  local pg_start pg_end others_start
+  local pg_start pg_end others_start threads_start written_start kv name
   local drained=0
   before=$(upstream_count)
   echo "$1 for $DURATION" >&2
   cpu_start=$(xhubd_ticks)
+  threads_start=$(thread_ticks)
+  written_start=$(written_bytes)
   others_start=$(others_ticks)
   [ -z "${measure_postgres:-}" ] || pg_start=$(postgres_ticks)
   t_start=$(now)
@@ -409,6 +446,18 @@ measure_xhubd() { # NAME URL ARRAYNAME [FANOUT]
   done
   cpu_end=$(xhubd_ticks)
   others_cpu "$3" "$others_start" "$(others_ticks)" $((delivered / fanout))
+  # Per thread name, CPU s per 1,000 events; and KiB written to storage per event.
+  declare -A thread_start=()
+  for kv in $threads_start; do thread_start[${kv%%=*}]=${kv#*=}; done
+  m["threads"]=""
+  m["written"]="-"
+  if [ "$delivered" -gt 0 ]; then
+    for kv in $(thread_ticks); do
+      name=${kv%%=*}
+      m["threads"]+="${m["threads"]:+, }$name $(calc %.3f "(${kv#*=} - ${thread_start[$name]:-0}) / $(getconf CLK_TCK) / ($delivered / $fanout) * 1000")"
+    done
+    m["written"]=$(calc %.2f "($(written_bytes) - $written_start) / 1024 / ($delivered / $fanout)")
+  fi
   [ -z "${measure_postgres:-}" ] || pg_end=$(postgres_ticks)
   sleep 1 # the stragglers wrk did not wait for
   m["extra"]=$(($(upstream_count) - before - m[ok] * fanout))
@@ -718,7 +767,7 @@ app_secret = "$secret"
   concurrency = $CONCURRENCY
 TOML
   xhubd_port=$(free_port)
-  XHUBD_LOG=$LOG_LEVEL "$xhubd_bin" serve --listen "$HOST:$xhubd_port" \
+  env "${xhubd_env[@]}" XHUBD_LOG="$LOG_LEVEL" "$xhubd_bin" serve --listen "$HOST:$xhubd_port" \
     --config "$tmp/fanout.toml" --state-dir "$tmp/state-fanout" 2>>"$LOG_FILE" &
   xhubd_pid=$!
   pids+=("$xhubd_pid")
@@ -934,7 +983,7 @@ report=bench/out/run-$(date +%Y%m%dT%H%M%S).txt
 {
   echo "xhubd $(git describe --always --dirty 2>/dev/null || echo '?') ($PROFILE build), $(nproc) cores;" \
     "wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $BODY_BYTES-byte signed bodies;" \
-    "--upstream-concurrency $CONCURRENCY, XHUBD_LOG=$LOG_LEVEL"
+    "--upstream-concurrency $CONCURRENCY, XHUBD_LOG=$LOG_LEVEL ${xhubd_env[*]} (as the unit)"
   row() { printf '| %-34s' "$1"; shift; printf ' | %-22s' "$@"; printf ' |\n'; }
   pick() { local -n a=$1; [ "$WITH_NGINX" = 1 ] || [ "$1" = xhub_c ] || [ "$1" = base ] \
     || { echo "-"; return; }; echo "${a[$2]:--}"; }
@@ -953,12 +1002,18 @@ report=bench/out/run-$(date +%Y%m%dT%H%M%S).txt
     "daemon CPU s per 1,000 events:cpu_per_k"
     "Nginx CPU s per 1,000 events:nginx_cpu_per_k"
     "upstream CPU s per 1,000 events:upstream_cpu_per_k"
-    "machine CPU s per 1,000 events:machine_cpu_per_k")
+    "machine CPU s per 1,000 events:machine_cpu_per_k"
+    "KiB written to storage per event:written")
   for f in "${fields[@]}"; do
     row "${f%%:*}" "$(pick base "${f##*:}")" "$(pick xhub_c "${f##*:}")" \
       "$(pick ceiling "${f##*:}")" "$(pick relay "${f##*:}")" "$(pick xhub_b "${f##*:}")"
   done
   echo
+  for load in "C:xhub_c" "A-relay:relay" "B:xhub_b"; do
+    declare -n l=${load#*:}
+    [ -z "${l[threads]:-}" ] || echo "${load%%:*}, the daemon's threads, CPU s per 1,000 events: ${l[threads]}"
+    unset -n l
+  done
   echo "C / baseline, accepted events/s: $(calc %.3f "${xhub_c[rate]} / ${base[rate]}")"
   if [ "$WITH_NGINX" = 1 ]; then
     echo "B / A, accepted events/s: $(calc %.3f "${xhub_b[rate]} / ${ceiling[rate]}")"
@@ -1050,6 +1105,9 @@ report=bench/out/run-$(date +%Y%m%dT%H%M%S).txt
       echo "C / $peer, accepted events/s: $(calc %.3f "${xhub_c[rate]} / ${l[rate]}");" \
         "to done: $(calc %.3f "${xhub_c[delivered_rate]} / ${l[delivered_rate]}");" \
         "CPU per event: $(calc %.3f "${xhub_c[cpu_per_k]} / ${l[cpu_per_k]}")"
+      [ "$WITH_NGINX" = 0 ] \
+        || echo "B (Nginx in front) / $peer, accepted events/s: $(calc %.3f "${xhub_b[rate]} / ${l[rate]}");" \
+          "to done: $(calc %.3f "${xhub_b[delivered_rate]} / ${l[delivered_rate]}")"
       unset -n l
     done
   fi

@@ -73,7 +73,12 @@ pub async fn read_limited(
         match (&mut first, &mut rest) {
             (None, _) => first = Some(data),
             (Some(head), None) => {
-                let mut joined = BytesMut::with_capacity(head.len() + data.len());
+                // Room for the whole declared body at once (it is within the limit,
+                // checked above): growing by doubling would copy it again and again
+                // and leave up to half of the buffer unused while it is kept.
+                let so_far = head.len() + data.len();
+                let declared = declared_length(headers).map_or(0, |n| n as usize);
+                let mut joined = BytesMut::with_capacity(so_far.max(declared));
                 joined.extend_from_slice(head);
                 joined.extend_from_slice(&data);
                 rest = Some(joined);
