@@ -1121,7 +1121,11 @@ for name in base xhub_c ceiling relay xhub_b ceiling_load xhub_b_load ceiling_tl
   declare -n r=$name
   if [ -z "${r[ok]:-}" ]; then unset -n r; continue; fi
   [ "${r[status]}" -eq 0 ] || failures+=("$name: ${r[status]} non-2xx answers")
-  [ "${r[socket_errors]}" -eq 0 ] || failures+=("$name: socket errors ${r[socket]}")
+  # A peer that times out under the load is a figure of the peer's (in its row), not a
+  # failure of the run; a wrong answer still is (its signature check is vouched for).
+  if [ "${r[socket_errors]}" -ne 0 ] && [[ $name != peer_* ]]; then
+    failures+=("$name: socket errors ${r[socket]}")
+  fi
   unset -n r
 done
 if [ ${#failures[@]} -gt 0 ]; then
