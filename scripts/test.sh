@@ -53,6 +53,6 @@ awk '/^test result:/ { p += $4; f += $6 } END { printf "all tests: %d passed, %d
 # plain HTTP and HTTPS with a client certificate through the shipped site file, a
 # catch-up of 20,000 events, and one then two instances on a throw-away PostgreSQL
 # (its figures are for bench/RESULTS.md, not asserted here).
-CATCH_UP_EVENTS=20000 PROFILE=dev bash bench/run.sh --smoke --tls --catch-up --fanout --postgres
+CATCH_UP_EVENTS=20000 PROFILE=dev bash bench/run.sh --smoke --tls --catch-up --fanout --postgres --peers
 
 FUZZ_SECONDS=${FUZZ_SECONDS:-30} bash scripts/fuzz.sh
