@@ -1,8 +1,8 @@
-//! A bare relay for the load benchmark (`bench/run.sh --relay`): the honest ceiling for
+//! A bare relay for the load benchmark (A-relay in `bench/run.sh --nginx`): the honest ceiling for
 //! xhubd behind Nginx, with the same hops and nothing durable. It answers every POST
 //! `200` as soon as its body is read, then forwards the body to one upstream over a
 //! pooled keep-alive HTTP/1.1 client, from CONCURRENCY senders (xhubd's
-//! `--upstream-concurrency`), in the order received. Between the two, a queue of
+//! `--upstream-concurrency`), taken off in the order received. Between the two, a queue of
 //! QUEUE bodies: when it is full, the answer waits for room, so the relay accepts no
 //! faster than it forwards (as xhubd's accepted events are all delivered by the end of
 //! a load) and its memory stays bounded. No signature check, no storage, no
@@ -109,6 +109,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("listening on unix:{path}");
         loop {
             let Ok((stream, _)) = listener.accept().await else {
+                // Out of descriptors, say: try again shortly rather than spin.
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                 continue;
             };
             let queue = queue.clone();

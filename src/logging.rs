@@ -6,7 +6,9 @@
 //! line is waiting. Under load many lines leave in one `write(2)` instead of one each,
 //! and a request handler never waits on stderr (a pipe to journald under systemd)
 //! unless [`LINES_QUEUED`] lines are already waiting: then it waits for room, so no
-//! line is ever dropped.
+//! line is dropped while xhubd runs. At exit the lines still waiting are written
+//! within a second at most; a line its thread could not write (stderr closed), and
+//! what waits when the process is killed, are lost.
 
 use std::io::{BufWriter, IsTerminal};
 

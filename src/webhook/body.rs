@@ -22,6 +22,9 @@ use tokio::time::Instant;
 pub const LINGER_BYTES: u64 = 1024 * 1024;
 /// Time spent reading and dropping a refused body, at most.
 pub const LINGER_TIME: Duration = Duration::from_secs(5);
+/// Bytes reserved for a body from its `Content-Length` before they arrive, at most;
+/// a larger body's buffer grows as it arrives.
+const PRESIZE_MAX: u64 = 1024 * 1024;
 
 /// Why a body could not be read.
 #[derive(Debug)]
@@ -45,7 +48,8 @@ pub async fn read_limited(
     limit: u64,
     timeout: Duration,
 ) -> Result<Bytes, BodyError> {
-    if declared_length(headers).is_some_and(|n| n > limit) {
+    let declared = declared_length(headers);
+    if declared.is_some_and(|n| n > limit) {
         let drained = discard(headers, body, limit, timeout).await;
         return Err(BodyError::TooLarge { drained });
     }
@@ -73,11 +77,12 @@ pub async fn read_limited(
         match (&mut first, &mut rest) {
             (None, _) => first = Some(data),
             (Some(head), None) => {
-                // Room for the whole declared body at once (it is within the limit,
-                // checked above): growing by doubling would copy it again and again
-                // and leave up to half of the buffer unused while it is kept.
+                // Room for the declared body at once (within the limit, checked above;
+                // hyper never yields more than it): growing by doubling would copy it
+                // again and again and leave up to half of the buffer unused while it
+                // is kept. At most PRESIZE_MAX up front, whatever a client declares.
                 let so_far = head.len() + data.len();
-                let declared = declared_length(headers).map_or(0, |n| n as usize);
+                let declared = declared.map_or(0, |n| n.min(PRESIZE_MAX) as usize);
                 let mut joined = BytesMut::with_capacity(so_far.max(declared));
                 joined.extend_from_slice(head);
                 joined.extend_from_slice(&data);
