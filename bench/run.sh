@@ -78,6 +78,8 @@
 #   --smoke (or SMOKE=1)  2 s loads, for CI
 # Environment (defaults in brackets):
 #   DURATION [10s; 2s with --smoke]  wrk -d, per load (and bench-load's)
+#   ROUNDS [1]                       with --nginx: A, A-relay and B this many times in
+#                                    turn, with every round's B / A-relay and the median
 #   CONNECTIONS [64]  THREADS [2]    wrk -c and -t (bench-load: connections, runtime
 #                                    worker threads)
 #   BODY_BYTES [1024]                size of each request body
@@ -137,6 +139,11 @@ CATCH_UP_TIMEOUT=${CATCH_UP_TIMEOUT:-600}
 PROFILE=${PROFILE:-release}
 CATCH_UP_DURATION=${CATCH_UP_DURATION:-$DURATION}
 CATCH_UP_EVENTS=${CATCH_UP_EVENTS:-}
+ROUNDS=${ROUNDS:-1}
+if ! [[ $ROUNDS =~ ^[1-9][0-9]*$ ]]; then
+  echo "ROUNDS must be a positive number of rounds" >&2
+  exit 2
+fi
 if [ -n "$CATCH_UP_EVENTS" ] && ! [[ $CATCH_UP_EVENTS =~ ^[1-9][0-9]*$ ]]; then
   echo "CATCH_UP_EVENTS must be a positive number of events" >&2
   exit 2
@@ -202,6 +209,13 @@ trap 'exit 130' INT TERM
 
 now() { echo "$EPOCHREALTIME"; }
 calc() { awk "BEGIN { printf \"$1\", $2 }"; }
+# The median of numbers ("-" left out), or "-" when there is none.
+median() { # NUMBER...
+  printf '%s\n' "$@" | grep -v '^-$' | sort -g \
+    | awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else if (NR % 2) print v[(NR + 1) / 2];
+      else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
 # FORMAT of A / B, or "-" when either is not a positive number (a load that did not
 # drain, say).
 ratio() { # FORMAT A B
@@ -802,35 +816,47 @@ TOML
 fi
 
 if [ "$WITH_NGINX" = 1 ]; then
-  nginx_port=$(free_port)
-  start_nginx ceiling "$nginx_port" "$tmp/upstream.sock"
-  echo "A: wrk -> nginx -> bench-upstream for $DURATION" >&2
-  run_load "http://$HOST:$nginx_port/webhook" "$tmp/wrk-ceiling.txt" ceiling
-  stop "$nginx_pid"
-  sleep 0.5
+  # A, A-relay and B, ROUNDS times in turn (A R B A R B ...); the table shows the last
+  # round, a line every round's ratios and their medians.
+  rounds_line=""
+  rounds_relay=() rounds_p99=()
+  for round in $(seq "$ROUNDS"); do
+    round_label=""
+    [ "$ROUNDS" = 1 ] || round_label=" (round $round of $ROUNDS)"
+    nginx_port=$(free_port)
+    start_nginx ceiling "$nginx_port" "$tmp/upstream.sock"
+    echo "A${round_label}: wrk -> nginx -> bench-upstream for $DURATION" >&2
+    run_load "http://$HOST:$nginx_port/webhook" "$tmp/wrk-ceiling.txt" ceiling
+    stop "$nginx_pid"
+    sleep 0.5
 
-  "$relay_bin" "$tmp/relay.sock" "http://$HOST:$upstream_port/" "$CONCURRENCY" >"$tmp/relay.out" &
-  xhubd_pid=$!
-  pids+=("$xhubd_pid")
-  wait_socket "$xhubd_pid" "$tmp/relay.sock" bench-relay
-  nginx_port=$(free_port)
-  start_nginx relay "$nginx_port" "$tmp/relay.sock"
-  measure_xhubd "A-relay: wrk -> nginx -> bench-relay -> bench-upstream" \
-    "http://$HOST:$nginx_port/webhook" relay
-  stop "$nginx_pid"
-  relay_counts=$(curl -sf --max-time 5 --unix-socket "$tmp/relay.sock" http://relay/count || echo "? ?")
-  stop "$xhubd_pid"
-  [ "${relay_counts#* }" = 0 ] || failures+=("A-relay: ${relay_counts#* } bodies not forwarded")
-  sleep 0.5
+    "$relay_bin" "$tmp/relay-$round.sock" "http://$HOST:$upstream_port/" "$CONCURRENCY" >"$tmp/relay.out" &
+    xhubd_pid=$!
+    pids+=("$xhubd_pid")
+    wait_socket "$xhubd_pid" "$tmp/relay-$round.sock" bench-relay
+    nginx_port=$(free_port)
+    start_nginx relay "$nginx_port" "$tmp/relay-$round.sock"
+    measure_xhubd "A-relay${round_label}: wrk -> nginx -> bench-relay -> bench-upstream" \
+      "http://$HOST:$nginx_port/webhook" relay
+    stop "$nginx_pid"
+    relay_counts=$(curl -sf --max-time 5 --unix-socket "$tmp/relay-$round.sock" http://relay/count || echo "? ?")
+    stop "$xhubd_pid"
+    [ "${relay_counts#* }" = 0 ] || failures+=("A-relay: ${relay_counts#* } bodies not forwarded")
+    sleep 0.5
 
-  start_xhubd "unix:$tmp/xhubd.sock" "$tmp/state-b" "http://$HOST:$upstream_port/"
-  wait_socket "$xhubd_pid" "$tmp/xhubd.sock" xhubd || { tail -n 20 "$LOG_FILE" >&2; exit 1; }
-  nginx_port=$(free_port)
-  start_nginx xhubd "$nginx_port" "$tmp/xhubd.sock"
-  measure_xhubd "B: wrk -> nginx -> xhubd -> bench-upstream" \
-    "http://$HOST:$nginx_port/webhook" xhub_b
-  stop "$nginx_pid"
-  stop "$xhubd_pid"
+    start_xhubd "unix:$tmp/xhubd-$round.sock" "$tmp/state-b-$round" "http://$HOST:$upstream_port/"
+    wait_socket "$xhubd_pid" "$tmp/xhubd-$round.sock" xhubd || { tail -n 20 "$LOG_FILE" >&2; exit 1; }
+    nginx_port=$(free_port)
+    start_nginx xhubd "$nginx_port" "$tmp/xhubd-$round.sock"
+    measure_xhubd "B${round_label}: wrk -> nginx -> xhubd -> bench-upstream" \
+      "http://$HOST:$nginx_port/webhook" xhub_b
+    stop "$nginx_pid"
+    stop "$xhubd_pid"
+    rounds_relay+=("$(ratio %.3f "${xhub_b[rate]}" "${relay[rate]}")")
+    rounds_p99+=("$(ratio %.2f "${xhub_b[p99_us]}" "${relay[p99_us]}")")
+    rounds_line+="${rounds_line:+; }A ${ceiling[rate]}, A-relay ${relay[rate]}, B ${xhub_b[rate]}"
+    rounds_line+=" (B / A-relay ${rounds_relay[-1]}, p99 ${rounds_p99[-1]} x)"
+  done
 fi
 
 if [ "$WITH_TLS" = 1 ]; then
@@ -1042,6 +1068,10 @@ report=bench/out/run-$(date +%Y%m%dT%H%M%S).txt
     echo "B / A-relay, accepted events/s: $(ratio %.3f "${xhub_b[rate]}" "${relay[rate]}")"
     echo "B / A-relay, p99 latency: $(ratio %.2f "${xhub_b[p99_us]}" "${relay[p99_us]}")"
     echo "A-relay / A, events/s (what the third hop costs): $(ratio %.3f "${relay[rate]}" "${ceiling[rate]}")"
+    if [ "$ROUNDS" -gt 1 ]; then
+      echo "rounds, in turn: $rounds_line"
+      echo "B / A-relay over $ROUNDS rounds, median: events/s $(median "${rounds_relay[@]}"), p99 $(median "${rounds_p99[@]}") x"
+    fi
   fi
   if [ "$WITH_TLS" = 1 ]; then
     echo
