@@ -243,7 +243,7 @@ impl Daemon {
         config: Config,
         inherited: Option<SystemdSocket>,
     ) -> anyhow::Result<Daemon> {
-        let signals = StopSignals::register().context("cannot install signal handlers")?;
+        let mut signals = StopSignals::register().context("cannot install signal handlers")?;
         let lock = match &config.spool {
             SpoolChoice::Sqlite => Some(lock_state_dir(&config)?),
             SpoolChoice::Postgres(_) => None,
@@ -252,98 +252,116 @@ impl Daemon {
             warn!("{warning}");
         }
         let (store, spool, fresh, first_connection) = open_spool(&config)?;
-        let listener = match inherited {
-            Some(socket) => Listener::from_systemd(socket)?,
-            None => Listener::bind(&config.listen, config.socket_mode).await?,
-        };
-        let admin_listener = match &config.admin_listen {
-            Some(addr) => Some(
-                Listener::bind(addr, config.socket_mode)
-                    .await
-                    .context("--admin-listen")?,
-            ),
-            None => None,
-        };
         let shutdown = CancellationToken::new();
-        let settings = ServerSettings {
-            max_connections: config.max_connections,
-            header_timeout: config.header_timeout,
-            shutdown_timeout: config.shutdown_timeout,
-        };
-        let metrics = Arc::new(Metrics::new());
-        let fleet = Arc::new(Fleet::new(
-            store.clone(),
-            metrics.clone(),
-            fresh,
-            shutdown.clone(),
-            config.shutdown_timeout,
-        ));
-        fleet.apply(&config.routes)?;
-        let destinations: Vec<String> = fleet
-            .views()
-            .iter()
-            .map(|v| format!("{} -> {}", v.key, v.url))
-            .collect();
-        let routes = Arc::new(RwLock::new(Arc::new(config.routes.clone())));
-        let webhook = Arc::new(webhook(&config, &routes, &store, &metrics));
-        let listen_addr = listener.local_addr();
-        let mut listeners = vec![tokio::spawn(server::serve(
-            listener,
-            move |request| {
-                let webhook = webhook.clone();
-                async move { webhook.handle(request).await }
-            },
-            settings,
-            shutdown.clone(),
-        ))];
-        if let Some(admin_listener) = admin_listener {
-            info!(addr = %admin_listener.local_addr(), "admin listener ready");
-            let admin = Arc::new(Admin {
-                store: store.clone(),
-                fleet: fleet.clone(),
-                metrics,
-                token: config.admin_token.clone(),
-            });
-            listeners.push(tokio::spawn(server::serve(
-                admin_listener,
+        // From here on, a start-up error stops the spool before it is reported.
+        let started = async {
+            let listener = match inherited {
+                Some(socket) => Listener::from_systemd(socket)?,
+                None => Listener::bind(&config.listen, config.socket_mode).await?,
+            };
+            let admin_listener = match &config.admin_listen {
+                Some(addr) => Some(
+                    Listener::bind(addr, config.socket_mode)
+                        .await
+                        .context("--admin-listen")?,
+                ),
+                None => None,
+            };
+            let settings = ServerSettings {
+                max_connections: config.max_connections,
+                header_timeout: config.header_timeout,
+                shutdown_timeout: config.shutdown_timeout,
+            };
+            let metrics = Arc::new(Metrics::new());
+            let fleet = Arc::new(Fleet::new(
+                store.clone(),
+                metrics.clone(),
+                fresh,
+                shutdown.clone(),
+                config.shutdown_timeout,
+            ));
+            fleet.apply(&config.routes)?;
+            let destinations: Vec<String> = fleet
+                .views()
+                .iter()
+                .map(|v| format!("{} -> {}", v.key, v.url))
+                .collect();
+            let routes = Arc::new(RwLock::new(Arc::new(config.routes.clone())));
+            let webhook = Arc::new(webhook(&config, &routes, &store, &metrics));
+            let listen_addr = listener.local_addr();
+            let mut listeners = vec![tokio::spawn(server::serve(
+                listener,
                 move |request| {
-                    let admin = admin.clone();
-                    admin.handle(request)
+                    let webhook = webhook.clone();
+                    async move { webhook.handle(request).await }
                 },
                 settings,
                 shutdown.clone(),
-            )));
-        }
-        let mut signals = signals;
-        let mut stop_asked = None;
-        if let Some(first) = first_connection {
-            // Events get 503 and /readyz says why until the database answers; systemd
-            // hears READY=1 only once it does.
-            tokio::select! {
-                outcome = first => match outcome {
-                    Ok(Ok(())) => {}
-                    Ok(Err(reason)) => {
-                        shutdown.cancel();
-                        bail!("--spool {}: {reason}", config.spool.describe());
-                    }
-                    Err(_) => bail!("the spool writer stopped before connecting"),
-                },
-                name = stop_signal(&mut signals) => stop_asked = Some(name),
+            ))];
+            if let Some(admin_listener) = admin_listener {
+                info!(addr = %admin_listener.local_addr(), "admin listener ready");
+                let admin = Arc::new(Admin {
+                    store: store.clone(),
+                    fleet: fleet.clone(),
+                    metrics,
+                    token: config.admin_token.clone(),
+                });
+                listeners.push(tokio::spawn(server::serve(
+                    admin_listener,
+                    move |request| {
+                        let admin = admin.clone();
+                        admin.handle(request)
+                    },
+                    settings,
+                    shutdown.clone(),
+                )));
             }
+            let mut stop_asked = None;
+            if let Some(first) = first_connection {
+                // Events get 503 and /readyz says why until the database answers; systemd
+                // hears READY=1 only once it does.
+                tokio::select! {
+                    outcome = first => match outcome {
+                        Ok(Ok(())) => {}
+                        Ok(Err(reason)) => {
+                            shutdown.cancel();
+                            bail!("--spool {}: {reason}", config.spool.describe());
+                        }
+                        Err(_) => bail!("the spool writer stopped before connecting"),
+                    },
+                    name = stop_signal(&mut signals) => stop_asked = Some(name),
+                }
+            }
+            // Asked to stop while waiting for the database: it never was ready.
+            if stop_asked.is_none() {
+                info!(
+                    listen = %listen_addr,
+                    destinations = %destinations.join(", "),
+                    spool = %store.describe(),
+                    state_dir = %config.state_dir.display(),
+                    "xhubd ready"
+                );
+                // Everything is spawned and the listener is bound: tell systemd.
+                notify::ready(&listen_addr);
+            }
+            notify::spawn_watchdog(store.health().clone(), shutdown.clone());
+            Ok((listeners, fleet, routes, stop_asked))
         }
-        // Asked to stop while waiting for the database: it never was ready.
-        if stop_asked.is_none() {
-            info!(
-                listen = %listen_addr,
-                destinations = %destinations.join(", "),
-                spool = %store.describe(),
-                state_dir = %config.state_dir.display(),
-                "xhubd ready"
-            );
-            // Everything is spawned and the listener is bound: tell systemd.
-            notify::ready(&listen_addr);
-        }
-        notify::spawn_watchdog(store.health().clone(), shutdown.clone());
+        .await;
+        let (listeners, fleet, routes, stop_asked) = match started {
+            Ok(parts) => parts,
+            Err(e) => {
+                shutdown.cancel();
+                // SQLite's writer is a thread of its own: it is stopped and joined, so
+                // that it logs nothing after the log is closed. PostgreSQL's writers are
+                // tasks, which end with the runtime (stopping one that waits for an
+                // unreachable database would delay the error by a connection attempt).
+                if matches!(spool, Running::Sqlite(_)) {
+                    spool.stop().await;
+                }
+                return Err(e);
+            }
+        };
         Ok(Daemon {
             signals,
             shutdown,
