@@ -255,3 +255,45 @@ fn secrets_come_from_the_environment_and_help_hides_them() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn a_start_up_error_comes_after_every_line_logged_before_it() {
+    // The listen address is taken, found once the spool is open: the spool's writer is
+    // stopped, every line logged is written (the writer's last at debug), and only
+    // then the one-line error, last.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xhubd"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--upstream",
+            "http://127.0.0.1:9/",
+            "--verify-token",
+            VERIFY_TOKEN,
+            "--app-secret",
+            APP_SECRET,
+            "--state-dir",
+            &format!("{}/state", dir.path().display()),
+        ])
+        .env("XHUBD_LOG", "debug")
+        .env("XHUBD_ENVIRONMENT_FILE", "none")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let lines: Vec<&str> = stderr.trim_end().lines().collect();
+    let last = lines.last().copied().unwrap_or_default();
+    assert!(
+        last.starts_with("xhubd: ") && last.contains(&port.to_string()),
+        "the error is the last line: {stderr}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("spool writer stopped")),
+        "the writer's last line is written before the error: {stderr}"
+    );
+    assert_eq!(lines.iter().filter(|l| l.starts_with("xhubd: ")).count(), 1);
+    drop(taken);
+}
