@@ -356,15 +356,7 @@ xhubd_ticks() {
 # CPU of the PostgreSQL cluster: the postmaster with the children it reaped (cutime,
 # cstime), and its live children (backends, WAL writer, checkpointer, ...).
 postgres_ticks() {
-  local master stat fields total pid
-  master=$(head -n 1 "$pg_dir/data/postmaster.pid")
-  stat=$(<"/proc/$master/stat")
-  read -ra fields <<<"${stat##*) }"
-  total=$((fields[11] + fields[12] + fields[13] + fields[14]))
-  for pid in $(pgrep -P "$master"); do
-    total=$((total + $(cpu_ticks "$pid" 2>/dev/null || echo 0)))
-  done
-  echo "$total"
+  tree_ticks "$(head -n 1 "$pg_dir/data/postmaster.pid")"
 }
 
 declare -A base xhub_c ceiling relay xhub_b ceiling_load xhub_b_load ceiling_tls xhub_b_tls backlog fan \

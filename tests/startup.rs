@@ -264,26 +264,12 @@ fn a_start_up_error_comes_after_every_line_logged_before_it() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xhubd"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--upstream",
-            "http://127.0.0.1:9/",
-            "--verify-token",
-            VERIFY_TOKEN,
-            "--app-secret",
-            APP_SECRET,
-            "--state-dir",
-            &format!("{}/state", dir.path().display()),
-        ])
-        .env("XHUBD_LOG", "debug")
-        .env("XHUBD_ENVIRONMENT_FILE", "none")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let mut args = base(dir.path());
+    let listen = args.iter().position(|a| a == "--listen").unwrap() + 1;
+    args[listen] = format!("127.0.0.1:{port}");
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, _, stderr) = run_xhubd_with(&refs, None, &[("XHUBD_LOG", "debug")]);
+    assert_eq!(code, 2, "{stderr}");
     let lines: Vec<&str> = stderr.trim_end().lines().collect();
     let last = lines.last().copied().unwrap_or_default();
     assert!(

@@ -581,8 +581,18 @@ pub fn wait_exit(child: &mut Child, limit: Duration) -> ExitStatus {
 
 /// Runs the binary to completion with `args`, returning (status, stdout, stderr).
 pub fn run_xhubd(args: &[&str], stdin: Option<&[u8]>) -> (i32, String, String) {
+    run_xhubd_with(args, stdin, &[])
+}
+
+/// [`run_xhubd`] with these variables set in its environment.
+pub fn run_xhubd_with(
+    args: &[&str],
+    stdin: Option<&[u8]>,
+    vars: &[(&str, &str)],
+) -> (i32, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_xhubd"))
         .args(args)
+        .envs(vars.iter().copied())
         .env_remove("XHUBD_APP_SECRET")
         .env_remove("XHUBD_VERIFY_TOKEN")
         .env_remove("XHUBD_UPSTREAM")
