@@ -241,7 +241,7 @@ fn secrets_come_from_the_environment_and_help_hides_them() {
         .spawn()
         .unwrap();
     wait_for(std::time::Duration::from_secs(10), "the socket", || {
-        is_socket(&sock)
+        listening(&sock)
     });
     let t = Target::Unix(sock);
     assert_eq!(t.post_signed(&page_event(1)).status, 200);

@@ -104,7 +104,7 @@ fn socket_activation_with_systemd_socket_activate() {
         .spawn()
         .expect("systemd-socket-activate (Debian package systemd)");
     wait_for(Duration::from_secs(10), "the activation socket", || {
-        is_socket(&sock)
+        listening(&sock)
     });
     // The first connection starts xhubd; it waits in the backlog meanwhile.
     let t = Target::Unix(sock.clone());
@@ -266,7 +266,7 @@ fn secrets_come_from_systemd_credentials() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_for(Duration::from_secs(10), "the socket", || is_socket(&sock));
+    wait_for(Duration::from_secs(10), "the socket", || listening(&sock));
     let t = Target::Unix(sock);
     assert_eq!(
         t.get(&format!(

@@ -912,3 +912,9 @@ pub fn is_socket(path: &Path) -> bool {
         .map(|m| m.file_type().is_socket())
         .unwrap_or(false)
 }
+
+/// Whether a process listens on the Unix socket at `path`: the file appears at bind,
+/// a moment before the listen that makes connections succeed.
+pub fn listening(path: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(path).is_ok()
+}
