@@ -3,7 +3,8 @@
 //!
 //! - `writer`: the writer thread: accept (dedup check + insert, atomically) and
 //!   delivery outcomes, batched into one transaction (group commit), with its in-memory
-//!   hand-over of new deliveries; `checkpoint`: copying the log back.
+//!   hand-over of new deliveries (`handed`: large bodies in it, within a budget);
+//!   `checkpoint`: copying the log back.
 //! - [`schema`]: opening the database and its tables; `migrate`: upgrading an older
 //!   layout.
 //! - `queue`: the read side used by delivery (due deliveries, bodies);
@@ -16,6 +17,7 @@
 
 mod availability;
 mod checkpoint;
+mod handed;
 pub mod inspect;
 mod migrate;
 mod queue;

@@ -20,9 +20,10 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
 use super::availability;
+use super::handed::Budget;
 use crate::spool::{
     conversations, now_ms, Command, NewEvent, Outcome, Recorded, Spool, SpoolError, SpoolHealth,
-    Stored, WriterSettings, INLINE_BODY_MAX, RETRY_NOW_CHUNK,
+    Stored, WriterSettings, RETRY_NOW_CHUNK,
 };
 use crate::types::{
     AttemptReport, Availability, DeliveryState, DestinationKey, DueDelivery, NewDelivery,
@@ -44,8 +45,8 @@ const WAL_SIZE_LIMIT: u64 = 64 * 1024 * 1024;
 const CACHE_KIB: u32 = 8 * 1024;
 
 /// Events handed to delivery in memory and not yet taken, at most. Bodies over
-/// [`INLINE_BODY_MAX`] are not handed over (delivery reads them when it sends them), so
-/// the queue holds at most 8 MiB of bodies.
+/// [`crate::spool::INLINE_BODY_MAX`] go with them only within [`super::handed::BUDGET`] (else delivery reads
+/// them when it sends them), so the queue holds at most 16 MiB of bodies.
 const FRESH_DEPTH: usize = 512;
 
 /// The running writer: the handle to send it work, and its thread.
@@ -120,6 +121,7 @@ fn run(
     let mut pruning = Pruned::default();
     let mut prune_behind = false;
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let budget = Budget::default();
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -131,7 +133,7 @@ fn run(
         let closing = batch.iter().any(|c| matches!(c, Command::Close));
         let size = batch.len();
         let started = Instant::now();
-        let handed_over = commit_batch(&mut conn, &mut batch, window_ms, health, fresh);
+        let handed_over = commit_batch(&mut conn, &mut batch, window_ms, health, fresh, &budget);
         debug!(
             size,
             micros = started.elapsed().as_micros() as u64,
@@ -174,6 +176,7 @@ fn commit_batch(
     window_ms: i64,
     health: &SpoolHealth,
     fresh: &mpsc::Sender<DueDelivery>,
+    budget: &Budget,
 ) -> bool {
     let now = now_ms();
     let result = (|| -> rusqlite::Result<Vec<Applied>> {
@@ -258,7 +261,7 @@ fn commit_batch(
                     (Command::Accept { reply, event }, Applied::Accepted(stored, deliveries)) => {
                         if let Stored::New(id) = &stored {
                             for delivery in deliveries {
-                                handed_over &= hand_over(fresh, &event, id, delivery, now);
+                                handed_over &= hand_over(fresh, budget, &event, id, delivery, now);
                             }
                         }
                         let _ = reply.send(Ok(stored));
@@ -318,6 +321,7 @@ struct Inserted {
 /// false when it has none (the delivery is then found by delivery's scan of the spool).
 fn hand_over(
     fresh: &mpsc::Sender<DueDelivery>,
+    budget: &Budget,
     event: &NewEvent,
     event_id: &str,
     delivery: Inserted,
@@ -342,7 +346,7 @@ fn hand_over(
             Some(_) => planned.signature_sha1,
             None => event.signature_sha1.clone(),
         },
-        body: (body.len() <= INLINE_BODY_MAX).then_some(body),
+        body: budget.hand_over(body),
     };
     match fresh.try_send(due) {
         Ok(()) => true,
