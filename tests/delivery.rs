@@ -58,7 +58,8 @@ fn a_64kib_body_a_1000_entry_batch_and_a_3mb_body_are_delivered_whole(spool: &Sp
     assert_eq!(x.target.post_signed(big.as_bytes()).status, 200);
 
     // Bodies of a few tens of KiB go to delivery in memory (SQLite), within a budget
-    // that each gives back once sent: many of them, all delivered whole.
+    // that each gives back once its outcome is recorded: many of them, all delivered
+    // whole.
     let medium: Vec<String> = (0..200)
         .map(|i| {
             format!(

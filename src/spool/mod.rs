@@ -34,7 +34,8 @@ pub use store::{Running, Store};
 
 /// Bodies up to this size come with the due list (and with the writer's hand-over of
 /// new events); larger ones are read when their attempt starts, so that events waiting
-/// for an attempt hold at most a few MiB (256 waiting: 4 MiB).
+/// for an attempt hold at most a few MiB (256 waiting: 4 MiB). SQLite's hand-over also
+/// carries larger bodies, up to 8 MiB of them in all (`sqlite::handed`).
 pub const INLINE_BODY_MAX: usize = 16 * 1024;
 
 /// Most pending deliveries one retry-now request makes due, in one transaction, so that

@@ -82,7 +82,8 @@ pub struct DueDelivery {
     pub signature: String,
     /// The SHA-1 `X-Hub-Signature` value to send, when there is one.
     pub signature_sha1: Option<String>,
-    /// The body, when small enough to come with the list (else read when sent).
+    /// The body, when small enough to come with the list or with the writer's hand-over
+    /// (else read when sent).
     pub body: Option<bytes::Bytes>,
 }
 

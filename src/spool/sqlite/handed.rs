@@ -6,7 +6,9 @@
 //! for every body it finds by scanning the spool.
 //!
 //! A handed-over body gives its bytes back to the budget when its last reference is
-//! dropped (after its attempt), whoever drops it.
+//! dropped, whoever drops it: once its attempt's outcome is recorded, or when it leaves
+//! the hand-over unsent. While it waits in a queue (for a destination that is down, say)
+//! it holds its share.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -16,12 +18,13 @@ use bytes::Bytes;
 use crate::spool::INLINE_BODY_MAX;
 
 /// Bytes of large bodies handed over and not yet dropped, at most: 8 MiB (128 bodies of
-/// 64 KiB), so the memory they hold stays small beside the spool's page cache.
+/// 64 KiB). Counted per delivery: an event with several destinations counts its body
+/// once for each.
 pub const BUDGET: usize = 8 << 20;
 
-/// The largest body handed over: 128 KiB. With 64 KiB bodies, handing them over saves
-/// 10-17% of xhubd's CPU per event; with 300 KiB ones it saved 4-11% but held 8-11 MiB
-/// more at peak (`bench/RESULTS.md`), where memory matters more.
+/// The largest body handed over: 128 KiB. With 64 KiB bodies, handing them over saved
+/// 8-18% of xhubd's CPU per event, for 9 MiB more at peak; with 300 KiB ones it saved
+/// 4-11% but took the peak from 64 to 72 MiB (`bench/RESULTS.md`).
 pub const LARGE_MAX: usize = 128 << 10;
 
 /// The budget, shared by the writer and the bodies it handed over.

@@ -45,8 +45,9 @@ const WAL_SIZE_LIMIT: u64 = 64 * 1024 * 1024;
 const CACHE_KIB: u32 = 8 * 1024;
 
 /// Events handed to delivery in memory and not yet taken, at most. Bodies over
-/// [`crate::spool::INLINE_BODY_MAX`] go with them only within [`super::handed::BUDGET`] (else delivery reads
-/// them when it sends them), so the queue holds at most 16 MiB of bodies.
+/// [`crate::spool::INLINE_BODY_MAX`] go with them only within
+/// [`super::handed::BUDGET`] (else delivery reads them when it sends them), so the
+/// queue holds at most 16 MiB of bodies.
 const FRESH_DEPTH: usize = 512;
 
 /// The running writer: the handle to send it work, and its thread.
