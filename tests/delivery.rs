@@ -7,6 +7,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
+use common::faulty_upstream::{FaultyUpstream, Mode};
 use common::*;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -79,6 +80,46 @@ fn a_64kib_body_a_1000_entry_batch_and_a_3mb_body_are_delivered_whole(spool: &Sp
     for body in &medium {
         assert!(bodies.contains(body.as_bytes()), "{}", &body[..80]);
     }
+}
+
+/// More 64 KiB bodies than the writer's in-memory hand-over may hold (8 MiB), while the
+/// destination holds every request it gets: those beyond the budget go to delivery
+/// without their body and are read back from the spool. Once it answers, every one is
+/// delivered whole.
+#[test]
+fn bodies_beyond_the_hand_over_budget_are_read_from_the_spool_and_delivered_whole() {
+    let up = FaultyUpstream::start(Mode::Hang);
+    let x = Xhubd::start(Options::new(&up.url("/")));
+    let bodies: Vec<Vec<u8>> = (0..160)
+        .map(|i| {
+            format!(
+                r#"{{"object":"page","entry":[{{"id":"b{i}","time":1700000000,"changes":[{{"field":"feed","value":{{"message":"{}"}}}}]}}]}}"#,
+                char::from(b'a' + (i % 26) as u8).to_string().repeat(64 * 1024 - 100)
+            )
+            .into_bytes()
+        })
+        .collect();
+    assert!(bodies.iter().map(Vec::len).sum::<usize>() > 10 << 20);
+    for body in &bodies {
+        assert_eq!(x.target.post_signed(body).status, 200);
+    }
+    wait_for(WAIT, "attempts held by the destination", || {
+        up.in_flight() > 0
+    });
+    up.set_default(Mode::Status(200));
+    up.release_hung();
+    wait_for(WAIT, "every body delivered whole", || {
+        let delivered: HashSet<Vec<u8>> = up
+            .hits()
+            .into_iter()
+            .filter(|hit| hit.answered == Some(200))
+            .map(|hit| hit.body)
+            .collect();
+        bodies.iter().all(|body| delivered.contains(body))
+    });
+    wait_for(WAIT, "every delivery recorded", || {
+        x.count("SELECT COUNT(*) FROM deliveries WHERE state = 0") == 0
+    });
 }
 
 both_spools!(concurrent_copies_of_one_event_are_delivered_once);

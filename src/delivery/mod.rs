@@ -260,7 +260,8 @@ impl Delivery {
             // A scan waits for the ready queue to empty; while one is due, fresh events
             // wait in their queue, so that under a load the upstream cannot keep up with,
             // retries and overflowed events still get their turn (oldest first). While
-            // the destination is down they stay there (and in the spool), untried.
+            // the destination is down they are dropped from it: they stay in the spool,
+            // untried.
             let scan_due = scan_now || TokioInstant::now() >= next_scan;
             let room = claims.ready.len() < FETCH_BATCH && !scan_due && !down;
             let wake_at = if down && claims.claimed.is_empty() {
@@ -332,7 +333,12 @@ impl Delivery {
                     tokio::spawn(this.clone().attempt(event, standing, permit, done_tx.clone(), sent.clone()));
                 }
                 // Where conversations keep order, only a scan knows what may go.
-                Some(event) = fresh.recv(), if room => if ordered {
+                // Down: new deliveries stay pending in the spool, untried, and the scan
+                // that follows its coming back up finds them; what the hand-over holds in
+                // memory (large bodies among it) is dropped, not kept for the outage.
+                Some(event) = fresh.recv(), if room || down => if down {
+                    drop(event);
+                } else if ordered {
                     scan_now = true;
                 } else {
                     claims.offer_fresh(event);
@@ -374,7 +380,7 @@ impl Delivery {
     /// event as no longer busy.
     async fn attempt(
         self: Arc<Self>,
-        event: DueDelivery,
+        mut event: DueDelivery,
         standing: Standing,
         permit: OwnedSemaphorePermit,
         done: mpsc::UnboundedSender<Done>,
@@ -383,7 +389,7 @@ impl Delivery {
         let attempts = event.attempts + 1;
         let release_conversations = order::hold_ran_out(&self, &event, &standing).await;
         let started = Instant::now();
-        let (result, report) = match self.body_of(&event).await {
+        let (result, report) = match self.body_of(&mut event).await {
             Ok(body) => self.upstream.send(&event, attempts, body).await,
             Err(e) => {
                 let error = format!("cannot read the event from the spool: {e}");
@@ -480,9 +486,12 @@ impl Delivery {
         });
     }
 
-    async fn body_of(&self, event: &DueDelivery) -> anyhow::Result<Bytes> {
-        if let Some(body) = &event.body {
-            return Ok(body.clone());
+    /// The body to send: the one that came with the delivery, taken out of it (so that
+    /// a body handed over in memory is released once sent, not once recorded), else
+    /// read from the spool.
+    async fn body_of(&self, event: &mut DueDelivery) -> anyhow::Result<Bytes> {
+        if let Some(body) = event.body.take() {
+            return Ok(body);
         }
         self.store
             .body(event.seq)

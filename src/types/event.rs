@@ -83,7 +83,7 @@ pub struct DueDelivery {
     /// The SHA-1 `X-Hub-Signature` value to send, when there is one.
     pub signature_sha1: Option<String>,
     /// The body, when small enough to come with the list or with the writer's hand-over
-    /// (else read when sent).
+    /// (else read when sent); taken out of the delivery when its attempt sends it.
     pub body: Option<bytes::Bytes>,
 }
 

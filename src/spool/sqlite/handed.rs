@@ -6,9 +6,9 @@
 //! for every body it finds by scanning the spool.
 //!
 //! A handed-over body gives its bytes back to the budget when its last reference is
-//! dropped, whoever drops it: once its attempt's outcome is recorded, or when it leaves
-//! the hand-over unsent. While it waits in a queue (for a destination that is down, say)
-//! it holds its share.
+//! dropped, whoever drops it: once its attempt has sent it, when its destination is down
+//! (the delivery stays pending in the spool), or when it leaves the hand-over unsent.
+//! While it waits in a queue for its turn it holds its share.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -19,7 +19,8 @@ use crate::spool::INLINE_BODY_MAX;
 
 /// Bytes of large bodies handed over and not yet dropped, at most: 8 MiB (128 bodies of
 /// 64 KiB). Counted per delivery: an event with several destinations counts its body
-/// once for each.
+/// once for each. A body is dropped once its attempt has sent it, or when its
+/// destination is down (it stays in the spool).
 pub const BUDGET: usize = 8 << 20;
 
 /// The largest body handed over: 128 KiB. With 64 KiB bodies, handing them over saved
@@ -91,6 +92,13 @@ mod tests {
         assert!(budget
             .hand_over(Bytes::from(vec![0u8; LARGE_MAX + 1]))
             .is_none());
+        for len in [INLINE_BODY_MAX + 1, LARGE_MAX] {
+            let held = budget.hand_over(Bytes::from(vec![3u8; len]));
+            assert_eq!(held.as_ref().map(Bytes::len), Some(len));
+            assert_eq!(budget.used(), len, "counted");
+            drop(held);
+            assert_eq!(budget.used(), 0, "given back");
+        }
         let large = Bytes::from(vec![2u8; 64 * 1024]);
         let mut held: Vec<Bytes> = std::iter::from_fn(|| budget.hand_over(large.clone())).collect();
         assert_eq!(held.len(), BUDGET / large.len());
