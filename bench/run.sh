@@ -96,6 +96,8 @@
 #                                    CATCH_UP_EVENTS, the most the load may take)
 #   PROFILE [release]                cargo profile of the binaries (dev: the smoke run
 #                                    in scripts/test.sh, which has them built already)
+#   XHUBD_BIN [the build's xhubd]    another xhubd binary to measure in every load (an
+#                                    earlier build's, to set B against B: alternate runs)
 # Installs wrk and curl (and nginx-light with --nginx or --postgres, openssl with --tls,
 # postgresql with --postgres; webhook, openssl, and nodejs and npm when node or npm is
 # missing, with --peers) with apt-get when missing; builds bench-load with --tls or
@@ -181,7 +183,7 @@ cargo build --profile "$PROFILE" --locked --bin xhubd "${examples[@]}"
 profile_dir=$PROFILE
 [ "$PROFILE" != dev ] || profile_dir=debug
 target_dir=${CARGO_TARGET_DIR:-target}/$profile_dir
-xhubd_bin=$target_dir/xhubd
+xhubd_bin=${XHUBD_BIN:-$target_dir/xhubd}
 upstream_bin=$target_dir/examples/bench-upstream
 load_bin=$target_dir/examples/bench-load
 relay_bin=$target_dir/examples/bench-relay
@@ -1020,7 +1022,9 @@ fi
 mkdir -p bench/out
 report=bench/out/run-$(date +%Y%m%dT%H%M%S).txt
 {
-  echo "xhubd $(git describe --always --dirty 2>/dev/null || echo '?') ($PROFILE build), $(nproc) cores;" \
+  if [ -n "${XHUBD_BIN:-}" ]; then which_xhubd=$XHUBD_BIN
+  else which_xhubd="$(git describe --always --dirty 2>/dev/null || echo '?') ($PROFILE build)"; fi
+  echo "xhubd $which_xhubd, $(nproc) cores;" \
     "wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $BODY_BYTES-byte signed bodies;" \
     "--upstream-concurrency $CONCURRENCY, XHUBD_LOG=$LOG_LEVEL ${xhubd_env[*]}"
   row() { printf '| %-34s' "$1"; shift; printf ' | %-22s' "$@"; printf ' |\n'; }
