@@ -96,6 +96,13 @@
 #                                    CATCH_UP_EVENTS, the most the load may take)
 #   PROFILE [release]                cargo profile of the binaries (dev: the smoke run
 #                                    in scripts/test.sh, which has them built already)
+#   DEDUP_PREFILL [0]                identities the SQLite spools of C, B and the catch-up
+#                                    already remember when their load starts (random
+#                                    keys, seen now; not --fanout's), as a spool
+#                                    does after days of traffic (the dedup window is 7
+#                                    days): xhubd creates the spool, stops, and sqlite3
+#                                    (installed when missing) adds them; 4000000 take
+#                                    about a minute per spool
 #   XHUBD_BIN [the build's xhubd]    another xhubd binary to measure in every load (an
 #                                    earlier build's, to set B against B: alternate runs)
 # Installs wrk and curl (and nginx-light with --nginx or --postgres, openssl with --tls,
@@ -142,6 +149,11 @@ PROFILE=${PROFILE:-release}
 CATCH_UP_DURATION=${CATCH_UP_DURATION:-$DURATION}
 CATCH_UP_EVENTS=${CATCH_UP_EVENTS:-}
 ROUNDS=${ROUNDS:-1}
+DEDUP_PREFILL=${DEDUP_PREFILL:-0}
+if ! [[ $DEDUP_PREFILL =~ ^[0-9]+$ ]]; then
+  echo "DEDUP_PREFILL must be a number of identities" >&2
+  exit 2
+fi
 if ! [[ $ROUNDS =~ ^[1-9][0-9]*$ ]]; then
   echo "ROUNDS must be a positive number of rounds" >&2
   exit 2
@@ -160,6 +172,7 @@ nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
 pg_bin=$(find /usr/lib/postgresql -maxdepth 2 -name bin -type d 2>/dev/null | sort -V | tail -n 1)
 [ "$POSTGRES" = 0 ] || [ -x "$pg_bin/initdb" ] || missing+=(postgresql)
 [ "$WITH_TLS" = 0 ] || command -v openssl >/dev/null || missing+=(openssl)
+[ "$DEDUP_PREFILL" = 0 ] || command -v sqlite3 >/dev/null || missing+=(sqlite3)
 if [ "$PEERS" = 1 ]; then
   command -v webhook >/dev/null || missing+=(webhook)
   command -v node >/dev/null || missing+=(nodejs)
@@ -415,7 +428,27 @@ xhubd_env=()
 malloc_arena_max=$(sed -n 's/^Environment=MALLOC_ARENA_MAX=//p' systemd/xhubd.service)
 [ -z "$malloc_arena_max" ] || xhubd_env+=("MALLOC_ARENA_MAX=$malloc_arena_max")
 
+# With DEDUP_PREFILL: a new SQLite spool in STATE_DIR that already remembers that many
+# identities. xhubd creates it (and stops once it listens), then sqlite3 adds the keys.
+prefill_spool() { # STATE_DIR
+  local pid
+  env XHUBD_LOG=warn "$xhubd_bin" serve --listen "unix:$1.prefill.sock" \
+    --upstream "http://$HOST:$upstream_port/" --verify-token bench --app-secret "$secret" \
+    --state-dir "$1" 2>>"$LOG_FILE" &
+  pid=$!
+  wait_socket "$pid" "$1.prefill.sock" "xhubd (creating a spool to prefill)"
+  kill "$pid"
+  wait "$pid" || true
+  echo "prefilling $1 with $DEDUP_PREFILL identities" >&2
+  sqlite3 "$1/spool.sqlite3" "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n
+    WHERE i < $DEDUP_PREFILL) INSERT INTO dedup (key, event_seq, seen_at) SELECT
+    randomblob(16), -i, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) FROM n;"
+}
+
 start_xhubd() { # LISTEN STATE_DIR UPSTREAM_URL [ARG...]: starts xhubd, sets xhubd_pid
+  if [ "$DEDUP_PREFILL" != 0 ] && [ ! -e "$2" ] && [[ " ${*:4} " != *" --spool "* ]]; then
+    prefill_spool "$2"
+  fi
   env "${xhubd_env[@]}" XHUBD_LOG="$LOG_LEVEL" "$xhubd_bin" serve \
     --listen "$1" \
     --upstream "$3" \
@@ -1024,6 +1057,7 @@ report=bench/out/run-$(date +%Y%m%dT%H%M%S).txt
 {
   if [ -n "${XHUBD_BIN:-}" ]; then which_xhubd=$XHUBD_BIN
   else which_xhubd="$(git describe --always --dirty 2>/dev/null || echo '?') ($PROFILE build)"; fi
+  [ "$DEDUP_PREFILL" = 0 ] || which_xhubd+=" on spools remembering $DEDUP_PREFILL identities"
   echo "xhubd $which_xhubd, $(nproc) cores;" \
     "wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $BODY_BYTES-byte signed bodies;" \
     "--upstream-concurrency $CONCURRENCY, XHUBD_LOG=$LOG_LEVEL ${xhubd_env[*]}"
