@@ -114,6 +114,13 @@
 # signature check, before or after its load, or did not keep every event it accepted.
 # Figures are targets for the report, not assertions.
 set -euo pipefail
+# Binaries named relative to the caller's directory, before leaving it.
+for var in XHUBD_BIN BASELINE_XHUBD; do
+  if [ -n "${!var:-}" ]; then
+    [ -x "${!var}" ] || { echo "$var=${!var}: not an executable file" >&2; exit 2; }
+    printf -v "$var" '%s' "$(realpath "${!var}")"
+  fi
+done
 cd "$(dirname "$0")/.."
 
 SMOKE=${SMOKE:-0}
@@ -688,7 +695,7 @@ if [ -n "${BASELINE_XHUBD:-}" ]; then
   prev_mid=$(median2 "${prev_rates[@]}")
   this_mid=$(median2 "${this_rates[@]}")
   compare="C alternated with $BASELINE_XHUBD: previous ${prev_rates[*]} events/s"
-  compare+=" (CPU s per 1,000: ${prev_cpu[*]}), this build ${this_rates[*]}"
+  compare+=" (CPU s per 1,000: ${prev_cpu[*]}), ${XHUBD_BIN:-this build} ${this_rates[*]}"
   compare+=" (${this_cpu[*]}); this / previous, mean of two: $(calc %.3f "$this_mid / $prev_mid")"
 fi
 
@@ -1055,8 +1062,8 @@ fi
 mkdir -p bench/out
 report=bench/out/run-$(date +%Y%m%dT%H%M%S).txt
 {
-  if [ -n "${XHUBD_BIN:-}" ]; then which_xhubd=$XHUBD_BIN
-  else which_xhubd="$(git describe --always --dirty 2>/dev/null || echo '?') ($PROFILE build)"; fi
+  which_xhubd="$(git describe --always --dirty 2>/dev/null || echo '?') ($PROFILE build)"
+  [ -z "${XHUBD_BIN:-}" ] || which_xhubd="$XHUBD_BIN (bench/run.sh of $which_xhubd)"
   [ "$DEDUP_PREFILL" = 0 ] || which_xhubd+=" on spools remembering $DEDUP_PREFILL identities"
   echo "xhubd $which_xhubd, $(nproc) cores;" \
     "wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $BODY_BYTES-byte signed bodies;" \
