@@ -5,7 +5,7 @@
 # Starts bench-upstream (bench/upstream.rs) and loads, with wrk and bench/sign.lua
 # (distinct, signed JSON bodies of BODY_BYTES), one after the other:
 #   baseline  wrk -> bench-upstream over TCP: one hop with no work behind it;
-#   C         wrk -> xhubd over TCP -> bench-upstream (fresh spool);
+#   C         wrk -> xhubd over TCP -> bench-upstream (fresh spool, or see DEDUP_PREFILL);
 # and with --nginx (Nginx from the shipped nginx/xhubd.conf, plain-HTTP variant: no TLS,
 # no client-certificate check; installed when missing):
 #   A         wrk -> Nginx -> bench-upstream over a Unix socket: no verification and
@@ -96,18 +96,19 @@
 #                                    CATCH_UP_EVENTS, the most the load may take)
 #   PROFILE [release]                cargo profile of the binaries (dev: the smoke run
 #                                    in scripts/test.sh, which has them built already)
-#   DEDUP_PREFILL [0]                identities the SQLite spools of C, B and the catch-up
-#                                    already remember when their load starts (random
-#                                    keys, seen now; not --fanout's), as a spool
-#                                    does after days of traffic (the dedup window is 7
-#                                    days): xhubd creates the spool, stops, and sqlite3
-#                                    (installed when missing) adds them; 4000000 take
-#                                    about a minute per spool
+#   DEDUP_PREFILL [0]                identities every SQLite spool but --fanout's (C,
+#                                    BASELINE_XHUBD's rounds, B, B-load, B-tls, the
+#                                    catch-up) already remembers when its load starts
+#                                    (random keys, seen now), as a spool does after days
+#                                    of traffic (the dedup window is 7 days): the load's
+#                                    xhubd creates the spool and stops, then sqlite3 adds
+#                                    them; 4000000 take about a minute per spool
 #   XHUBD_BIN [the build's xhubd]    another xhubd binary to measure in every load (an
-#                                    earlier build's, to set B against B: alternate runs)
+#                                    earlier build's, to set B against B: alternate
+#                                    runs); also the "this build" side of BASELINE_XHUBD
 # Installs wrk and curl (and nginx-light with --nginx or --postgres, openssl with --tls,
 # postgresql with --postgres; webhook, openssl, and nodejs and npm when node or npm is
-# missing, with --peers) with apt-get when missing; builds bench-load with --tls or
+# missing, with --peers; sqlite3 with DEDUP_PREFILL) with apt-get when missing; builds bench-load with --tls or
 # CATCH_UP_EVENTS. The table is also written to bench/out/. Exits non-zero when an
 # answer was not 2xx, a socket error occurred (for a peer, a timeout is its figure, not a
 # failure), delivery did not drain in time, or (with --peers) a peer failed its
@@ -117,7 +118,8 @@ set -euo pipefail
 # Binaries named relative to the caller's directory, before leaving it.
 for var in XHUBD_BIN BASELINE_XHUBD; do
   if [ -n "${!var:-}" ]; then
-    [ -x "${!var}" ] || { echo "$var=${!var}: not an executable file" >&2; exit 2; }
+    [ -f "${!var}" ] && [ -x "${!var}" ] \
+      || { echo "$var=${!var}: not an executable file" >&2; exit 2; }
     printf -v "$var" '%s' "$(realpath "${!var}")"
   fi
 done
@@ -157,7 +159,7 @@ CATCH_UP_DURATION=${CATCH_UP_DURATION:-$DURATION}
 CATCH_UP_EVENTS=${CATCH_UP_EVENTS:-}
 ROUNDS=${ROUNDS:-1}
 DEDUP_PREFILL=${DEDUP_PREFILL:-0}
-if ! [[ $DEDUP_PREFILL =~ ^[0-9]+$ ]]; then
+if ! [[ $DEDUP_PREFILL =~ ^(0|[1-9][0-9]*)$ ]]; then
   echo "DEDUP_PREFILL must be a number of identities" >&2
   exit 2
 fi
@@ -443,9 +445,10 @@ prefill_spool() { # STATE_DIR
     --upstream "http://$HOST:$upstream_port/" --verify-token bench --app-secret "$secret" \
     --state-dir "$1" 2>>"$LOG_FILE" &
   pid=$!
-  wait_socket "$pid" "$1.prefill.sock" "xhubd (creating a spool to prefill)"
-  kill "$pid"
-  wait "$pid" || true
+  pids+=("$pid")
+  wait_socket "$pid" "$1.prefill.sock" "xhubd (creating a spool to prefill)" \
+    || { tail -n 20 "$LOG_FILE" >&2; exit 1; }
+  stop "$pid"
   echo "prefilling $1 with $DEDUP_PREFILL identities" >&2
   sqlite3 "$1/spool.sqlite3" "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n
     WHERE i < $DEDUP_PREFILL) INSERT INTO dedup (key, event_seq, seen_at) SELECT
@@ -1062,8 +1065,9 @@ fi
 mkdir -p bench/out
 report=bench/out/run-$(date +%Y%m%dT%H%M%S).txt
 {
-  which_xhubd="$(git describe --always --dirty 2>/dev/null || echo '?') ($PROFILE build)"
-  [ -z "${XHUBD_BIN:-}" ] || which_xhubd="$XHUBD_BIN (bench/run.sh of $which_xhubd)"
+  version=$(git describe --always --dirty 2>/dev/null || echo '?')
+  which_xhubd="$version ($PROFILE build)"
+  [ -z "${XHUBD_BIN:-}" ] || which_xhubd="$XHUBD_BIN (with the benchmark's own programs of $version, $PROFILE build)"
   [ "$DEDUP_PREFILL" = 0 ] || which_xhubd+=" on spools remembering $DEDUP_PREFILL identities"
   echo "xhubd $which_xhubd, $(nproc) cores;" \
     "wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $BODY_BYTES-byte signed bodies;" \
