@@ -282,6 +282,11 @@ impl Delivery {
                     // With every other outcome already reported (one commit records
                     // many), so that one scan fills the room they all made.
                     let mut next = Some(done);
+                    // Outcomes come back in no set order, each with the destination's
+                    // state as its own record left it: one recorded before another may
+                    // arrive after it. A state that would take the destination down or
+                    // up is taken from the spool once they are all in, not from them.
+                    let mut turned = None;
                     while let Some(done) = next {
                         claims.claimed.remove(&done.seq);
                         probes.remove(&done.seq);
@@ -293,12 +298,26 @@ impl Delivery {
                             next_scan = TokioInstant::now();
                         }
                         if let Some(recorded) = done.recorded {
-                            outage::learn(&this.destination, &this.status, &mut availability, recorded.availability);
+                            if recorded.availability.is_down() == availability.is_down() {
+                                outage::learn(&this.destination, &this.status, &mut availability, recorded.availability);
+                            } else {
+                                turned = Some(recorded.availability);
+                            }
                             if recorded.came_up {
                                 tokio::spawn(outage::retry_backlog_now(this.store.clone(), this.destination.clone()));
                             }
                         }
                         next = done_rx.try_recv().ok();
+                    }
+                    if let Some(reported) = turned {
+                        let stored = match this.store.availability(&this.destination).await {
+                            Ok(stored) => stored,
+                            Err(e) => {
+                                debug!(destination = %this.destination, error = %e, "cannot read whether the destination is down; taking the outcome's word for it");
+                                reported
+                            }
+                        };
+                        outage::learn(&this.destination, &this.status, &mut availability, stored);
                     }
                     if availability.is_down() {
                         // Taken before it went down, not yet sent: they stay pending,
