@@ -182,6 +182,22 @@ fn a_flapping_destination_goes_down_and_up_and_gets_every_event_once(spool: &Spo
     let distinct: HashSet<&String> = delivered.iter().collect();
     assert_eq!(distinct.len(), 30, "every event delivered");
     assert_eq!(delivered.len(), 30, "and once");
+    // Two outages, each logged once as it began and once as it ended: no false turn
+    // from an outcome that came back after a later one.
+    let logs = x.logs();
+    let turns: Vec<&str> = logs
+        .lines()
+        .filter_map(|line| {
+            if line.contains("destination down after retryable failures in a row") {
+                Some("down")
+            } else if line.contains("destination up again") {
+                Some("up")
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(turns, ["down", "up", "down", "up"], "{logs}");
 }
 
 both_spools!(a_message_the_backend_keeps_refusing_neither_takes_it_down_nor_blocks_the_probe);

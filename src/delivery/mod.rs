@@ -283,9 +283,11 @@ impl Delivery {
                     // many), so that one scan fills the room they all made.
                     let mut next = Some(done);
                     // Outcomes come back in no set order, each with the destination's
-                    // state as its own record left it: one recorded before another may
-                    // arrive after it. A state that would take the destination down or
-                    // up is taken from the spool once they are all in, not from them.
+                    // state as its own record left it, so one recorded before another
+                    // may arrive after it. A copy that would take the destination down
+                    // or up is checked against the spool after this batch: the read
+                    // follows every commit reported here, so it is never older than
+                    // they are (if it fails, the latest such copy is taken).
                     let mut turned = None;
                     while let Some(done) = next {
                         claims.claimed.remove(&done.seq);
@@ -298,10 +300,8 @@ impl Delivery {
                             next_scan = TokioInstant::now();
                         }
                         if let Some(recorded) = done.recorded {
-                            if recorded.availability.is_down() == availability.is_down() {
-                                outage::learn(&this.destination, &this.status, &mut availability, recorded.availability);
-                            } else {
-                                turned = Some(recorded.availability);
+                            if let Some(copy) = outage::take_in(&this.destination, &this.status, &mut availability, recorded.availability) {
+                                turned = Some(copy);
                             }
                             if recorded.came_up {
                                 tokio::spawn(outage::retry_backlog_now(this.store.clone(), this.destination.clone()));
@@ -309,15 +309,18 @@ impl Delivery {
                         }
                         next = done_rx.try_recv().ok();
                     }
-                    if let Some(reported) = turned {
-                        let stored = match this.store.availability(&this.destination).await {
-                            Ok(stored) => stored,
+                    if let Some(turned) = turned {
+                        match this.store.availability(&this.destination).await {
+                            Ok(stored) => outage::settle(&this.destination, &this.status, &mut availability, turned, stored),
                             Err(e) => {
-                                debug!(destination = %this.destination, error = %e, "cannot read whether the destination is down; taking the outcome's word for it");
-                                reported
+                                if this.store.health().is_ready() {
+                                    warn!(destination = %this.destination, error = %e, down = turned.is_down(), "cannot read the destination's stored state; going by the latest outcome's copy of it, which may be out of date");
+                                } else {
+                                    debug!(destination = %this.destination, error = %e, down = turned.is_down(), "cannot read the destination's stored state while the spool is down; going by the latest outcome's copy of it");
+                                }
+                                outage::learn(&this.destination, &this.status, &mut availability, turned);
                             }
-                        };
-                        outage::learn(&this.destination, &this.status, &mut availability, stored);
+                        }
                     }
                     if availability.is_down() {
                         // Taken before it went down, not yet sent: they stay pending,

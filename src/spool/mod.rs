@@ -103,7 +103,7 @@ pub struct Taken {
     pub deliveries: Vec<DueDelivery>,
     /// The destination's stored state as the taking saw it, where other instances
     /// change it (PostgreSQL); `None` on SQLite, whose one scheduler learns every
-    /// change from its own records.
+    /// change from its own records (and a read when one would take it down or up).
     pub availability: Option<Availability>,
     /// When the rate budget has room for another request (unix ms), when it held the
     /// taking back (PostgreSQL).
