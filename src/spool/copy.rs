@@ -21,7 +21,7 @@
 //! instance runs takes them; copied events and attempts name where they came from
 //! (`accepted_by` and `instance`, e.g. `copied from web1`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use anyhow::Context;
@@ -572,8 +572,13 @@ async fn write_chunk(
     Ok(())
 }
 
+/// One remembered identity as SQLite keeps it: key, event number, when it was seen.
+type Identity = (Vec<u8>, i64, i64);
+
 /// Copies the dedup memory, in key order (as instances claim keys, so neither waits on
-/// the other in a cycle), a chunk at a time.
+/// the other in a cycle), a chunk at a time: the table ordered by key, joined with the
+/// recent identities not merged into it yet (a key in both counts once, its newer
+/// sighting copied).
 async fn copy_dedup(
     sqlite: &Connection,
     tx: &Transaction<'_>,
@@ -581,6 +586,7 @@ async fn copy_dedup(
     renumbered: &HashMap<i64, i64>,
     copied: &mut Copied,
 ) -> anyhow::Result<()> {
+    let mut recent = recent_identities(sqlite)?.into_iter().peekable();
     let mut after: Vec<u8> = Vec::new();
     let mut stmt = sqlite
         .prepare("SELECT key, event_seq, seen_at FROM dedup WHERE key > ?1 ORDER BY key LIMIT ?2")
@@ -597,24 +603,77 @@ async fn copy_dedup(
             .context(READ)?
             .collect::<rusqlite::Result<Vec<_>>>()
             .context(READ)?;
-        let Some((last, _, _)) = rows.last() else {
+        let last_chunk = rows.len() < KEYS_PER_CHUNK;
+        if let Some((last, _, _)) = rows.last() {
+            after = last.clone();
+        }
+        let chunk = join(rows, &mut recent, last_chunk);
+        if chunk.is_empty() {
             return Ok(());
-        };
-        after = last.clone();
-        let keys: Vec<&[u8]> = rows.iter().map(|(k, _, _)| k.as_slice()).collect();
-        let events: Vec<i64> = rows
+        }
+        let keys: Vec<&[u8]> = chunk.iter().map(|(k, _, _)| k.as_slice()).collect();
+        let events: Vec<i64> = chunk
             .iter()
             .map(|(_, seq, _)| dedup_event(*seq, renumbered))
             .collect();
-        let seen: Vec<i64> = rows.iter().map(|(_, _, at)| *at).collect();
+        let seen: Vec<i64> = chunk.iter().map(|(_, _, at)| *at).collect();
         let taken = tx
             .query(&s.insert_dedup, &[&keys, &events, &seen])
             .await
             .context(WRITE)?
             .len() as u64;
         copied.dedup_keys += taken;
-        copied.dedup_keys_there += rows.len() as u64 - taken;
+        copied.dedup_keys_there += chunk.len() as u64 - taken;
+        if last_chunk {
+            return Ok(());
+        }
     }
+}
+
+/// A chunk of `dedup` rows (by key) joined with the recent identities up to its last
+/// key (all that are left, for the `last` chunk): by key, each key once, with its newer
+/// sighting (the recent one on a tie).
+fn join<I>(rows: Vec<Identity>, recent: &mut std::iter::Peekable<I>, last: bool) -> Vec<Identity>
+where
+    I: Iterator<Item = (Vec<u8>, (i64, i64))>,
+{
+    let mut chunk = Vec::with_capacity(rows.len());
+    for row in rows {
+        while let Some((key, (seq, at))) = recent.next_if(|(key, _)| *key < row.0) {
+            chunk.push((key, seq, at));
+        }
+        match recent.next_if(|(key, _)| *key == row.0) {
+            Some((key, (seq, at))) if at >= row.2 => chunk.push((key, seq, at)),
+            _ => chunk.push(row),
+        }
+    }
+    if last {
+        chunk.extend(recent.map(|(key, (seq, at))| (key, seq, at)));
+    }
+    chunk
+}
+
+/// The recent identities (`dedup_recent`, at most a few tens of thousands), each key's
+/// newest sighting, by key.
+fn recent_identities(sqlite: &Connection) -> anyhow::Result<BTreeMap<Vec<u8>, (i64, i64)>> {
+    let mut stmt = sqlite
+        .prepare("SELECT key, event_seq, seen_at FROM dedup_recent ORDER BY arrival")
+        .context(READ)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })
+        .context(READ)?;
+    let mut recent = BTreeMap::new();
+    for row in rows {
+        let (key, seq, at): Identity = row.context(READ)?;
+        recent.insert(key, (seq, at));
+    }
+    Ok(recent)
 }
 
 #[cfg(test)]
@@ -645,6 +704,39 @@ mod tests {
         let renumbered = HashMap::from([(7, 1)]);
         assert_eq!(dedup_event(7, &renumbered), 1);
         assert_eq!(dedup_event(8, &renumbered), -8);
+    }
+
+    #[test]
+    fn recent_identities_join_the_table_by_key_each_once_with_its_newer_sighting() {
+        let recent: BTreeMap<Vec<u8>, (i64, i64)> = [
+            (vec![1], (10, 100)),
+            (vec![3], (30, 300)),
+            (vec![4], (40, 50)),
+            (vec![6], (60, 600)),
+            (vec![9], (90, 900)),
+        ]
+        .into();
+        let mut recent = recent.into_iter().peekable();
+        let first = join(
+            vec![(vec![2], 2, 20), (vec![3], 3, 30), (vec![4], 4, 400)],
+            &mut recent,
+            false,
+        );
+        assert_eq!(
+            first,
+            vec![
+                (vec![1], 10, 100),
+                (vec![2], 2, 20),
+                (vec![3], 30, 300),
+                (vec![4], 4, 400)
+            ]
+        );
+        let last = join(vec![(vec![5], 5, 50)], &mut recent, true);
+        assert_eq!(
+            last,
+            vec![(vec![5], 5, 50), (vec![6], 60, 600), (vec![9], 90, 900)]
+        );
+        assert_eq!(join(Vec::new(), &mut recent, true), Vec::new());
     }
 
     #[test]

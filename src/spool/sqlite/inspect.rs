@@ -291,7 +291,12 @@ pub fn stats(conn: &Connection) -> rusqlite::Result<SpoolStats> {
         delivered: count("SELECT COUNT(*) FROM deliveries WHERE state = 1")?,
         dead: count("SELECT COUNT(*) FROM deliveries WHERE state = 2")?,
         oldest_pending_age_seconds: oldest.map_or(0.0, |t| ((now_ms() - t).max(0) as f64) / 1000.0),
-        dedup_keys: count("SELECT COUNT(*) FROM dedup")?,
+        // The recent identities not merged yet count once, whatever their sightings.
+        dedup_keys: count(
+            "SELECT (SELECT COUNT(*) FROM dedup)
+                  + (SELECT COUNT(DISTINCT key) FROM dedup_recent r
+                     WHERE NOT EXISTS (SELECT 1 FROM dedup d WHERE d.key = r.key))",
+        )?,
         claims: Vec::new(),
     })
 }

@@ -143,6 +143,8 @@ pub(super) fn apply(conn: &mut Connection, version: i64, rekey: Rekey<'_>) -> ru
     // Layout 8 only adds `conversations`, its index and triggers, which SCHEMA above
     // created; deliveries accepted before it have no conversation keys (they wait for
     // nothing and hold nothing).
+    // Layout 9 only adds `dedup_recent`, which SCHEMA above created (empty: every
+    // identity remembered so far is in `dedup`).
     tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))?;
     tx.commit()
 }
@@ -152,6 +154,12 @@ pub(super) fn apply(conn: &mut Connection, version: i64, rekey: Rekey<'_>) -> ru
 /// Meta's retries of events accepted under older identity rules are still recognised.
 /// Keys whose event is gone (purged) cannot be recomputed and stay as they are.
 fn rekey_events(tx: &Transaction<'_>, rekey: Rekey<'_>) -> rusqlite::Result<()> {
+    // The recent identities first join the others, their newest sighting winning.
+    tx.execute_batch(
+        "INSERT OR REPLACE INTO dedup (key, event_seq, seen_at)
+           SELECT key, event_seq, seen_at FROM dedup_recent ORDER BY arrival;
+         DELETE FROM dedup_recent;",
+    )?;
     tx.execute(
         "DELETE FROM dedup WHERE event_seq IN (SELECT seq FROM events)",
         [],

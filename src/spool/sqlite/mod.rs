@@ -21,6 +21,7 @@ mod handed;
 pub mod inspect;
 mod migrate;
 mod queue;
+mod recent;
 pub mod schema;
 mod writer;
 

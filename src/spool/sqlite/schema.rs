@@ -146,6 +146,14 @@ CREATE TABLE IF NOT EXISTS dedup (
     seen_at   INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS dedup_seen ON dedup(seen_at);
+-- The identities accepted lately, in arrival order, until the writer merges them into
+-- dedup (spool::sqlite::recent); a key may appear more than once, its newest row counts.
+CREATE TABLE IF NOT EXISTS dedup_recent (
+    arrival   INTEGER PRIMARY KEY,
+    key       BLOB    NOT NULL,
+    event_seq INTEGER NOT NULL,
+    seen_at   INTEGER NOT NULL
+);
 -- Whether each destination is up or down (types::Availability), kept across restarts.
 CREATE TABLE IF NOT EXISTS destinations (
     destination   TEXT    PRIMARY KEY,
@@ -166,8 +174,9 @@ CREATE TABLE IF NOT EXISTS destinations (
 /// 6: each event's route, due deliveries indexed per destination, and a delivery's own
 /// (narrowed or split) body and signatures; 7: whether each destination is up or down;
 /// 8: each delivery's conversation keys, for destinations that keep order
-/// (`conversations`).
-pub const SCHEMA_VERSION: i64 = 8;
+/// (`conversations`); 9: new identities in arrival order (`dedup_recent`) until they
+/// are merged into `dedup`.
+pub const SCHEMA_VERSION: i64 = 9;
 
 /// The dedup keys of a stored body under this build's identity rules, for the upgrade
 /// of a spool written with older ones. The spool does not know those rules: the daemon

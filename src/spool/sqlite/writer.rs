@@ -2,7 +2,9 @@
 //! bounded queue; whatever has queued up while the previous commit was syncing goes
 //! into the next transaction (group commit), so one fsync covers many events.
 //! De-duplication checks and inserts happen inside that transaction, in arrival order,
-//! so two copies of one event are never both stored.
+//! so two copies of one event are never both stored. New identities go to the recent
+//! ones (`recent`), which each batch also merges, a slice at a time, into the table
+//! ordered by key.
 //!
 //! Once a commit is on disk, each new event is also handed to delivery in memory (the
 //! *fresh* queue), so its first attempt needs no read of the spool. That queue is
@@ -21,12 +23,13 @@ use tracing::{debug, error, info, warn};
 
 use super::availability;
 use super::handed::Budget;
+use super::recent::Recent;
 use crate::spool::{
     conversations, now_ms, Command, NewEvent, Outcome, Recorded, Spool, SpoolError, SpoolHealth,
     Stored, WriterSettings, RETRY_NOW_CHUNK,
 };
 use crate::types::{
-    AttemptReport, Availability, DeliveryState, DestinationKey, DueDelivery, NewDelivery,
+    AttemptReport, Availability, DedupKey, DeliveryState, DestinationKey, DueDelivery, NewDelivery,
 };
 
 /// Most requests in one transaction.
@@ -40,8 +43,8 @@ const PRUNE_CHUNK: i64 = 1000;
 const WAL_CHECKPOINT_FRAMES: u32 = 8192;
 /// Bytes of log file kept once the log starts over.
 const WAL_SIZE_LIMIT: u64 = 64 * 1024 * 1024;
-/// The writer's page cache, in KiB: the dedup table's leaves are touched at random, and
-/// each one missing from the cache is a read from the file.
+/// The writer's page cache, in KiB: the dedup table's leaves are looked up (and merged
+/// into) at random, and each one missing from the cache is a read from the file.
 const CACHE_KIB: u32 = 8 * 1024;
 
 /// Events handed to delivery in memory and not yet taken, at most. Bodies over
@@ -61,7 +64,11 @@ pub struct Writer {
 
 impl Writer {
     /// Starts the writer thread on an open connection.
+    /// Fails when the recent identities cannot be read back from the spool.
     pub fn start(conn: Connection, settings: WriterSettings) -> std::io::Result<Writer> {
+        let recent = Recent::load(&conn, prune_every(&settings)).map_err(|e| {
+            std::io::Error::other(format!("cannot read the recent identities: {e}"))
+        })?;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let (fresh_tx, fresh) = mpsc::channel(FRESH_DEPTH);
         let wakeups = Arc::new(watch::Sender::new(0u64));
@@ -77,7 +84,7 @@ impl Writer {
         let thread = std::thread::Builder::new()
             .name("spool-writer".into())
             .spawn(move || {
-                run(conn, rx, &fresh_tx, settings, &wakeups, &health);
+                run(conn, rx, &fresh_tx, settings, recent, &wakeups, &health);
                 health.writer_running.store(false, Ordering::Relaxed);
             })?;
         Ok(Writer {
@@ -97,11 +104,18 @@ impl Writer {
     }
 }
 
+/// How often the writer prunes (and merges recent identities at the latest): a quarter
+/// of the dedup window, from 200 ms to 60 s.
+fn prune_every(settings: &WriterSettings) -> Duration {
+    (settings.dedup_window / 4).clamp(Duration::from_millis(200), Duration::from_secs(60))
+}
+
 fn run(
     mut conn: Connection,
     mut rx: mpsc::Receiver<Command>,
     fresh: &mpsc::Sender<DueDelivery>,
     settings: WriterSettings,
+    mut recent: Recent,
     wakeups: &watch::Sender<u64>,
     health: &SpoolHealth,
 ) {
@@ -116,8 +130,7 @@ fn run(
     )) {
         warn!(error = %e, "cannot set the log's checkpoint limits and cache size; using SQLite's defaults");
     }
-    let prune_every =
-        (settings.dedup_window / 4).clamp(Duration::from_millis(200), Duration::from_secs(60));
+    let prune_every = prune_every(&settings);
     let mut last_prune = Instant::now();
     let mut pruning = Pruned::default();
     let mut prune_behind = false;
@@ -134,7 +147,15 @@ fn run(
         let closing = batch.iter().any(|c| matches!(c, Command::Close));
         let size = batch.len();
         let started = Instant::now();
-        let handed_over = commit_batch(&mut conn, &mut batch, window_ms, health, fresh, &budget);
+        let handed_over = commit_batch(
+            &mut conn,
+            &mut batch,
+            window_ms,
+            health,
+            fresh,
+            &budget,
+            &mut recent,
+        );
         debug!(
             size,
             micros = started.elapsed().as_micros() as u64,
@@ -169,8 +190,9 @@ enum Applied {
     Nothing,
 }
 
-/// Runs one transaction for the whole batch, hands the new events to delivery and
-/// answers every request. Returns false when a new event could not be handed over.
+/// Runs one transaction for the whole batch (with a slice of the recent identities'
+/// merge), hands the new events to delivery and answers every request. Returns false
+/// when a new event could not be handed over.
 fn commit_batch(
     conn: &mut Connection,
     batch: &mut Vec<Command>,
@@ -178,6 +200,7 @@ fn commit_batch(
     health: &SpoolHealth,
     fresh: &mpsc::Sender<DueDelivery>,
     budget: &Budget,
+    recent: &mut Recent,
 ) -> bool {
     let now = now_ms();
     let result = (|| -> rusqlite::Result<Vec<Applied>> {
@@ -187,10 +210,14 @@ fn commit_batch(
         // outcomes move it on), written once if it changed: an answer while the
         // destination is at rest writes nothing.
         let mut states: HashMap<DestinationKey, (Availability, Availability)> = HashMap::new();
+        let mut remembered = 0;
         for cmd in batch.iter() {
             results.push(match cmd {
                 Command::Accept { event, .. } => {
-                    let (stored, delivery) = accept_one(&tx, event, now, window_ms)?;
+                    let (stored, delivery) = accept_one(&tx, event, now, window_ms, recent)?;
+                    if matches!(stored, Stored::New(_)) {
+                        remembered += 1 + event.keys.items.as_ref().map_or(0, Vec::len);
+                    }
                     Applied::Accepted(stored, delivery)
                 }
                 Command::Record {
@@ -250,12 +277,14 @@ fn commit_batch(
                 availability::save(&tx, destination, state)?;
             }
         }
+        recent.merge_slice(&tx, remembered)?;
         tx.commit()?;
         Ok(results)
     })();
     match result {
         Ok(results) => {
             health.last_commit_ok.store(true, Ordering::Relaxed);
+            recent.committed();
             let mut handed_over = true;
             for (cmd, applied) in batch.drain(..).zip(results) {
                 match (cmd, applied) {
@@ -289,6 +318,7 @@ fn commit_batch(
         }
         Err(e) => {
             health.last_commit_ok.store(false, Ordering::Relaxed);
+            recent.roll_back();
             error!(error = %e, requests = batch.len(), "spool commit failed; nothing of this batch was stored");
             let failure = SpoolError::Commit(e.to_string());
             for cmd in batch.drain(..) {
@@ -357,37 +387,45 @@ fn hand_over(
     }
 }
 
-/// Checks one event against the remembered identities and stores it if it is new, with
-/// one delivery per destination. Returns what happened and, for a new event, its
-/// deliveries.
+/// Checks one event against the remembered identities (the recent ones in memory, then
+/// the table) and stores it if it is new, with one delivery per destination. Returns
+/// what happened and, for a new event, its deliveries.
 fn accept_one(
     tx: &Transaction<'_>,
     event: &NewEvent,
     now: i64,
     window_ms: i64,
+    recent: &mut Recent,
 ) -> rusqlite::Result<(Stored, Vec<Inserted>)> {
     let cutoff = now.saturating_sub(window_ms);
+    let mut event_id = tx.prepare_cached("SELECT id FROM events WHERE seq = ?1")?;
     let mut lookup = tx.prepare_cached(
         "SELECT d.event_seq, e.id FROM dedup d LEFT JOIN events e ON e.seq = d.event_seq
          WHERE d.key = ?1 AND d.seen_at >= ?2",
     )?;
-    let mut seen = |key: &[u8; 16]| -> rusqlite::Result<Option<String>> {
+    // A duplicate is reported with its event's id, or `#seq` once that event is pruned.
+    let mut seen = |key: &DedupKey| -> rusqlite::Result<Option<String>> {
+        if let Some(sighting) = recent.get(key).filter(|s| s.seen_at >= cutoff) {
+            let seq = sighting.event_seq;
+            let id: Option<String> = event_id.query_row([seq], |r| r.get(0)).optional()?;
+            return Ok(Some(id.unwrap_or_else(|| format!("#{seq}"))));
+        }
         lookup
-            .query_row(params![&key[..], cutoff], |r| {
+            .query_row(params![&key.as_bytes()[..], cutoff], |r| {
                 let seq: i64 = r.get(0)?;
                 let id: Option<String> = r.get(1)?;
                 Ok(id.unwrap_or_else(|| format!("#{seq}")))
             })
             .optional()
     };
-    if let Some(id) = seen(event.keys.body.as_bytes())? {
+    if let Some(id) = seen(&event.keys.body)? {
         return Ok((Stored::Duplicate(id), Vec::new()));
     }
     if let Some(items) = &event.keys.items {
         let mut first_seen = None;
         let mut all_seen = true;
         for key in items {
-            match seen(key.as_bytes())? {
+            match seen(key)? {
                 Some(id) => {
                     first_seen.get_or_insert(id);
                 }
@@ -421,12 +459,8 @@ fn accept_one(
     let seq = tx.last_insert_rowid();
     tx.prepare_cached("INSERT INTO bodies (seq, body) VALUES (?1, ?2)")?
         .execute(params![seq, &event.body[..]])?;
-    let mut remember = tx.prepare_cached(
-        "INSERT OR REPLACE INTO dedup (key, event_seq, seen_at) VALUES (?1, ?2, ?3)",
-    )?;
-    remember.execute(params![&event.keys.body.as_bytes()[..], seq, now])?;
-    for key in event.keys.items.iter().flatten() {
-        remember.execute(params![&key.as_bytes()[..], seq, now])?;
+    for key in std::iter::once(&event.keys.body).chain(event.keys.items.iter().flatten()) {
+        recent.remember(tx, key, seq, now)?;
     }
     let mut insert = tx.prepare_cached(
         "INSERT INTO deliveries (id, event_seq, destination, part, parts, split, state,
