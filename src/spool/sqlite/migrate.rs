@@ -143,8 +143,10 @@ pub(super) fn apply(conn: &mut Connection, version: i64, rekey: Rekey<'_>) -> ru
     // Layout 8 only adds `conversations`, its index and triggers, which SCHEMA above
     // created; deliveries accepted before it have no conversation keys (they wait for
     // nothing and hold nothing).
-    // Layout 9 only adds `dedup_recent`, which SCHEMA above created (empty: every
-    // identity remembered so far is in `dedup`).
+    // Layout 9 adds `dedup_recent`, which SCHEMA above created (empty: every identity
+    // remembered so far is in `dedup`), and indexes `dedup` by the second an identity
+    // was seen (SCHEMA too) instead of the millisecond.
+    tx.execute_batch("DROP INDEX IF EXISTS dedup_seen;")?;
     tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))?;
     tx.commit()
 }
@@ -314,7 +316,7 @@ mod tests {
         assert_eq!(rows, expected);
         let indexed: i64 = conn
             .query_row(
-                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'dedup_seen' AND tbl_name = 'dedup'",
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'dedup_seen_second' AND tbl_name = 'dedup'",
                 [],
                 |r| r.get(0),
             )
@@ -380,6 +382,15 @@ mod tests {
             .collect::<rusqlite::Result<_>>()
             .unwrap();
         assert_eq!(pending, [("evt-2".to_owned(), 2000)]);
+        // Layout 9 indexes identities by the second they were seen, not the millisecond.
+        let indexes: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'dedup' AND sql IS NOT NULL ORDER BY name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(indexes, ["dedup_seen_second"]);
         // Deleting an event (pruning, purging) deletes its body and its deliveries.
         conn.execute("DELETE FROM events WHERE seq = 1", [])
             .unwrap();

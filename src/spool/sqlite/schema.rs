@@ -145,7 +145,10 @@ CREATE TABLE IF NOT EXISTS dedup (
     event_seq INTEGER NOT NULL,
     seen_at   INTEGER NOT NULL
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS dedup_seen ON dedup(seen_at);
+-- Pruning finds expired identities by the second they were seen; within a second they
+-- are in key order, as the writer merges them (a key-ordered slice of recent identities
+-- then writes each page of this index once, not one page per key).
+CREATE INDEX IF NOT EXISTS dedup_seen_second ON dedup(seen_at / 1000);
 -- The identities accepted lately, in arrival order, until the writer merges them into
 -- dedup (spool::sqlite::recent); a key may appear more than once, its newest row counts.
 CREATE TABLE IF NOT EXISTS dedup_recent (
@@ -175,7 +178,7 @@ CREATE TABLE IF NOT EXISTS destinations (
 /// (narrowed or split) body and signatures; 7: whether each destination is up or down;
 /// 8: each delivery's conversation keys, for destinations that keep order
 /// (`conversations`); 9: new identities in arrival order (`dedup_recent`) until they
-/// are merged into `dedup`.
+/// are merged into `dedup`, whose time index is by second (`dedup_seen_second`).
 pub const SCHEMA_VERSION: i64 = 9;
 
 /// The dedup keys of a stored body under this build's identity rules, for the upgrade

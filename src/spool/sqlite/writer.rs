@@ -583,7 +583,8 @@ fn prune_chunk(conn: &mut Connection, window_ms: i64, pruned: &mut Pruned) -> bo
     let step = (|| -> rusqlite::Result<(usize, usize)> {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let keys = tx.execute(
-            "DELETE FROM dedup WHERE key IN (SELECT key FROM dedup WHERE seen_at < ?1 LIMIT ?2)",
+            "DELETE FROM dedup WHERE key IN
+               (SELECT key FROM dedup WHERE seen_at / 1000 <= ?1 / 1000 AND seen_at < ?1 LIMIT ?2)",
             params![cutoff, PRUNE_CHUNK],
         )?;
         // Candidates are chosen after the filter, so events kept for a dead or pending
