@@ -32,7 +32,7 @@ use crate::types::DedupKey;
 
 /// Identities held in memory before a merge starts: 32,768. A merge moves half again
 /// as many keys per batch as the batch adds, so at most two thirds of a run arrive while
-/// it is merged, and the memory, sized once for 56,000, never grows: 65,536 slots of 40
+/// it is merged, and the memory, sized once for 57,344, never grows: 65,536 slots of 40
 /// bytes (2.6 MiB) and the merge's sorted copy (1.3 MiB). A larger run shares more pages
 /// with a large table (with 4,000,000 identities remembered, 32,768 keys write about
 /// 0.6 pages each), but costs RSS, which the aim of 48 MiB at 1 KiB bounds.
@@ -163,9 +163,9 @@ impl Recent {
     }
 
     /// Writes the next slice of the merge (starting one when it is due) within the
-    /// batch's transaction, after its events. `added` is how many identities the batch
-    /// remembered.
-    pub fn merge_slice(&mut self, tx: &Transaction<'_>, added: usize) -> rusqlite::Result<()> {
+    /// batch's transaction, after its events: 1.5 x the identities the batch
+    /// remembered, at least [`SLICE_MIN`].
+    pub fn merge_slice(&mut self, tx: &Transaction<'_>) -> rusqlite::Result<()> {
         if self.merge.is_none() {
             let due = self.held.len() >= self.max
                 || self.oldest.is_some_and(|at| at.elapsed() >= self.after);
@@ -194,6 +194,7 @@ impl Recent {
         let Some(merge) = &self.merge else {
             return Ok(());
         };
+        let added = self.undo.len();
         let end = (merge.done + SLICE_MIN.max(added + added.div_ceil(2))).min(merge.run.len());
         let mut write = tx.prepare_cached(
             "INSERT OR REPLACE INTO dedup (key, event_seq, seen_at) VALUES (?1, ?2, ?3)",
@@ -280,7 +281,7 @@ mod tests {
         for n in keys {
             recent.remember(&tx, &key(*n), seq, 1000 + seq).unwrap();
         }
-        recent.merge_slice(&tx, keys.len()).unwrap();
+        recent.merge_slice(&tx).unwrap();
         if commit {
             tx.commit().unwrap();
             recent.committed();
@@ -307,15 +308,22 @@ mod tests {
         recent
     }
 
-    #[test]
-    fn a_merge_moves_every_identity_into_the_table_in_slices_and_empties_the_log() {
+    /// A spool whose recent identities merge once `max` are held, after `n` batches of
+    /// one identity each (identity `seq` carried by event `seq`).
+    fn after_batches(max: usize, n: i64) -> (Connection, Recent) {
         let mut conn = spool();
-        let mut recent = small(&conn, 100);
-        // The batch that brings the 100th identity starts the merge, with the 99
-        // committed before it.
-        for seq in 0..100 {
+        let mut recent = small(&conn, max);
+        for seq in 0..n {
             batch(&mut conn, &mut recent, &[seq as u32], seq, true);
         }
+        (conn, recent)
+    }
+
+    #[test]
+    fn a_merge_moves_every_identity_into_the_table_in_slices_and_empties_the_log() {
+        // The batch that brings the 100th identity starts the merge, with the 99
+        // committed before it.
+        let (mut conn, mut recent) = after_batches(100, 100);
         let mut seq = 100;
         let mut slices = 1;
         while recent.merge.is_some() {
@@ -343,11 +351,7 @@ mod tests {
 
     #[test]
     fn a_failed_commit_forgets_its_identities_and_keeps_the_merge_where_it_was() {
-        let mut conn = spool();
-        let mut recent = small(&conn, 81);
-        for seq in 0..80 {
-            batch(&mut conn, &mut recent, &[seq as u32], seq, true);
-        }
+        let (mut conn, mut recent) = after_batches(81, 80);
         // This batch starts a merge (81 identities) and sees identity 3 again.
         batch(&mut conn, &mut recent, &[80, 3], 80, false);
         assert_eq!(recent.get(&key(80)), None);
@@ -362,11 +366,7 @@ mod tests {
 
     #[test]
     fn a_key_seen_again_during_a_merge_keeps_its_newer_sighting() {
-        let mut conn = spool();
-        let mut recent = small(&conn, 100);
-        for seq in 0..100 {
-            batch(&mut conn, &mut recent, &[seq as u32], seq, true);
-        }
+        let (mut conn, mut recent) = after_batches(100, 100);
         // Identity 5, in the merge's run, comes again with event 700 while it runs.
         batch(&mut conn, &mut recent, &[5], 700, true);
         batch(&mut conn, &mut recent, &[], 701, true);
@@ -380,11 +380,7 @@ mod tests {
 
     #[test]
     fn after_a_crash_in_the_middle_of_a_merge_every_identity_is_read_back() {
-        let mut conn = spool();
-        let mut recent = small(&conn, 200);
-        for seq in 0..200 {
-            batch(&mut conn, &mut recent, &[seq as u32], seq, true);
-        }
+        let (mut conn, mut recent) = after_batches(200, 200);
         batch(&mut conn, &mut recent, &[200], 200, true);
         let merged = in_table(&conn, "dedup").len();
         assert!(

@@ -210,14 +210,10 @@ fn commit_batch(
         // outcomes move it on), written once if it changed: an answer while the
         // destination is at rest writes nothing.
         let mut states: HashMap<DestinationKey, (Availability, Availability)> = HashMap::new();
-        let mut remembered = 0;
         for cmd in batch.iter() {
             results.push(match cmd {
                 Command::Accept { event, .. } => {
                     let (stored, delivery) = accept_one(&tx, event, now, window_ms, recent)?;
-                    if matches!(stored, Stored::New(_)) {
-                        remembered += 1 + event.keys.items.as_ref().map_or(0, Vec::len);
-                    }
                     Applied::Accepted(stored, delivery)
                 }
                 Command::Record {
@@ -277,7 +273,7 @@ fn commit_batch(
                 availability::save(&tx, destination, state)?;
             }
         }
-        recent.merge_slice(&tx, remembered)?;
+        recent.merge_slice(&tx)?;
         tx.commit()?;
         Ok(results)
     })();
