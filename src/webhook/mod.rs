@@ -27,6 +27,8 @@ pub mod raw;
 pub mod rejection;
 pub mod signature;
 
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -362,10 +364,12 @@ fn challenge_answer(challenge: String) -> Answer {
     answer
 }
 
-/// The request headers as a JSON object, for the status page. Credentials a proxy might
-/// add are left out; repeated headers are joined with ", ".
+/// The request headers as a JSON object, for the status page, with the names in
+/// order. Credentials a proxy might add are left out; repeated headers are joined
+/// with ", ". A value that is not UTF-8 has its bad bytes replaced (U+FFFD). Written
+/// from borrowed names and values: one string is allocated, not one per header.
 fn headers_json(headers: &http::HeaderMap) -> String {
-    let mut map = serde_json::Map::new();
+    let mut map: BTreeMap<&str, Cow<'_, str>> = BTreeMap::new();
     for name in headers.keys() {
         if matches!(
             name.as_str(),
@@ -373,17 +377,22 @@ fn headers_json(headers: &http::HeaderMap) -> String {
         ) {
             continue;
         }
-        let values: Vec<String> = headers
+        let mut values = headers
             .get_all(name)
             .iter()
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .collect();
-        map.insert(
-            name.as_str().to_owned(),
-            serde_json::Value::String(values.join(", ")),
-        );
+            .map(|v| String::from_utf8_lossy(v.as_bytes()));
+        let Some(mut joined) = values.next() else {
+            continue;
+        };
+        for value in values {
+            let all = joined.to_mut();
+            all.push_str(", ");
+            all.push_str(&value);
+        }
+        map.insert(name.as_str(), joined);
     }
-    serde_json::Value::Object(map).to_string()
+    // A map of strings always serializes.
+    serde_json::to_string(&map).unwrap_or_else(|_| String::from("{}"))
 }
 
 /// A short `text/plain` answer.
@@ -395,4 +404,31 @@ pub fn text(status: StatusCode, message: &str) -> Answer {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     answer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_are_a_json_object_by_name_without_credentials() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-hub-signature-256", HeaderValue::from_static("sha256=ab"));
+        headers.append("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        headers.append("x-forwarded-for", HeaderValue::from_static("10.0.0.2"));
+        headers.insert("authorization", HeaderValue::from_static("Bearer s3cret"));
+        headers.insert("cookie", HeaderValue::from_static("a=b"));
+        headers.insert(
+            "content-type",
+            HeaderValue::from_bytes(b"text/\xffplain").expect("obs-text is a valid value"),
+        );
+        assert_eq!(
+            headers_json(&headers),
+            concat!(
+                "{\"content-type\":\"text/\u{fffd}plain\",",
+                r#""x-forwarded-for":"10.0.0.1, 10.0.0.2","#,
+                r#""x-hub-signature-256":"sha256=ab"}"#
+            )
+        );
+    }
 }
