@@ -434,8 +434,10 @@ wait_listening "$upstream_pid" "$upstream_port" bench-upstream
 # The allocator's settings of the shipped unit (systemd/xhubd.service), so that xhubd runs
 # here as it does there.
 xhubd_env=()
-malloc_arena_max=$(sed -n 's/^Environment=MALLOC_ARENA_MAX=//p' systemd/xhubd.service)
-[ -z "$malloc_arena_max" ] || xhubd_env+=("MALLOC_ARENA_MAX=$malloc_arena_max")
+while IFS= read -r setting; do
+  xhubd_env+=("$setting")
+done < <(sed -n 's/^Environment=\(MALLOC_[A-Z_]*=.*\)$/\1/p' systemd/xhubd.service)
+[ "${#xhubd_env[@]}" -gt 0 ] || { echo "no allocator settings in systemd/xhubd.service" >&2; exit 1; }
 
 # With DEDUP_PREFILL: a new SQLite spool in STATE_DIR that already remembers that many
 # identities. xhubd creates it (and stops once it listens), then sqlite3 adds the keys.
