@@ -432,7 +432,8 @@ pids+=("$upstream_pid")
 wait_listening "$upstream_pid" "$upstream_port" bench-upstream
 
 # The allocator's settings of the shipped unit (systemd/xhubd.service), so that xhubd runs
-# here as it does there.
+# here as it does there: each Environment=MALLOC_...=VALUE line (one unquoted setting per
+# line, as the unit writes them).
 xhubd_env=()
 while IFS= read -r setting; do
   xhubd_env+=("$setting")

@@ -367,7 +367,8 @@ fn challenge_answer(challenge: String) -> Answer {
 /// The request headers as a JSON object, for the status page, with the names in
 /// order. Credentials a proxy might add are left out; repeated headers are joined
 /// with ", ". A value that is not UTF-8 has its bad bytes replaced (U+FFFD). Written
-/// from borrowed names and values: one string is allocated, not one per header.
+/// from borrowed names and values: no string per header, but for a repeated one or one
+/// that is not UTF-8.
 fn headers_json(headers: &http::HeaderMap) -> String {
     let mut map: BTreeMap<&str, Cow<'_, str>> = BTreeMap::new();
     for name in headers.keys() {
