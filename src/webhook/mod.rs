@@ -420,6 +420,11 @@ mod tests {
         headers.insert("authorization", HeaderValue::from_static("Bearer s3cret"));
         headers.insert("cookie", HeaderValue::from_static("a=b"));
         headers.insert(
+            "proxy-authorization",
+            HeaderValue::from_static("Basic eDp5"),
+        );
+        headers.insert("user-agent", HeaderValue::from_static("a \"quoted\"\tname"));
+        headers.insert(
             "content-type",
             HeaderValue::from_bytes(b"text/\xffplain").expect("obs-text is a valid value"),
         );
@@ -427,6 +432,7 @@ mod tests {
             headers_json(&headers),
             concat!(
                 "{\"content-type\":\"text/\u{fffd}plain\",",
+                r#""user-agent":"a \"quoted\"\tname","#,
                 r#""x-forwarded-for":"10.0.0.1, 10.0.0.2","#,
                 r#""x-hub-signature-256":"sha256=ab"}"#
             )
