@@ -298,6 +298,16 @@ mod tests {
         DedupKey::of(identity).as_bytes().to_vec()
     }
 
+    /// The first column of every row `sql` returns.
+    fn column<T: rusqlite::types::FromSql>(conn: &Connection, sql: &str) -> Vec<T> {
+        conn.prepare(sql)
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
     #[test]
     fn a_layout_1_spool_is_upgraded_with_its_events_keys_recomputed() {
         let (dir, conn) = upgraded(LAYOUT_1);
@@ -383,13 +393,10 @@ mod tests {
             .unwrap();
         assert_eq!(pending, [("evt-2".to_owned(), 2000)]);
         // Layout 9 indexes identities by the second they were seen, not the millisecond.
-        let indexes: Vec<String> = conn
-            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'dedup' AND sql IS NOT NULL ORDER BY name")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<rusqlite::Result<_>>()
-            .unwrap();
+        let indexes: Vec<String> = column(
+            &conn,
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'dedup' AND sql IS NOT NULL ORDER BY name",
+        );
         assert_eq!(indexes, ["dedup_seen_second"]);
         // Deleting an event (pruning, purging) deletes its body and its deliveries.
         conn.execute("DELETE FROM events WHERE seq = 1", [])
@@ -442,13 +449,8 @@ mod tests {
         ];
         expected.sort();
         assert_eq!(rows, expected);
-        let sha1: Vec<Option<String>> = conn
-            .prepare("SELECT signature_sha1 FROM events ORDER BY seq")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<rusqlite::Result<_>>()
-            .unwrap();
+        let sha1: Vec<Option<String>> =
+            column(&conn, "SELECT signature_sha1 FROM events ORDER BY seq");
         assert_eq!(sha1, [Some("sha1=ab".to_owned()), None, None]);
     }
 
