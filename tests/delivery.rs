@@ -177,11 +177,12 @@ fn a_whatsapp_retry_formatted_differently_is_delivered_once(spool: &Spool) {
     );
     let mixed = whatsapp(1700000120, "", &["wamid.AAA", "wamid.CCC"]);
     assert_eq!(x.target.post_signed(&mixed).status, 200);
-    let got = up.wait_for(2, WAIT);
+    up.wait_for(2, WAIT);
     std::thread::sleep(Duration::from_millis(700));
     assert_eq!(up.count(), 2);
-    assert_eq!(got[0].body.as_ref(), &first[..]);
+    // Two events to a destination that keeps no order may arrive either way round.
     let all: Vec<_> = up.received().iter().map(|r| r.body.to_vec()).collect();
+    assert!(all.contains(&first), "the first body is the one delivered");
     assert!(
         all.contains(&mixed),
         "a body with a new item is delivered whole"
