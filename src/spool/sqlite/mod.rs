@@ -4,7 +4,8 @@
 //! - `writer`: the writer thread: accept (dedup check + insert, atomically) and
 //!   delivery outcomes, batched into one transaction (group commit), with its in-memory
 //!   hand-over of new deliveries (`handed`: large bodies in it, within a budget);
-//!   `checkpoint`: copying the log back.
+//!   `recent`: new identities until merged into `dedup`; `prune`: deleting what is
+//!   older than the dedup window, a slice per batch; `checkpoint`: copying the log back.
 //! - [`schema`]: opening the database and its tables; `migrate`: upgrading an older
 //!   layout.
 //! - `queue`: the read side used by delivery (due deliveries, bodies);
@@ -20,6 +21,7 @@ mod checkpoint;
 mod handed;
 pub mod inspect;
 mod migrate;
+mod prune;
 mod queue;
 mod recent;
 pub mod schema;

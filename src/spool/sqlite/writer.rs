@@ -4,7 +4,8 @@
 //! De-duplication checks and inserts happen inside that transaction, in arrival order,
 //! so two copies of one event are never both stored. New identities go to the recent
 //! ones (`recent`), which each batch also merges, a slice at a time, into the table
-//! ordered by key.
+//! ordered by key; each batch also takes a slice of pruning's work (`prune`) while
+//! something is older than the dedup window.
 //!
 //! Once a commit is on disk, each new event is also handed to delivery in memory (the
 //! *fresh* queue), so its first attempt needs no read of the spool. That queue is
@@ -19,10 +20,11 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, warn};
 
 use super::availability;
 use super::handed::Budget;
+use super::prune::Pruning;
 use super::recent::Recent;
 use crate::spool::{
     conversations, now_ms, Command, NewEvent, Outcome, Recorded, Spool, SpoolError, SpoolHealth,
@@ -36,9 +38,6 @@ use crate::types::{
 const MAX_BATCH: usize = 1024;
 /// Most requests waiting for the writer; senders wait beyond it (backpressure).
 const QUEUE_DEPTH: usize = 4096;
-/// Rows deleted per pruning transaction, one transaction between two batches, so
-/// pruning holds the requests queued behind it for a few milliseconds at most.
-const PRUNE_CHUNK: i64 = 1000;
 /// Log frames (pages) after which a commit also checkpoints: about 32 MiB of log.
 const WAL_CHECKPOINT_FRAMES: u32 = 8192;
 /// Bytes of log file kept once the log starts over.
@@ -104,7 +103,7 @@ impl Writer {
     }
 }
 
-/// How often the writer prunes (and merges recent identities at the latest): a quarter
+/// How often a pruning cycle starts (and recent identities are merged, at the latest): a quarter
 /// of the dedup window, from 200 ms to 60 s.
 fn prune_every(settings: &WriterSettings) -> Duration {
     (settings.dedup_window / 4).clamp(Duration::from_millis(200), Duration::from_secs(60))
@@ -115,11 +114,16 @@ fn run(
     mut rx: mpsc::Receiver<Command>,
     fresh: &mpsc::Sender<DueDelivery>,
     settings: WriterSettings,
-    mut recent: Recent,
+    recent: Recent,
     wakeups: &watch::Sender<u64>,
     health: &SpoolHealth,
 ) {
     let window_ms = settings.dedup_window.as_millis().min(i64::MAX as u128) as i64;
+    let mut window = Window {
+        ms: window_ms,
+        recent,
+        pruning: Pruning::new(window_ms, prune_every(&settings)),
+    };
     // The checkpointer copies the log back on its own connection. Under steady load it
     // never catches up with the newest frames, and a log is only started over once it is
     // fully copied: past WAL_CHECKPOINT_FRAMES the writer copies the (short) rest itself,
@@ -130,10 +134,6 @@ fn run(
     )) {
         warn!(error = %e, "cannot set the log's checkpoint limits and cache size; using SQLite's defaults");
     }
-    let prune_every = prune_every(&settings);
-    let mut last_prune = Instant::now();
-    let mut pruning = Pruned::default();
-    let mut prune_behind = false;
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let budget = Budget::default();
     while let Some(first) = rx.blocking_recv() {
@@ -147,15 +147,7 @@ fn run(
         let closing = batch.iter().any(|c| matches!(c, Command::Close));
         let size = batch.len();
         let started = Instant::now();
-        let handed_over = commit_batch(
-            &mut conn,
-            &mut batch,
-            window_ms,
-            health,
-            fresh,
-            &budget,
-            &mut recent,
-        );
+        let handed_over = commit_batch(&mut conn, &mut batch, health, fresh, &budget, &mut window);
         debug!(
             size,
             micros = started.elapsed().as_micros() as u64,
@@ -165,10 +157,6 @@ fn run(
             // Some new event is only in the spool: delivery must look there.
             wakeups.send_modify(|n| *n = n.wrapping_add(1));
         }
-        if prune_behind || last_prune.elapsed() >= prune_every {
-            prune_behind = prune_chunk(&mut conn, window_ms, &mut pruning);
-            last_prune = Instant::now();
-        }
         if closing {
             break;
         }
@@ -176,6 +164,16 @@ fn run(
     // Whatever is still queued gets no reply: its senders see Closed (503).
     rx.close();
     debug!("spool writer stopped");
+}
+
+/// What the writer keeps of the dedup window from one batch to the next.
+struct Window {
+    /// `--dedup-window`, in ms.
+    ms: i64,
+    /// The identities accepted lately, not yet merged into `dedup`.
+    recent: Recent,
+    /// Deleting what is older than the window.
+    pruning: Pruning,
 }
 
 /// What one request did inside the transaction, for its answer once committed.
@@ -191,20 +189,19 @@ enum Applied {
 }
 
 /// Runs one transaction for the whole batch (with a slice of the recent identities'
-/// merge), hands the new events to delivery and answers every request. Returns false
-/// when a new event could not be handed over.
+/// merge, and one of pruning's), hands the new events to delivery and answers every
+/// request. Returns false when a new event could not be handed over.
 fn commit_batch(
     conn: &mut Connection,
     batch: &mut Vec<Command>,
-    window_ms: i64,
     health: &SpoolHealth,
     fresh: &mpsc::Sender<DueDelivery>,
     budget: &Budget,
-    recent: &mut Recent,
+    window: &mut Window,
 ) -> bool {
     let now = now_ms();
     let result = (|| -> rusqlite::Result<Vec<Applied>> {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut results = Vec::with_capacity(batch.len());
         // Each destination's state, read once per batch (as stored, and as the batch's
         // outcomes move it on), written once if it changed: an answer while the
@@ -213,7 +210,8 @@ fn commit_batch(
         for cmd in batch.iter() {
             results.push(match cmd {
                 Command::Accept { event, .. } => {
-                    let (stored, delivery) = accept_one(&tx, event, now, window_ms, recent)?;
+                    let (stored, delivery) =
+                        accept_one(&tx, event, now, window.ms, &mut window.recent)?;
                     Applied::Accepted(stored, delivery)
                 }
                 Command::Record {
@@ -273,14 +271,16 @@ fn commit_batch(
                 availability::save(&tx, destination, state)?;
             }
         }
-        recent.merge_slice(&tx)?;
+        window.recent.merge_slice(&tx)?;
+        window.pruning.slice(&mut tx, batch.len(), now);
         tx.commit()?;
         Ok(results)
     })();
     match result {
         Ok(results) => {
             health.last_commit_ok.store(true, Ordering::Relaxed);
-            recent.committed();
+            window.recent.committed();
+            window.pruning.committed();
             let mut handed_over = true;
             for (cmd, applied) in batch.drain(..).zip(results) {
                 match (cmd, applied) {
@@ -314,7 +314,8 @@ fn commit_batch(
         }
         Err(e) => {
             health.last_commit_ok.store(false, Ordering::Relaxed);
-            recent.roll_back();
+            window.recent.roll_back();
+            window.pruning.roll_back();
             error!(error = %e, requests = batch.len(), "spool commit failed; nothing of this batch was stored");
             let failure = SpoolError::Commit(e.to_string());
             for cmd in batch.drain(..) {
@@ -562,60 +563,4 @@ fn record_one(
         report.detail
     ])?;
     Ok(())
-}
-
-/// What pruning has done since it last caught up: (dedup keys, delivered events).
-#[derive(Debug, Default)]
-struct Pruned(usize, usize);
-
-/// Forgets up to [`PRUNE_CHUNK`] identities older than the window and deletes up to as
-/// many events delivered (to every destination) longer ago than it, with their bodies,
-/// deliveries and attempts, in one short transaction, so that pruning never holds up
-/// the requests queued behind it. Returns true when there may be more: the writer then
-/// prunes another chunk after its next batch. An event with a pending or dead delivery
-/// is never pruned.
-fn prune_chunk(conn: &mut Connection, window_ms: i64, pruned: &mut Pruned) -> bool {
-    let cutoff = now_ms().saturating_sub(window_ms);
-    let step = (|| -> rusqlite::Result<(usize, usize)> {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let keys = tx.execute(
-            "DELETE FROM dedup WHERE key IN
-               (SELECT key FROM dedup WHERE seen_at / 1000 <= ?1 / 1000 AND seen_at < ?1 LIMIT ?2)",
-            params![cutoff, PRUNE_CHUNK],
-        )?;
-        // Candidates are chosen after the filter, so events kept for a dead or pending
-        // delivery never fill the chunk; an event with no delivery (unrouted) goes too.
-        let events = tx.execute(
-            "DELETE FROM events WHERE seq IN
-               (SELECT e.seq FROM events e WHERE e.received_at < ?1
-                AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.event_seq = e.seq
-                                AND (o.state != 1 OR o.finished_at >= ?1))
-                LIMIT ?2)",
-            params![cutoff, PRUNE_CHUNK],
-        )?;
-        tx.commit()?;
-        Ok((keys, events))
-    })();
-    match step {
-        Ok((keys, events)) => {
-            pruned.0 += keys;
-            pruned.1 += events;
-            if keys == PRUNE_CHUNK as usize || events == PRUNE_CHUNK as usize {
-                return true;
-            }
-            if pruned.0 + pruned.1 > 0 {
-                info!(
-                    dedup_keys = pruned.0,
-                    delivered_events = pruned.1,
-                    "pruned entries older than the dedup window"
-                );
-            }
-            *pruned = Pruned::default();
-            false
-        }
-        Err(e) => {
-            warn!(error = %e, "pruning the spool failed; will try again later");
-            false
-        }
-    }
 }
