@@ -36,7 +36,7 @@ use crate::spool::{
 const MAX_BATCH: usize = 1024;
 /// Most requests waiting for the writer; senders wait beyond it (backpressure).
 pub(super) const QUEUE_DEPTH: usize = 4096;
-/// Rows deleted per pruning transaction.
+/// Identities deleted, and events scanned, per pruning transaction.
 const PRUNE_CHUNK: i64 = 1000;
 /// How often an idle writer checks that the database can still commit.
 const HEALTH_EVERY: Duration = Duration::from_secs(1);
@@ -96,7 +96,7 @@ pub(super) async fn run(
     let prune_every = (Duration::from_millis(ctx.window_ms as u64) / 4)
         .clamp(Duration::from_millis(200), Duration::from_secs(60));
     let mut last_prune = Instant::now();
-    let mut prune_behind = false;
+    let mut pruning: Option<PruneCycle> = None;
     let mut growth = Growth::new();
     loop {
         let Some(s) = session.as_mut() else {
@@ -141,8 +141,8 @@ pub(super) async fn run(
             _ = tokio::time::sleep(HEALTH_EVERY) => {
                 if let Err(e) = s.check().await {
                     lost(&ctx, &mut session, &e);
-                } else if events && (prune_behind || last_prune.elapsed() >= prune_every) {
-                    prune_behind = s.prune(ctx.window_ms).await;
+                } else if events && (pruning.is_some() || last_prune.elapsed() >= prune_every) {
+                    pruning = s.prune(ctx.window_ms, pruning.take().unwrap_or_default()).await;
                     last_prune = Instant::now();
                 }
                 continue;
@@ -207,8 +207,10 @@ pub(super) async fn run(
             }
         }
         if let Some(s) = session.as_mut() {
-            if events && (prune_behind || last_prune.elapsed() >= prune_every) {
-                prune_behind = s.prune(ctx.window_ms).await;
+            if events && (pruning.is_some() || last_prune.elapsed() >= prune_every) {
+                pruning = s
+                    .prune(ctx.window_ms, pruning.take().unwrap_or_default())
+                    .await;
                 last_prune = Instant::now();
             }
         }
@@ -471,10 +473,14 @@ impl Session {
         Ok(applied)
     }
 
-    /// Prunes one chunk of identities and delivered events older than the window,
-    /// when no other instance is pruning. Returns true when there may be more.
-    async fn prune(&mut self, window_ms: i64) -> bool {
+    /// Prunes one chunk of a pruning cycle, when no other instance is pruning: up to
+    /// [`PRUNE_CHUNK`] identities older than the window, and the events delivered
+    /// before it among the next [`PRUNE_CHUNK`] received before it, after where the
+    /// cycle's scan stopped (events kept for a pending or dead delivery are passed over
+    /// once a cycle, not once a chunk). Returns the cycle while there may be more.
+    async fn prune(&mut self, window_ms: i64, mut cycle: PruneCycle) -> Option<PruneCycle> {
         let cutoff = now_ms().saturating_sub(window_ms);
+        let (after_at, after_seq) = cycle.scanned_to;
         let step = async {
             let tx = self.client.transaction().await?;
             let mine: bool = tx
@@ -485,7 +491,7 @@ impl Session {
                 .await?
                 .get(0);
             if !mine {
-                return Ok::<_, tokio_postgres::Error>((0, 0));
+                return Ok::<_, tokio_postgres::Error>(None);
             }
             let keys = tx
                 .execute(
@@ -494,34 +500,75 @@ impl Session {
                     &[&cutoff, &PRUNE_CHUNK],
                 )
                 .await?;
-            let events = tx
-                .execute(
-                    "DELETE FROM events WHERE seq IN
-                       (SELECT e.seq FROM events e WHERE e.received_at < $1
-                        AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.event_seq = e.seq
-                                        AND (o.state != 1 OR o.finished_at >= $1))
-                        LIMIT $2)",
-                    &[&cutoff, &PRUNE_CHUNK],
+            let row = tx
+                .query_one(
+                    "WITH scanned AS (
+                         SELECT e.seq, e.received_at,
+                                NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.event_seq = e.seq
+                                            AND (o.state != 1 OR o.finished_at >= $1)) AS done
+                         FROM events e
+                         WHERE e.received_at < $1 AND e.received_at >= $3
+                           AND (e.received_at > $3 OR e.seq > $4)
+                         ORDER BY e.received_at, e.seq LIMIT $2),
+                     deleted AS (
+                         DELETE FROM events WHERE seq IN (SELECT seq FROM scanned WHERE done)
+                         RETURNING 1),
+                     last AS (
+                         SELECT received_at, seq FROM scanned
+                         ORDER BY received_at DESC, seq DESC LIMIT 1)
+                     SELECT (SELECT count(*) FROM deleted), (SELECT count(*) FROM scanned),
+                            (SELECT received_at FROM last), (SELECT seq FROM last)",
+                    &[&cutoff, &PRUNE_CHUNK, &after_at, &after_seq],
                 )
                 .await?;
             tx.commit().await?;
-            Ok((keys, events))
+            let (events, scanned): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+            let last: (Option<i64>, Option<i64>) = (row.try_get(2)?, row.try_get(3)?);
+            Ok(Some((keys, events as u64, scanned, last)))
         };
         match step.await {
-            Ok((keys, events)) => {
-                if keys + events > 0 {
+            Ok(Some((keys, events, scanned, last))) => {
+                cycle.keys += keys;
+                cycle.events += events;
+                if let (Some(at), Some(seq)) = last {
+                    cycle.scanned_to = (at, seq);
+                }
+                if keys == PRUNE_CHUNK as u64 || scanned == PRUNE_CHUNK {
+                    return Some(cycle);
+                }
+                if cycle.keys + cycle.events > 0 {
                     info!(
-                        dedup_keys = keys,
-                        delivered_events = events,
+                        dedup_keys = cycle.keys,
+                        delivered_events = cycle.events,
                         "pruned entries older than the dedup window"
                     );
                 }
-                keys == PRUNE_CHUNK as u64 || events == PRUNE_CHUNK as u64
+                None
             }
+            // Another instance is pruning.
+            Ok(None) => None,
             Err(e) => {
                 warn!(error = %error_text(&e), "pruning the spool failed; will try again later");
-                false
+                None
             }
+        }
+    }
+}
+
+/// A pruning cycle under way: where its scan of events stopped (`received_at`, `seq`),
+/// and what it deleted so far.
+struct PruneCycle {
+    scanned_to: (i64, i64),
+    keys: u64,
+    events: u64,
+}
+
+impl Default for PruneCycle {
+    fn default() -> PruneCycle {
+        PruneCycle {
+            scanned_to: (i64::MIN, i64::MIN),
+            keys: 0,
+            events: 0,
         }
     }
 }
