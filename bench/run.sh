@@ -103,12 +103,19 @@
 #                                    of traffic (the dedup window is 7 days): the load's
 #                                    xhubd creates the spool and stops, then sqlite3 adds
 #                                    them; 4000000 take about a minute per spool
+#   DEAD_PREFILL [0]                 events every such SQLite spool already keeps for a
+#                                    dead delivery, received 2 h before the load (older
+#                                    than the window with DEDUP_WINDOW): what pruning
+#                                    must pass over while it deletes what was delivered
+#   DEDUP_WINDOW [xhubd's, 7d]       --dedup-window of every xhubd; a window shorter
+#                                    than the load (10s) makes it prune as much as it
+#                                    accepts, as a spool does once it has run a window
 #   XHUBD_BIN [the build's xhubd]    another xhubd binary to measure in every load (an
 #                                    earlier build's, to set B against B: alternate
 #                                    runs); also the "this build" side of BASELINE_XHUBD
 # Installs wrk and curl (and nginx-light with --nginx or --postgres, openssl with --tls,
 # postgresql with --postgres; webhook, openssl, and nodejs and npm when node or npm is
-# missing, with --peers; sqlite3 with DEDUP_PREFILL) with apt-get when missing; builds bench-load with --tls or
+# missing, with --peers; sqlite3 with DEDUP_PREFILL or DEAD_PREFILL) with apt-get when missing; builds bench-load with --tls or
 # CATCH_UP_EVENTS. The table is also written to bench/out/. Exits non-zero when an
 # answer was not 2xx, a socket error occurred (for a peer, a timeout is its figure, not a
 # failure), delivery did not drain in time, or (with --peers) a peer failed its
@@ -163,6 +170,12 @@ if ! [[ $DEDUP_PREFILL =~ ^(0|[1-9][0-9]*)$ ]]; then
   echo "DEDUP_PREFILL must be a number of identities" >&2
   exit 2
 fi
+DEAD_PREFILL=${DEAD_PREFILL:-0}
+if ! [[ $DEAD_PREFILL =~ ^(0|[1-9][0-9]*)$ ]]; then
+  echo "DEAD_PREFILL must be a number of events" >&2
+  exit 2
+fi
+DEDUP_WINDOW=${DEDUP_WINDOW:-}
 if ! [[ $ROUNDS =~ ^[1-9][0-9]*$ ]]; then
   echo "ROUNDS must be a positive number of rounds" >&2
   exit 2
@@ -181,7 +194,8 @@ nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
 pg_bin=$(find /usr/lib/postgresql -maxdepth 2 -name bin -type d 2>/dev/null | sort -V | tail -n 1)
 [ "$POSTGRES" = 0 ] || [ -x "$pg_bin/initdb" ] || missing+=(postgresql)
 [ "$WITH_TLS" = 0 ] || command -v openssl >/dev/null || missing+=(openssl)
-[ "$DEDUP_PREFILL" = 0 ] || command -v sqlite3 >/dev/null || missing+=(sqlite3)
+{ [ "$DEDUP_PREFILL" = 0 ] && [ "$DEAD_PREFILL" = 0 ]; } || command -v sqlite3 >/dev/null \
+  || missing+=(sqlite3)
 if [ "$PEERS" = 1 ]; then
   command -v webhook >/dev/null || missing+=(webhook)
   command -v node >/dev/null || missing+=(nodejs)
@@ -441,7 +455,8 @@ done < <(sed -n 's/^Environment=\(MALLOC_[A-Z_]*=.*\)$/\1/p' systemd/xhubd.servi
 [ "${#xhubd_env[@]}" -gt 0 ] || { echo "no allocator settings in systemd/xhubd.service" >&2; exit 1; }
 
 # With DEDUP_PREFILL: a new SQLite spool in STATE_DIR that already remembers that many
-# identities. xhubd creates it (and stops once it listens), then sqlite3 adds the keys.
+# identities; with DEAD_PREFILL, that keeps that many dead events received 2 h ago.
+# xhubd creates it (and stops once it listens), then sqlite3 adds the rows.
 prefill_spool() { # STATE_DIR
   local pid
   env XHUBD_LOG=warn "$xhubd_bin" serve --listen "unix:$1.prefill.sock" \
@@ -452,14 +467,25 @@ prefill_spool() { # STATE_DIR
   wait_socket "$pid" "$1.prefill.sock" "xhubd (creating a spool to prefill)" \
     || { tail -n 20 "$LOG_FILE" >&2; exit 1; }
   stop "$pid"
-  echo "prefilling $1 with $DEDUP_PREFILL identities" >&2
+  echo "prefilling $1 with $DEDUP_PREFILL identities and $DEAD_PREFILL dead events" >&2
   sqlite3 "$1/spool.sqlite3" "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n
     WHERE i < $DEDUP_PREFILL) INSERT INTO dedup (key, event_seq, seen_at) SELECT
-    randomblob(16), -i, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) FROM n;"
+    randomblob(16), -i, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) FROM n
+    WHERE $DEDUP_PREFILL > 0;
+    WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $DEAD_PREFILL)
+    INSERT INTO events (seq, id, received_at, size, signature) SELECT -i, 'dead-' || i,
+    CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) - 7200000 + i, 2, 'sha256=0'
+    FROM n WHERE $DEAD_PREFILL > 0;
+    INSERT INTO bodies (seq, body) SELECT seq, x'7b7d' FROM events WHERE seq < 0;
+    INSERT INTO deliveries (id, event_seq, destination, state, attempts, next_attempt_at,
+      retry_from, finished_at, last_error)
+    SELECT 'dead-' || -seq, seq, 'default/default', 2, 1, received_at, received_at,
+      received_at, 'HTTP 404' FROM events WHERE seq < 0;"
 }
 
 start_xhubd() { # LISTEN STATE_DIR UPSTREAM_URL [ARG...]: starts xhubd, sets xhubd_pid
-  if [ "$DEDUP_PREFILL" != 0 ] && [ ! -e "$2" ] && [[ " ${*:4} " != *" --spool "* ]]; then
+  if [ "$DEDUP_PREFILL$DEAD_PREFILL" != 00 ] && [ ! -e "$2" ] \
+    && [[ " ${*:4} " != *" --spool "* ]]; then
     prefill_spool "$2"
   fi
   env "${xhubd_env[@]}" XHUBD_LOG="$LOG_LEVEL" "$xhubd_bin" serve \
@@ -469,6 +495,7 @@ start_xhubd() { # LISTEN STATE_DIR UPSTREAM_URL [ARG...]: starts xhubd, sets xhu
     --verify-token bench \
     --app-secret "$secret" \
     --state-dir "$2" \
+    ${DEDUP_WINDOW:+--dedup-window "$DEDUP_WINDOW"} \
     "${@:4}" \
     2>>"$LOG_FILE" &
   xhubd_pid=$!
@@ -841,7 +868,8 @@ app_secret = "$secret"
 TOML
   xhubd_port=$(free_port)
   env "${xhubd_env[@]}" XHUBD_LOG="$LOG_LEVEL" "$xhubd_bin" serve --listen "$HOST:$xhubd_port" \
-    --config "$tmp/fanout.toml" --state-dir "$tmp/state-fanout" 2>>"$LOG_FILE" &
+    --config "$tmp/fanout.toml" --state-dir "$tmp/state-fanout" \
+    ${DEDUP_WINDOW:+--dedup-window "$DEDUP_WINDOW"} 2>>"$LOG_FILE" &
   xhubd_pid=$!
   pids+=("$xhubd_pid")
   wait_listening "$xhubd_pid" "$xhubd_port" xhubd || { tail -n 20 "$LOG_FILE" >&2; exit 1; }
@@ -1072,6 +1100,8 @@ report=bench/out/run-$(date +%Y%m%dT%H%M%S).txt
   which_xhubd="$version ($PROFILE build)"
   [ -z "${XHUBD_BIN:-}" ] || which_xhubd="$XHUBD_BIN (with the benchmark's own programs of $version, $PROFILE build)"
   [ "$DEDUP_PREFILL" = 0 ] || which_xhubd+=" on spools remembering $DEDUP_PREFILL identities"
+  [ "$DEAD_PREFILL" = 0 ] || which_xhubd+=" keeping $DEAD_PREFILL old dead events"
+  [ -z "$DEDUP_WINDOW" ] || which_xhubd+=", --dedup-window $DEDUP_WINDOW"
   echo "xhubd $which_xhubd, $(nproc) cores;" \
     "wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $BODY_BYTES-byte signed bodies;" \
     "--upstream-concurrency $CONCURRENCY, XHUBD_LOG=$LOG_LEVEL ${xhubd_env[*]}"

@@ -55,7 +55,9 @@ awk '/^test result:/ { p += $4; f += $6 } END { printf "all tests: %d passed, %d
 # relay, and the two peers (Debian's webhook, and Express from the npm registry: the
 # peers' signature checks are asserted, their figures are not; nor are any others,
 # which are for bench/RESULTS.md). Its SQLite spools start with 10,000 identities
-# remembered (sqlite3 is installed by bench/run.sh).
-DEDUP_PREFILL=10000 CATCH_UP_EVENTS=20000 PROFILE=dev bash bench/run.sh --smoke --tls --catch-up --fanout --postgres --peers
+# remembered and 1,000 dead events (sqlite3 is installed by bench/run.sh), and every
+# xhubd prunes what is older than 2 s while it is loaded.
+DEDUP_PREFILL=10000 DEAD_PREFILL=1000 DEDUP_WINDOW=2s CATCH_UP_EVENTS=20000 PROFILE=dev \
+  bash bench/run.sh --smoke --tls --catch-up --fanout --postgres --peers
 
 FUZZ_SECONDS=${FUZZ_SECONDS:-30} bash scripts/fuzz.sh
