@@ -504,9 +504,12 @@ fn pending_and_dead_events_are_never_pruned(spool: &Spool) {
         .to_owned();
     up.stop();
     assert_eq!(x.target.post_signed(&page_event(3)).status, 200);
-    let kept = "SELECT COUNT(*) FROM events e JOIN deliveries d ON d.event_seq = e.seq
-                WHERE d.state = 2 OR (d.state = 0 AND e.seq = (SELECT MIN(event_seq) FROM deliveries WHERE state = 0))";
-    assert_eq!(x.count(kept), 2);
+    let pending = x.count("SELECT MAX(seq) FROM events");
+    let kept = format!(
+        "SELECT COUNT(*) FROM events e JOIN deliveries d ON d.event_seq = e.seq
+         WHERE (e.seq = {pending} AND d.state = 0) OR d.state = 2"
+    );
+    assert_eq!(x.count(&kept), 2);
     // Pruning passes over the kept ones to the delivered one once it is older than the
     // window (other traffic keeps the writer committing).
     let mut n = 100;
@@ -517,9 +520,5 @@ fn pending_and_dead_events_are_never_pruned(spool: &Spool) {
             "SELECT COUNT(*) FROM events WHERE id = '{delivered}'"
         )) == 0
     });
-    assert_eq!(x.count(kept), 2, "the dead and the pending event are kept");
-    assert_eq!(
-        x.count("SELECT COUNT(*) FROM deliveries WHERE state = 2"),
-        1
-    );
+    assert_eq!(x.count(&kept), 2, "the dead and the pending event are kept");
 }

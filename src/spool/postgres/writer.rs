@@ -500,6 +500,9 @@ impl Session {
                     &[&cutoff, &PRUNE_CHUNK],
                 )
                 .await?;
+            // The range is an index condition on events_received; PostgreSQL 13 and later
+            // also take the order within it from the index (an incremental sort by seq
+            // within a millisecond), 12 sorts what is left of the range.
             let row = tx
                 .query_one(
                     "WITH scanned AS (

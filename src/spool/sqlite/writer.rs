@@ -24,7 +24,7 @@ use tracing::{debug, error, warn};
 
 use super::availability;
 use super::handed::Budget;
-use super::prune::Pruning;
+use super::prune::{Added, Pruning};
 use super::recent::Recent;
 use crate::spool::{
     conversations, now_ms, Command, NewEvent, Outcome, Recorded, Spool, SpoolError, SpoolHealth,
@@ -207,11 +207,16 @@ fn commit_batch(
         // outcomes move it on), written once if it changed: an answer while the
         // destination is at rest writes nothing.
         let mut states: HashMap<DestinationKey, (Availability, Availability)> = HashMap::new();
+        let mut added = Added::default();
         for cmd in batch.iter() {
             results.push(match cmd {
                 Command::Accept { event, .. } => {
                     let (stored, delivery) =
                         accept_one(&tx, event, now, window.ms, &mut window.recent)?;
+                    if let Stored::New(_) = stored {
+                        added.events += 1;
+                        added.identities += 1 + event.keys.items.as_ref().map_or(0, Vec::len);
+                    }
                     Applied::Accepted(stored, delivery)
                 }
                 Command::Record {
@@ -272,7 +277,7 @@ fn commit_batch(
             }
         }
         window.recent.merge_slice(&tx)?;
-        window.pruning.slice(&mut tx, batch.len(), now);
+        window.pruning.slice(&mut tx, added, now);
         tx.commit()?;
         Ok(results)
     })();
