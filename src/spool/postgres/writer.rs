@@ -37,7 +37,7 @@ const MAX_BATCH: usize = 1024;
 /// Most requests waiting for the writer; senders wait beyond it (backpressure).
 pub(super) const QUEUE_DEPTH: usize = 4096;
 /// Identities deleted, and events scanned, per pruning transaction.
-const PRUNE_CHUNK: i64 = 1000;
+const PRUNE_CHUNK: i64 = 250;
 /// How often an idle writer checks that the database can still commit.
 const HEALTH_EVERY: Duration = Duration::from_secs(1);
 /// How often the wait for an unreachable database is logged.
@@ -483,6 +483,10 @@ impl Session {
         let (after_at, after_seq) = cycle.scanned_to;
         let step = async {
             let tx = self.client.transaction().await?;
+            // What a crash forgets of a chunk is pruned again by a later one: no need to
+            // wait for the database's disk, with the writer waiting behind.
+            tx.batch_execute("SET LOCAL synchronous_commit = off")
+                .await?;
             let mine: bool = tx
                 .query_one(
                     "SELECT pg_try_advisory_xact_lock($1, $2)",
