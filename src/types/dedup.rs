@@ -29,6 +29,11 @@ impl DedupKey {
 }
 
 impl DedupKeys {
+    /// Every key: the body's, then its items' (if any).
+    pub fn all(&self) -> impl Iterator<Item = &DedupKey> {
+        std::iter::once(&self.body).chain(self.items.iter().flatten())
+    }
+
     /// The keys within a dedup group: routes of one group share their memory, others
     /// do not. The flags' route (group `default`) keeps the bare keys, as releases
     /// before routes stored them.

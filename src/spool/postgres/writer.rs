@@ -93,10 +93,8 @@ pub(super) async fn run(
     let mut delay = Duration::from_millis(100);
     let mut waiting_since: Option<Instant> = None;
     let mut last_wait_log: Option<Instant> = None;
-    let prune_every = (Duration::from_millis(ctx.window_ms as u64) / 4)
-        .clamp(Duration::from_millis(200), Duration::from_secs(60));
-    let mut last_prune = Instant::now();
-    let mut pruning: Option<PruneCycle> = None;
+    // Only the events writer prunes.
+    let mut pruning = events.then(|| PruneSchedule::new(ctx.window_ms));
     let mut growth = Growth::new();
     loop {
         let Some(s) = session.as_mut() else {
@@ -141,9 +139,8 @@ pub(super) async fn run(
             _ = tokio::time::sleep(HEALTH_EVERY) => {
                 if let Err(e) = s.check().await {
                     lost(&ctx, &mut session, &e);
-                } else if events && (pruning.is_some() || last_prune.elapsed() >= prune_every) {
-                    pruning = s.prune(ctx.window_ms, pruning.take().unwrap_or_default()).await;
-                    last_prune = Instant::now();
+                } else if let Some(pruning) = pruning.as_mut() {
+                    pruning.step(s).await;
                 }
                 continue;
             }
@@ -206,13 +203,8 @@ pub(super) async fn run(
                 }
             }
         }
-        if let Some(s) = session.as_mut() {
-            if events && (pruning.is_some() || last_prune.elapsed() >= prune_every) {
-                pruning = s
-                    .prune(ctx.window_ms, pruning.take().unwrap_or_default())
-                    .await;
-                last_prune = Instant::now();
-            }
+        if let (Some(s), Some(pruning)) = (session.as_mut(), pruning.as_mut()) {
+            pruning.step(s).await;
         }
         if closing {
             break;
@@ -559,6 +551,38 @@ impl Session {
                 None
             }
         }
+    }
+}
+
+/// When the writer prunes: a cycle starts every quarter of the window (from 200 ms to
+/// 60 s), and while one is under way, a chunk of it runs after each batch (or idle
+/// check).
+struct PruneSchedule {
+    window_ms: i64,
+    every: Duration,
+    last: Instant,
+    cycle: Option<PruneCycle>,
+}
+
+impl PruneSchedule {
+    fn new(window_ms: i64) -> PruneSchedule {
+        PruneSchedule {
+            window_ms,
+            every: (Duration::from_millis(window_ms as u64) / 4)
+                .clamp(Duration::from_millis(200), Duration::from_secs(60)),
+            last: Instant::now(),
+            cycle: None,
+        }
+    }
+
+    /// Runs the next chunk on `s`, when a cycle is under way or due.
+    async fn step(&mut self, s: &mut Session) {
+        if self.cycle.is_none() && self.last.elapsed() < self.every {
+            return;
+        }
+        let cycle = self.cycle.take().unwrap_or_default();
+        self.cycle = s.prune(self.window_ms, cycle).await;
+        self.last = Instant::now();
     }
 }
 

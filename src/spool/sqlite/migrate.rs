@@ -178,8 +178,7 @@ fn rekey_events(tx: &Transaction<'_>, rekey: Rekey<'_>) -> rusqlite::Result<()> 
         let received_at: i64 = row.get(1)?;
         let body = row.get_ref(2)?.as_blob()?;
         let keys = rekey(body);
-        write.execute(params![&keys.body.as_bytes()[..], seq, received_at])?;
-        for key in keys.items.iter().flatten() {
+        for key in keys.all() {
             write.execute(params![&key.as_bytes()[..], seq, received_at])?;
         }
     }

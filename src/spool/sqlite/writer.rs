@@ -103,8 +103,8 @@ impl Writer {
     }
 }
 
-/// How often a pruning cycle starts (and recent identities are merged, at the latest): a quarter
-/// of the dedup window, from 200 ms to 60 s.
+/// How often a pruning cycle starts (and recent identities are merged, at the latest):
+/// a quarter of the dedup window, from 200 ms to 60 s.
 fn prune_every(settings: &WriterSettings) -> Duration {
     (settings.dedup_window / 4).clamp(Duration::from_millis(200), Duration::from_secs(60))
 }
@@ -215,7 +215,7 @@ fn commit_batch(
                         accept_one(&tx, event, now, window.ms, &mut window.recent)?;
                     if let Stored::New(_) = stored {
                         added.events += 1;
-                        added.identities += 1 + event.keys.items.as_ref().map_or(0, Vec::len);
+                        added.identities += event.keys.all().count();
                     }
                     Applied::Accepted(stored, delivery)
                 }
@@ -461,7 +461,7 @@ fn accept_one(
     let seq = tx.last_insert_rowid();
     tx.prepare_cached("INSERT INTO bodies (seq, body) VALUES (?1, ?2)")?
         .execute(params![seq, &event.body[..]])?;
-    for key in std::iter::once(&event.keys.body).chain(event.keys.items.iter().flatten()) {
+    for key in event.keys.all() {
         recent.remember(tx, key, seq, now)?;
     }
     let mut insert = tx.prepare_cached(
