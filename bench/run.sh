@@ -84,6 +84,9 @@
 #                                    worker threads)
 #   BODY_BYTES [1024]                size of each request body
 #   CONCURRENCY [8]                  xhubd --upstream-concurrency
+#   UPSTREAM_DELAY_MS [0]            bench-upstream answers each POST this long after
+#                                    reading it, as a backend doing some work (every
+#                                    load's upstream, the baseline's and A's too)
 #   LOG_LEVEL [info]                 XHUBD_LOG for xhubd (its default, info: two lines
 #                                    per event, written to LOG_FILE)
 #   LOG_FILE [xhubd.log in the temporary directory]  where xhubd's stderr goes
@@ -158,6 +161,7 @@ CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
 BODY_BYTES=${BODY_BYTES:-1024}
 CONCURRENCY=${CONCURRENCY:-8}
+UPSTREAM_DELAY_MS=${UPSTREAM_DELAY_MS:-0}
 LOG_LEVEL=${LOG_LEVEL:-info}
 DRAIN_TIMEOUT=${DRAIN_TIMEOUT:-60}
 CATCH_UP_TIMEOUT=${CATCH_UP_TIMEOUT:-600}
@@ -440,7 +444,8 @@ failures=()
 # The bench upstream, shared by every load: TCP for wrk and xhubd, a Unix socket for
 # Nginx in the ceiling load.
 upstream_port=$(free_port)
-"$upstream_bin" "$HOST:$upstream_port" "$tmp/upstream.sock" >"$tmp/upstream.out" &
+BENCH_UPSTREAM_DELAY_MS=$UPSTREAM_DELAY_MS \
+  "$upstream_bin" "$HOST:$upstream_port" "$tmp/upstream.sock" >"$tmp/upstream.out" &
 upstream_pid=$!
 pids+=("$upstream_pid")
 wait_listening "$upstream_pid" "$upstream_port" bench-upstream

@@ -4,7 +4,9 @@
 //!
 //! Usage: `bench-upstream [ADDR] [UNIX_SOCKET]` (default `127.0.0.1:0`); it prints the
 //! address it listens on. With UNIX_SOCKET it also answers there (Nginx's upstream in
-//! the ceiling load of `bench/run.sh --nginx`), counting both together.
+//! the ceiling load of `bench/run.sh --nginx`), counting both together. With
+//! `BENCH_UPSTREAM_DELAY_MS=N` in its environment, it answers each POST N ms after
+//! reading it, as a backend that does some work would.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -19,6 +21,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 
 static POSTS: AtomicU64 = AtomicU64::new(0);
+/// How long to wait before answering a POST (ms; `BENCH_UPSTREAM_DELAY_MS`).
+static DELAY_MS: AtomicU64 = AtomicU64::new(0);
 
 async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, hyper::Error> {
     if req.method() == Method::GET && req.uri().path() == "/count" {
@@ -29,6 +33,10 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, hyper::
     // Read the whole body, as a real backend would, before answering.
     req.into_body().collect().await?;
     if post {
+        let delay = DELAY_MS.load(Ordering::Relaxed);
+        if delay > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+        }
         POSTS.fetch_add(1, Ordering::Relaxed);
     }
     Ok(Response::new(Full::new(Bytes::new())))
@@ -47,6 +55,12 @@ fn main() -> std::io::Result<()> {
     let mut args = std::env::args().skip(1);
     let addr = args.next().unwrap_or_else(|| "127.0.0.1:0".into());
     let unix_path = args.next();
+    if let Ok(ms) = std::env::var("BENCH_UPSTREAM_DELAY_MS") {
+        let ms = ms.parse().map_err(|_| {
+            std::io::Error::other(format!("BENCH_UPSTREAM_DELAY_MS={ms:?} is not a number"))
+        })?;
+        DELAY_MS.store(ms, Ordering::Relaxed);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
