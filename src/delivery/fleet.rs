@@ -23,7 +23,7 @@ use super::Delivery;
 use crate::config::redacted_url;
 use crate::config::routes::{Destination, Order, Route};
 use crate::metrics::Metrics;
-use crate::spool::{ClaimTerms, Store};
+use crate::spool::{ClaimTerms, Store, CLAIM_START_WINDOW};
 use crate::types::{DestinationKey, DueDelivery};
 
 /// New deliveries waiting for one destination's scheduler in memory, at most.
@@ -32,6 +32,8 @@ const FRESH_PER_DESTINATION: usize = 512;
 /// stays this instance's: time to record the outcome. Past it, another instance takes
 /// the delivery (an instance that died holds nothing for longer).
 const LEASE_MARGIN: Duration = Duration::from_secs(10);
+// A delivery taken ahead starts within the window; its attempt must end inside its lease.
+const _: () = assert!(LEASE_MARGIN.as_secs() >= 2 * CLAIM_START_WINDOW.as_secs());
 
 /// One running scheduler.
 struct Scheduler {

@@ -62,12 +62,16 @@ use bytes::Bytes;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
 use tokio::time::Instant as TokioInstant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::metrics::{AttemptResult, Metrics};
-use crate::spool::{now_ms, Attempted, ClaimTerms, Outcome, Recorded, Store, Take};
+use crate::spool::{
+    now_ms, Attempted, ClaimTerms, Outcome, Recorded, SpoolError, Store, Take, Taken,
+    CLAIM_START_WINDOW,
+};
 use crate::time::rfc3339;
 use crate::types::{AttemptReport, Availability, DestinationKey, DueDelivery};
 use backoff::RetryPolicy;
@@ -169,43 +173,25 @@ impl Delivery {
         let mut scan_now = true;
         let mut next_scan = TokioInstant::now();
         let ordered = this.terms.order.is_some();
+        // On a shared spool: how many deliveries wait ahead of the attempts (see
+        // `ClaimTerms::ahead`), the share of the concurrency the last claim left this
+        // instance, and when that claim started: an attempt starts only within
+        // CLAIM_START_WINDOW of it, inside the leases it set.
+        let ahead = this.terms.ahead(shared);
+        let mut slots = this.terms.concurrency;
+        let mut claimed_at: Option<TokioInstant> = None;
+        // Taking ahead, a claim runs beside the attempts, which go on starting from
+        // what waits while it does; its result is taken in at the top of the loop.
+        let mut claiming: Option<(Scan, JoinHandle<Result<Taken, SpoolError>>)> = None;
+        let mut claimed: Option<(Scan, Result<Taken, SpoolError>)> = None;
         while !shutdown.is_cancelled() {
-            let down = availability.is_down();
-            let probe_at = instant_at(availability.next_probe_at.unwrap_or(0));
-            // Where taken deliveries count against the concurrency in the store, a scan
-            // while this instance's attempts fill it could take nothing: the next
-            // attempt to end makes room (and asks for a scan).
-            let sending = this.terms.concurrency - permits.available_permits();
-            let no_room = shared && sending >= this.terms.concurrency;
-            let scan_time = TokioInstant::now() >= next_scan;
-            let may_scan = if down {
-                // Down: its probe once due and nothing else is out; on a shared spool
-                // also now and then, to learn that another instance's probe got an
-                // answer.
-                claims.claimed.is_empty()
-                    && (TokioInstant::now() >= probe_at || (shared && scan_time))
-            } else {
-                claims.ready.is_empty() && !no_room && (scan_now || scan_time)
-            };
-            if may_scan {
-                scan_now = false;
-                // Where conversations keep order, a scan that fills the queue walks
-                // past every held delivery: ask for what the attempt slots take.
-                let batch = if ordered {
-                    this.terms.concurrency.min(FETCH_BATCH)
-                } else {
-                    FETCH_BATCH
-                };
-                let limit = claims.claimed.len() + batch;
-                let take = Take {
-                    limit,
-                    terms: this.terms,
-                    held: &claims.claimed,
-                    sending,
-                    probe: down,
-                };
-                match this.store.due(&this.destination, take).await {
-                    Ok(taken) => {
+            if let Some((scan, result)) = claimed.take() {
+                match result {
+                    Ok(mut taken) => {
+                        if let Some(share) = taken.slots {
+                            slots = share;
+                            claimed_at = Some(scan.started);
+                        }
                         if let Some(stored) = taken.availability {
                             outage::learn(
                                 &this.destination,
@@ -213,6 +199,12 @@ impl Delivery {
                                 &mut availability,
                                 stored,
                             );
+                        }
+                        if availability.is_down() && !scan.probe {
+                            // It went down while the claim ran: what it took stays
+                            // pending, untried.
+                            let unsent = taken.deliveries.drain(..).map(|d| d.seq).collect();
+                            give_back(&this, unsent).await;
                         }
                         let fetched = taken.deliveries.len();
                         if availability.is_down() {
@@ -222,7 +214,7 @@ impl Delivery {
                         if availability.is_down() {
                             // The probe's outcome (or the next look) decides what follows.
                             next_scan = TokioInstant::now() + IDLE_POLL;
-                        } else if fetched >= limit {
+                        } else if fetched >= scan.limit {
                             // There may be more: scan again once these are on their way.
                             scan_now = true;
                         } else if taken_now > 0 {
@@ -242,6 +234,10 @@ impl Delivery {
                             scan_now = false;
                             next_scan = next_scan.max(instant_at(until));
                         }
+                        if shared && !claims.ready.is_empty() {
+                            // Renew what waits before it may no longer start.
+                            next_scan = next_scan.min(scan.started + CLAIM_START_WINDOW / 2);
+                        }
                     }
                     Err(e) => {
                         // While the spool is known to be down, its writer says so (every
@@ -256,6 +252,82 @@ impl Delivery {
                 }
             }
             let down = availability.is_down();
+            let probe_at = instant_at(availability.next_probe_at.unwrap_or(0));
+            // Where taken deliveries count against the concurrency in the store, a scan
+            // while this instance's attempts fill it could take nothing: the next
+            // attempt to end makes room (and asks for a scan).
+            let sending = this.terms.concurrency - permits.available_permits();
+            let no_room = shared && ahead == 0 && sending >= this.terms.concurrency;
+            let claim_fresh = claimed_at.is_some_and(|at| at.elapsed() < CLAIM_START_WINDOW);
+            // Taking ahead: claim again once what waits is down to half of what may
+            // wait, or once the last claim is half the window old and something waits
+            // (the claim renews its leases).
+            let low = if ahead > 0 {
+                claims.ready.len() * 2 <= ahead
+            } else {
+                claims.ready.is_empty()
+            };
+            let renew = shared
+                && !claims.ready.is_empty()
+                && claimed_at.is_none_or(|at| at.elapsed() >= CLAIM_START_WINDOW / 2);
+            let scan_time = TokioInstant::now() >= next_scan;
+            let may_scan = claiming.is_none()
+                && if down {
+                    // Down: its probe once due and nothing else is out; on a shared spool
+                    // also now and then, to learn that another instance's probe got an
+                    // answer.
+                    claims.claimed.is_empty()
+                        && (TokioInstant::now() >= probe_at || (shared && scan_time))
+                } else {
+                    (low || renew) && !no_room && (scan_now || scan_time)
+                };
+            if may_scan {
+                scan_now = false;
+                // Where conversations keep order, a scan that fills the queue walks
+                // past every held delivery: ask for what the attempt slots take.
+                let batch = if ordered {
+                    this.terms.concurrency.min(FETCH_BATCH)
+                } else {
+                    FETCH_BATCH
+                };
+                let limit = claims.claimed.len() + batch;
+                let scan = Scan {
+                    started: TokioInstant::now(),
+                    limit,
+                    probe: down,
+                };
+                let waiting = claims.ready.len();
+                if ahead > 0 {
+                    let (store, destination) = (this.store.clone(), this.destination.clone());
+                    let (held, terms) = (claims.claimed.clone(), this.terms);
+                    let task = tokio::spawn(async move {
+                        let take = Take {
+                            limit,
+                            terms,
+                            held: &held,
+                            sending,
+                            waiting,
+                            ahead,
+                            probe: scan.probe,
+                        };
+                        store.due(&destination, take).await
+                    });
+                    claiming = Some((scan, task));
+                } else {
+                    let take = Take {
+                        limit,
+                        terms: this.terms,
+                        held: &claims.claimed,
+                        sending,
+                        waiting,
+                        ahead,
+                        probe: down,
+                    };
+                    claimed = Some((scan, this.store.due(&this.destination, take).await));
+                    continue;
+                }
+            }
+            let down = availability.is_down();
             let have_ready = !claims.ready.is_empty();
             // A scan waits for the ready queue to empty; while one is due, fresh events
             // wait in their queue, so that under a load the upstream cannot keep up with,
@@ -264,20 +336,42 @@ impl Delivery {
             // untried.
             let scan_due = scan_now || TokioInstant::now() >= next_scan;
             let room = claims.ready.len() < FETCH_BATCH && !scan_due && !down;
+            // On a shared spool, an attempt needs a slot of this instance's share, and
+            // a claim recent enough that the attempt ends inside its leases.
+            let slot_open = !shared || (sending < slots && claim_fresh);
             let wake_at = if down && claims.claimed.is_empty() {
                 if shared {
                     next_scan.min(probe_at)
                 } else {
                     probe_at
                 }
+            } else if have_ready && !slot_open {
+                // Every slot is sending: an attempt that ends wakes the loop; else the
+                // claim that renews what waits.
+                let renew_at = claimed_at.map_or(next_scan, |at| at + CLAIM_START_WINDOW / 2);
+                next_scan.max(renew_at)
             } else {
                 next_scan
             };
-            let sleeping = !have_ready && (down || !no_room);
+            // While a claim runs, its result wakes the loop.
+            let sleeping = claiming.is_none() && (!have_ready || !slot_open) && (down || !no_room);
             let rate_open = rate_wait.is_none_or(|at| TokioInstant::now() >= at);
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
+                joined = async {
+                    match claiming.as_mut() {
+                        Some((_, task)) => task.await,
+                        None => std::future::pending().await,
+                    }
+                }, if claiming.is_some() => {
+                    if let Some((scan, _)) = claiming.take() {
+                        let result = joined.unwrap_or_else(|e| {
+                            Err(SpoolError::Read(format!("the claim's task ended: {e}")))
+                        });
+                        claimed = Some((scan, result));
+                    }
+                }
                 Some(done) = done_rx.recv() => {
                     // With every other outcome already reported (one commit records
                     // many), so that one scan fills the room they all made.
@@ -324,15 +418,22 @@ impl Delivery {
                     }
                     if availability.is_down() {
                         // Taken before it went down, not yet sent: they stay pending,
-                        // untried, like the rest.
+                        // untried, like the rest, and (on a shared spool) free for
+                        // another instance's probe.
                         let Claims { ready, claimed, .. } = &mut claims;
+                        let mut unsent = Vec::new();
                         ready.retain(|event| {
-                            probes.contains(&event.seq) || !claimed.remove(&event.seq)
+                            let keep = probes.contains(&event.seq) || !claimed.remove(&event.seq);
+                            if !keep {
+                                unsent.push(event.seq);
+                            }
+                            keep
                         });
+                        give_back(&this, unsent).await;
                     }
                     this.status.probing(!probes.is_empty());
                 }
-                permit = permits.clone().acquire_owned(), if have_ready && rate_open => {
+                permit = permits.clone().acquire_owned(), if have_ready && rate_open && slot_open => {
                     let Ok(permit) = permit else { break };
                     rate_wait = None;
                     if let Some(Err(not_until)) = limiter.as_ref().map(|l| l.check()) {
@@ -374,8 +475,23 @@ impl Delivery {
         }
         this.running.store(false, Ordering::Relaxed);
         // Events waiting for a slot were never sent: they stay pending on disk.
+        let mut unsent = Vec::new();
+        // A claim still running takes what nobody will send: give that back too.
+        let running_claim = claiming.take().map(|(_, task)| task);
+        let last_claim = claimed.take().map(|(_, result)| result);
+        let last_taken = match (running_claim, last_claim) {
+            (Some(task), _) => task.await.ok().and_then(Result::ok),
+            (None, Some(result)) => result.ok(),
+            (None, None) => None,
+        };
+        unsent.extend(
+            last_taken
+                .iter()
+                .flat_map(|t| t.deliveries.iter().map(|d| d.seq)),
+        );
         for event in claims.ready.drain(..) {
             claims.claimed.remove(&event.seq);
+            unsent.push(event.seq);
         }
         let busy = &mut claims.claimed;
         let drained = tokio::time::timeout(drain, async {
@@ -394,6 +510,9 @@ impl Delivery {
                 in_flight = busy.len(),
                 "delivery attempts still running at shutdown; those events stay pending and are sent again after restart"
             );
+        } else if let Err(e) = this.store.release(&this.destination, &unsent).await {
+            // Other instances get them once the leases run out.
+            warn!(destination = %this.destination, error = %e, "cannot give back this instance's share of the destination's concurrency and the deliveries it took and did not send; the other instances get them when the leases run out");
         }
     }
 
@@ -519,6 +638,28 @@ impl Delivery {
             .body(event.seq)
             .await?
             .ok_or_else(|| anyhow::anyhow!("the event is no longer in the spool"))
+    }
+}
+
+/// A scan of the spool for due deliveries, as it was asked for.
+#[derive(Debug, Clone, Copy)]
+struct Scan {
+    /// When it started: the leases it sets run from then.
+    started: TokioInstant,
+    /// The most deliveries it asked for.
+    limit: usize,
+    /// It asked for the destination's probe.
+    probe: bool,
+}
+
+/// Gives back the claims of deliveries taken and not sent (on a shared spool), so that
+/// no instance waits for their leases to run out; if that fails, it does.
+async fn give_back(this: &Delivery, unsent: Vec<i64>) {
+    if unsent.is_empty() {
+        return;
+    }
+    if let Err(e) = this.store.give_back(&unsent).await {
+        warn!(destination = %this.destination, deliveries = unsent.len(), error = %e, "cannot give back deliveries taken and not sent; the other instances take them when their leases run out");
     }
 }
 

@@ -69,7 +69,27 @@ pub struct ClaimTerms {
     pub order: Option<Duration>,
 }
 
+/// On a shared spool, how long after the claim that took it (or last renewed it) a
+/// delivery may still start its attempt. A claim renews the leases of what the instance
+/// holds once they have run this long, so that an attempt started within it ends, at
+/// the destination's timeout, before its lease: the lease's margin over the timeout
+/// must be at least twice this.
+pub const CLAIM_START_WINDOW: Duration = Duration::from_secs(5);
+
 impl ClaimTerms {
+    /// How many deliveries a scheduler takes ahead of its attempts, besides its slots
+    /// (see [`Take::ahead`]): on a shared spool, as many as the concurrency for a
+    /// destination with neither a rate limit nor an order; none otherwise (a rate
+    /// budget is spent when a delivery is taken, which should then go at once, and a
+    /// conversation's next delivery waits for the one before to end).
+    pub fn ahead(&self, shared: bool) -> usize {
+        if shared && self.rate.is_none() && self.order.is_none() {
+            self.concurrency
+        } else {
+            0
+        }
+    }
+
     /// For a destination that keeps order, the time (unix ms) at or before which a
     /// first failure no longer holds a conversation at `now`.
     pub fn hold_cutoff(&self, now: i64) -> Option<i64> {
@@ -89,6 +109,12 @@ pub struct Take<'a> {
     pub held: &'a HashSet<i64>,
     /// Of those, being attempted now.
     pub sending: usize,
+    /// Of those, waiting for their attempt.
+    pub waiting: usize,
+    /// How many deliveries the caller may hold waiting beyond the slots it sends in, so
+    /// that an attempt that ends is followed at once, not after a claim (PostgreSQL;
+    /// [`ClaimTerms::ahead`]). Zero: take no more than the slots left.
+    pub ahead: usize,
     /// The destination is down as far as the caller knows: take only its probe, the
     /// pending delivery whose retry comes first, whether due or not, with no
     /// conversation's hold running out (on PostgreSQL the stored state decides, and
@@ -108,6 +134,10 @@ pub struct Taken {
     /// When the rate budget has room for another request (unix ms), when it held the
     /// taking back (PostgreSQL).
     pub rate_limited_until: Option<i64>,
+    /// How many attempts the caller may have in flight until its next claim: its share
+    /// of the destination's concurrency (PostgreSQL; never fewer than `take.sending`).
+    /// `None` on SQLite, whose one scheduler has all of it.
+    pub slots: Option<usize>,
 }
 
 /// One attempt to record: its outcome, its line in the history, and what it says

@@ -103,7 +103,7 @@ impl Store {
     /// recorded), while `take.sending` of its attempts are in flight. On SQLite the
     /// caller skips what it holds; on PostgreSQL they are claimed for this instance under
     /// a lease, never come again while held, and at most the destination's concurrency
-    /// less `sending` less the other instances' live claims are taken, within the rate
+    /// less `sending` less the other instances' live slots are taken, within the rate
     /// budget of every instance together; while the destination is down, only its probe.
     pub async fn due(
         &self,
@@ -134,6 +134,32 @@ impl Store {
     /// that each attempt that ends makes room for another claim.
     pub fn claims_hold_concurrency(&self) -> bool {
         matches!(self, Store::Postgres(_))
+    }
+
+    /// Gives back what this instance holds of `destination` once its attempts have
+    /// ended (at shutdown): its share of the concurrency, and the deliveries in
+    /// `unsent` it took and did not send; so that the other instances need not wait
+    /// for the leases to run out. Nothing to give back on SQLite, whose one scheduler
+    /// holds nothing in the spool.
+    pub async fn release(
+        &self,
+        destination: &DestinationKey,
+        unsent: &[i64],
+    ) -> Result<(), SpoolError> {
+        match self {
+            Store::Sqlite(_) => Ok(()),
+            Store::Postgres(s) => s.release(destination, unsent).await,
+        }
+    }
+
+    /// Gives back the deliveries in `unsent`, taken by this instance and not sent (the
+    /// destination went down meanwhile): they stay pending, and any instance may take
+    /// them at once. Nothing to give back on SQLite.
+    pub async fn give_back(&self, unsent: &[i64]) -> Result<(), SpoolError> {
+        match self {
+            Store::Sqlite(_) => Ok(()),
+            Store::Postgres(s) => s.give_back(unsent).await,
+        }
     }
 
     /// When the next pending delivery to `destination` falls due (unix ms), if any.

@@ -4,8 +4,12 @@
 //! taken by another once its lease has run out.
 //!
 //! A destination's concurrency holds for all instances together: claims to one
-//! destination are serialised by an advisory lock, and an instance takes at most the
-//! destination's concurrency less what other instances hold under a live lease.
+//! destination are serialised by an advisory lock, and each claim sets how many of its
+//! *slots* (`delivery_slots`) the instance holds under a lease, never more than the
+//! concurrency less the other instances' live slots. An instance sends in no more
+//! attempts at once than it holds slots; it may hold deliveries *ahead*, claimed and
+//! waiting, so that an attempt that ends is followed at once rather than after a claim
+//! (a round trip to the database, and a wait for a core on a busy one).
 
 use bytes::Bytes;
 use deadpool_postgres::Pool;
@@ -13,13 +17,17 @@ use tokio_postgres::types::ToSql;
 
 use super::connect::error_text;
 use super::schema::LOCK_CLASS;
-use crate::spool::{conversations, now_ms, SpoolError, Take, Taken, INLINE_BODY_MAX};
+use crate::spool::{
+    conversations, now_ms, SpoolError, Take, Taken, CLAIM_START_WINDOW, INLINE_BODY_MAX,
+};
 use crate::types::{Availability, DestinationKey, DueDelivery};
 
 /// Takes up to `take.limit` due deliveries to `destination` for `instance`, oldest
-/// first, within the room the destination's concurrency leaves: its concurrency less
-/// the live claims of other instances and the attempts this instance is sending
-/// (`take.sending`), and within its rate budget. A delivery this instance claimed and
+/// first, within the room its share of the destination's concurrency leaves, and within
+/// its rate budget. Its share (`Taken::slots`): the concurrency less the live slots of
+/// other instances, but no more than it uses (what it sends, `take.sending`, what waits,
+/// `take.waiting`, and what it takes), and never fewer than it sends. The room: its
+/// share less what it sends and what waits, plus `take.ahead` while it has a slot. A delivery this instance claimed and
 /// no longer holds (its record failed, or the instance restarted) is taken again at
 /// once; one another instance claimed, once its lease has run out. While the
 /// destination is down (its stored state, whatever `take.probe` says), only its probe
@@ -28,12 +36,15 @@ use crate::types::{Availability, DestinationKey, DueDelivery};
 /// refusing), once the next probe is due and no instance holds any of its
 /// deliveries; with `take.probe` no conversation's hold runs out.
 ///
-/// Why this holds the concurrency for the cluster: an instance's claims in the
-/// database are never fewer than its attempts in flight (an attempt's claim goes only
-/// with its record), and claims to one destination are made one at a time (an
-/// advisory lock), each counting every other instance's claims; so the attempts of all
-/// instances together never exceed it. An instance whose records lag behind holds more
-/// claims than attempts, which only leaves the others less room for a while.
+/// Why this holds the concurrency for the cluster: an instance's slots in the database
+/// are never fewer than its attempts in flight (the scheduler starts an attempt only
+/// while it sends in fewer than its share, within [`CLAIM_START_WINDOW`] of its last
+/// claim), and claims to one destination are made one at a time (an advisory lock),
+/// each counting every other instance's live slots; so the attempts of all instances
+/// together never exceed it. Slots, not claims, are counted: a delivery stays claimed
+/// until its outcome commits, and what waits ahead is claimed too. An attempt outlives
+/// neither its claim's lease nor its slot's: a claim renews both once they have run for
+/// the window, and the lease's margin over the timeout is twice the window.
 ///
 /// The rate limit holds the same way: each claim spends the destination's budget
 /// (GCRA: `rate_budgets.tat`, see [`crate::types::RateLimit`]) for every delivery it
@@ -48,22 +59,26 @@ pub(super) async fn claim(
     let terms = take.terms;
     let held: Vec<i64> = take.held.iter().copied().collect();
     let sending = take.sending as i64;
+    let waiting = take.waiting as i64;
+    let ahead = if take.probe { 0 } else { take.ahead as i64 };
     let client = connection(pool).await?;
     let now = now_ms();
     let now_us = now.saturating_mul(1000);
     let lease_ms = terms.lease.as_millis().min(i64::MAX as u128 / 2) as i64;
     let lease_until = now + lease_ms;
-    // What this instance holds is still its own: a lease half run out is renewed, so
-    // an attempt whose record is slow to commit is not taken by another instance.
-    let renew_before = now + lease_ms / 2;
-    let limit = take.limit.min(terms.concurrency) as i64;
+    // What this instance holds is still its own: a lease (of a delivery, or of its
+    // slots) that has run for the start window is renewed, so that an attempt started
+    // within the window, or whose record is slow to commit, is not taken over.
+    let window_ms = CLAIM_START_WINDOW.as_millis() as i64;
+    let renew_before = lease_until.saturating_sub(window_ms);
+    let limit = take.limit.min(terms.concurrency + take.ahead) as i64;
     let concurrency = terms.concurrency as i64;
     let (interval_us, burst) = match terms.rate {
         Some(rate) => (rate.interval_micros(), i64::from(rate.burst.get())),
         None => (0, 0),
     };
     let lock = client.prepare_cached("SELECT pg_advisory_xact_lock($1, hashtext($2))");
-    // A destination that keeps order takes no delivery its conversation holds ($14: now
+    // A destination that keeps order takes no delivery its conversation holds ($16: now
     // less its order_hold); the lock above makes that hold across instances.
     // While it is down no hold runs out (an outage releases no conversation).
     let hold_cutoff = terms
@@ -72,7 +87,7 @@ pub(super) async fn claim(
     let ordered = match hold_cutoff {
         Some(_) => format!(
             "AND {} AND {}",
-            conversations::not_held("deliveries.seq", "$14"),
+            conversations::not_held("deliveries.seq", "$16"),
             conversations::not_beside_one_in_flight("deliveries.seq", "$1", "$3")
         ),
         None => String::new(),
@@ -84,6 +99,10 @@ pub(super) async fn claim(
              SELECT count(*) AS n FROM deliveries
              WHERE state = 0 AND destination = $1 AND claimed_by IS NOT NULL
                AND lease_until > $3 AND claimed_by <> $2),
+         free AS (
+             SELECT GREATEST(0, $5::bigint - COALESCE(sum(slots), 0))::bigint AS n
+             FROM delivery_slots
+             WHERE destination = $1 AND holder <> $2 AND lease_until > $3),
          renewed AS (
              UPDATE deliveries SET lease_until = $6
              WHERE claimed_by = $2 AND state = 0 AND seq = ANY($8) AND lease_until < $10),
@@ -93,7 +112,9 @@ pub(super) async fn claim(
          room AS (
              SELECT CASE
                       WHEN (SELECT down_since FROM st) IS NULL
-                        THEN LEAST($4, $5::bigint - $9::bigint - (SELECT n FROM live))
+                        THEN LEAST($4, (SELECT n FROM free) - $9::bigint - $14::bigint
+                                       + CASE WHEN (SELECT n FROM free) > 0
+                                              THEN $15::bigint ELSE 0 END)
                       WHEN COALESCE((SELECT next_probe_at FROM st), 0) <= $3
                            AND (SELECT n FROM live) = 0 AND cardinality($8::bigint[]) = 0
                         THEN 1
@@ -118,6 +139,20 @@ pub(super) async fn claim(
              UPDATE deliveries d SET claimed_by = $2, lease_until = $6
              WHERE d.seq = ANY(ARRAY(SELECT seq FROM picked))
              RETURNING d.*),
+         expired AS (
+             DELETE FROM delivery_slots
+             WHERE destination = $1 AND holder <> $2 AND lease_until <= $3),
+         slotted AS (
+             INSERT INTO delivery_slots (destination, holder, slots, lease_until)
+             VALUES ($1, $2,
+                     GREATEST($9::bigint, LEAST((SELECT n FROM free),
+                                                $9::bigint + $14::bigint
+                                                + (SELECT count(*) FROM claimed))),
+                     $6)
+             ON CONFLICT (destination, holder)
+             DO UPDATE SET slots = EXCLUDED.slots, lease_until = EXCLUDED.lease_until
+             WHERE delivery_slots.slots <> EXCLUDED.slots
+                OR delivery_slots.lease_until < $10),
          spent AS (
              INSERT INTO rate_budgets (destination, tat)
              SELECT $1, (SELECT base FROM budget) + (SELECT count(*) FROM claimed) * $12::bigint
@@ -134,7 +169,7 @@ pub(super) async fn claim(
          ORDER BY c.next_attempt_at, c.seq",
     );
     let claim = client.prepare_cached(&claim_sql);
-    let state = client.prepare_cached(STATE);
+    let state = client.prepare_cached(STATE_AND_SLOTS);
     let (lock, claim, state) = futures_util::future::try_join3(lock, claim, state)
         .await
         .map_err(read_error)?;
@@ -155,11 +190,13 @@ pub(super) async fn claim(
         &now_us,
         &interval_us,
         &burst,
+        &waiting,
+        &ahead,
     ];
     if let Some(cutoff) = &hold_cutoff {
         params.push(cutoff);
     }
-    let state_params: [&(dyn ToSql + Sync); 1] = [&key];
+    let state_params: [&(dyn ToSql + Sync); 2] = [&key, &instance];
     // One transaction sent at once and run in this order, so the destination's lock is
     // held only while the server runs it, not for a round trip to here. Should a
     // statement fail, the rest fail too and COMMIT ends the transaction as a rollback.
@@ -218,11 +255,55 @@ pub(super) async fn claim(
         }
         _ => None,
     };
+    // The row is there: the claim wrote it. Were it not, the attempts in flight.
+    let slots: Option<i64> = after.try_get(5).map_err(read_error)?;
+    let slots = slots.map_or(take.sending, |n| n.max(0) as usize);
     Ok(Taken {
         deliveries,
         availability: Some(availability),
         rate_limited_until,
+        slots: Some(slots),
     })
+}
+
+/// Gives back what `instance` holds of `destination` once its attempts have ended
+/// (at shutdown): its slots (its row in `delivery_slots`), and the claims of `unsent`,
+/// deliveries it took and did not send; so that the other instances need not wait
+/// for the leases to run out.
+pub(super) async fn release(
+    pool: &Pool,
+    instance: &str,
+    destination: &DestinationKey,
+    unsent: &[i64],
+) -> Result<(), SpoolError> {
+    let client = connection(pool).await?;
+    let key = destination.as_str();
+    let slot_params: [&(dyn ToSql + Sync); 2] = [&key, &instance];
+    let slots = client.execute(
+        "DELETE FROM delivery_slots WHERE destination = $1 AND holder = $2",
+        &slot_params,
+    );
+    let claims = give_back(&client, instance, unsent);
+    futures_util::try_join!(async { slots.await.map_err(read_error) }, claims)?;
+    Ok(())
+}
+
+/// Gives back the claims `instance` holds of the deliveries in `unsent` (taken, not
+/// sent, still pending): any instance may take them at once.
+pub(super) async fn give_back(
+    client: &deadpool_postgres::Object,
+    instance: &str,
+    unsent: &[i64],
+) -> Result<(), SpoolError> {
+    client
+        .execute(
+            "UPDATE deliveries SET claimed_by = NULL, lease_until = NULL
+             WHERE seq = ANY($1) AND claimed_by = $2 AND state = 0",
+            &[&unsent, &instance],
+        )
+        .await
+        .map_err(read_error)?;
+    Ok(())
 }
 
 /// A destination's stored state and rate budget, in that order (one row; nulls while
@@ -231,6 +312,14 @@ const STATE: &str = "SELECT d.failures, d.down_since, d.next_probe_at, d.failed_
      FROM (VALUES ($1::text)) AS k(destination)
      LEFT JOIN destinations d ON d.destination = k.destination
      LEFT JOIN rate_budgets r ON r.destination = k.destination";
+
+/// [`STATE`], then the slots instance `$2` holds (null while it holds none).
+const STATE_AND_SLOTS: &str =
+    "SELECT d.failures, d.down_since, d.next_probe_at, d.failed_probes, r.tat, s.slots
+     FROM (VALUES ($1::text)) AS k(destination)
+     LEFT JOIN destinations d ON d.destination = k.destination
+     LEFT JOIN rate_budgets r ON r.destination = k.destination
+     LEFT JOIN delivery_slots s ON s.destination = k.destination AND s.holder = $2";
 
 /// The state in a row of [`STATE`] (up, when the destination has no row yet).
 fn availability_of(row: &tokio_postgres::Row) -> Result<Availability, tokio_postgres::Error> {

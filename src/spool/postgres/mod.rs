@@ -201,6 +201,21 @@ impl PgStore {
         claims::claim(&self.pool, &self.instance, destination, take).await
     }
 
+    /// See [`crate::spool::Store::give_back`].
+    pub async fn give_back(&self, unsent: &[i64]) -> Result<(), SpoolError> {
+        let client = claims::connection(&self.pool).await?;
+        claims::give_back(&client, &self.instance, unsent).await
+    }
+
+    /// See [`crate::spool::Store::release`].
+    pub async fn release(
+        &self,
+        destination: &DestinationKey,
+        unsent: &[i64],
+    ) -> Result<(), SpoolError> {
+        claims::release(&self.pool, &self.instance, destination, unsent).await
+    }
+
     /// See [`crate::spool::Store::next_due_at`].
     pub async fn next_due_at(
         &self,

@@ -4,7 +4,8 @@
 //!
 //! The tables mirror the SQLite layout (`spool::sqlite::schema`), with what sharing
 //! needs: which instance accepted an event and made each attempt, and which instance
-//! has taken a pending delivery until when (`claimed_by`, `lease_until`). Deletions
+//! has taken a pending delivery until when (`claimed_by`, `lease_until`), and how much of
+//! a destination's concurrency each instance holds (`delivery_slots`). Deletions
 //! cascade through foreign keys. Times are unix milliseconds, as in SQLite.
 
 use tokio_postgres::Client;
@@ -43,11 +44,11 @@ pub async fn next_seqs(
 }
 
 /// The version this build reads and writes.
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
 
 /// The steps, by the version each brings a database to, in order; a database is
 /// brought from the version it is at through every later step.
-const STEPS: [(i32, &str); 4] = [
+const STEPS: [(i32, &str); 5] = [
     (
         1,
         "
@@ -173,6 +174,21 @@ $$;
 CREATE TRIGGER deliveries_replay_conversations AFTER UPDATE OF state ON deliveries
     FOR EACH ROW WHEN (NEW.state = 0 AND OLD.state <> 0)
     EXECUTE FUNCTION xhubd_replay_conversations();
+",
+    ),
+    (
+        5,
+        "
+-- The share of each destination's concurrency each instance holds (spool::postgres::
+-- claims): slots attempts may use, until lease_until; written by its claims. The slots
+-- of all instances under a live lease never exceed the destination's concurrency.
+CREATE TABLE delivery_slots (
+    destination text   NOT NULL,
+    holder      text   NOT NULL,
+    slots       bigint NOT NULL,
+    lease_until bigint NOT NULL,
+    PRIMARY KEY (destination, holder)
+);
 ",
     ),
 ];
