@@ -29,8 +29,9 @@ use crate::types::{DestinationKey, DueDelivery};
 /// New deliveries waiting for one destination's scheduler in memory, at most.
 const FRESH_PER_DESTINATION: usize = 512;
 /// On a shared spool, how much longer than the destination's timeout a taken delivery
-/// stays this instance's: time to record the outcome. Past it, another instance takes
-/// the delivery (an instance that died holds nothing for longer).
+/// (and a share of the concurrency) stays this instance's: time to start an attempt
+/// after the claim ([`CLAIM_START_WINDOW`]), and to record the outcome. Past it, another
+/// instance takes the delivery (an instance that died holds nothing for longer).
 const LEASE_MARGIN: Duration = Duration::from_secs(10);
 // A delivery taken ahead starts within the window; its attempt must end inside its lease.
 const _: () = assert!(LEASE_MARGIN.as_secs() >= 2 * CLAIM_START_WINDOW.as_secs());

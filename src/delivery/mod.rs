@@ -201,9 +201,11 @@ impl Delivery {
                             );
                         }
                         if availability.is_down() && !scan.probe {
-                            // It went down while the claim ran: what it took stays
-                            // pending, untried.
-                            let unsent = taken.deliveries.drain(..).map(|d| d.seq).collect();
+                            // It went down while the claim ran: what it took, and what
+                            // waits from before, stays pending, untried.
+                            let mut unsent: Vec<i64> =
+                                taken.deliveries.drain(..).map(|d| d.seq).collect();
+                            unsent.extend(claims.drop_waiting(&probes));
                             give_back(&this, unsent).await;
                         }
                         let fetched = taken.deliveries.len();
@@ -253,9 +255,9 @@ impl Delivery {
             }
             let down = availability.is_down();
             let probe_at = instant_at(availability.next_probe_at.unwrap_or(0));
-            // Where taken deliveries count against the concurrency in the store, a scan
-            // while this instance's attempts fill it could take nothing: the next
-            // attempt to end makes room (and asks for a scan).
+            // Where this instance's share of the concurrency is counted in the store and
+            // nothing is taken ahead, a scan while its attempts fill the concurrency could
+            // take nothing: the next attempt to end makes room (and asks for a scan).
             let sending = this.terms.concurrency - permits.available_permits();
             let no_room = shared && ahead == 0 && sending >= this.terms.concurrency;
             let claim_fresh = claimed_at.is_some_and(|at| at.elapsed() < CLAIM_START_WINDOW);
@@ -338,13 +340,18 @@ impl Delivery {
             let room = claims.ready.len() < FETCH_BATCH && !scan_due && !down;
             // On a shared spool, an attempt needs a slot of this instance's share, and
             // a claim recent enough that the attempt ends inside its leases.
-            let slot_open = !shared || (sending < slots && claim_fresh);
+            // While it is down only probes wait, taken when no instance held anything:
+            // a probe needs no slot.
+            let slot_open = !shared || ((sending < slots || down) && claim_fresh);
             let wake_at = if down && claims.claimed.is_empty() {
                 if shared {
                     next_scan.min(probe_at)
                 } else {
                     probe_at
                 }
+            } else if down {
+                // Nothing to take before what is out ends (an outcome wakes the loop).
+                TokioInstant::now() + IDLE_POLL
             } else if have_ready && !slot_open {
                 // Every slot is sending: an attempt that ends wakes the loop; else the
                 // claim that renews what waits.
@@ -420,15 +427,7 @@ impl Delivery {
                         // Taken before it went down, not yet sent: they stay pending,
                         // untried, like the rest, and (on a shared spool) free for
                         // another instance's probe.
-                        let Claims { ready, claimed, .. } = &mut claims;
-                        let mut unsent = Vec::new();
-                        ready.retain(|event| {
-                            let keep = probes.contains(&event.seq) || !claimed.remove(&event.seq);
-                            if !keep {
-                                unsent.push(event.seq);
-                            }
-                            keep
-                        });
+                        let unsent = claims.drop_waiting(&probes);
                         give_back(&this, unsent).await;
                     }
                     this.status.probing(!probes.is_empty());
@@ -467,7 +466,7 @@ impl Delivery {
                     claims.offer_fresh(event);
                 },
                 Ok(()) = wakeups.changed() => scan_now = true,
-                // An attempt ended: room for another claim where claims count.
+                // An attempt ended: on a shared spool, a slot for another claim.
                 _ = sent.notified(), if shared => scan_now = true,
                 _ = tokio::time::sleep_until(wake_at), if sleeping => {}
                 _ = tokio::time::sleep_until(rate_wait.unwrap_or(wake_at)), if have_ready && !rate_open => {}
@@ -510,6 +509,8 @@ impl Delivery {
                 in_flight = busy.len(),
                 "delivery attempts still running at shutdown; those events stay pending and are sent again after restart"
             );
+            // The slots stay taken until their lease runs out: attempts may be out.
+            give_back(&this, unsent).await;
         } else if let Err(e) = this.store.release(&this.destination, &unsent).await {
             // Other instances get them once the leases run out.
             warn!(destination = %this.destination, error = %e, "cannot give back this instance's share of the destination's concurrency and the deliveries it took and did not send; the other instances get them when the leases run out");

@@ -38,6 +38,22 @@ impl Claims {
         }
         taken
     }
+
+    /// Drops what waits for an attempt slot, but for the deliveries in `keep` (the
+    /// destination's probes), and returns their row numbers: no longer claimed here, so
+    /// that a later scan may take them again.
+    pub fn drop_waiting(&mut self, keep: &HashSet<i64>) -> Vec<i64> {
+        let mut dropped = Vec::new();
+        let claimed = &mut self.claimed;
+        self.ready.retain(|event| {
+            let keep = keep.contains(&event.seq) || !claimed.remove(&event.seq);
+            if !keep {
+                dropped.push(event.seq);
+            }
+            keep
+        });
+        dropped
+    }
 }
 
 #[cfg(test)]
@@ -95,5 +111,19 @@ mod tests {
         assert_eq!(claims.offer_scanned(vec![event(2)]), 1);
         assert_eq!(claims.offer_scanned(vec![event(2)]), 0);
         assert_eq!(ready(&claims), [7, 8, 9, 2]);
+    }
+
+    #[test]
+    fn dropping_what_waits_keeps_the_probes_and_forgets_the_rest() {
+        let mut claims = Claims::default();
+        claims.offer_scanned(vec![event(1), event(2), event(3)]);
+        // 4 is being attempted: not waiting, stays claimed.
+        claims.claimed.insert(4);
+        let probes = HashSet::from([2]);
+        assert_eq!(claims.drop_waiting(&probes), [1, 3]);
+        assert_eq!(ready(&claims), [2]);
+        assert_eq!(claims.claimed, HashSet::from([2, 4]));
+        // A later scan may take the dropped ones again.
+        assert_eq!(claims.offer_scanned(vec![event(1)]), 1);
     }
 }

@@ -73,8 +73,9 @@ pub struct ClaimTerms {
 /// delivery may still start its attempt. A claim renews the leases of what the instance
 /// holds once they have run this long, so that an attempt started within it ends, at
 /// the destination's timeout, before its lease: the lease's margin over the timeout
-/// must be at least twice this.
-pub const CLAIM_START_WINDOW: Duration = Duration::from_secs(5);
+/// must be at least twice this (it is 10 s: 6 s are left for reading a body, the
+/// record's commit, and the clocks of two instances disagreeing).
+pub const CLAIM_START_WINDOW: Duration = Duration::from_secs(2);
 
 impl ClaimTerms {
     /// How many deliveries a scheduler takes ahead of its attempts, besides its slots

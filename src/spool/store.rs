@@ -102,8 +102,8 @@ impl Store {
     /// first, on `take.terms`, besides those the caller holds (taken and not yet
     /// recorded), while `take.sending` of its attempts are in flight. On SQLite the
     /// caller skips what it holds; on PostgreSQL they are claimed for this instance under
-    /// a lease, never come again while held, and at most the destination's concurrency
-    /// less `sending` less the other instances' live slots are taken, within the rate
+    /// a lease, never come again while held, and at most what is left of its share of
+    /// the destination's concurrency, plus `take.ahead`, are taken, within the rate
     /// budget of every instance together; while the destination is down, only its probe.
     pub async fn due(
         &self,

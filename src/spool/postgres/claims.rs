@@ -23,12 +23,12 @@ use crate::spool::{
 use crate::types::{Availability, DestinationKey, DueDelivery};
 
 /// Takes up to `take.limit` due deliveries to `destination` for `instance`, oldest
-/// first, within the room its share of the destination's concurrency leaves, and within
-/// its rate budget. Its share (`Taken::slots`): the concurrency less the live slots of
-/// other instances, but no more than it uses (what it sends, `take.sending`, what waits,
-/// `take.waiting`, and what it takes), and never fewer than it sends. The room: its
-/// share less what it sends and what waits, plus `take.ahead` while it has a slot. A delivery this instance claimed and
-/// no longer holds (its record failed, or the instance restarted) is taken again at
+/// first, and within its rate budget. It takes what the concurrency leaves free of the
+/// other instances' live slots, less what it sends (`take.sending`) and what waits
+/// (`take.waiting`), plus `take.ahead` while anything is free. Its share, stored and
+/// returned (`Taken::slots`): what is free, but no more than it uses (what it sends,
+/// what waits, and what it takes), and never fewer than it sends. A delivery this
+/// instance claimed and no longer holds (its record failed, or the instance restarted) is taken again at
 /// once; one another instance claimed, once its lease has run out. While the
 /// destination is down (its stored state, whatever `take.probe` says), only its probe
 /// is taken: one delivery, whether due or not (the one whose retry comes first, so
