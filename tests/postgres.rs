@@ -288,6 +288,39 @@ fn a_destinations_concurrency_holds_for_both_instances_together() {
 }
 
 #[test]
+fn two_instances_share_a_destinations_concurrency_under_a_steady_load() {
+    let (db, url) = postgres::shared().fresh_database();
+    let slow = FaultyUpstream::start(Mode::Slow(Duration::from_millis(40), 200));
+    let target = slow.url("/events");
+    let extra = ["--upstream-concurrency", "4"];
+    let (a, _) = instance(&url, "a", &target, &extra);
+    let (b, _) = instance(&url, "b", &target, &extra);
+    // A backlog first, all of it accepted by a, then both look at it.
+    for i in 0..200 {
+        assert_eq!(a.target.post_signed(&page_event(i)).status, 200);
+    }
+    let count = |sql: &str| postgres::shared().count(&db, sql);
+    wait_for(Duration::from_secs(30), "the 200 delivered", || {
+        count("SELECT count(*) FROM deliveries WHERE state = 1") == 200
+    });
+    let by = |name: &str| {
+        count(&format!(
+            "SELECT count(*) FROM attempts WHERE instance = '{name}' AND result = 1"
+        ))
+    };
+    let (by_a, by_b) = (by("a"), by("b"));
+    eprintln!("delivered by a: {by_a}, by b: {by_b}");
+    // Each holds about half of the 4 slots while both are claiming.
+    assert!(by_a >= 40 && by_b >= 40, "a {by_a}, b {by_b}");
+    assert!(
+        slow.max_in_flight() <= 4,
+        "{} at once",
+        slow.max_in_flight()
+    );
+    drop((a, b));
+}
+
+#[test]
 fn an_instance_that_stops_gives_back_its_slots_and_what_it_took_ahead() {
     let (db, url) = postgres::shared().fresh_database();
     let slow = FaultyUpstream::start(Mode::Slow(Duration::from_millis(500), 200));

@@ -23,9 +23,13 @@ use crate::spool::{
 use crate::types::{Availability, DestinationKey, DueDelivery};
 
 /// Takes up to `take.limit` due deliveries to `destination` for `instance`, oldest
-/// first, and within its rate budget. It takes what the concurrency leaves free of the
-/// other instances' live slots, less what it sends (`take.sending`) and what waits
-/// (`take.waiting`), plus `take.ahead` while anything is free. Its share, stored and
+/// first, and within its rate budget. What is *free* for it: what the concurrency
+/// leaves of the other instances' live slots, but no more than a fair share (the
+/// concurrency over the instances claiming to the destination under a live lease,
+/// rounded up), so that instances that all claim share the destination. It takes what
+/// is free, less what it sends (`take.sending`) and what waits (`take.waiting`), plus
+/// `take.ahead`, but no more ahead than is free (what it takes ahead, another instance
+/// with free slots cannot take). Its share, stored and
 /// returned (`Taken::slots`): what is free, but no more than it uses (what it sends,
 /// what waits, and what it takes), and never fewer than it sends. A delivery this
 /// instance claimed and no longer holds (its record failed, or the instance restarted) is taken again at
@@ -100,7 +104,8 @@ pub(super) async fn claim(
              WHERE state = 0 AND destination = $1 AND claimed_by IS NOT NULL
                AND lease_until > $3 AND claimed_by <> $2),
          free AS (
-             SELECT GREATEST(0, $5::bigint - COALESCE(sum(slots), 0))::bigint AS n
+             SELECT LEAST(GREATEST(0, $5::bigint - COALESCE(sum(slots), 0)),
+                          ceil($5::numeric / (count(*) + 1)))::bigint AS n
              FROM delivery_slots
              WHERE destination = $1 AND holder <> $2 AND lease_until > $3),
          renewed AS (
@@ -113,8 +118,7 @@ pub(super) async fn claim(
              SELECT CASE
                       WHEN (SELECT down_since FROM st) IS NULL
                         THEN LEAST($4, (SELECT n FROM free) - $9::bigint - $14::bigint
-                                       + CASE WHEN (SELECT n FROM free) > 0
-                                              THEN $15::bigint ELSE 0 END)
+                                       + LEAST($15::bigint, (SELECT n FROM free)))
                       WHEN COALESCE((SELECT next_probe_at FROM st), 0) <= $3
                            AND (SELECT n FROM live) = 0 AND cardinality($8::bigint[]) = 0
                         THEN 1
