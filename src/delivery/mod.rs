@@ -329,7 +329,6 @@ impl Delivery {
                     continue;
                 }
             }
-            let down = availability.is_down();
             let have_ready = !claims.ready.is_empty();
             // A scan waits for the ready queue to empty; while one is due, fresh events
             // wait in their queue, so that under a load the upstream cannot keep up with,

@@ -173,7 +173,7 @@ pub(super) async fn claim(
          ORDER BY c.next_attempt_at, c.seq",
     );
     let claim = client.prepare_cached(&claim_sql);
-    let state = client.prepare_cached(STATE_AND_SLOTS);
+    let state = client.prepare_cached(STATE);
     let (lock, claim, state) = futures_util::future::try_join3(lock, claim, state)
         .await
         .map_err(read_error)?;
@@ -310,15 +310,9 @@ pub(super) async fn give_back(
     Ok(())
 }
 
-/// A destination's stored state and rate budget, in that order (one row; nulls while
-/// it has none).
-const STATE: &str = "SELECT d.failures, d.down_since, d.next_probe_at, d.failed_probes, r.tat
-     FROM (VALUES ($1::text)) AS k(destination)
-     LEFT JOIN destinations d ON d.destination = k.destination
-     LEFT JOIN rate_budgets r ON r.destination = k.destination";
-
-/// [`STATE`], then the slots instance `$2` holds (null while it holds none).
-const STATE_AND_SLOTS: &str =
+/// A destination's stored state, its rate budget, and the slots instance `$2` holds,
+/// in that order (one row; nulls while it has none).
+const STATE: &str =
     "SELECT d.failures, d.down_since, d.next_probe_at, d.failed_probes, r.tat, s.slots
      FROM (VALUES ($1::text)) AS k(destination)
      LEFT JOIN destinations d ON d.destination = k.destination
@@ -340,12 +334,13 @@ fn availability_of(row: &tokio_postgres::Row) -> Result<Availability, tokio_post
 /// A destination's stored state (up or down).
 pub(super) async fn availability(
     pool: &Pool,
+    instance: &str,
     destination: &DestinationKey,
 ) -> Result<Availability, SpoolError> {
     let client = connection(pool).await?;
     let stmt = client.prepare_cached(STATE).await.map_err(read_error)?;
     let row = client
-        .query_one(&stmt, &[&destination.as_str()])
+        .query_one(&stmt, &[&destination.as_str(), &instance])
         .await
         .map_err(read_error)?;
     availability_of(&row).map_err(read_error)

@@ -184,7 +184,7 @@ impl PgStore {
         &self,
         destination: &DestinationKey,
     ) -> Result<Availability, SpoolError> {
-        claims::availability(&self.pool, destination).await
+        claims::availability(&self.pool, &self.instance, destination).await
     }
 
     /// The writer's handle (requests that every engine's writer takes).
