@@ -184,6 +184,9 @@ impl Delivery {
         // what waits while it does; its result is taken in at the top of the loop.
         let mut claiming: Option<(Scan, JoinHandle<Result<Taken, SpoolError>>)> = None;
         let mut claimed: Option<(Scan, Result<Taken, SpoolError>)> = None;
+        // Outcomes taken in so far: a claim's copy of the state is older than those
+        // taken in while it ran, possibly.
+        let mut outcomes_taken: u64 = 0;
         while !shutdown.is_cancelled() {
             if let Some((scan, result)) = claimed.take() {
                 match result {
@@ -192,7 +195,16 @@ impl Delivery {
                             slots = share;
                             claimed_at = Some(scan.started);
                         }
-                        if let Some(stored) = taken.availability {
+                        let mut stored = taken.availability;
+                        if stored.is_some_and(|s| s.is_down() != availability.is_down())
+                            && outcomes_taken != scan.outcomes_taken
+                        {
+                            // Outcomes taken in while the claim ran may be newer than its
+                            // copy: read the state again, after their commits (if that
+                            // fails, keep what they said).
+                            stored = this.store.availability(&this.destination).await.ok();
+                        }
+                        if let Some(stored) = stored {
                             outage::learn(
                                 &this.destination,
                                 &this.status,
@@ -297,6 +309,7 @@ impl Delivery {
                     started: TokioInstant::now(),
                     limit,
                     probe: down,
+                    outcomes_taken,
                 };
                 let waiting = claims.ready.len();
                 if ahead > 0 {
@@ -390,6 +403,7 @@ impl Delivery {
                     // they are (if it fails, the latest such copy is taken).
                     let mut turned = None;
                     while let Some(done) = next {
+                        outcomes_taken += 1;
                         claims.claimed.remove(&done.seq);
                         probes.remove(&done.seq);
                         if let Some(at) = done.due_again {
@@ -650,6 +664,8 @@ struct Scan {
     limit: usize,
     /// It asked for the destination's probe.
     probe: bool,
+    /// The outcomes the scheduler had taken in when it started.
+    outcomes_taken: u64,
 }
 
 /// Gives back the claims of deliveries taken and not sent (on a shared spool), so that
