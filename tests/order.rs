@@ -526,19 +526,28 @@ fn an_outage_longer_than_order_hold_keeps_every_conversation_in_order(spool: &Sp
             .arg("--upstream-order")
             .arg("conversation")
             .arg("--upstream-order-hold")
-            .arg("1s"),
+            .arg("2s"),
     );
-    let alice = ["wamid.A1", "wamid.A2", "wamid.A3"];
-    let bob = ["wamid.B1", "wamid.B2", "wamid.B3"];
-    for (a, b) in alice.iter().zip(bob) {
-        assert_eq!(x.target.post_signed(&message(ALICE, a)).status, 200);
-        assert_eq!(x.target.post_signed(&message(BOB, b)).status, 200);
+    // Five conversations of two messages: five heads failing together take the
+    // destination down (ten failures in a row) well inside order_hold, however slow
+    // the machine; the outage then lasts longer than order_hold.
+    let users: Vec<(String, [String; 2])> = (1..=5)
+        .map(|u| {
+            (
+                format!("49176000001{u:02}"),
+                [format!("wamid.U{u}M1"), format!("wamid.U{u}M2")],
+            )
+        })
+        .collect();
+    for m in 0..2 {
+        for (from, ids) in &users {
+            assert_eq!(x.target.post_signed(&message(from, &ids[m])).status, 200);
+        }
     }
     wait_for(WAIT, "the destination down", || {
         x.logs()
             .contains("destination down after retryable failures in a row")
     });
-    // Down for three times order_hold: an outage releases no conversation.
     let down_at = Instant::now();
     while down_at.elapsed() < Duration::from_secs(3) {
         std::thread::sleep(Duration::from_millis(100));
@@ -549,16 +558,17 @@ fn an_outage_longer_than_order_hold_keeps_every_conversation_in_order(spool: &Sp
         x.logs()
     );
     up.set_default(Mode::Status(200));
-    wait_for(WAIT, "all six delivered", || {
-        x.count("SELECT count(*) FROM deliveries WHERE state = 1") == 6
+    wait_for(WAIT, "all ten delivered", || {
+        x.count("SELECT count(*) FROM deliveries WHERE state = 1") == 10
     });
-    for user in [alice, bob] {
-        let got: Vec<String> = sequence(&up, &user)
+    for (_, ids) in &users {
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let got: Vec<String> = sequence(&up, &ids)
             .into_iter()
             .filter(|(_, status)| *status == Some(200))
             .map(|(id, _)| id)
             .collect();
-        assert_eq!(got, user, "in the order they were accepted");
+        assert_eq!(got, ids, "in the order they were accepted");
     }
 }
 
