@@ -553,17 +553,31 @@ impl Xhubd {
 }
 
 impl Drop for Xhubd {
-    /// Stops the daemon, and checks every line it logged in this test for the secrets.
+    /// Stops the daemon, and checks every line it logged in this test for the secrets;
+    /// if the test is failing, prints the end of the log instead.
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
-        if !std::thread::panicking() {
+        if std::thread::panicking() {
+            // The failing test's output shows what xhubd logged last.
+            let logs = self.logs();
+            let lines: Vec<&str> = logs.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(LOG_TAIL_ON_FAILURE)..];
+            eprintln!(
+                "--- the last {} lines xhubd logged ---\n{}",
+                tail.len(),
+                tail.join("\n")
+            );
+        } else {
             self.assert_no_secret_in_logs();
         }
     }
 }
+
+/// Lines of xhubd's log a failing test prints.
+const LOG_TAIL_ON_FAILURE: usize = 80;
 
 pub fn wait_exit(child: &mut Child, limit: Duration) -> ExitStatus {
     let deadline = Instant::now() + limit;
