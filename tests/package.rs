@@ -137,6 +137,18 @@ fn the_package_holds_everything_an_operator_needs() {
             && postinst.contains("addgroup --system xhubd"),
         "postinst creates /etc/xhubd for the group the service reads it with: {postinst}"
     );
+    // addgroup comes with adduser, which is not Essential: the package depends on it.
+    let fields = Command::new("dpkg-deb")
+        .arg("-f")
+        .arg(&deb)
+        .arg("Depends")
+        .output()
+        .unwrap();
+    let depends = String::from_utf8_lossy(&fields.stdout);
+    assert!(
+        depends.split(',').any(|d| d.trim() == "adduser"),
+        "Depends: {depends}"
+    );
     // systemd refuses to start a DynamicUser= unit (status 217/USER) whose user name,
     // by default the unit's name, is already a static group's: the package's group
     // `xhubd` must not be the dynamic user's name.
