@@ -77,8 +77,10 @@ pub fn adopt(file: &Path, config_given: bool) -> anyhow::Result<Vec<String>> {
         }];
     if !config_given && std::env::var_os("XHUBD_CONFIG").is_none() {
         std::env::set_var("XHUBD_CONFIG", UNIT_CONFIG);
+        // Whether that file is there and valid is the configuration's line, below.
         report.push(format!(
-            "ok   {UNIT_CONFIG}: the service's config file, checked"
+            "ok   {}: names no config file; checking the one the unit names, {UNIT_CONFIG}",
+            file.display()
         ));
     }
     Ok(report)

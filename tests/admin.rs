@@ -505,7 +505,10 @@ fn check_reads_the_service_environment_file() {
     assert_eq!(code, 2, "{out}");
     assert!(
         out.contains("no variable set")
-            && out.contains("/etc/xhubd/xhubd.toml: the service's config file")
+            && out.contains(
+                "names no config file; checking the one the unit names, /etc/xhubd/xhubd.toml"
+            )
+            && !out.contains("ok   /etc/xhubd/xhubd.toml")
             && out.contains("FAIL configuration"),
         "{out}"
     );
