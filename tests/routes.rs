@@ -104,6 +104,21 @@ fn each_route_has_its_own_path_secrets_and_destinations(spool: &Spool) {
     let wa = br#"{"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"field":"messages","value":{"messages":[{"id":"wamid.R1","type":"text"}]}}]}]}"#;
     assert_eq!(post(&x, "/webhook/page", "wa-secret-1", wa).status, 401);
     assert_eq!(post(&x, "/webhook/whatsapp", "wa-secret-1", wa).status, 200);
+    // Each refusal's line names the route whose token or secret did not match.
+    let refusals = |what: &str| -> Vec<String> {
+        x.logs()
+            .lines()
+            .filter(|l| l.contains(what))
+            .map(str::to_owned)
+            .collect()
+    };
+    let tokens = refusals("rejected: verification request with a wrong verify token");
+    assert_eq!(tokens.len(), 2, "{tokens:?}");
+    assert!(tokens[0].contains("route=whatsapp"), "{}", tokens[0]);
+    assert!(tokens[1].contains("route=page"), "{}", tokens[1]);
+    let signatures = refusals("rejected: signature");
+    assert_eq!(signatures.len(), 1, "{signatures:?}");
+    assert!(signatures[0].contains("route=page"), "{}", signatures[0]);
     assert_eq!(
         post(&x, "/webhook/whatsapp", "wa-secret-rotated", &page_event(2)).status,
         200

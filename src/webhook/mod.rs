@@ -172,7 +172,7 @@ impl Webhook {
             Method::GET => self.verify(route, parts.uri.query()).map_err(Refused::from),
             Method::POST => self.event(route, &parts.headers, incoming).await,
             _ => {
-                warn!(method = %parts.method, "rejected: method not allowed");
+                warn!(route = %route.name, method = %parts.method, "rejected: method not allowed");
                 Err(self
                     .refuse_early(&parts.headers, incoming, Rejection::MethodNotAllowed)
                     .await)
@@ -205,17 +205,18 @@ impl Webhook {
             }
             Challenge::Missing(param) => {
                 warn!(
+                    route = %route.name,
                     missing = param,
                     "rejected: verification request without {param}"
                 );
                 Rejection::ChallengeMissing(param)
             }
             Challenge::WrongMode => {
-                warn!("rejected: verification request with hub.mode other than subscribe");
+                warn!(route = %route.name, "rejected: verification request with hub.mode other than subscribe");
                 Rejection::ChallengeMode
             }
             Challenge::WrongToken => {
-                warn!("rejected: verification request with a wrong verify token");
+                warn!(route = %route.name, "rejected: verification request with a wrong verify token");
                 Rejection::ChallengeToken
             }
         };
@@ -229,33 +230,38 @@ impl Webhook {
         headers: &http::HeaderMap,
         incoming: Incoming,
     ) -> Result<Done, Refused> {
-        let raw =
-            match body::read_limited(headers, incoming, self.max_body_bytes, self.body_timeout)
-                .await
-            {
-                Ok(raw) => raw,
-                Err(body::BodyError::TooLarge { drained }) => {
-                    warn!(limit = self.max_body_bytes, "rejected: body too large");
-                    return Err(Refused {
-                        rejection: Rejection::TooLarge,
-                        close: !drained,
-                    });
-                }
-                Err(body::BodyError::Read(e)) => {
-                    warn!(error = %e, "rejected: could not read the body");
-                    return Err(Rejection::BrokenBody.into());
-                }
-                Err(body::BodyError::TimedOut) => {
-                    warn!(
-                        timeout = ?self.body_timeout,
-                        "rejected: the body did not arrive within --body-timeout"
-                    );
-                    return Err(Refused {
-                        rejection: Rejection::BodyTimedOut,
-                        close: true,
-                    });
-                }
-            };
+        let raw = match body::read_limited(
+            headers,
+            incoming,
+            self.max_body_bytes,
+            self.body_timeout,
+        )
+        .await
+        {
+            Ok(raw) => raw,
+            Err(body::BodyError::TooLarge { drained }) => {
+                warn!(route = %route.name, limit = self.max_body_bytes, "rejected: body too large");
+                return Err(Refused {
+                    rejection: Rejection::TooLarge,
+                    close: !drained,
+                });
+            }
+            Err(body::BodyError::Read(e)) => {
+                warn!(route = %route.name, error = %e, "rejected: could not read the body");
+                return Err(Rejection::BrokenBody.into());
+            }
+            Err(body::BodyError::TimedOut) => {
+                warn!(
+                    route = %route.name,
+                    timeout = ?self.body_timeout,
+                    "rejected: the body did not arrive within --body-timeout"
+                );
+                return Err(Refused {
+                    rejection: Rejection::BodyTimedOut,
+                    close: true,
+                });
+            }
+        };
         let signature_header = headers.get("x-hub-signature-256");
         let secret = match signature::verify_which(
             signature_header.map(|v| v.as_bytes()),
@@ -265,6 +271,7 @@ impl Webhook {
             Ok(index) => &route.app_secrets[index],
             Err(e) => {
                 warn!(
+                    route = %route.name,
                     reason = e.reason(),
                     bytes = raw.len(),
                     "rejected: signature"
@@ -276,13 +283,14 @@ impl Webhook {
             Ok(doc) => doc,
             Err(json::JsonError::NotAnObject) => {
                 warn!(
+                    route = %route.name,
                     bytes = raw.len(),
                     "rejected: body is JSON but not an object"
                 );
                 return Err(Rejection::NotAnObject.into());
             }
             Err(json::JsonError::Invalid(e)) => {
-                warn!(bytes = raw.len(), error = %e, "rejected: body is not JSON");
+                warn!(route = %route.name, bytes = raw.len(), error = %e, "rejected: body is not JSON");
                 return Err(Rejection::NotJson.into());
             }
         };
