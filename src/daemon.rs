@@ -424,7 +424,7 @@ impl Daemon {
         };
         let changed = self.fixed.changed(&Fixed::of(&config));
         if !changed.is_empty() {
-            error!(file = %file.display(), changed = %changed.join(", "), "reload refused: {} only change(s) with a restart (a reload changes routes and destinations); the running configuration stays", changed.join(", "));
+            error!(file = %file.display(), changed = %changed.join(", "), "reload refused: a restart changes {}, not a reload (which changes routes and destinations); the running configuration stays", changed.join(", "));
             return;
         }
         if let Err(e) = self.fleet.apply(&config.routes) {

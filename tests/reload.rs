@@ -189,7 +189,7 @@ fn an_invalid_reload_is_refused_and_the_daemon_serves_on() {
     }
     assert!(
         r.x.logs()
-            .contains("reload refused: max_body_bytes only change(s) with a restart"),
+            .contains("reload refused: a restart changes max_body_bytes, not a reload"),
         "the refusal names the option: {}",
         r.x.logs()
     );

@@ -592,6 +592,53 @@ fn a_config_file_others_can_read_is_warned_about() {
     }
 }
 
+/// The spool holds events' payloads: the state directory xhubd makes is its owner's
+/// only, and one made open to every user beforehand is warned about, by serve and check.
+#[test]
+fn a_state_directory_others_can_enter_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let up = Upstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    let made = dir.path().join("made").join("state");
+    let x = Xhubd::start(Options::new(&up.url("/")).state_dir(&made));
+    let mode = std::fs::metadata(&made).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "{mode:o}");
+    assert!(!x.logs().contains("open to every user"), "{}", x.logs());
+    drop(x);
+
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let x = Xhubd::start(Options::new(&up.url("/")).state_dir(&open));
+    wait_for(WAIT, "the warning", || {
+        x.logs().lines().any(|l| {
+            l.contains("WARN")
+                && l.contains("the state directory")
+                && l.contains("open to every user")
+        })
+    });
+    drop(x);
+    let (code, out, _) = run_xhubd(
+        &[
+            "check",
+            "--upstream",
+            &up.url("/"),
+            "--verify-token",
+            "t",
+            "--app-secret",
+            "s",
+            "--state-dir",
+            open.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("warn the state directory") && out.contains("chmod 700"),
+        "{out}"
+    );
+}
+
 fn route_config(up: &Upstream) -> String {
     format!(
         "[[route]]\nname = \"r\"\npath = \"/r\"\nverify_token = \"t\"\napp_secret = \"s\"\n[[route.destination]]\nname = \"d\"\nurl = \"{}\"\n",

@@ -3,14 +3,27 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use super::Config;
+use super::{Config, SpoolChoice};
 use crate::listener::ListenAddr;
 
 /// One sentence per exposure (no secret in any): a config file others can read (it may
-/// hold secrets), and an admin listener beyond loopback without a token (it shows
-/// payloads and replays events).
+/// hold secrets), a state directory holding the SQLite spool that others can enter (the
+/// spool holds events' payloads), and an admin listener beyond loopback without a token
+/// (it shows payloads and replays events).
 pub fn warnings(config: &Config) -> Vec<String> {
     let mut found = Vec::new();
+    if matches!(config.spool, SpoolChoice::Sqlite) {
+        let mode = std::fs::metadata(&config.state_dir)
+            .map(|m| m.permissions().mode())
+            .unwrap_or(0);
+        if mode & 0o005 != 0 {
+            found.push(format!(
+                "the state directory {} is open to every user (mode {:o}); its spool holds the events' payloads: chmod 700 it",
+                config.state_dir.display(),
+                mode & 0o777
+            ));
+        }
+    }
     if let Some(file) = &config.config_file {
         let mode = std::fs::metadata(file)
             .map(|m| m.permissions().mode())

@@ -353,10 +353,15 @@ fn inspect_state_dir(text: &str) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// Creates the state directory if needed and proves it is writable.
+/// Creates the state directory if needed, for its owner only (mode 0700, as the unit's
+/// `StateDirectoryMode=`: the spool holds events' payloads), and proves it is writable.
 fn prepare_state_dir(text: &str) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
     let dir = state_dir_of(text)?;
-    std::fs::create_dir_all(&dir)
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
         .with_context(|| format!("--state-dir: cannot create {}", dir.display()))?;
     let probe = dir.join(".xhubd-write-test");
     std::fs::write(&probe, b"ok")
