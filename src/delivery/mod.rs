@@ -310,6 +310,7 @@ impl Delivery {
                     limit,
                     probe: down,
                     outcomes_taken,
+                    sending,
                 };
                 let waiting = claims.ready.len();
                 if ahead > 0 {
@@ -354,7 +355,14 @@ impl Delivery {
             // a claim recent enough that the attempt ends inside its leases.
             // While it is down only probes wait, taken when no instance held anything:
             // a probe needs no slot.
-            let slot_open = !shared || ((sending < slots || down) && claim_fresh);
+            // While a claim runs beside the attempts, an attempt that ends may be
+            // followed, but no more go out than when it started: the share it stores
+            // may be smaller than the last, never smaller than those.
+            let share = match &claiming {
+                Some((scan, _)) => slots.min(scan.sending),
+                None => slots,
+            };
+            let slot_open = !shared || ((sending < share || down) && claim_fresh);
             let wake_at = if down && claims.claimed.is_empty() {
                 if shared {
                     next_scan.min(probe_at)
@@ -666,6 +674,10 @@ struct Scan {
     probe: bool,
     /// The outcomes the scheduler had taken in when it started.
     outcomes_taken: u64,
+    /// The attempts in flight when it started: the fewest slots it keeps for this
+    /// instance. Until its result is in, no more than these are in flight, so that the
+    /// share it stores is never below them (another instance claims what is left).
+    sending: usize,
 }
 
 /// Gives back the claims of deliveries taken and not sent (on a shared spool), so that
