@@ -589,12 +589,23 @@ fn a_refused_password_ends_the_start_with_one_line_and_an_unreachable_database_i
     assert_eq!(x.target.post_signed(&page_event(1)).status, 503);
     assert!(!x.logs().contains("xhubd ready"));
     assert!(!x.logs().contains(PG_PASSWORD));
+    // Delivery waits for the database too, before it reads a destination's state.
+    assert!(
+        !x.logs()
+            .contains("cannot read whether the destination is down"),
+        "{}",
+        x.logs()
+    );
     assert!(x.child.as_mut().unwrap().try_wait().unwrap().is_none());
     // Stopped while still waiting: it never said it was ready.
     x.terminate();
     let logs = x.logs();
     assert!(logs.contains("stopped"), "{logs}");
     assert!(!logs.contains("xhubd ready"), "{logs}");
+    assert!(
+        !logs.contains("cannot read whether the destination is down"),
+        "{logs}"
+    );
 }
 
 /// Two machines' config: every event to `bot`; WhatsApp messages to `down`, one request

@@ -152,7 +152,22 @@ impl Delivery {
         let mut wakeups = this.store.wakeups();
         // Running from here (for /readyz): the state is read before the first scan.
         this.running.store(true, Ordering::Relaxed);
-        let mut availability = match this.store.availability(&this.destination).await {
+        // A shared spool's database may not answer yet (or have no tables yet) at start:
+        // its state is read once it does, which the first connection's wakeup says.
+        while shared && !this.store.health().is_ready() {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Ok(()) = wakeups.changed() => {}
+                _ = tokio::time::sleep(IDLE_POLL) => {}
+            }
+        }
+        let read = if shutdown.is_cancelled() {
+            // Stopped before the database answered: nothing to read, nothing to say.
+            Ok(Availability::default())
+        } else {
+            this.store.availability(&this.destination).await
+        };
+        let mut availability = match read {
             Ok(a) => a,
             Err(e) => {
                 warn!(destination = %this.destination, error = %e, "cannot read whether the destination is down; taking it as up");
