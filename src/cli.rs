@@ -375,6 +375,16 @@ pub struct ServeArgs {
 /// Options of `xhubd events`.
 #[derive(Debug, Args)]
 pub struct EventsArgs {
+    /// The daemon's TOML config file: its state_dir, spool and spool_password_file are
+    /// taken where no flag or variable gives them.
+    #[arg(long, value_name = "FILE", env = "XHUBD_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+
+    /// The options given as flags or variables (their ids), which the config file does
+    /// not override. Filled in after parsing.
+    #[arg(skip)]
+    pub explicit: std::collections::BTreeSet<String>,
+
     /// The spool directory of the daemon.
     #[arg(
         long,

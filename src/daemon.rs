@@ -63,7 +63,7 @@ pub fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => startup_error(&e),
         },
-        Command::Events(args) => match crate::events_cli::run(&args) {
+        Command::Events(args) => match crate::events_cli::run(args) {
             Ok(text) => output::print_and_exit(text.trim_end()),
             Err(e) => startup_error(&e),
         },
@@ -126,6 +126,13 @@ fn parse() -> Result<Cli, clap::Error> {
         match &mut cli.command {
             Command::Serve(args) => args.explicit = explicit_options(sub),
             Command::Check(args) => args.serve.explicit = explicit_options(sub),
+            Command::Events(args) => {
+                // Its options are global: given before or after the action.
+                args.explicit = explicit_options(sub);
+                if let Some((_, action)) = sub.subcommand() {
+                    args.explicit.extend(explicit_options(action));
+                }
+            }
             _ => {}
         }
     }

@@ -2,7 +2,8 @@
 //! directory (or the PostgreSQL database of `--spool`) directly, safe while the daemon
 //! runs: `list` and `show` open the spool read-only, `replay` and `purge` change it in
 //! short chunks (the daemon's writer never waits long for them), and none of them
-//! creates or upgrades a spool. Tables for people, `--json` for scripts.
+//! creates or upgrades a spool. Tables for people, `--json` for scripts. `--config`
+//! finds the spool where the daemon's config file says it is.
 
 use std::path::Path;
 
@@ -89,8 +90,23 @@ impl Spool {
     }
 }
 
-/// Runs one `events` subcommand and returns what to print.
-pub fn run(args: &EventsArgs) -> anyhow::Result<String> {
+/// Runs one `events` subcommand and returns what to print. With `--config`, the spool
+/// is the one the daemon's config file names, unless a flag or variable says otherwise.
+pub fn run(mut args: EventsArgs) -> anyhow::Result<String> {
+    if let Some(path) = &args.config {
+        let file = crate::config::file::load(path)?;
+        let given = |id: &str| args.explicit.contains(id);
+        if let (false, Some(dir)) = (given("state_dir"), &file.state_dir) {
+            args.state_dir = dir.clone();
+        }
+        if let (false, Some(spool)) = (given("spool"), &file.spool) {
+            args.spool = spool.clone();
+        }
+        if let (false, Some(password)) = (given("spool_password_file"), &file.spool_password_file) {
+            args.spool_password_file = Some(password.clone());
+        }
+    }
+    let args = &args;
     let access = match &args.action {
         EventsAction::List { .. } | EventsAction::Show { .. } => schema::Access::ReadOnly,
         EventsAction::Replay { .. } | EventsAction::Purge { .. } => schema::Access::ReadWrite,

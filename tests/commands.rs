@@ -234,3 +234,60 @@ fn reading_commands_never_change_a_spool() {
         "the spool is untouched"
     );
 }
+
+both_spools!(events_find_the_spool_the_config_file_names);
+/// `xhubd events --config FILE` works on the spool the daemon's config file names
+/// (`state_dir`, `spool`), the option before or after the action; a flag still wins.
+fn events_find_the_spool_the_config_file_names(spool: &Spool) {
+    let up = Upstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let spool_key = match spool {
+        Spool::Sqlite => String::new(),
+        Spool::Postgres { url, .. } => format!("spool = \"{url}\"\n"),
+    };
+    let config = dir.path().join("xhubd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = \"{}\"\n{spool_key}[[route]]\nname = \"r\"\npath = \"/webhook\"\nverify_token = \"t\"\napp_secret = \"{APP_SECRET}\"\n[[route.destination]]\nname = \"d\"\nurl = \"{}\"\n",
+            state.display(),
+            up.url("/")
+        ),
+    )
+    .unwrap();
+    let x = Xhubd::start(
+        Options::config(config.to_str().unwrap())
+            .state_dir(&state)
+            .spool(spool),
+    );
+    assert_eq!(x.target.post_signed(&page_event(1)).status, 200);
+    up.wait_for(1, Duration::from_secs(20));
+    let path = config.to_str().unwrap();
+    for args in [
+        ["events", "list", "--json", "--config", path],
+        ["events", "--config", path, "list", "--json"],
+    ] {
+        let (code, out, err) = run_xhubd(&args, None);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(list.as_array().map(Vec::len), Some(1), "{args:?}: {out}");
+    }
+    // A flag wins over the file: another state directory has no spool.
+    let elsewhere = dir.path().join("elsewhere");
+    let (code, _, err) = run_xhubd(
+        &[
+            "events",
+            "list",
+            "--config",
+            path,
+            "--spool",
+            "sqlite",
+            "--state-dir",
+            elsewhere.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no spool at"), "{err}");
+}
