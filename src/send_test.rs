@@ -16,6 +16,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::cli::SendTestArgs;
+use crate::config::routes::Route;
 use crate::delivery::upstream::error_chain;
 use crate::secret::{self, load_app_secrets, load_token, Secret};
 use crate::spool::now_ms;
@@ -54,9 +55,9 @@ pub fn main(args: &SendTestArgs) -> ExitCode {
     }
 }
 
-/// The URL, App Secret and verify token to test with: a route's of the config file, or
-/// the options'.
-fn target(args: &SendTestArgs) -> anyhow::Result<(url::Url, Secret, Secret)> {
+/// The URL, App Secret and verify token to test with, and the route tested: a route's
+/// of the config file, or the options' (then no route).
+fn target(args: &SendTestArgs) -> anyhow::Result<(url::Url, Secret, Secret, Option<Route>)> {
     let mut url = url::Url::parse(&args.url).map_err(|e| anyhow!("--url: {e}"))?;
     if let (Some(name), Some(path)) = (&args.route, &args.config) {
         let file = crate::config::file::load(path)?;
@@ -80,10 +81,11 @@ fn target(args: &SendTestArgs) -> anyhow::Result<(url::Url, Secret, Secret)> {
         url.set_path(route.path.as_deref().unwrap_or("/"));
         let secret = route
             .app_secrets
-            .into_iter()
-            .next()
+            .first()
+            .cloned()
             .context("the route has no App Secret")?;
-        return Ok((url, secret, route.verify_token));
+        let token = route.verify_token.clone();
+        return Ok((url, secret, token, Some(route)));
     }
     // The daemon's rule for secrets, so a pass here means Meta's requests pass too.
     let app_secret = load_app_secrets(&secret::require(
@@ -105,11 +107,11 @@ fn target(args: &SendTestArgs) -> anyhow::Result<(url::Url, Secret, Secret)> {
         )?,
         "verify token",
     )?;
-    Ok((url, app_secret, verify_token))
+    Ok((url, app_secret, verify_token, None))
 }
 
 async fn run(args: &SendTestArgs) -> anyhow::Result<bool> {
-    let (url, app_secret, verify_token) = target(args)?;
+    let (url, app_secret, verify_token, route) = target(args)?;
     let verify_token = String::from_utf8_lossy(verify_token.expose()).into_owned();
     let client = client(args)?;
     let mut all_ok = true;
@@ -151,8 +153,23 @@ async fn run(args: &SendTestArgs) -> anyhow::Result<bool> {
         args.object,
         args.field
     );
+    let takers = route.as_ref().map(|r| takers(r, &body, &app_secret));
     match exchange(&client, Method::POST, &url, Some(&sig), Some(body)).await {
-        Ok((200, _)) => say!("   ok: 200, the event was accepted"),
+        Ok((200, _)) => {
+            say!("   ok: 200, the event was accepted");
+            match takers {
+                Some((name, takers)) if takers.is_empty() => say!(
+                    "   note: no destination of route {name} takes this sample (object {}, field {}): it is stored and delivered nowhere; give --object and --field of events your destinations take",
+                    args.object,
+                    args.field
+                ),
+                Some((name, takers)) => say!(
+                    "   the destinations of route {name} that take it: {}",
+                    takers.join(", ")
+                ),
+                None => {}
+            }
+        }
         Ok((status, answer)) => {
             all_ok = false;
             say!(
@@ -174,6 +191,22 @@ async fn run(args: &SendTestArgs) -> anyhow::Result<bool> {
         }
     );
     Ok(all_ok)
+}
+
+/// The route's name and the destinations that take `body` (by the daemon's own plan),
+/// each named once.
+fn takers(route: &Route, body: &str, secret: &Secret) -> (String, Vec<String>) {
+    let mut names = Vec::new();
+    if let Ok(doc) = crate::webhook::json::parse_object(body.as_bytes()) {
+        let plan = crate::webhook::fanout::plan(route, body.as_bytes(), &doc, secret, false);
+        for delivery in plan.deliveries {
+            let name = delivery.destination.as_str().to_owned();
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    (route.name.clone(), names)
 }
 
 /// A Graph-style notification with `batch` updates, unique to this run so the daemon

@@ -386,6 +386,7 @@ fn items_nobody_takes_are_stored_and_counted(spool: &Spool) {
         Options::config(path.to_str().unwrap())
             .arg("--admin-listen")
             .arg(&format!("127.0.0.1:{port}"))
+            .tcp()
             .spool(spool),
     );
     assert_eq!(post(&x, "/wa", &fixture("wa-template-status"), None), 200);
@@ -408,6 +409,27 @@ fn items_nobody_takes_are_stored_and_counted(spool: &Spool) {
     assert_eq!(
         out.lines().filter(|l| l.contains("delivered")).count(),
         2,
+        "{out}"
+    );
+    // send-test says so of its sample, before anyone wonders where it went.
+    let Target::Tcp(addr) = &x.target else {
+        unreachable!()
+    };
+    let (code, out, err) = run_xhubd(
+        &[
+            "send-test",
+            "--url",
+            &format!("http://{addr}/"),
+            "--config",
+            path.to_str().unwrap(),
+            "--route",
+            "wa",
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("no destination of route wa takes this sample (object user, field photos)"),
         "{out}"
     );
 }

@@ -219,6 +219,10 @@ fn routes_and_destinations_everywhere(spool: &Spool) {
         out.contains("/blog") && out.contains("all steps passed"),
         "{out}"
     );
+    assert!(
+        out.contains("the destinations of route blog that take it: blog/comments"),
+        "{out}"
+    );
     for secret in ["blog-secret", "blog-token", "shop-secret"] {
         assert!(!out.contains(secret) && !err.contains(secret));
     }
