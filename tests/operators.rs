@@ -96,6 +96,11 @@ fn routes_and_destinations_everywhere(spool: &Spool) {
         "{page}"
     );
     assert!(page.contains("Ready"), "{page}");
+    // Its spool counts are deliveries (three here, for two events), and it says so.
+    assert!(
+        page.contains("<th>pending deliveries</th>") && page.contains("not events"),
+        "{page}"
+    );
     assert!(metrics.contains("xhubd_needs_attention 1"), "{metrics}");
 
     // The event page shows the payload as received (member order kept), and offers the

@@ -193,9 +193,9 @@ pub fn status(s: &Status<'_>) -> String {
                 " — taking and storing events (spool and delivery), as /readyz reports"
             }
             h2 { "Spool" }
-            p { "spool: " (s.spool) }
+            p { "spool: " (s.spool) ". Deliveries, one per destination that takes an event (per part when it splits), not events." }
             table {
-                tr { th { "pending" } th { "delivered" } th { "dead" } th { "oldest pending" } th { "dedup keys" } }
+                tr { th { "pending deliveries" } th { "delivered" } th { "dead" } th { "oldest pending" } th { "dedup keys" } }
                 tr {
                     td.num { (s.stats.pending) }
                     td.num { (s.stats.delivered) }
