@@ -1142,3 +1142,48 @@ fn a_client_certificate_whose_cn_is_the_user_logs_in_without_a_password() {
         "{line}"
     );
 }
+
+/// Every commit of events on the spool wakes each instance's schedulers (`LISTEN`), and
+/// a claim runs beside the attempts: deliveries already taken still go out at once
+/// while wakeups keep coming, not only once they stop.
+#[test]
+fn deliveries_go_out_while_other_instances_commits_keep_waking_the_schedulers() {
+    let pg = postgres::shared();
+    let (_db, url) = pg.fresh_database();
+    // The database 20 ms away each way: each claim takes a round trip of 40 ms or
+    // more, and wakeups come while it runs.
+    let far = common::latency::LatencyProxy::start(pg.port, Duration::from_millis(20));
+    let far_url = url.replace(&format!(":{}/", pg.port), &format!(":{}/", far.port));
+    assert_ne!(far_url, url);
+    let up = Upstream::start();
+    let (x, _) = instance(&far_url, "a", &up.url("/"), &[]);
+    // What other instances' commits do: a notification every 2 ms or so, for a minute.
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("notify.sql");
+    std::fs::write(
+        &script,
+        "SELECT pg_notify('xhubd_due', ''); SELECT pg_sleep(0.002);\n".repeat(20_000),
+    )
+    .unwrap();
+    let mut noise = std::process::Command::new("psql")
+        .args(["-X", "-q", "-o", "/dev/null", "-f"])
+        .arg(&script)
+        .arg(&url)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("psql (Debian package postgresql-client)");
+    for i in 0..5 {
+        assert_eq!(x.target.post_signed(&page_event(i)).status, 200);
+        wait_for(
+            Duration::from_secs(10),
+            &format!("event {i} delivered"),
+            || up.count() == i + 1,
+        );
+    }
+    assert!(
+        noise.try_wait().unwrap().is_none(),
+        "the notifications went on all along"
+    );
+    let _ = noise.kill();
+    let _ = noise.wait();
+}

@@ -269,6 +269,9 @@ impl Delivery {
                         }
                     }
                     Err(e) => {
+                        // The claim may have committed a smaller share than the last
+                        // before its answer was lost: no more than it counted go out.
+                        slots = slots.min(scan.sending);
                         // While the spool is known to be down, its writer says so (every
                         // 5 s); each scan's failure would only repeat it.
                         if this.store.health().is_ready() {
@@ -300,6 +303,11 @@ impl Delivery {
                 && !claims.ready.is_empty()
                 && claimed_at.is_none_or(|at| at.elapsed() >= CLAIM_START_WINDOW / 2);
             let scan_time = TokioInstant::now() >= next_scan;
+            // Taking ahead, what waits and has a slot goes out before the next claim
+            // starts: while that claim runs, no more attempts are in flight than when it
+            // started (see `share` below).
+            let could_start =
+                ahead > 0 && !down && !claims.ready.is_empty() && sending < slots && claim_fresh;
             let may_scan = claiming.is_none()
                 && if down {
                     // Down: its probe once due and nothing else is out; on a shared spool
@@ -308,7 +316,7 @@ impl Delivery {
                     claims.claimed.is_empty()
                         && (TokioInstant::now() >= probe_at || (shared && scan_time))
                 } else {
-                    (low || renew) && !no_room && (scan_now || scan_time)
+                    (low || renew) && !no_room && !could_start && (scan_now || scan_time)
                 };
             if may_scan {
                 scan_now = false;

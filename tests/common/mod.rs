@@ -11,6 +11,7 @@
 #![allow(dead_code)]
 
 pub mod faulty_upstream;
+pub mod latency;
 pub mod nginx;
 pub mod pki;
 pub mod postgres;

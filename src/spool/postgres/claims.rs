@@ -43,7 +43,9 @@ use crate::types::{Availability, DestinationKey, DueDelivery};
 /// Why this holds the concurrency for the cluster: an instance's slots in the database
 /// are never fewer than its attempts in flight (the scheduler starts an attempt only
 /// while it sends in fewer than its share, within [`CLAIM_START_WINDOW`] of its last
-/// claim), and claims to one destination are made one at a time (an advisory lock),
+/// claim; while a claim runs, only while it sends in fewer than `take.sending`, which
+/// the share that claim stores is never below; and after a claim that failed, as if it
+/// had stored `take.sending`), and claims to one destination are made one at a time (an advisory lock),
 /// each counting every other instance's live slots; so the attempts of all instances
 /// together never exceed it. Slots, not claims, are counted: a delivery stays claimed
 /// until its outcome commits, and what waits ahead is claimed too. An attempt outlives
