@@ -93,7 +93,10 @@ impl Spool {
 /// Runs one `events` subcommand and returns what to print. With `--config`, the spool
 /// is the one the daemon's config file names, unless a flag or variable says otherwise.
 pub fn run(mut args: EventsArgs) -> anyhow::Result<String> {
-    if let Some(path) = &args.config {
+    let all_given = ["state_dir", "spool", "spool_password_file"]
+        .iter()
+        .all(|id| args.explicit.contains(*id));
+    if let (Some(path), false) = (&args.config, all_given) {
         let file = crate::config::file::load(path)?;
         let given = |id: &str| args.explicit.contains(id);
         if let (false, Some(dir)) = (given("state_dir"), &file.state_dir) {

@@ -529,8 +529,8 @@ fn an_outage_longer_than_order_hold_keeps_every_conversation_in_order(spool: &Sp
             .arg("2s"),
     );
     // Five conversations of two messages: five heads failing together take the
-    // destination down (ten failures in a row) well inside order_hold, however slow
-    // the machine; the outage then lasts longer than order_hold.
+    // destination down (ten failures in a row) in two rounds of retries, well inside
+    // order_hold; the outage then lasts longer than order_hold.
     let users: Vec<(String, [String; 2])> = (1..=5)
         .map(|u| {
             (

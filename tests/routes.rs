@@ -112,6 +112,11 @@ fn each_route_has_its_own_path_secrets_and_destinations(spool: &Spool) {
             .map(str::to_owned)
             .collect()
     };
+    // Lines reach the log through a writer thread of their own.
+    wait_for(WAIT, "the three refusals logged", || {
+        refusals("rejected: verification request with a wrong verify token").len() == 2
+            && refusals("rejected: signature").len() == 1
+    });
     let tokens = refusals("rejected: verification request with a wrong verify token");
     assert_eq!(tokens.len(), 2, "{tokens:?}");
     assert!(tokens[0].contains("route=whatsapp"), "{}", tokens[0]);
