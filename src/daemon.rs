@@ -217,6 +217,14 @@ impl Fixed {
             entry("socket_mode", &c.socket_mode),
             entry("state_dir", &c.state_dir),
             entry("spool", &c.spool.describe()),
+            // By its hash, like the admin token: a new password needs a restart.
+            entry(
+                "the spool's password",
+                &match &c.spool {
+                    SpoolChoice::Postgres(target) => target.password_digest(),
+                    SpoolChoice::Sqlite => None,
+                },
+            ),
             entry("instance_name", &c.instance_name),
             entry("max_body_bytes", &c.max_body_bytes),
             entry("dedup_window", &c.dedup_window),

@@ -1187,3 +1187,48 @@ fn deliveries_go_out_while_other_instances_commits_keep_waking_the_schedulers() 
     let _ = noise.kill();
     let _ = noise.wait();
 }
+
+/// A reload that would change the spool's password (its file rewritten) is refused:
+/// the daemon goes on with the password it connected with, and says a restart is needed.
+#[test]
+fn a_reload_that_changes_the_spools_password_is_refused() {
+    let pg = postgres::shared();
+    let (_db, url) = pg.fresh_database();
+    let bare = url.replace(&format!("postgres:{PG_PASSWORD}@"), "postgres@");
+    assert_ne!(bare, url);
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("spool_password");
+    std::fs::write(&password, format!("{PG_PASSWORD}\n")).unwrap();
+    let up = Upstream::start();
+    let config = dir.path().join("xhubd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "spool = \"{bare}\"\nspool_password_file = \"{}\"\n[[route]]\nname = \"r\"\npath = \"/webhook\"\nverify_token = \"{VERIFY_TOKEN}\"\napp_secret = \"{APP_SECRET}\"\n[[route.destination]]\nname = \"d\"\nurl = \"{}\"\n",
+            password.display(),
+            up.url("/")
+        ),
+    )
+    .unwrap();
+    let x = Xhubd::start(Options::config(config.to_str().unwrap()));
+    assert_eq!(x.target.post_signed(&page_event(1)).status, 200);
+    std::fs::write(&password, "another-password\n").unwrap();
+    let pid = x.child.as_ref().unwrap().id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    wait_for(Duration::from_secs(20), "the reload answered", || {
+        x.logs().contains("reload refused")
+    });
+    assert!(
+        x.logs()
+            .contains("reload refused: a restart changes the spool's password, not a reload"),
+        "{}",
+        x.logs()
+    );
+    assert!(!x.logs().contains("another-password"));
+    assert_eq!(x.target.post_signed(&page_event(2)).status, 200);
+    up.wait_for(2, Duration::from_secs(20));
+}

@@ -193,7 +193,7 @@ pub fn status(s: &Status<'_>) -> String {
                 " — taking and storing events (spool and delivery), as /readyz reports"
             }
             h2 { "Spool" }
-            p { "spool: " (s.spool) ". Deliveries, one per destination that takes an event (per part when it splits), not events." }
+            p { "spool: " (s.spool) ". Pending, delivered and dead count deliveries, one per destination that takes an event (per part when it splits), not events." }
             table {
                 tr { th { "pending deliveries" } th { "delivered" } th { "dead" } th { "oldest pending" } th { "dedup keys" } }
                 tr {

@@ -173,6 +173,15 @@ impl PgTarget {
         &self.shown
     }
 
+    /// The hex SHA-256 of the password it connects with (`None` without one): tells a
+    /// changed password apart (a reload refuses it) without keeping or showing it.
+    pub fn password_digest(&self) -> Option<String> {
+        use sha2::Digest;
+        self.config
+            .get_password()
+            .map(|p| hex::encode(sha2::Sha256::digest(p)))
+    }
+
     /// Connects, and spawns the connection's driver. The session commits
     /// synchronously (`synchronous_commit` is raised to `on` when the server's default
     /// is `off`), so a commit that returned is on the database's disk.
