@@ -153,7 +153,9 @@ async fn run(args: &SendTestArgs) -> anyhow::Result<bool> {
         args.object,
         args.field
     );
-    let takers = route.as_ref().map(|r| takers(r, &body, &app_secret));
+    let takers = route
+        .as_ref()
+        .map(|r| (&r.name, takers(r, &body, &app_secret)));
     match exchange(&client, Method::POST, &url, Some(&sig), Some(body)).await {
         Ok((200, _)) => {
             say!("   ok: 200, the event was accepted");
@@ -193,9 +195,9 @@ async fn run(args: &SendTestArgs) -> anyhow::Result<bool> {
     Ok(all_ok)
 }
 
-/// The route's name and the destinations that take `body` (by the daemon's own plan),
-/// each named once.
-fn takers(route: &Route, body: &str, secret: &Secret) -> (String, Vec<String>) {
+/// The destinations of `route` that take `body` (by the daemon's own plan), each named
+/// once.
+fn takers(route: &Route, body: &str, secret: &Secret) -> Vec<String> {
     let mut names = Vec::new();
     if let Ok(doc) = crate::webhook::json::parse_object(body.as_bytes()) {
         let plan = crate::webhook::fanout::plan(route, body.as_bytes(), &doc, secret, false);
@@ -206,7 +208,7 @@ fn takers(route: &Route, body: &str, secret: &Secret) -> (String, Vec<String>) {
             }
         }
     }
-    (route.name.clone(), names)
+    names
 }
 
 /// A Graph-style notification with `batch` updates, unique to this run so the daemon

@@ -250,9 +250,9 @@ fn events_find_the_spool_the_config_file_names(spool: &Spool) {
     std::fs::write(
         &config,
         format!(
-            "state_dir = \"{}\"\n{spool_key}[[route]]\nname = \"r\"\npath = \"/webhook\"\nverify_token = \"t\"\napp_secret = \"{APP_SECRET}\"\n[[route.destination]]\nname = \"d\"\nurl = \"{}\"\n",
+            "state_dir = \"{}\"\n{spool_key}{}",
             state.display(),
-            up.url("/")
+            one_route_config(&up.url("/"))
         ),
     )
     .unwrap();

@@ -415,18 +415,7 @@ fn items_nobody_takes_are_stored_and_counted(spool: &Spool) {
     let Target::Tcp(addr) = &x.target else {
         unreachable!()
     };
-    let (code, out, err) = run_xhubd(
-        &[
-            "send-test",
-            "--url",
-            &format!("http://{addr}/"),
-            "--config",
-            path.to_str().unwrap(),
-            "--route",
-            "wa",
-        ],
-        None,
-    );
+    let (code, out, err) = send_test_route(addr, &path, "wa");
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         out.contains("no destination of route wa takes this sample (object user, field photos)"),

@@ -207,18 +207,7 @@ fn routes_and_destinations_everywhere(spool: &Spool) {
     let Target::Tcp(addr) = &tcp.target else {
         unreachable!()
     };
-    let (code, out, err) = run_xhubd(
-        &[
-            "send-test",
-            "--url",
-            &format!("http://{addr}/"),
-            "--config",
-            config.to_str().unwrap(),
-            "--route",
-            "blog",
-        ],
-        None,
-    );
+    let (code, out, err) = send_test_route(addr, &config, "blog");
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         out.contains("/blog") && out.contains("all steps passed"),

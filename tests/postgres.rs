@@ -1204,9 +1204,9 @@ fn a_reload_that_changes_the_spools_password_is_refused() {
     std::fs::write(
         &config,
         format!(
-            "spool = \"{bare}\"\nspool_password_file = \"{}\"\n[[route]]\nname = \"r\"\npath = \"/webhook\"\nverify_token = \"{VERIFY_TOKEN}\"\napp_secret = \"{APP_SECRET}\"\n[[route.destination]]\nname = \"d\"\nurl = \"{}\"\n",
+            "spool = \"{bare}\"\nspool_password_file = \"{}\"\n{}",
             password.display(),
-            up.url("/")
+            one_route_config(&up.url("/"))
         ),
     )
     .unwrap();

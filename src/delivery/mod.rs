@@ -336,33 +336,24 @@ impl Delivery {
                     sending,
                 };
                 let waiting = claims.ready.len();
-                if ahead > 0 {
-                    let (store, destination) = (this.store.clone(), this.destination.clone());
-                    let (held, terms) = (claims.claimed.clone(), this.terms);
-                    let task = tokio::spawn(async move {
-                        let take = Take {
-                            limit,
-                            terms,
-                            held: &held,
-                            sending,
-                            waiting,
-                            ahead,
-                            probe: scan.probe,
-                        };
-                        store.due(&destination, take).await
-                    });
-                    claiming = Some((scan, task));
-                } else {
+                let (store, destination) = (this.store.clone(), this.destination.clone());
+                let (held, terms) = (claims.claimed.clone(), this.terms);
+                let claim = async move {
                     let take = Take {
                         limit,
-                        terms: this.terms,
-                        held: &claims.claimed,
+                        terms,
+                        held: &held,
                         sending,
                         waiting,
                         ahead,
-                        probe: down,
+                        probe: scan.probe,
                     };
-                    claimed = Some((scan, this.store.due(&this.destination, take).await));
+                    store.due(&destination, take).await
+                };
+                if ahead > 0 {
+                    claiming = Some((scan, tokio::spawn(claim)));
+                } else {
+                    claimed = Some((scan, claim.await));
                     continue;
                 }
             }

@@ -599,6 +599,31 @@ pub fn run_xhubd(args: &[&str], stdin: Option<&[u8]>) -> (i32, String, String) {
     run_xhubd_with(args, stdin, &[])
 }
 
+/// `xhubd send-test` of route `route` of the config file `config`, against an xhubd
+/// listening on TCP at `addr`; returns (status, stdout, stderr).
+pub fn send_test_route(addr: &SocketAddr, config: &Path, route: &str) -> (i32, String, String) {
+    run_xhubd(
+        &[
+            "send-test",
+            "--url",
+            &format!("http://{addr}/"),
+            "--config",
+            config.to_str().unwrap(),
+            "--route",
+            route,
+        ],
+        None,
+    )
+}
+
+/// A config file's route `r` at `/webhook` (the test token and App Secret) with one
+/// destination `d` at `upstream`; top-level keys go before it.
+pub fn one_route_config(upstream: &str) -> String {
+    format!(
+        "[[route]]\nname = \"r\"\npath = \"/webhook\"\nverify_token = \"{VERIFY_TOKEN}\"\napp_secret = \"{APP_SECRET}\"\n[[route.destination]]\nname = \"d\"\nurl = \"{upstream}\"\n"
+    )
+}
+
 /// [`run_xhubd`] with these variables set in its environment.
 pub fn run_xhubd_with(
     args: &[&str],

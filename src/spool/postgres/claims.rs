@@ -29,11 +29,10 @@ use crate::types::{Availability, DestinationKey, DueDelivery};
 /// rounded up), so that instances that all claim share the destination. It takes what
 /// is free, less what it sends (`take.sending`) and what waits (`take.waiting`), plus
 /// `take.ahead`, but no more ahead than is free (what it takes ahead, another instance
-/// with free slots cannot take). Its share, stored and
-/// returned (`Taken::slots`): what is free, but no more than it uses (what it sends,
-/// what waits, and what it takes), and never fewer than it sends. A delivery this
-/// instance claimed and no longer holds (its record failed, or the instance restarted) is taken again at
-/// once; one another instance claimed, once its lease has run out. While the
+/// with free slots cannot take). Its share, stored and returned (`Taken::slots`): what
+/// is free, but no more than it uses (what it sends, what waits, and what it takes),
+/// and never fewer than it sends. A delivery this instance claimed and no longer holds
+/// (its record failed, or the instance restarted) is taken again at once; one another instance claimed, once its lease has run out. While the
 /// destination is down (its stored state, whatever `take.probe` says), only its probe
 /// is taken: one delivery, whether due or not (the one whose retry comes first, so
 /// that probes go round the pending deliveries rather than repeat one the backend keeps
@@ -45,8 +44,8 @@ use crate::types::{Availability, DestinationKey, DueDelivery};
 /// while it sends in fewer than its share, within [`CLAIM_START_WINDOW`] of its last
 /// claim; while a claim runs, only while it sends in fewer than `take.sending`, which
 /// the share that claim stores is never below; and after a claim that failed, as if it
-/// had stored `take.sending`), and claims to one destination are made one at a time (an advisory lock),
-/// each counting every other instance's live slots; so the attempts of all instances
+/// had stored `take.sending`), and claims to one destination are made one at a time
+/// (an advisory lock), each counting every other instance's live slots; so the attempts of all instances
 /// together never exceed it. Slots, not claims, are counted: a delivery stays claimed
 /// until its outcome commits, and what waits ahead is claimed too. An attempt outlives
 /// neither its claim's lease nor its slot's: a claim renews both once they have run for
