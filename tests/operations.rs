@@ -70,7 +70,17 @@ fn a_failed_commit_answers_503_stores_nothing_and_recovers(spool: &Spool) {
         Spool::Postgres { .. } => "SELECT COUNT(*) FROM dedup",
     };
     assert_eq!(x.count(identities), 0, "nothing half-written");
+    wait_for(Duration::from_secs(5), "the refusal logged", || {
+        x.logs().contains("spool error: event not stored")
+    });
     assert!(x.logs().contains("spool commit failed"));
+    let refusal = x
+        .logs()
+        .lines()
+        .find(|l| l.contains("spool error: event not stored"))
+        .map(str::to_owned)
+        .unwrap_or_default();
+    assert!(refusal.contains("route=default"), "{refusal}");
 
     // Space returns: Meta's retry of the same event is accepted and delivered once.
     refuse_inserts(&x, false);

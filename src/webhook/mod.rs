@@ -344,7 +344,7 @@ impl Webhook {
                 Ok(Done::Duplicate)
             }
             Err(e) => {
-                error!(error = %e, bytes, "spool error: event not stored, answered 503 so Meta retries");
+                error!(route = %route.name, error = %e, bytes, "spool error: event not stored, answered 503 so Meta retries");
                 Err(Rejection::Spool.into())
             }
         }
