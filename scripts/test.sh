@@ -10,7 +10,8 @@
 # browser test, postgresql for the shared spool's tests (a throw-away cluster of their
 # own; the package's cluster is left alone), prometheus for promtool, which checks and
 # unit-tests the shipped alert rules (tests/prometheus_rules.rs; the package's own
-# Prometheus server is not used). SQLite is bundled; cargo-deb comes from crates.io.
+# Prometheus server is not used), faketime for an instance whose clock is off. SQLite
+# is bundled; cargo-deb comes from crates.io.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +25,8 @@ command -v chromedriver >/dev/null || missing+=(chromium-driver)
 # The PostgreSQL spool's tests start a throw-away cluster with initdb and pg_ctl.
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 command -v promtool >/dev/null || missing+=(prometheus)
+# A PostgreSQL test runs an instance whose clock is off (libfaketime).
+compgen -G '/usr/lib/*/faketime/libfaketimeMT.so.1' >/dev/null || missing+=(faketime)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"

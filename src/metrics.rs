@@ -187,6 +187,7 @@ pub struct Metrics {
     spool_events: Family<StateLabels, Gauge>,
     oldest_pending_seconds: Gauge<f64, AtomicU64>,
     dedup_keys: Gauge,
+    clock_offset: Gauge<f64, AtomicU64>,
     claimed: Family<InstanceLabels, Gauge>,
     up: Family<DestinationLabels, Gauge>,
     rate_limited: Family<DestinationLabels, Counter>,
@@ -304,6 +305,12 @@ impl Metrics {
             "Event identities remembered to drop Meta's retries",
             dedup_keys.clone(),
         );
+        let clock_offset = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "spool_clock_offset_seconds",
+            "The spool's clock less this machine's, as last measured: on PostgreSQL the database's clock, which leases, retries and the dedup window follow (positive: this machine's clock is behind); 0 on SQLite",
+            clock_offset.clone(),
+        );
         let claimed = Family::<InstanceLabels, Gauge>::default();
         registry.register(
             "spool_claimed",
@@ -358,6 +365,7 @@ impl Metrics {
             spool_events,
             oldest_pending_seconds,
             dedup_keys,
+            clock_offset,
             claimed,
             up,
             rate_limited,
@@ -496,6 +504,8 @@ impl Metrics {
         self.oldest_pending_seconds
             .set(stats.oldest_pending_age_seconds);
         self.dedup_keys.set(stats.dedup_keys);
+        self.clock_offset
+            .set(crate::spool::clock::offset_ms() as f64 / 1000.0);
         // An instance that holds nothing any more reads as absent, not as its last count.
         self.claimed.clear();
         for c in &stats.claims {

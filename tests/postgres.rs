@@ -1232,3 +1232,73 @@ fn a_reload_that_changes_the_spools_password_is_refused() {
     assert_eq!(x.target.post_signed(&page_event(2)).status, 200);
     up.wait_for(2, Duration::from_secs(20));
 }
+
+/// An instance on a machine whose clock is 90 s behind (libfaketime) keeps the spool's
+/// times by the database's clock: its leases and slots do not read as run out to the
+/// instance beside it, so no delivery goes out twice and the destination's concurrency
+/// holds; what it stores is dated by the database's clock; and it says how far off its
+/// machine's clock is, in the log and in `xhubd_spool_clock_offset_seconds`.
+#[test]
+fn an_instance_whose_clock_is_behind_keeps_the_spools_times_by_the_databases() {
+    let pg = postgres::shared();
+    let (db, url) = pg.fresh_database();
+    let slow = FaultyUpstream::start(Mode::Slow(Duration::from_millis(1500), 200));
+    let target = slow.url("/events");
+    let admin = free_port();
+    let mut opts = Options::new(&target)
+        .arg("--spool")
+        .arg(&url)
+        .arg("--instance-name")
+        .arg("behind")
+        .arg("--upstream-concurrency")
+        .arg("2")
+        .arg("--admin-listen")
+        .arg(&format!("127.0.0.1:{admin}"));
+    for (name, value) in clock_moved("-90s") {
+        opts = opts.env(&name, &value);
+    }
+    let behind = Xhubd::start(opts);
+    let (on_time, _) = instance(&url, "on-time", &target, &["--upstream-concurrency", "2"]);
+    let bodies: Vec<Vec<u8>> = (0..6).map(page_event).collect();
+    for body in &bodies {
+        assert_eq!(behind.target.post_signed(body).status, 200);
+    }
+    wait_for(Duration::from_secs(30), "the 6 delivered", || {
+        pg.count(&db, "SELECT count(*) FROM deliveries WHERE state = 1") == 6
+    });
+    for body in &bodies {
+        let hits = slow.hits().iter().filter(|h| &h.body == body).count();
+        assert_eq!(hits, 1, "an event delivered {hits} times");
+    }
+    let most = slow.max_in_flight();
+    assert!(most <= 2, "{most} requests at once at the backend");
+    // Dated by the database's clock, not 90 s ago.
+    assert_eq!(
+        pg.count(
+            &db,
+            "SELECT count(*) FROM events
+             WHERE abs(received_at - extract(epoch FROM now()) * 1000) < 30000"
+        ),
+        6
+    );
+    // The seconds said (to a tenth) before `after`, in `text`.
+    let said = |text: &str, after: &str| -> Option<f64> {
+        let at = text.find(after)?;
+        text[..at].rsplit(' ').next()?.parse().ok()
+    };
+    let logs = behind.logs();
+    let in_log = said(&logs, " s behind the database's;");
+    assert!(in_log.is_some_and(|s| (89.5..90.5).contains(&s)), "{logs}");
+    assert!(!on_time.logs().contains("this machine's clock is"));
+    let admin = Target::Tcp(format!("127.0.0.1:{admin}").parse().unwrap());
+    let page = admin.get("/").text();
+    let on_page = said(&page, " s behind the database's: the spool's times follow");
+    assert!(on_page.is_some_and(|s| (89.5..90.5).contains(&s)), "{page}");
+    let metrics = admin.get("/metrics").text();
+    let offset: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("xhubd_spool_clock_offset_seconds "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no offset in /metrics:\n{metrics}"));
+    assert!((89.0..91.0).contains(&offset), "offset {offset}");
+}

@@ -194,6 +194,9 @@ pub fn status(s: &Status<'_>) -> String {
             }
             h2 { "Spool" }
             p { "spool: " (s.spool) ". Pending, delivered and dead count deliveries, one per destination that takes an event (per part when it splits), not events." }
+            @if let Some(off) = clock_off(crate::spool::clock::offset_ms()) {
+                p.notready { (off) }
+            }
             table {
                 tr { th { "pending deliveries" } th { "delivered" } th { "dead" } th { "oldest pending" } th { "dedup keys" } }
                 tr {
@@ -360,9 +363,34 @@ pub fn event(e: &EventDetail) -> String {
     )
 }
 
+/// What the status page says of the spool's clock when this machine's is a second or
+/// more off it (on PostgreSQL, the database's); `None` otherwise.
+fn clock_off(offset_ms: i64) -> Option<String> {
+    if offset_ms.abs() < 1_000 {
+        return None;
+    }
+    let side = if offset_ms > 0 { "behind" } else { "ahead of" };
+    Some(format!(
+        "This machine's clock is {:.1} s {side} the database's: the spool's times follow the database's clock. Set this machine's clock right (NTP).",
+        offset_ms.abs() as f64 / 1000.0
+    ))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::relative;
+    use super::{clock_off, relative};
+
+    #[test]
+    fn the_clock_is_said_off_from_a_second_either_way() {
+        assert_eq!(clock_off(999), None);
+        assert_eq!(clock_off(-999), None);
+        assert!(clock_off(90_000)
+            .unwrap()
+            .contains("90.0 s behind the database's"));
+        assert!(clock_off(-1_500)
+            .unwrap()
+            .contains("1.5 s ahead of the database's"));
+    }
 
     #[test]
     fn relative_times_use_the_largest_whole_unit() {

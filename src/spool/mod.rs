@@ -9,9 +9,11 @@
 //!   claimed under a lease.
 //! - [`views`]: what the operator's views show, whichever the engine.
 //! - [`conversations`]: conversation order, as both engines keep and ask it.
+//! - [`clock`]: the spool's clock, which is the database's on PostgreSQL.
 //! - [`copy`]: a stopped SQLite spool's pending and dead events and its dedup memory,
 //!   copied into a PostgreSQL spool (`xhubd spool copy`).
 
+pub mod clock;
 pub mod conversations;
 pub mod copy;
 pub mod postgres;
@@ -22,7 +24,7 @@ pub mod views;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -30,6 +32,7 @@ pub use crate::types::{
     AttemptReport, Availability, DedupKeys, DestinationKey, DueDelivery, NewEvent, Outcome,
     RateLimit, Signal, Stored,
 };
+pub use clock::now_ms;
 pub use store::{Running, Store};
 
 /// Bodies up to this size come with the due list (and with the writer's hand-over of
@@ -74,7 +77,8 @@ pub struct ClaimTerms {
 /// holds once they have run this long, so that an attempt started within it ends, at
 /// the destination's timeout, before its lease: the lease's margin over the timeout
 /// must be at least twice this (it is 10 s: 6 s are left for reading a body, the
-/// record's commit, and the clocks of two instances disagreeing).
+/// record's commit, and two instances' readings of the database's clock differing by
+/// their round trips: [`clock`]).
 pub const CLAIM_START_WINDOW: Duration = Duration::from_secs(2);
 
 impl ClaimTerms {
@@ -284,12 +288,4 @@ impl Spool {
             .map_err(|_| SpoolError::Closed)?;
         answer.await.map_err(|_| SpoolError::Closed)?
     }
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

@@ -689,6 +689,26 @@ pub fn busiest_second(arrivals: &[Instant]) -> usize {
     most
 }
 
+/// Environment that runs a process with its wall clock moved by `offset` (libfaketime's
+/// `FAKETIME`, e.g. `-90s`; its monotonic clock left alone), or a loud failure naming
+/// the package (scripts/test.sh installs it).
+pub fn clock_moved(offset: &str) -> Vec<(String, String)> {
+    let library = std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|arch| arch.path().join("faketime/libfaketimeMT.so.1"))
+        .find(|p| p.exists())
+        .expect(
+            "libfaketime is missing: install the Debian package faketime (scripts/test.sh does)",
+        );
+    vec![
+        ("LD_PRELOAD".into(), library.display().to_string()),
+        ("FAKETIME".into(), offset.into()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+    ]
+}
+
 /// Milliseconds since the Unix epoch, as the spool counts time.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

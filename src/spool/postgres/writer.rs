@@ -24,6 +24,7 @@ use tokio_postgres::{Client, Statement};
 use tracing::{debug, error, info, warn};
 
 use super::accept::{accept_batch, AcceptStatements, AcceptTerms};
+use super::clock::ClockWatch;
 use super::connect::{back_off, connection_lost, error_text, ConnectError, PgTarget};
 use super::record::{record_batch, Attempted, RecordStatements};
 use super::schema::{self, MigrateError, CHANNEL, LOCK_CLASS, PRUNE_LOCK};
@@ -96,12 +97,18 @@ pub(super) async fn run(
     // Only the events writer prunes.
     let mut pruning = events.then(|| PruneSchedule::new(ctx.window_ms));
     let mut growth = Growth::new();
+    // Only the events writer measures the database's clock.
+    let mut clock = events.then(ClockWatch::default);
     loop {
         let Some(s) = session.as_mut() else {
             match Session::open(&ctx.target).await {
                 Ok(s) => {
                     if events {
                         info!(database = %ctx.target.describe(), instance = %ctx.instance, "connected to the PostgreSQL spool");
+                    }
+                    // Before anything is written or claimed by the database's clock.
+                    if let Some(clock) = clock.as_mut() {
+                        clock.keep(&s.client, true).await;
                     }
                     session = Some(s);
                     delay = Duration::from_millis(100);
@@ -134,6 +141,9 @@ pub(super) async fn run(
             }
             continue;
         };
+        if let Some(clock) = clock.as_mut() {
+            clock.keep(&s.client, false).await;
+        }
         let first = tokio::select! {
             cmd = rx.recv() => cmd,
             _ = tokio::time::sleep(HEALTH_EVERY) => {
