@@ -1,8 +1,8 @@
 //! SIGHUP reloads the config file (`systemctl reload xhubd`): destinations added and
 //! removed under load with every event answered 200 and none lost; a removed
-//! destination's pending deliveries wait on disk and resume when it returns; an invalid
-//! file, or one that changes what needs a restart, is refused and the running
-//! configuration stays.
+//! destination's pending deliveries wait on disk, shown on the status page, and resume
+//! when it returns; an invalid file, or one that changes what needs a restart, is
+//! refused and the running configuration stays.
 
 mod common;
 
@@ -145,18 +145,21 @@ fn a_removed_destination_s_deliveries_wait_and_resume_when_it_returns(spool: &Sp
     let a = Upstream::start();
     let mut b = Upstream::start();
     b.stop();
-    let with_b = route(&format!(
-        "{}{}",
-        destination("a", &a.url("/")),
-        destination("b", &b.url("/"))
-    ));
+    let admin_port = free_port();
+    let top = format!("admin_listen = \"127.0.0.1:{admin_port}\"\n");
+    let with_b = top.clone()
+        + &route(&format!(
+            "{}{}",
+            destination("a", &a.url("/")),
+            destination("b", &b.url("/"))
+        ));
     let r = Running::start_on(spool, &with_b);
     for n in 0..5 {
         assert_eq!(r.post(n), 200);
     }
     a.wait_for(5, WAIT);
     r.reload(
-        &route(&destination("a", &a.url("/"))),
+        &(top + &route(&destination("a", &a.url("/")))),
         "configuration reloaded",
     );
     assert_eq!(r.post(99), 200);
@@ -165,9 +168,26 @@ fn a_removed_destination_s_deliveries_wait_and_resume_when_it_returns(spool: &Sp
         r.x.count("SELECT COUNT(*) FROM deliveries WHERE destination = 'wa/b' AND state = 0"),
         5
     );
+    // What waits for it is not hidden: the status page lists it and needs attention.
+    let admin = admin_target(admin_port);
+    let page = admin.get("/").text();
+    assert!(page.contains("Needs attention"), "{page}");
+    assert!(
+        page.contains("5 pending deliveries wait for wa/b, which the configuration no longer has"),
+        "{page}"
+    );
+    assert!(page.contains("no longer configured"), "{page}");
+    assert!(admin
+        .get("/metrics")
+        .text()
+        .contains("xhubd_needs_attention 1"));
     b.restart();
     r.reload(&with_b, "configuration reloaded");
     b.wait_for(5, WAIT);
+    wait_for(WAIT, "the status page all well again", || {
+        admin.get("/").text().contains("All well")
+    });
+    assert!(!admin.get("/").text().contains("no longer configured"));
 }
 
 #[test]

@@ -242,6 +242,16 @@ pub fn status(s: &Status<'_>) -> String {
                         td { (super::chart::last_hour(&d.flows)) }
                     }
                 }
+                @for b in super::verdict::removed(s.stats, |b| s.destinations.iter().any(|d| d.key == format!("{}/{}", b.route, b.destination))) {
+                    tr {
+                        td { (b.route) "/" (b.destination) br; span.muted { "no longer configured" } }
+                        td { span.notready { "removed" } br; span.muted { "its deliveries wait until it is configured again" } }
+                        td.num { (b.pending) }
+                        td.num { (format!("{:.1} s", b.oldest_pending_age_seconds)) }
+                        td class={ "num" @if b.dead > 0 { " state-dead" } } { (b.dead) }
+                        td { "—" } td { "—" } td { "—" } td { "—" }
+                    }
+                }
             }
             h2 id="dead" { "Dead events" }
             @if s.dead.is_empty() {

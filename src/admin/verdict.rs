@@ -3,7 +3,7 @@
 //! down; the status page's top line and `xhubd_needs_attention` say so, with the reasons.
 
 use crate::delivery::fleet::DestinationView;
-use crate::spool::views::SpoolStats;
+use crate::spool::views::{DestinationStats, SpoolStats};
 use crate::time::rfc3339;
 
 /// Failed attempts in a row after which a destination is reported failing.
@@ -48,6 +48,22 @@ impl Verdict {
                 ));
             }
         }
+        let configured = |b: &DestinationStats| {
+            destinations
+                .iter()
+                .any(|d| d.key.route() == b.route && d.key.destination() == b.destination)
+        };
+        for b in removed(stats, configured) {
+            let noun = if b.pending == 1 {
+                "delivery waits"
+            } else {
+                "deliveries wait"
+            };
+            reasons.push(format!(
+                "{} pending {noun} for {}/{}, which the configuration no longer has: they are delivered once it is configured again",
+                b.pending, b.route, b.destination
+            ));
+        }
         if stats.oldest_pending_age_seconds > BEHIND_AFTER_SECONDS {
             reasons.push(format!(
                 "delivery behind: the oldest pending event waits for {:.0} min",
@@ -61,6 +77,18 @@ impl Verdict {
     pub fn all_well(&self) -> bool {
         self.reasons.is_empty()
     }
+}
+
+/// The spool's destinations with pending deliveries that are not `configured`: removed
+/// from the configuration (by a reload or a restart) while deliveries waited for them.
+pub fn removed<'a>(
+    stats: &'a SpoolStats,
+    configured: impl Fn(&DestinationStats) -> bool + 'a,
+) -> impl Iterator<Item = &'a DestinationStats> + 'a {
+    stats
+        .destinations
+        .iter()
+        .filter(move |b| b.pending > 0 && !configured(b))
 }
 
 #[cfg(test)]
@@ -89,5 +117,35 @@ mod tests {
         let v = Verdict::of(&dead, &[failing]);
         assert_eq!(v.reasons.len(), 3, "{v:?}");
         assert!(v.reasons[1].contains("wa/bot"));
+    }
+
+    #[test]
+    fn pending_deliveries_for_a_destination_no_longer_configured_need_attention() {
+        let configured = DestinationView {
+            key: DestinationKey::new("wa", "bot"),
+            url: "http://x/".into(),
+            status: UpstreamSnapshot::default(),
+        };
+        let backlog = |destination: &str, pending| DestinationStats {
+            route: "wa".into(),
+            destination: destination.into(),
+            pending,
+            dead: 1,
+            oldest_pending_age_seconds: 1.0,
+        };
+        let stats = SpoolStats {
+            pending: 9,
+            destinations: vec![backlog("bot", 7), backlog("old", 2), backlog("gone", 0)],
+            ..SpoolStats::default()
+        };
+        let v = Verdict::of(&stats, std::slice::from_ref(&configured));
+        assert_eq!(v.reasons.len(), 1, "{v:?}");
+        assert!(
+            v.reasons[0].starts_with(
+                "2 pending deliveries wait for wa/old, which the configuration no longer has"
+            ),
+            "{v:?}"
+        );
+        assert!(Verdict::of(&SpoolStats::default(), &[configured]).all_well());
     }
 }
