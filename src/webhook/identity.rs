@@ -26,6 +26,7 @@
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use super::items;
 use crate::types::{DedupKey, DedupKeys};
 
 /// The dedup identities of one notification, as text.
@@ -60,7 +61,9 @@ impl Identity {
 }
 
 /// What the notification is about, for operators: its `object` and the first item's
-/// field (`changes[].field`, `changed_fields[]`, `messaging`, or a Threads `topic`).
+/// field (`changes[].field`, `changed_fields[]`, a `messaging[]` element's field as
+/// `match` names it (`messages`, `message_reads`, ...; `messaging` when none is known),
+/// or a Threads `topic`).
 pub fn describe(doc: &Map<String, Value>) -> (String, String) {
     let text = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or_default().to_owned();
     let object = text(doc.get("object"));
@@ -74,8 +77,16 @@ pub fn describe(doc: &Map<String, Value>) -> (String, String) {
                 text(change.get("field"))
             } else if let Some(first) = entry.get("changed_fields").and_then(|c| c.get(0)) {
                 text(Some(first))
-            } else if entry.get("messaging").is_some() {
-                "messaging".to_owned()
+            } else if let Some(messaging) = entry.get("messaging") {
+                // Named as `match` names it (`messages`, `message_reads`, ...).
+                messaging
+                    .get(0)
+                    .and_then(|element| {
+                        let order: Vec<String> = element.as_object()?.keys().cloned().collect();
+                        items::messaging_field(element, &object, &order)
+                    })
+                    .unwrap_or("messaging")
+                    .to_owned()
             } else {
                 String::new()
             }
@@ -425,6 +436,14 @@ mod tests {
         assert_eq!(
             d(json!({"object":"page","entry":[{"messaging":[]}]})),
             ("page".into(), "messaging".into())
+        );
+        assert_eq!(
+            d(json!({"object":"instagram","entry":[{"messaging":[{"message":{"mid":"m"}}]}]})),
+            ("instagram".into(), "messages".into())
+        );
+        assert_eq!(
+            d(json!({"object":"instagram","entry":[{"messaging":[{"read":{"mid":"m"}}]}]})),
+            ("instagram".into(), "messaging_seen".into())
         );
         assert_eq!(
             d(json!({"app_id":"1","topic":"moderate"})),
