@@ -263,7 +263,10 @@ impl Daemon {
             SpoolChoice::Sqlite => Some(lock_state_dir(&config)?),
             SpoolChoice::Postgres(_) => None,
         };
-        for warning in crate::config::exposure::warnings(&config) {
+        for warning in crate::config::exposure::warnings(&config)
+            .into_iter()
+            .chain(crate::config::matching::warnings(&config))
+        {
             warn!("{warning}");
         }
         let (store, spool, fresh, first_connection) = open_spool(&config)?;
@@ -445,6 +448,9 @@ impl Daemon {
         if let Err(e) = self.fleet.apply(&config.routes) {
             error!(file = %file.display(), error = %format!("{e:#}"), "reload refused: the running configuration stays");
             return;
+        }
+        for warning in crate::config::matching::warnings(&config) {
+            warn!(file = %file.display(), "{warning}");
         }
         let names: Vec<String> = config
             .routes

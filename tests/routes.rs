@@ -558,6 +558,44 @@ fn the_shipped_config_file_passes_check_as_shipped_and_with_its_examples() {
         "{out}"
     );
     assert!(!out.contains("FAIL"), "{out}");
+    // Every match of the examples is what Meta sends.
+    assert!(!out.contains(": match "), "{out}");
+}
+
+#[test]
+fn a_match_value_meta_never_sends_is_warned_about_by_check_and_at_start() {
+    let up = Upstream::start();
+    let config = format!(
+        "[[route]]\nname = \"wa\"\npath = \"/wa\"\nverify_token = \"t\"\napp_secret = \"{APP_SECRET}\"\n\
+         [[route.destination]]\nname = \"newsvc\"\nurl = \"{}\"\n\
+         match = {{ object = \"whatsapp_business_account\", field = \"mesages\", phone_number_id = \"+1 555-0100\" }}\n\
+         [[route.destination]]\nname = \"all\"\nurl = \"{}\"\nmatch = {{ field = \"messages\", value_has = \"messages\" }}\n",
+        up.url("/new"),
+        up.url("/all")
+    );
+    let (code, out, err) = check(&config, &[]);
+    assert_eq!(code, 0, "a warning, not a failure: {out}{err}");
+    assert!(
+        out.contains("warn destination wa/newsvc: match field \"mesages\": not a webhook field this release knows; did you mean \"messages\"?"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "warn destination wa/newsvc: match phone_number_id \"+1 555-0100\": not an id"
+        ),
+        "{out}"
+    );
+    assert!(!out.contains("whatsapp_business_account\":"), "{out}");
+    assert!(!out.contains("wa/all: match"), "{out}");
+    // serve says the same at start, and serves.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("xhubd.toml");
+    std::fs::write(&path, &config).unwrap();
+    let x = Xhubd::start(Options::config(path.to_str().unwrap()));
+    wait_for(WAIT, "the warning logged", || {
+        x.logs().contains("match field \"mesages\"")
+    });
+    assert!(x.logs().contains("WARN"), "{}", x.logs());
 }
 
 #[test]

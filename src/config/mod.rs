@@ -6,10 +6,12 @@
 //! - [`file`](mod@file): the TOML config file, and its overlay onto the command line.
 //! - [`routes`]: routes and destinations, validated.
 //! - [`backend_tls`]: an https destination's own CA bundle and client certificate.
+//! - [`exposure`], [`matching`]: what a valid configuration may get wrong, warned of.
 
 pub mod backend_tls;
 pub mod exposure;
 pub mod file;
+pub mod matching;
 pub mod routes;
 
 use std::path::{Path, PathBuf};
