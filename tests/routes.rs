@@ -406,6 +406,14 @@ fn every_problem_in_the_file_is_one_line_naming_the_route_and_key() {
             "feild",
         ),
         (
+            format!("{good}match = {{ entry_id = 1.5 }}\n"),
+            "entry_id: 1.5 is neither text nor a whole number",
+        ),
+        (
+            format!("retry_max_delay = \"20\"\n{good}"),
+            "retry_max_delay: duration \"20\" has no unit",
+        ),
+        (
             format!("{good}headers = {{ X-Hub-Signature-256 = \"x\" }}\n"),
             "headers",
         ),

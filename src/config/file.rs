@@ -211,10 +211,10 @@ pub struct MatchFile {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub enum OneOrMany {
+    /// Any of these (tried first: [`Scalar::Other`] would take a list whole).
+    Many(Vec<Scalar>),
     /// One value.
     One(Scalar),
-    /// Any of these.
-    Many(Vec<Scalar>),
 }
 
 /// A match value: text, or an integer written without quotes.
@@ -225,17 +225,26 @@ pub enum Scalar {
     Text(String),
     /// An integer, taken as its decimal text.
     Integer(i64),
+    /// Anything else TOML can write (a number with a fraction or beyond 64 bits, a
+    /// boolean, a table), refused by [`OneOrMany::texts`] with a clear error.
+    Other(toml::Value),
 }
 
 impl OneOrMany {
-    /// The values as text.
-    pub fn texts(&self) -> Vec<String> {
-        let text = |s: &Scalar| match s {
-            Scalar::Text(t) => t.clone(),
-            Scalar::Integer(n) => n.to_string(),
+    /// The values as text; an error for a value that is neither text nor a whole number
+    /// of 64 bits (ids beyond that are written in quotes).
+    pub fn texts(&self) -> Result<Vec<String>, String> {
+        let text = |s: &Scalar| {
+            match s {
+            Scalar::Text(t) => Ok(t.clone()),
+            Scalar::Integer(n) => Ok(n.to_string()),
+            Scalar::Other(v) => Err(format!(
+                "{v} is neither text nor a whole number: write ids in quotes, e.g. \"17841400000000001\""
+            )),
+        }
         };
         match self {
-            OneOrMany::One(s) => vec![text(s)],
+            OneOrMany::One(s) => Ok(vec![text(s)?]),
             OneOrMany::Many(list) => list.iter().map(text).collect(),
         }
     }
@@ -281,13 +290,16 @@ fn without_values(message: &str) -> String {
 }
 
 /// Puts the file's top-level serve options into `args`, except where `explicit` (the
-/// options given as flags or variables) already has them.
-pub fn overlay(args: &mut ServeArgs, file: &FileConfig) {
+/// options given as flags or variables) already has them. Returns the keys it took, so
+/// that an error in one of their values can name the file's key rather than the flag.
+pub fn overlay(args: &mut ServeArgs, file: &FileConfig) -> Vec<&'static str> {
+    let mut taken = Vec::new();
     macro_rules! take {
         ($($field:ident),* $(,)?) => {$(
             if !args.explicit.contains(stringify!($field)) {
                 if let Some(v) = &file.$field {
                     args.$field = v.clone();
+                    taken.push(stringify!($field));
                 }
             }
         )*};
@@ -297,6 +309,7 @@ pub fn overlay(args: &mut ServeArgs, file: &FileConfig) {
             if !args.explicit.contains(stringify!($field)) {
                 if let Some(v) = &file.$field {
                     args.$field = Some(v.clone());
+                    taken.push(stringify!($field));
                 }
             }
         )*};
@@ -341,6 +354,7 @@ pub fn overlay(args: &mut ServeArgs, file: &FileConfig) {
     if !args.explicit.contains("max_body_bytes") {
         if let Some(size) = &file.max_body_bytes {
             args.max_body_bytes = size.as_text();
+            taken.push("max_body_bytes");
         }
     }
     if !args.explicit.contains("app_secret") {
@@ -349,8 +363,26 @@ pub fn overlay(args: &mut ServeArgs, file: &FileConfig) {
                 SecretList::One(s) => vec![s.clone()],
                 SecretList::Many(list) => list.clone(),
             });
+            taken.push("app_secret");
         }
     }
+    taken
+}
+
+/// `error` as the file's: when it names the flag of a key the file gave (`--retry-max-delay:
+/// ...` for `retry_max_delay`), it names `path` and that key instead
+/// (`xhubd.toml: retry_max_delay: ...`); other errors are returned as they are.
+pub fn name_key(error: anyhow::Error, path: &Path, taken: &[&str]) -> anyhow::Error {
+    let text = format!("{error:#}");
+    for key in taken {
+        let flag = format!("--{}", key.replace('_', "-"));
+        if let Some(rest) = text.strip_prefix(&flag) {
+            if rest.starts_with(':') || rest.starts_with(' ') {
+                return anyhow::anyhow!("{}: {key}{rest}", path.display());
+            }
+        }
+    }
+    error
 }
 
 #[cfg(test)]
@@ -385,9 +417,9 @@ mod tests {
         .unwrap();
         assert_eq!(file.route.len(), 1);
         let m = file.route[0].destination[0].match_.clone().unwrap();
-        assert_eq!(m.field.unwrap().texts(), ["messages"]);
-        assert_eq!(m.value_has.unwrap().texts(), ["messages"]);
-        assert_eq!(m.entry_id.unwrap().texts(), ["102290129340398"]);
+        assert_eq!(m.field.unwrap().texts().unwrap(), ["messages"]);
+        assert_eq!(m.value_has.unwrap().texts().unwrap(), ["messages"]);
+        assert_eq!(m.entry_id.unwrap().texts().unwrap(), ["102290129340398"]);
         assert!(matches!(file.max_body_bytes, Some(Size::Text(_))));
     }
 

@@ -95,9 +95,22 @@ impl Config {
             Some(path) => Some((path.clone(), file::load(path)?)),
             None => None,
         };
-        if let Some((_, loaded)) = &file {
-            file::overlay(&mut args, loaded);
+        match file {
+            Some((path, loaded)) => {
+                let taken = file::overlay(&mut args, &loaded);
+                Config::check(args, Some((path.clone(), loaded)), state)
+                    .map_err(|e| file::name_key(e, &path, &taken))
+            }
+            None => Config::check(args, None, state),
         }
+    }
+
+    /// Validates `args` (with the file's options already in them) and the file's routes.
+    fn check(
+        args: ServeArgs,
+        file: Option<(PathBuf, file::FileConfig)>,
+        state: StateDir,
+    ) -> anyhow::Result<Config> {
         let listen = ListenAddr::parse(&args.listen).context("--listen")?;
         let socket_mode = u32::from_str_radix(args.socket_mode.trim_start_matches("0o"), 8)
             .ok()

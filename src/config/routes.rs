@@ -293,7 +293,7 @@ fn destination(
                 match v {
                     None => Ok(None),
                     Some(v) => {
-                        let texts = v.texts();
+                        let texts = v.texts().map_err(|e| anyhow!("match: {key}: {e}"))?;
                         if texts.is_empty() || texts.iter().any(String::is_empty) {
                             bail!("match: {key}: an empty list or value matches nothing");
                         }
