@@ -142,7 +142,15 @@ pub fn run(mut args: EventsArgs) -> anyhow::Result<String> {
             if *json {
                 Ok(serde_json::to_string_pretty(&list)?)
             } else {
-                Ok(table(&list))
+                let given: Vec<String> = [
+                    ("--state", state),
+                    ("--route", route),
+                    ("--destination", destination),
+                ]
+                .into_iter()
+                .filter_map(|(flag, v)| v.as_ref().map(|v| format!("{flag} {v}")))
+                .collect();
+                Ok(table(&list, &given))
             }
         }
         EventsAction::Show { id, json } => {
@@ -256,8 +264,9 @@ pub fn run(mut args: EventsArgs) -> anyhow::Result<String> {
     }
 }
 
-/// A plain table, one event a line.
-fn table(list: &[EventSummary]) -> String {
+/// A plain table, one event a line; `filters` (`--route wa`, ...) are named when
+/// nothing matched them, so that a misspelt name does not read as an empty spool.
+fn table(list: &[EventSummary], filters: &[String]) -> String {
     // Columns as wide as their widest value, so long names never run into the next.
     let what: Vec<String> = list
         .iter()
@@ -289,8 +298,10 @@ fn table(list: &[EventSummary]) -> String {
             error
         ));
     }
-    if list.is_empty() {
-        out.push_str("(no events)\n");
+    match (list.is_empty(), filters.is_empty()) {
+        (true, true) => out.push_str("(no events)\n"),
+        (true, false) => out.push_str(&format!("(no events match {})\n", filters.join(" "))),
+        _ => {}
     }
     out
 }

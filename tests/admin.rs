@@ -353,6 +353,13 @@ fn events_commands_work_on_the_spool_while_the_daemon_runs(spool: &Spool) {
     assert_eq!(table.lines().count(), 4, "header + 3 events:\n{table}");
     assert!(table.starts_with("RECEIVED (UTC)"));
     assert_eq!(table.matches(" dead ").count(), 2);
+    // A filter nothing matches says so, rather than reading as an empty spool.
+    let (code, none, _) = x.run_on_spool(&["events", "list", "--route", "nosuch"]);
+    assert_eq!(code, 0);
+    assert!(
+        none.ends_with("(no events match --route nosuch)\n"),
+        "{none}"
+    );
 
     let (code, json, _) = x.run_on_spool(&["events", "list", "--state", "dead", "--json"]);
     assert_eq!(code, 0);
