@@ -464,12 +464,17 @@ pub enum EventsAction {
         #[arg(long)]
         all_dead: bool,
     },
-    /// Delete delivered events accepted more than DUR ago (pending and dead events are
-    /// never purged).
+    /// Delete delivered events, or dead ones, accepted more than DUR ago (an event with a
+    /// pending delivery is never purged; purged events' identities stay remembered for
+    /// the dedup window, so Meta's retries of them are still dropped).
     Purge {
-        /// Age, e.g. 1d.
+        /// Events delivered to every destination, accepted more than DUR ago, e.g. 1d.
+        #[arg(long, value_name = "DUR", required_unless_present = "dead_before")]
+        delivered_before: Option<String>,
+        /// Events with a dead delivery and none pending (given up: looked at and done
+        /// with), accepted more than DUR ago, e.g. 7d. They can no longer be replayed.
         #[arg(long, value_name = "DUR")]
-        delivered_before: String,
+        dead_before: Option<String>,
     },
 }
 

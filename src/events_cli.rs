@@ -16,7 +16,7 @@ use crate::spool::now_ms;
 use crate::spool::postgres::inspect as pg;
 use crate::spool::sqlite::inspect;
 use crate::spool::sqlite::schema;
-use crate::spool::views::{EventDetail, EventSummary, ListFilter, Replay};
+use crate::spool::views::{EventDetail, EventSummary, Finished, ListFilter, Replay};
 use crate::time::rfc3339;
 
 /// The spool the command works on.
@@ -82,10 +82,10 @@ impl Spool {
         })
     }
 
-    fn purge_delivered_before(&self, cutoff: i64) -> anyhow::Result<usize> {
+    fn purge_before(&self, which: Finished, cutoff: i64) -> anyhow::Result<usize> {
         Ok(match self {
-            Spool::Sqlite(c) => inspect::purge_delivered_before(c, cutoff)?,
-            Spool::Postgres(rt, c) => rt.block_on(pg::purge_delivered_before(c, cutoff))?,
+            Spool::Sqlite(c) => inspect::purge_before(c, which, cutoff)?,
+            Spool::Postgres(rt, c) => rt.block_on(pg::purge_before(c, which, cutoff))?,
         })
     }
 }
@@ -249,17 +249,28 @@ pub fn run(mut args: EventsArgs) -> anyhow::Result<String> {
             let n = conn.replay_all_dead().context("cannot update the spool")?;
             Ok(format!("{n} dead event(s) pending again"))
         }
-        EventsAction::Purge { delivered_before } => {
-            let age =
-                parse_duration(delivered_before).map_err(|e| anyhow!("--delivered-before: {e}"))?;
-            let cutoff = now_ms() - age.as_millis().min(i64::MAX as u128) as i64;
-            let n = conn
-                .purge_delivered_before(cutoff)
-                .context("cannot update the spool")?;
-            Ok(format!(
-                "{n} delivered event(s) accepted before {} deleted",
-                rfc3339(cutoff)
-            ))
+        EventsAction::Purge {
+            delivered_before,
+            dead_before,
+        } => {
+            let mut said = Vec::new();
+            for (which, flag, age) in [
+                (Finished::Delivered, "--delivered-before", delivered_before),
+                (Finished::Dead, "--dead-before", dead_before),
+            ] {
+                let Some(age) = age else { continue };
+                let age = parse_duration(age).map_err(|e| anyhow!("{flag}: {e}"))?;
+                let cutoff = now_ms() - age.as_millis().min(i64::MAX as u128) as i64;
+                let n = conn
+                    .purge_before(which, cutoff)
+                    .context("cannot update the spool")?;
+                said.push(format!(
+                    "{n} {} event(s) accepted before {} deleted",
+                    which.as_str(),
+                    rfc3339(cutoff)
+                ));
+            }
+            Ok(said.join("\n"))
         }
     }
 }

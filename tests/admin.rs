@@ -336,6 +336,48 @@ fn the_status_page_escapes_payloads() {
     assert!(event.contains("x-hub-signature-256"));
 }
 
+both_spools!(dead_events_are_purged_on_request_and_pending_ones_never);
+fn dead_events_are_purged_on_request_and_pending_ones_never(spool: &Spool) {
+    let up = Upstream::start();
+    up.answer_always(400);
+    let x = Xhubd::start(
+        Options::new(&up.url("/"))
+            .spool(spool)
+            .retry("100ms", "200ms"),
+    );
+    for n in 0..2 {
+        assert_eq!(x.target.post_signed(&page_event(n)).status, 200);
+    }
+    wait_for(WAIT, "two dead", || {
+        x.count("SELECT COUNT(*) FROM deliveries WHERE state = 2") == 2
+    });
+    up.answer_always(503);
+    assert_eq!(x.target.post_signed(&page_event(2)).status, 200);
+    wait_for(WAIT, "the third refused once", || up.count() >= 3);
+
+    let (code, out, err) = x.run_on_spool(&["events", "purge", "--dead-before", "0s"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("2 dead event(s) accepted before"), "{out}");
+    assert_eq!(
+        x.count("SELECT COUNT(*) FROM events"),
+        1,
+        "the pending one stays"
+    );
+    assert_eq!(
+        x.count("SELECT COUNT(*) FROM deliveries WHERE state = 0"),
+        1
+    );
+    let (code, out, _) = x.run_on_spool(&["events", "purge", "--delivered-before", "0s"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("0 delivered"), "{out}");
+    // Meta's retry of a purged dead event is still recognised.
+    assert_eq!(x.target.post_signed(&page_event(0)).status, 200);
+    assert_eq!(x.count("SELECT COUNT(*) FROM events"), 1);
+    // Which events, it must be told.
+    let (code, _, err) = x.run_on_spool(&["events", "purge"]);
+    assert_eq!(code, 2, "{err}");
+}
+
 both_spools!(events_commands_work_on_the_spool_while_the_daemon_runs);
 fn events_commands_work_on_the_spool_while_the_daemon_runs(spool: &Spool) {
     let up = Upstream::start();

@@ -30,7 +30,7 @@ impl Verdict {
                 "deliveries"
             };
             reasons.push(format!(
-                "{} dead {noun}: replay once the backend is fixed",
+                "{} dead {noun}: replay once the backend is fixed, or purge what you are done with (xhubd events purge --dead-before)",
                 stats.dead
             ));
         }

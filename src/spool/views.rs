@@ -138,6 +138,41 @@ pub struct DestinationStats {
     pub oldest_pending_age_seconds: f64,
 }
 
+/// Which finished events a purge deletes (`xhubd events purge`); pending ones never.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finished {
+    /// Every delivery delivered (`--delivered-before`).
+    Delivered,
+    /// None pending and at least one dead (`--dead-before`): given up, looked at, done
+    /// with. Their identities stay remembered for the dedup window, as a delivered
+    /// event's do.
+    Dead,
+}
+
+impl Finished {
+    /// The SQL condition on an event `e` (both engines speak it): none of its deliveries
+    /// pending, and all delivered or one dead.
+    pub fn condition(self) -> &'static str {
+        match self {
+            Finished::Delivered => {
+                "NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.event_seq = e.seq AND o.state != 1)"
+            }
+            Finished::Dead => {
+                "NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.event_seq = e.seq AND o.state = 0)
+                 AND EXISTS (SELECT 1 FROM deliveries o WHERE o.event_seq = e.seq AND o.state = 2)"
+            }
+        }
+    }
+
+    /// How the command's answer names them: `delivered`, `dead`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Finished::Delivered => "delivered",
+            Finished::Dead => "dead",
+        }
+    }
+}
+
 /// What a replay request did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Replay {

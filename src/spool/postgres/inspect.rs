@@ -7,7 +7,7 @@ use tokio_postgres::{GenericClient, Row};
 use crate::spool::now_ms;
 use crate::spool::views::{
     state_clause, AttemptRecord, DeliveryDetail, DestinationStats, EventDetail, EventSummary,
-    InstanceClaims, ListFilter, Replay, SpoolStats,
+    Finished, InstanceClaims, ListFilter, Replay, SpoolStats,
 };
 use crate::types::{DeliveryState, DestinationKey, EventState};
 
@@ -316,23 +316,22 @@ pub async fn replay_all_dead(c: &impl GenericClient) -> Result<usize, tokio_post
     Ok(total)
 }
 
-/// Deletes events accepted before `cutoff` (unix ms) and delivered to every
-/// destination, in chunks; returns how many. Their identities stay for the window.
-pub async fn purge_delivered_before(
+/// Deletes the `which` events accepted before `cutoff` (unix ms), in chunks; returns how
+/// many. An event with a pending delivery is never purged; the identities of purged
+/// events stay until the dedup window ends, so Meta's retries of them are still dropped.
+pub async fn purge_before(
     c: &impl GenericClient,
+    which: Finished,
     cutoff: i64,
 ) -> Result<usize, tokio_postgres::Error> {
+    let sql = format!(
+        "DELETE FROM events WHERE seq IN
+           (SELECT e.seq FROM events e WHERE e.received_at < $1 AND {} LIMIT $2)",
+        which.condition()
+    );
     let mut total = 0;
     loop {
-        let n = c
-            .execute(
-                "DELETE FROM events WHERE seq IN
-                   (SELECT e.seq FROM events e WHERE e.received_at < $1
-                    AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.event_seq = e.seq AND o.state != 1)
-                    LIMIT $2)",
-                &[&cutoff, &BULK_CHUNK],
-            )
-            .await? as usize;
+        let n = c.execute(&sql, &[&cutoff, &BULK_CHUNK]).await? as usize;
         total += n;
         if (n as i64) < BULK_CHUNK {
             return Ok(total);

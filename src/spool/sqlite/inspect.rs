@@ -9,7 +9,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use crate::spool::now_ms;
 use crate::spool::views::{
     state_clause, AttemptRecord, DeliveryDetail, DestinationStats, EventDetail, EventSummary,
-    ListFilter, Replay, SpoolStats,
+    Finished, ListFilter, Replay, SpoolStats,
 };
 use crate::types::{DeliveryState, DestinationKey, EventState};
 
@@ -238,17 +238,15 @@ pub fn replay_all_dead(conn: &Connection) -> rusqlite::Result<usize> {
     })
 }
 
-/// Deletes events accepted before `cutoff` (unix ms) and delivered to every
-/// destination, in chunks; returns how many. An event with a pending or dead delivery
-/// is never purged; the dedup keys of purged events stay until the window ends, so
-/// Meta's retries of them are still dropped.
-pub fn purge_delivered_before(conn: &Connection, cutoff: i64) -> rusqlite::Result<usize> {
-    let mut stmt = conn.prepare(
+/// Deletes the `which` events accepted before `cutoff` (unix ms), in chunks; returns how
+/// many. An event with a pending delivery is never purged; the identities of purged
+/// events stay until the dedup window ends, so Meta's retries of them are still dropped.
+pub fn purge_before(conn: &Connection, which: Finished, cutoff: i64) -> rusqlite::Result<usize> {
+    let mut stmt = conn.prepare(&format!(
         "DELETE FROM events WHERE seq IN
-           (SELECT e.seq FROM events e WHERE e.received_at < ?1
-            AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.event_seq = e.seq AND o.state != 1)
-            LIMIT ?2)",
-    )?;
+           (SELECT e.seq FROM events e WHERE e.received_at < ?1 AND {} LIMIT ?2)",
+        which.condition()
+    ))?;
     in_chunks(|| stmt.execute(params![cutoff, BULK_CHUNK]))
 }
 
