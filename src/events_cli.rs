@@ -42,6 +42,13 @@ impl Spool {
                 let client = runtime
                     .block_on(target.connect())
                     .with_context(|| format!("--spool {}", target.describe()))?;
+                // Replays and purges write and compare the spool's times, which are the
+                // database's.
+                runtime
+                    .block_on(crate::spool::postgres::clock::follow(&client))
+                    .map_err(|e| {
+                        anyhow!("--spool {}: cannot read its clock: {e}", target.describe())
+                    })?;
                 Ok(Spool::Postgres(runtime, client))
             }
         }

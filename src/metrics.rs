@@ -308,7 +308,7 @@ impl Metrics {
         let clock_offset = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "spool_clock_offset_seconds",
-            "The spool's clock less this machine's, as last measured: on PostgreSQL the database's clock, which leases, retries and the dedup window follow (positive: this machine's clock is behind); 0 on SQLite",
+            "The spool's clock less this machine's wall clock: on PostgreSQL the database's clock (read every 15 s), which leases, retries and the dedup window follow (positive: this machine's clock is behind); 0 on SQLite",
             clock_offset.clone(),
         );
         let claimed = Family::<InstanceLabels, Gauge>::default();

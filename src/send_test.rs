@@ -19,7 +19,7 @@ use crate::cli::SendTestArgs;
 use crate::config::routes::Route;
 use crate::delivery::upstream::error_chain;
 use crate::secret::{self, load_app_secrets, load_token, Secret};
-use crate::spool::now_ms;
+use crate::spool::clock::system_ms;
 use crate::webhook::signature;
 
 /// Prints a line of the report; a reader that went away (`| head`) ends nothing.
@@ -214,7 +214,7 @@ fn takers(route: &Route, body: &str, secret: &Secret) -> Vec<String> {
 /// A Graph-style notification with `batch` updates, unique to this run so the daemon
 /// never takes it for a retry.
 fn sample(object: &str, field: &str, batch: usize) -> String {
-    let now = now_ms() / 1000;
+    let now = system_ms() / 1000;
     let run = fastrand::u64(..);
     let entries: Vec<String> = (0..batch.max(1))
         .map(|i| {

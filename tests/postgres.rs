@@ -1237,7 +1237,9 @@ fn a_reload_that_changes_the_spools_password_is_refused() {
 /// times by the database's clock: its leases and slots do not read as run out to the
 /// instance beside it, so no delivery goes out twice and the destination's concurrency
 /// holds; what it stores is dated by the database's clock; and it says how far off its
-/// machine's clock is, in the log and in `xhubd_spool_clock_offset_seconds`.
+/// machine's clock is, in the log, on the status page and in
+/// `xhubd_spool_clock_offset_seconds`. When its clock is then set right (a jump of 90 s
+/// while it runs), nothing it dates moves, and it says the clocks agree again.
 #[test]
 fn an_instance_whose_clock_is_behind_keeps_the_spools_times_by_the_databases() {
     let pg = postgres::shared();
@@ -1245,6 +1247,8 @@ fn an_instance_whose_clock_is_behind_keeps_the_spools_times_by_the_databases() {
     let slow = FaultyUpstream::start(Mode::Slow(Duration::from_millis(1500), 200));
     let target = slow.url("/events");
     let admin = free_port();
+    let clock = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(clock.path(), "-90s\n").unwrap();
     let mut opts = Options::new(&target)
         .arg("--spool")
         .arg(&url)
@@ -1254,11 +1258,26 @@ fn an_instance_whose_clock_is_behind_keeps_the_spools_times_by_the_databases() {
         .arg("2")
         .arg("--admin-listen")
         .arg(&format!("127.0.0.1:{admin}"));
-    for (name, value) in clock_moved("-90s") {
+    for (name, value) in clock_moved(clock.path()) {
         opts = opts.env(&name, &value);
     }
     let behind = Xhubd::start(opts);
     let (on_time, _) = instance(&url, "on-time", &target, &["--upstream-concurrency", "2"]);
+    let dated_now = |n: i64| {
+        pg.count(
+            &db,
+            "SELECT count(*) FROM events
+             WHERE abs(received_at - extract(epoch FROM now()) * 1000) < 30000",
+        ) == n
+    };
+    let delivered_once = |bodies: &[Vec<u8>]| {
+        for body in bodies {
+            let hits = slow.hits().iter().filter(|h| &h.body == body).count();
+            assert_eq!(hits, 1, "an event delivered {hits} times");
+        }
+        let most = slow.max_in_flight();
+        assert!(most <= 2, "{most} requests at once at the backend");
+    };
     let bodies: Vec<Vec<u8>> = (0..6).map(page_event).collect();
     for body in &bodies {
         assert_eq!(behind.target.post_signed(body).status, 200);
@@ -1266,21 +1285,8 @@ fn an_instance_whose_clock_is_behind_keeps_the_spools_times_by_the_databases() {
     wait_for(Duration::from_secs(30), "the 6 delivered", || {
         pg.count(&db, "SELECT count(*) FROM deliveries WHERE state = 1") == 6
     });
-    for body in &bodies {
-        let hits = slow.hits().iter().filter(|h| &h.body == body).count();
-        assert_eq!(hits, 1, "an event delivered {hits} times");
-    }
-    let most = slow.max_in_flight();
-    assert!(most <= 2, "{most} requests at once at the backend");
-    // Dated by the database's clock, not 90 s ago.
-    assert_eq!(
-        pg.count(
-            &db,
-            "SELECT count(*) FROM events
-             WHERE abs(received_at - extract(epoch FROM now()) * 1000) < 30000"
-        ),
-        6
-    );
+    delivered_once(&bodies);
+    assert!(dated_now(6), "dated by the database's clock, not 90 s ago");
     // The seconds said (to a tenth) before `after`, in `text`.
     let said = |text: &str, after: &str| -> Option<f64> {
         let at = text.find(after)?;
@@ -1301,4 +1307,23 @@ fn an_instance_whose_clock_is_behind_keeps_the_spools_times_by_the_databases() {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no offset in /metrics:\n{metrics}"));
     assert!((89.0..91.0).contains(&offset), "offset {offset}");
+
+    // The machine's clock is set right while it runs: 90 s forward at once.
+    std::fs::write(clock.path(), "+0\n").unwrap();
+    let later: Vec<Vec<u8>> = (6..12).map(page_event).collect();
+    // libfaketime reads the file again after a second.
+    std::thread::sleep(Duration::from_millis(1500));
+    for body in &later {
+        assert_eq!(behind.target.post_signed(body).status, 200);
+    }
+    wait_for(Duration::from_secs(30), "the 12 delivered", || {
+        pg.count(&db, "SELECT count(*) FROM deliveries WHERE state = 1") == 12
+    });
+    delivered_once(&[bodies, later].concat());
+    assert!(dated_now(12), "nothing dated 90 s ahead after the jump");
+    wait_for(Duration::from_secs(40), "the clocks said to agree", || {
+        behind
+            .logs()
+            .contains("this machine's clock agrees with the database's again")
+    });
 }

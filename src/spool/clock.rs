@@ -5,24 +5,32 @@
 //! With SQLite it is this machine's clock. On a PostgreSQL spool, instances on several
 //! machines compare times the others wrote: a lease written by a machine whose clock is
 //! a minute behind reads as run out on the others, and the delivery it covers would be
-//! made twice. So there the spool's clock is the database's: the writer measures how far
-//! the database's clock is from this machine's (`postgres::clock`), at each connection and
-//! every minute, and [`now_ms`] adds that offset. Instances then agree to within their
-//! round trip to the database, whatever their own clocks say.
+//! made twice. So there the spool's clock is the database's: a reading of the database's
+//! clock (`postgres::clock`, at each connection and then every few seconds) is tied to
+//! this machine's monotonic clock, and [`now_ms`] counts on from it. A jump of this
+//! machine's wall clock (NTP setting it right, an operator's `date`) then moves nothing;
+//! the monotonic clock's own slewing is caught by the next reading.
 
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-/// The spool's clock less this machine's, in milliseconds, as last measured (0 until
-/// then, and always on SQLite).
-static OFFSET_MS: AtomicI64 = AtomicI64::new(0);
+/// Whether a reading of the database's clock has been taken (never on SQLite).
+static ANCHORED: AtomicBool = AtomicBool::new(false);
+/// The database's clock less [`monotonic_ms`], in ms, at the last reading.
+static DATABASE_LESS_MONOTONIC_MS: AtomicI64 = AtomicI64::new(0);
 
-/// The spool's clock: milliseconds since the Unix epoch.
+/// The spool's clock: milliseconds since the Unix epoch. The database's, counted on
+/// from its last reading, once there is one; this machine's until then.
 pub fn now_ms() -> i64 {
-    system_ms().saturating_add(OFFSET_MS.load(Ordering::Relaxed))
+    if ANCHORED.load(Ordering::Acquire) {
+        monotonic_ms().saturating_add(DATABASE_LESS_MONOTONIC_MS.load(Ordering::Relaxed))
+    } else {
+        system_ms()
+    }
 }
 
-/// This machine's clock: milliseconds since the Unix epoch (0 before 1970).
+/// This machine's wall clock: milliseconds since the Unix epoch (0 before 1970).
 pub fn system_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -30,13 +38,25 @@ pub fn system_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// The spool's clock less this machine's, in milliseconds: positive when this machine's
-/// clock is behind the database's.
-pub fn offset_ms() -> i64 {
-    OFFSET_MS.load(Ordering::Relaxed)
+/// This machine's monotonic clock: milliseconds since the first call.
+pub fn monotonic_ms() -> i64 {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    BASE.get_or_init(Instant::now).elapsed().as_millis() as i64
 }
 
-/// Sets the offset [`now_ms`] adds (the database's clock less this machine's, ms).
-pub fn set_offset_ms(ms: i64) {
-    OFFSET_MS.store(ms, Ordering::Relaxed);
+/// The spool's clock less this machine's wall clock, in milliseconds: positive when this
+/// machine's clock is behind the database's; 0 on SQLite.
+pub fn offset_ms() -> i64 {
+    if ANCHORED.load(Ordering::Acquire) {
+        now_ms() - system_ms()
+    } else {
+        0
+    }
+}
+
+/// Takes a reading of the database's clock: it read `database_ms` at `monotonic_ms`
+/// ([`monotonic_ms`]'s scale). [`now_ms`] counts on from it.
+pub(crate) fn anchor(database_ms: i64, monotonic_ms: i64) {
+    DATABASE_LESS_MONOTONIC_MS.store(database_ms - monotonic_ms, Ordering::Relaxed);
+    ANCHORED.store(true, Ordering::Release);
 }

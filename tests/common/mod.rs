@@ -689,10 +689,11 @@ pub fn busiest_second(arrivals: &[Instant]) -> usize {
     most
 }
 
-/// Environment that runs a process with its wall clock moved by `offset` (libfaketime's
-/// `FAKETIME`, e.g. `-90s`; its monotonic clock left alone), or a loud failure naming
-/// the package (scripts/test.sh installs it).
-pub fn clock_moved(offset: &str) -> Vec<(String, String)> {
+/// Environment that runs a process with its wall clock moved by what `file` says
+/// (libfaketime's `FAKETIME_TIMESTAMP_FILE`, e.g. `-90s`, read again each second, so
+/// rewriting it makes the clock jump; the monotonic clock is left alone), or a loud
+/// failure naming the package (scripts/test.sh installs it).
+pub fn clock_moved(file: &Path) -> Vec<(String, String)> {
     let library = std::fs::read_dir("/usr/lib")
         .into_iter()
         .flatten()
@@ -704,7 +705,8 @@ pub fn clock_moved(offset: &str) -> Vec<(String, String)> {
         );
     vec![
         ("LD_PRELOAD".into(), library.display().to_string()),
-        ("FAKETIME".into(), offset.into()),
+        ("FAKETIME_TIMESTAMP_FILE".into(), file.display().to_string()),
+        ("FAKETIME_CACHE_DURATION".into(), "1".into()),
         ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
     ]
 }

@@ -1,8 +1,9 @@
-//! The database's clock, as the spool's (see [`crate::spool::clock`]): how far it is
-//! from this machine's, measured by the events writer on each connection and every
-//! minute, and said in the log when this machine's clock is a second or more off.
+//! The database's clock, as the spool's (see [`crate::spool::clock`]): read by the
+//! events writer on each connection and every few seconds (and by `xhubd events` on
+//! connecting), and said in the log when this machine's wall clock is a second or more
+//! off it.
 //!
-//! A measurement asks for `clock_timestamp()` three times and keeps the answer with the
+//! A reading asks for `clock_timestamp()` three times and keeps the answer with the
 //! shortest round trip, taking the database's reading to be at its middle: the error is
 //! at most half that round trip.
 
@@ -12,89 +13,139 @@ use tokio_postgres::Client;
 use tracing::{debug, info, warn};
 
 use super::connect::error_text;
-use crate::spool::clock::{offset_ms, set_offset_ms, system_ms};
+use crate::spool::clock::{anchor, monotonic_ms, offset_ms};
 
-/// How often the offset is measured again while connected.
-const EVERY: Duration = Duration::from_secs(60);
+/// How often the clock is read again while connected.
+const EVERY: Duration = Duration::from_secs(15);
+/// How soon a failed reading is tried again.
+const AGAIN_AFTER_FAILURE: Duration = Duration::from_secs(1);
 /// An offset from this (ms) on is said in the log: machines kept by NTP are within
 /// milliseconds of each other.
 const WARN_FROM_MS: i64 = 1_000;
 /// Readings per measurement.
 const READINGS: usize = 3;
 
-/// When the offset was last measured, and the offset the log last said was off.
+/// When the clock is next read, whether it ever was, and the offset the log last said
+/// was off.
 #[derive(Default)]
 pub(super) struct ClockWatch {
-    last: Option<Instant>,
+    next: Option<Instant>,
+    read_once: bool,
     said: Option<i64>,
 }
 
 impl ClockWatch {
-    /// Measures the offset on `client` if a minute has passed since the last time
-    /// (or `now` asks for it: a new connection), sets it as the spool's, and logs a
-    /// change across a second. A failed reading keeps the last offset: the commit that
-    /// follows finds the connection's fault.
+    /// Reads the database's clock on `client` when it is time to (or `now` asks for it:
+    /// a new connection) and makes it the spool's, then logs an offset that changed
+    /// across a second. A failed reading keeps the last one (the commit that follows
+    /// finds the connection's fault) and is tried again a second later; before any
+    /// reading the spool's times follow this machine's clock, which is said once.
     pub(super) async fn keep(&mut self, client: &Client, now: bool) {
-        if !now && self.last.is_some_and(|t| t.elapsed() < EVERY) {
+        if !now && self.next.is_some_and(|t| Instant::now() < t) {
             return;
         }
-        self.last = Some(Instant::now());
-        match measure(client).await {
-            Ok(offset) => {
-                set_offset_ms(offset);
-                self.say(offset);
+        match follow(client).await {
+            Ok(()) => {
+                self.next = Some(Instant::now() + EVERY);
+                self.read_once = true;
+                if let Some(line) = self.say(offset_ms()) {
+                    line.log();
+                }
             }
             Err(e) => {
-                debug!(error = %e, "cannot read the database's clock; keeping the last offset")
+                self.next = Some(Instant::now() + AGAIN_AFTER_FAILURE);
+                if self.read_once {
+                    debug!(error = %e, "cannot read the database's clock; counting on from the last reading");
+                } else {
+                    warn!(error = %e, "cannot read the database's clock; the spool's times follow this machine's until it can");
+                    self.read_once = true;
+                }
             }
         }
     }
 
-    /// Logs an offset of a second or more, again when it has moved by a second since
-    /// it was last said, and its return within a second.
-    fn say(&mut self, offset: i64) {
-        let offset_s = format!("{:.3}", offset as f64 / 1000.0);
+    /// What the log says of `offset` (ms), if anything: an offset of a second or more,
+    /// again when it has moved by a second since it was last said, and its return
+    /// within a second.
+    fn say(&mut self, offset: i64) -> Option<Said> {
         if offset.abs() < WARN_FROM_MS {
-            if self.said.take().is_some() {
-                info!(offset_s = %offset_s, "this machine's clock agrees with the database's again");
-            }
-            return;
+            return self.said.take().map(|_| Said::Agrees(offset));
         }
         if self
             .said
             .is_some_and(|said| (offset - said).abs() < WARN_FROM_MS)
         {
-            return;
+            return None;
         }
         self.said = Some(offset);
-        let seconds = format!("{:.1}", offset.abs() as f64 / 1000.0);
-        let side = if offset > 0 { "behind" } else { "ahead of" };
-        warn!(offset_s = %offset_s, "this machine's clock is {seconds} s {side} the database's; the spool's times (leases, retries, the dedup window) follow the database's clock. Set this machine's clock right (NTP): the log's own times are this machine's");
+        Some(Said::Off(offset))
     }
 }
 
-/// The database's clock less this machine's, in milliseconds, from the reading with the
-/// shortest round trip.
-async fn measure(client: &Client) -> Result<i64, String> {
+/// A line about the clock.
+#[derive(Debug, PartialEq, Eq)]
+enum Said {
+    /// This machine's wall clock is this far (ms) from the database's.
+    Off(i64),
+    /// It agrees again (within a second).
+    Agrees(i64),
+}
+
+impl Said {
+    fn log(&self) {
+        match *self {
+            Said::Off(offset) => {
+                let seconds = format!("{:.1}", offset.abs() as f64 / 1000.0);
+                let side = if offset > 0 { "behind" } else { "ahead of" };
+                warn!(offset_s = %format!("{:.3}", offset as f64 / 1000.0), "this machine's clock is {seconds} s {side} the database's; the spool's times (leases, retries, the dedup window) follow the database's clock. Set this machine's clock right (NTP): the log's own times are this machine's");
+            }
+            Said::Agrees(offset) => {
+                info!(offset_s = %format!("{:.3}", offset as f64 / 1000.0), "this machine's clock agrees with the database's again");
+            }
+        }
+    }
+}
+
+/// Reads the database's clock on `client` and makes it the spool's: the reading with the
+/// shortest round trip, tied to this machine's monotonic clock at its middle.
+pub async fn follow(client: &Client) -> Result<(), String> {
     let statement = client
         .prepare("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint")
         .await
         .map_err(|e| error_text(&e))?;
-    let mut best: Option<(Duration, i64)> = None;
+    let mut best: Option<(i64, i64, i64)> = None;
     for _ in 0..READINGS {
-        let sent = Instant::now();
-        let before = system_ms();
+        let before = monotonic_ms();
         let row = client
             .query_one(&statement, &[])
             .await
             .map_err(|e| error_text(&e))?;
-        let round_trip = sent.elapsed();
-        let after = system_ms();
+        let after = monotonic_ms();
         let database: i64 = row.try_get(0).map_err(|e| error_text(&e))?;
-        let offset = database - (before + (after - before) / 2);
-        if best.is_none_or(|(rt, _)| round_trip < rt) {
-            best = Some((round_trip, offset));
+        let round_trip = after - before;
+        if best.is_none_or(|(rt, _, _)| round_trip < rt) {
+            best = Some((round_trip, database, before + round_trip / 2));
         }
     }
-    Ok(best.map_or_else(offset_ms, |(_, offset)| offset))
+    if let Some((_, database, at)) = best {
+        anchor(database, at);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ClockWatch, Said};
+
+    #[test]
+    fn an_offset_is_said_once_again_when_it_moves_a_second_and_when_it_is_gone() {
+        let mut watch = ClockWatch::default();
+        assert_eq!(watch.say(200), None);
+        assert_eq!(watch.say(90_000), Some(Said::Off(90_000)));
+        assert_eq!(watch.say(90_400), None);
+        assert_eq!(watch.say(-90_000), Some(Said::Off(-90_000)));
+        assert_eq!(watch.say(-89_500), None);
+        assert_eq!(watch.say(300), Some(Said::Agrees(300)));
+        assert_eq!(watch.say(100), None);
+    }
 }

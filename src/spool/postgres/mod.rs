@@ -9,14 +9,14 @@
 //!   `200` stands on), one for the outcomes of attempts.
 //! - `accept`, `record`: what one commit of each runs, in a fixed number of statements.
 //! - `statistics`: the planner's statistics, kept current while the spool grows.
-//! - `clock`: the database's clock, which the spool's times follow.
+//! - [`clock`]: the database's clock, which the spool's times follow.
 //! - `claims`: due deliveries, claimed under a lease (`FOR UPDATE SKIP LOCKED`).
 //! - `listen`: wake-ups from other instances (`LISTEN`/`NOTIFY`).
 //! - [`inspect`]: the operator's views.
 
 mod accept;
 mod claims;
-mod clock;
+pub mod clock;
 pub mod connect;
 pub mod inspect;
 mod listen;
