@@ -242,9 +242,9 @@ pub fn status(s: &Status<'_>) -> String {
                         td { (super::chart::last_hour(&d.flows)) }
                     }
                 }
-                @for b in super::verdict::removed(s.stats, |b| s.destinations.iter().any(|d| d.key == format!("{}/{}", b.route, b.destination))) {
+                @for b in &s.verdict.removed {
                     tr {
-                        td { (b.route) "/" (b.destination) br; span.muted { "no longer configured" } }
+                        td { (b.route) "/" (b.destination) br; span.muted { "not in this instance's configuration" } }
                         td { span.notready { "removed" } br; span.muted { "its deliveries wait until it is configured again" } }
                         td.num { (b.pending) }
                         td.num { (format!("{:.1} s", b.oldest_pending_age_seconds)) }

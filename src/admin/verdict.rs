@@ -17,6 +17,10 @@ pub const BEHIND_AFTER_SECONDS: f64 = 15.0 * 60.0;
 pub struct Verdict {
     /// What needs attention; empty when all is well.
     pub reasons: Vec<String>,
+    /// The spool's destinations with pending deliveries that this instance's
+    /// configuration does not have: removed (by a reload or a restart) while deliveries
+    /// waited for them, or, on a shared spool, added by another instance's configuration.
+    pub removed: Vec<DestinationStats>,
 }
 
 impl Verdict {
@@ -48,19 +52,25 @@ impl Verdict {
                 ));
             }
         }
-        let configured = |b: &DestinationStats| {
-            destinations
-                .iter()
-                .any(|d| d.key.route() == b.route && d.key.destination() == b.destination)
-        };
-        for b in removed(stats, configured) {
+        let removed: Vec<DestinationStats> = stats
+            .destinations
+            .iter()
+            .filter(|b| {
+                b.pending > 0
+                    && !destinations
+                        .iter()
+                        .any(|d| d.key.route() == b.route && d.key.destination() == b.destination)
+            })
+            .cloned()
+            .collect();
+        for b in &removed {
             let noun = if b.pending == 1 {
                 "delivery waits"
             } else {
                 "deliveries wait"
             };
             reasons.push(format!(
-                "{} pending {noun} for {}/{}, which the configuration no longer has: they are delivered once it is configured again",
+                "{} pending {noun} for {}/{}, which this instance's configuration does not have: they are delivered once it is configured again",
                 b.pending, b.route, b.destination
             ));
         }
@@ -70,25 +80,13 @@ impl Verdict {
                 stats.oldest_pending_age_seconds / 60.0
             ));
         }
-        Verdict { reasons }
+        Verdict { reasons, removed }
     }
 
     /// Whether all is well.
     pub fn all_well(&self) -> bool {
         self.reasons.is_empty()
     }
-}
-
-/// The spool's destinations with pending deliveries that are not `configured`: removed
-/// from the configuration (by a reload or a restart) while deliveries waited for them.
-pub fn removed<'a>(
-    stats: &'a SpoolStats,
-    configured: impl Fn(&DestinationStats) -> bool + 'a,
-) -> impl Iterator<Item = &'a DestinationStats> + 'a {
-    stats
-        .destinations
-        .iter()
-        .filter(move |b| b.pending > 0 && !configured(b))
 }
 
 #[cfg(test)]
@@ -140,9 +138,10 @@ mod tests {
         };
         let v = Verdict::of(&stats, std::slice::from_ref(&configured));
         assert_eq!(v.reasons.len(), 1, "{v:?}");
+        assert_eq!(v.removed.len(), 1, "{v:?}");
         assert!(
             v.reasons[0].starts_with(
-                "2 pending deliveries wait for wa/old, which the configuration no longer has"
+                "2 pending deliveries wait for wa/old, which this instance's configuration does not have"
             ),
             "{v:?}"
         );

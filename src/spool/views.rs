@@ -124,7 +124,7 @@ pub struct InstanceClaims {
 }
 
 /// A destination's backlog.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DestinationStats {
     /// The route's name.
     pub route: String,
