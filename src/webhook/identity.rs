@@ -60,17 +60,22 @@ impl Identity {
     }
 }
 
-/// What the notification is about, for operators: its `object` and the first item's
-/// field (`changes[].field`, `changed_fields[]`, a `messaging[]` element's field as
-/// `match` names it (`messages`, `message_reads`, ...; `messaging` when none is known),
-/// or a Threads `topic`).
+/// What the notification is about, for operators: its `object` (`threads` for a
+/// Threads body, as `match` names it) and its first item's field as `match` names it:
+/// `changes[].field`, `changed_fields[]`, a `messaging[]` element's field (`messages`,
+/// `message_reads`, ...; `messaging` when none is known; of two event members in one
+/// element, the first in alphabetical order), `standby`, or a Threads value's `field`
+/// (its `topic` when it has none).
 pub fn describe(doc: &Map<String, Value>) -> (String, String) {
     let text = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or_default().to_owned();
-    let object = text(doc.get("object"));
     let entry = doc
         .get("entry")
         .and_then(Value::as_array)
         .and_then(|e| e.first());
+    let object = match doc.get("object") {
+        None if doc.get("entry").is_none() => "threads".to_owned(),
+        object => text(object),
+    };
     let field = match entry {
         Some(entry) => {
             if let Some(change) = entry.get("changes").and_then(|c| c.get(0)) {
@@ -78,7 +83,6 @@ pub fn describe(doc: &Map<String, Value>) -> (String, String) {
             } else if let Some(first) = entry.get("changed_fields").and_then(|c| c.get(0)) {
                 text(Some(first))
             } else if let Some(messaging) = entry.get("messaging") {
-                // Named as `match` names it (`messages`, `message_reads`, ...).
                 messaging
                     .get(0)
                     .and_then(|element| {
@@ -87,11 +91,20 @@ pub fn describe(doc: &Map<String, Value>) -> (String, String) {
                     })
                     .unwrap_or("messaging")
                     .to_owned()
+            } else if entry.get("standby").is_some() {
+                "standby".to_owned()
             } else {
                 String::new()
             }
         }
-        None => text(doc.get("topic")),
+        None => {
+            let values = doc.get("values");
+            let value = values.and_then(|v| v.get(0)).or(values);
+            match value.and_then(|v| v.get("field")).and_then(Value::as_str) {
+                Some(field) => field.to_owned(),
+                None => text(doc.get("topic")),
+            }
+        }
     };
     (object, field)
 }
@@ -447,7 +460,15 @@ mod tests {
         );
         assert_eq!(
             d(json!({"app_id":"1","topic":"moderate"})),
-            ("".into(), "moderate".into())
+            ("threads".into(), "moderate".into())
+        );
+        assert_eq!(
+            d(json!({"app_id":"1","topic":"moderate","values":[{"field":"replies"}]})),
+            ("threads".into(), "replies".into())
+        );
+        assert_eq!(
+            d(json!({"object":"page","entry":[{"standby":[{"message":{}}]}]})),
+            ("page".into(), "standby".into())
         );
         assert_eq!(d(json!({"object":7})), ("".into(), "".into()));
     }
