@@ -600,10 +600,25 @@ fn a_match_value_meta_never_sends_is_warned_about_by_check_and_at_start() {
     let path = dir.path().join("xhubd.toml");
     std::fs::write(&path, &config).unwrap();
     let x = Xhubd::start(Options::config(path.to_str().unwrap()));
+    let warned = |what: &str| {
+        x.logs()
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains(what))
+    };
     wait_for(WAIT, "the warning logged", || {
-        x.logs().contains("match field \"mesages\"")
+        warned("match field \"mesages\"")
     });
-    assert!(x.logs().contains("WARN"), "{}", x.logs());
+    // And on a reload.
+    std::fs::write(&path, config.replace("\"mesages\"", "\"mentoins\"")).unwrap();
+    let pid = x.child.as_ref().unwrap().id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    wait_for(WAIT, "the reload's warning logged", || {
+        warned("match field \"mentoins\": not a webhook field this release knows; did you mean \"mentions\"?")
+    });
 }
 
 #[test]

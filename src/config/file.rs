@@ -225,8 +225,9 @@ pub enum Scalar {
     Text(String),
     /// An integer, taken as its decimal text.
     Integer(i64),
-    /// Anything else TOML can write (a number with a fraction or beyond 64 bits, a
-    /// boolean, a table), refused by [`OneOrMany::texts`] with a clear error.
+    /// Anything else TOML can write (a number with a fraction, a boolean, a date, a
+    /// table), refused by [`OneOrMany::texts`] with a clear error. (An integer beyond 64
+    /// bits is refused by the TOML parser, with its line.)
     Other(toml::Value),
 }
 
@@ -234,15 +235,15 @@ impl OneOrMany {
     /// The values as text; an error for a value that is neither text nor a whole number
     /// of 64 bits (ids beyond that are written in quotes).
     pub fn texts(&self) -> Result<Vec<String>, String> {
-        let text = |s: &Scalar| {
+        fn text(s: &Scalar) -> Result<String, String> {
             match s {
-            Scalar::Text(t) => Ok(t.clone()),
-            Scalar::Integer(n) => Ok(n.to_string()),
-            Scalar::Other(v) => Err(format!(
-                "{v} is neither text nor a whole number: write ids in quotes, e.g. \"17841400000000001\""
-            )),
+                Scalar::Text(t) => Ok(t.clone()),
+                Scalar::Integer(n) => Ok(n.to_string()),
+                Scalar::Other(v) => Err(format!(
+                    "{v} is neither text nor a whole number: write ids in quotes, e.g. \"17841400000000001\""
+                )),
+            }
         }
-        };
         match self {
             OneOrMany::One(s) => Ok(vec![text(s)?]),
             OneOrMany::Many(list) => list.iter().map(text).collect(),

@@ -9,9 +9,10 @@ use super::Config;
 
 /// The `object` values of Meta's Webhooks (Graph API reference, "Webhooks": Application,
 /// Certificate Transparency, Group, Instagram, Link, Page, Permissions, User, WhatsApp
-/// Business Account, Workplace Security), and `threads`, xhubd's name for a Threads
-/// body.
+/// Business Account, Workplace Security; the Marketing API's Ad Account), and `threads`,
+/// xhubd's name for a Threads body.
 const OBJECTS: &[&str] = &[
+    "ad_account",
     "application",
     "certificate_transparency",
     "group",
