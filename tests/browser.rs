@@ -172,7 +172,7 @@ app_secret = "{APP_SECRET}"
     };
     let hostile_id: String = {
         let conn = rusqlite::Connection::open(x.db_path()).unwrap();
-        conn.query_row("SELECT id FROM events WHERE field = 'messaging'", [], |r| {
+        conn.query_row("SELECT id FROM events WHERE field = 'messages'", [], |r| {
             r.get(0)
         })
         .unwrap()
@@ -197,7 +197,7 @@ app_secret = "{APP_SECRET}"
             text.contains("whatsapp_business_account / messages"),
             "{text}"
         );
-        assert!(text.contains("page / messaging"), "{text}");
+        assert!(text.contains("page / messages"), "{text}");
         assert!(text.matches("delivered").count() >= 2, "{text}");
         assert!(text.contains("upstream answered 404"), "{text}");
         assert_eq!(c.title().await.unwrap(), "xhubd status", "no script ran");
