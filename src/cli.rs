@@ -555,9 +555,13 @@ pub struct SendTestArgs {
     /// The sample's object.
     #[arg(long, default_value = "user")]
     pub object: String,
-    /// The sample's field.
+    /// The sample's field. With --field messages and --object whatsapp_business_account,
+    /// page or instagram, the sample is a text message as Meta sends it.
     #[arg(long, default_value = "photos")]
     pub field: String,
+    /// The WhatsApp sample's phone_number_id (the destination's match).
+    #[arg(long, value_name = "ID", default_value = "0")]
+    pub phone_number_id: String,
     /// Send N updates in one notification (Meta batches up to 1000).
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub batch: usize,

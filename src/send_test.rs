@@ -143,7 +143,7 @@ async fn run(args: &SendTestArgs) -> anyhow::Result<bool> {
     }
 
     // 2. A signed sample event, as the dashboard's "Test" button sends.
-    let body = sample(&args.object, &args.field, args.batch);
+    let body = sample(&args.object, &args.field, args.batch, &args.phone_number_id);
     let sig = signature::sign(app_secret.expose(), body.as_bytes());
     say!(
         "2. event: POST {} ({} update(s), {} bytes, object {}, field {})",
@@ -161,7 +161,7 @@ async fn run(args: &SendTestArgs) -> anyhow::Result<bool> {
             say!("   ok: 200, the event was accepted");
             match takers {
                 Some((name, takers)) if takers.is_empty() => say!(
-                    "   note: no destination of route {name} takes this sample (object {}, field {}): it is stored and delivered nowhere; give --object and --field of events your destinations take",
+                    "   note: no destination of route {name} takes this sample (object {}, field {}): it is stored and delivered nowhere; give --object and --field (and --phone-number-id) of events your destinations take",
                     args.object,
                     args.field
                 ),
@@ -211,19 +211,51 @@ fn takers(route: &Route, body: &str, secret: &Secret) -> Vec<String> {
     names
 }
 
-/// A Graph-style notification with `batch` updates, unique to this run so the daemon
-/// never takes it for a retry.
-fn sample(object: &str, field: &str, batch: usize) -> String {
-    let now = system_ms() / 1000;
+/// A notification of `batch` updates of `object` and `field`, unique to this run so the
+/// daemon never takes it for a retry, shaped as Meta sends such updates, so that a
+/// destination's `match` takes it as it would the real ones: a WhatsApp text message
+/// (`whatsapp_business_account`, `messages`: in a change's `value.messages`, to
+/// `phone_number_id`), a Messenger or Instagram message (`page` or `instagram`,
+/// `messages`: a `messaging[]` element), else a Graph `changes[]` update.
+fn sample(object: &str, field: &str, batch: usize, phone_number_id: &str) -> String {
+    let now = system_ms();
     let run = fastrand::u64(..);
     let entries: Vec<String> = (0..batch.max(1))
         .map(|i| {
-            serde_json::json!({
-                "id": format!("{run}{i}"),
-                "time": now,
-                "changes": [{"field": field, "value": {"verb": "update", "object_id": format!("{i}"), "test": true}}],
-            })
-            .to_string()
+            let id = format!("{run}{i}");
+            let entry = match (object, field) {
+                ("whatsapp_business_account", "messages") => serde_json::json!({
+                    "id": id,
+                    "changes": [{"field": "messages", "value": {
+                        "messaging_product": "whatsapp",
+                        "metadata": {"display_phone_number": "15550000000", "phone_number_id": phone_number_id},
+                        "contacts": [{"profile": {"name": "xhubd send-test"}, "wa_id": "15550000001"}],
+                        "messages": [{
+                            "from": "15550000001",
+                            "id": format!("wamid.xhubd-test-{id}"),
+                            "timestamp": (now / 1000).to_string(),
+                            "type": "text",
+                            "text": {"body": "xhubd send-test"},
+                        }],
+                    }}],
+                }),
+                ("page" | "instagram", "messages") => serde_json::json!({
+                    "id": id,
+                    "time": now,
+                    "messaging": [{
+                        "sender": {"id": "1"},
+                        "recipient": {"id": id},
+                        "timestamp": now,
+                        "message": {"mid": format!("m_xhubd-test-{id}"), "text": "xhubd send-test"},
+                    }],
+                }),
+                _ => serde_json::json!({
+                    "id": id,
+                    "time": now / 1000,
+                    "changes": [{"field": field, "value": {"verb": "update", "object_id": format!("{i}"), "test": true}}],
+                }),
+            };
+            entry.to_string()
         })
         .collect();
     format!(
@@ -285,4 +317,39 @@ async fn exchange(
         .map(|c| c.to_bytes().to_vec())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sample;
+    use crate::webhook::items::Notification;
+
+    /// What routing sees of the sample's first item: its fields, value arrays, phone
+    /// number id.
+    fn facts(body: &str) -> (Vec<String>, Vec<String>, Option<String>) {
+        let doc = crate::webhook::json::parse_object(body.as_bytes()).unwrap();
+        let n = Notification::parse(body.as_bytes(), &doc);
+        assert_eq!(n.items.len(), 2, "{body}");
+        let f = &n.items[0].facts;
+        (
+            f.fields.clone(),
+            f.value_has.clone(),
+            f.phone_number_id.clone(),
+        )
+    }
+
+    #[test]
+    fn message_samples_are_what_match_sees_in_meta_s() {
+        let (fields, arrays, phone) =
+            facts(&sample("whatsapp_business_account", "messages", 2, "77"));
+        assert_eq!(fields, ["messages"]);
+        assert!(arrays.contains(&"messages".to_owned()), "{arrays:?}");
+        assert_eq!(phone.as_deref(), Some("77"));
+        for object in ["page", "instagram"] {
+            let (fields, _, _) = facts(&sample(object, "messages", 2, "0"));
+            assert_eq!(fields, ["messages"], "{object}");
+        }
+        let (fields, _, _) = facts(&sample("user", "photos", 2, "0"));
+        assert_eq!(fields, ["photos"]);
+    }
 }

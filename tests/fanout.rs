@@ -421,4 +421,36 @@ fn items_nobody_takes_are_stored_and_counted(spool: &Spool) {
         out.contains("no destination of route wa takes this sample (object user, field photos)"),
         "{out}"
     );
+    // A WhatsApp message sample is shaped as Meta's, so the bot's match takes it.
+    let url = format!("http://{addr}/");
+    let (code, out, err) = run_xhubd(
+        &[
+            "send-test",
+            "--url",
+            &url,
+            "--config",
+            path.to_str().unwrap(),
+            "--route",
+            "wa",
+            "--object",
+            "whatsapp_business_account",
+            "--field",
+            "messages",
+            "--phone-number-id",
+            "106540352242922",
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("the destinations of route wa that take it: wa/bot"),
+        "{out}"
+    );
+    let got = up.wait_for(2, WAIT);
+    let sample = String::from_utf8_lossy(&got[1].body).into_owned();
+    assert!(
+        sample.contains(r#""phone_number_id":"106540352242922""#)
+            && sample.contains(r#""text":{"body":"xhubd send-test"}"#),
+        "{sample}"
+    );
 }
