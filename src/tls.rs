@@ -105,9 +105,21 @@ pub fn client_config(
                     id.key.display()
                 )),
             })?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .with_context(|| format!("{}/{}", id.cert_option, id.key_option))?
+            builder.with_client_auth_cert(chain, key).map_err(|e| {
+                // rustls names our own certificate "the peer's" here.
+                let why = if format!("{e:?}").contains("UnsupportedCertVersion") {
+                    "it is an X.509 version 1 certificate; TLS here needs version 3 (`openssl req -x509` makes one, and `openssl x509 -req` does with `-extfile`)".to_owned()
+                } else {
+                    format!("the certificate and key are not usable together: {e}")
+                };
+                anyhow::anyhow!(
+                    "{} {}/{} {}: {why}",
+                    id.cert_option,
+                    id.cert.display(),
+                    id.key_option,
+                    id.key.display()
+                )
+            })?
         }
         None => builder.with_no_client_auth(),
     })

@@ -624,6 +624,30 @@ fn send_test_verifies_and_sends_a_signed_batch() {
     );
     assert_eq!(code, 1);
     assert_eq!(out.matches("FAILED").count(), 2, "{out}");
+
+    // An X.509 version 1 client certificate is named for what it is.
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/x509v1");
+    let (code, out, err) = run_xhubd(
+        &[
+            "send-test",
+            "--url",
+            &url,
+            "--app-secret",
+            APP_SECRET,
+            "--verify-token",
+            VERIFY_TOKEN,
+            "--cert",
+            &format!("{fixture}/client.pem"),
+            "--key",
+            &format!("{fixture}/client.key"),
+        ],
+        None,
+    );
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("it is an X.509 version 1 certificate; TLS here needs version 3"),
+        "{err}"
+    );
 }
 
 #[test]
