@@ -338,7 +338,7 @@ impl Metrics {
         let needs_attention = Gauge::default();
         registry.register(
             "needs_attention",
-            "1 when something needs the operator's attention (dead deliveries, a destination failing, delivery behind), as the status page's top line says; else 0",
+            "1 when something needs the operator's attention (dead deliveries, a destination failing, delivery behind, pending deliveries for a destination not in this instance's configuration), as the status page's top line says; else 0",
             needs_attention.clone(),
         );
         let ready = Gauge::default();

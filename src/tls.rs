@@ -107,16 +107,19 @@ pub fn client_config(
             })?;
             builder.with_client_auth_cert(chain, key).map_err(|e| {
                 // rustls names our own certificate "the peer's" here.
-                let why = if format!("{e:?}").contains("UnsupportedCertVersion") {
+                let debug = format!("{e:?}");
+                let why = if debug.contains("UnsupportedCertVersion") {
                     "it is an X.509 version 1 certificate; TLS here needs version 3 (`openssl req -x509` makes one, and `openssl x509 -req` does with `-extfile`)".to_owned()
+                } else if debug.contains("KeyMismatch") {
+                    "the key is not the certificate's".to_owned()
                 } else {
                     format!("the certificate and key are not usable together: {e}")
                 };
                 anyhow::anyhow!(
-                    "{} {}/{} {}: {why}",
+                    "{}/{} ({}, {}): {why}",
                     id.cert_option,
-                    id.cert.display(),
                     id.key_option,
+                    id.cert.display(),
                     id.key.display()
                 )
             })?

@@ -619,11 +619,17 @@ fn send_test_verifies_and_sends_a_signed_batch() {
             "wrong",
             "--verify-token",
             "wrong",
+            "--phone-number-id",
+            "5",
         ],
         None,
     );
     assert_eq!(code, 1);
     assert_eq!(out.matches("FAILED").count(), 2, "{out}");
+    assert!(
+        out.contains("note: --phone-number-id goes only into the WhatsApp messages sample"),
+        "{out}"
+    );
 
     // An X.509 version 1 client certificate is named for what it is.
     let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/x509v1");

@@ -64,13 +64,13 @@ impl Verdict {
             .cloned()
             .collect();
         for b in &removed {
-            let noun = if b.pending == 1 {
-                "delivery waits"
+            let (noun, pronoun) = if b.pending == 1 {
+                ("delivery waits", "it is")
             } else {
-                "deliveries wait"
+                ("deliveries wait", "they are")
             };
             reasons.push(format!(
-                "{} pending {noun} for {}/{}, which this instance's configuration does not have: they are delivered once it is configured again",
+                "{} pending {noun} for {}/{}, which this instance's configuration does not have: {pronoun} delivered once it is configured again",
                 b.pending, b.route, b.destination
             ));
         }

@@ -320,7 +320,21 @@ mod tests {
                 ..TlsFiles::default()
             },
         );
-        assert!(e.starts_with("client_cert_file/client_key_file: "), "{e}");
+        assert!(e.starts_with("client_cert_file/client_key_file ("), "{e}");
+        assert!(e.ends_with("): the key is not the certificate's"), "{e}");
+        let v1 = std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/x509v1"
+        ));
+        let e = error(
+            &https(),
+            TlsFiles {
+                client_cert: Some(&v1.join("client.pem")),
+                client_key: Some(&v1.join("client.key")),
+                ..TlsFiles::default()
+            },
+        );
+        assert!(e.contains("it is an X.509 version 1 certificate"), "{e}");
         assert!(!e.contains("PRIVATE KEY"), "{e}");
     }
 

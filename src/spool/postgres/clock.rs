@@ -13,7 +13,7 @@ use tokio_postgres::Client;
 use tracing::{debug, info, warn};
 
 use super::connect::error_text;
-use crate::spool::clock::{anchor, monotonic_ms, offset_ms};
+use crate::spool::clock::{anchor, boottime_ms, offset_ms};
 
 /// How often the clock is read again while connected.
 const EVERY: Duration = Duration::from_secs(15);
@@ -25,42 +25,44 @@ const WARN_FROM_MS: i64 = 1_000;
 /// Readings per measurement.
 const READINGS: usize = 3;
 
-/// When the clock is next read, whether it ever was, and the offset the log last said
-/// was off.
+/// When the clock is next read, and the offset the log last said was off.
 #[derive(Default)]
 pub(super) struct ClockWatch {
     next: Option<Instant>,
-    read_once: bool,
     said: Option<i64>,
 }
 
 impl ClockWatch {
-    /// Reads the database's clock on `client` when it is time to (or `now` asks for it:
-    /// a new connection) and makes it the spool's, then logs an offset that changed
-    /// across a second. A failed reading keeps the last one (the commit that follows
-    /// finds the connection's fault) and is tried again a second later; before any
-    /// reading the spool's times follow this machine's clock, which is said once.
-    pub(super) async fn keep(&mut self, client: &Client, now: bool) {
-        if !now && self.next.is_some_and(|t| Instant::now() < t) {
+    /// Reads the database's clock on `client` (a new connection) and makes it the
+    /// spool's; an error when it cannot, and the connection is not to be used: nothing
+    /// may be written or claimed by another clock.
+    pub(super) async fn read(&mut self, client: &Client) -> Result<(), String> {
+        follow(client).await?;
+        self.read_at_last();
+        Ok(())
+    }
+
+    /// Reads it again when it is time to. A failed reading keeps the last one (the
+    /// commit that follows finds the connection's fault) and is tried again a second
+    /// later.
+    pub(super) async fn keep(&mut self, client: &Client) {
+        if self.next.is_some_and(|t| Instant::now() < t) {
             return;
         }
         match follow(client).await {
-            Ok(()) => {
-                self.next = Some(Instant::now() + EVERY);
-                self.read_once = true;
-                if let Some(line) = self.say(offset_ms()) {
-                    line.log();
-                }
-            }
+            Ok(()) => self.read_at_last(),
             Err(e) => {
                 self.next = Some(Instant::now() + AGAIN_AFTER_FAILURE);
-                if self.read_once {
-                    debug!(error = %e, "cannot read the database's clock; counting on from the last reading");
-                } else {
-                    warn!(error = %e, "cannot read the database's clock; the spool's times follow this machine's until it can");
-                    self.read_once = true;
-                }
+                debug!(error = %e, "cannot read the database's clock; counting on from the last reading");
             }
+        }
+    }
+
+    /// After a reading: the next one's time, and a line when the offset changed.
+    fn read_at_last(&mut self) {
+        self.next = Some(Instant::now() + EVERY);
+        if let Some(line) = self.say(offset_ms()) {
+            line.log();
         }
     }
 
@@ -107,7 +109,7 @@ impl Said {
 }
 
 /// Reads the database's clock on `client` and makes it the spool's: the reading with the
-/// shortest round trip, tied to this machine's monotonic clock at its middle.
+/// shortest round trip, tied to this machine's `CLOCK_BOOTTIME` at its middle.
 pub async fn follow(client: &Client) -> Result<(), String> {
     let statement = client
         .prepare("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint")
@@ -115,12 +117,12 @@ pub async fn follow(client: &Client) -> Result<(), String> {
         .map_err(|e| error_text(&e))?;
     let mut best: Option<(i64, i64, i64)> = None;
     for _ in 0..READINGS {
-        let before = monotonic_ms();
+        let before = boottime_ms();
         let row = client
             .query_one(&statement, &[])
             .await
             .map_err(|e| error_text(&e))?;
-        let after = monotonic_ms();
+        let after = boottime_ms();
         let database: i64 = row.try_get(0).map_err(|e| error_text(&e))?;
         let round_trip = after - before;
         if best.is_none_or(|(rt, _, _)| round_trip < rt) {

@@ -101,14 +101,10 @@ pub(super) async fn run(
     let mut clock = events.then(ClockWatch::default);
     loop {
         let Some(s) = session.as_mut() else {
-            match Session::open(&ctx.target).await {
+            match Session::open(&ctx.target, clock.as_mut()).await {
                 Ok(s) => {
                     if events {
                         info!(database = %ctx.target.describe(), instance = %ctx.instance, "connected to the PostgreSQL spool");
-                    }
-                    // Before anything is written or claimed by the database's clock.
-                    if let Some(clock) = clock.as_mut() {
-                        clock.keep(&s.client, true).await;
                     }
                     session = Some(s);
                     delay = Duration::from_millis(100);
@@ -142,7 +138,7 @@ pub(super) async fn run(
             continue;
         };
         if let Some(clock) = clock.as_mut() {
-            clock.keep(&s.client, false).await;
+            clock.keep(&s.client).await;
         }
         let first = tokio::select! {
             cmd = rx.recv() => cmd,
@@ -345,8 +341,10 @@ struct Statements {
 }
 
 impl Session {
-    /// Connects, creates or upgrades the schema, and prepares the statements.
-    async fn open(target: &PgTarget) -> Result<Session, OpenError> {
+    /// Connects, creates or upgrades the schema, prepares the statements and, with a
+    /// `clock` (the events writer's), reads the database's clock: a connection whose
+    /// clock cannot be read is not used, so nothing is written or claimed by another.
+    async fn open(target: &PgTarget, clock: Option<&mut ClockWatch>) -> Result<Session, OpenError> {
         let mut client = target.connect().await.map_err(|e| match e {
             ConnectError::Refused(r) => OpenError::Refused(r),
             ConnectError::Unreachable(r) => OpenError::Unreachable(r),
@@ -363,6 +361,11 @@ impl Session {
         let stmts = Statements::prepare(&client)
             .await
             .map_err(|e| OpenError::Unreachable(error_text(&e)))?;
+        if let Some(clock) = clock {
+            clock.read(&client).await.map_err(|e| {
+                OpenError::Unreachable(format!("cannot read the database's clock: {e}"))
+            })?;
+        }
         Ok(Session { client, stmts })
     }
 
