@@ -38,10 +38,7 @@ pub fn run(args: ServeArgs) -> (Vec<String>, bool) {
         "ok   configuration: route(s) {apps}; state dir {}",
         config.state_dir.display()
     ));
-    for warning in crate::config::exposure::warnings(&config)
-        .into_iter()
-        .chain(crate::config::matching::warnings(&config))
-    {
+    for warning in crate::config::warnings(&config) {
         report.push(format!("warn {warning}"));
     }
     let mut ok = true;

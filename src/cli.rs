@@ -559,9 +559,9 @@ pub struct SendTestArgs {
     /// page or instagram, the sample is a text message as Meta sends it.
     #[arg(long, default_value = "photos")]
     pub field: String,
-    /// The WhatsApp sample's phone_number_id (the destination's match).
-    #[arg(long, value_name = "ID", default_value = "0")]
-    pub phone_number_id: String,
+    /// The WhatsApp sample's phone_number_id (the destination's match; 0 when not given).
+    #[arg(long, value_name = "ID")]
+    pub phone_number_id: Option<String>,
     /// Send N updates in one notification (Meta batches up to 1000).
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub batch: usize,

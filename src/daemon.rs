@@ -263,10 +263,7 @@ impl Daemon {
             SpoolChoice::Sqlite => Some(lock_state_dir(&config)?),
             SpoolChoice::Postgres(_) => None,
         };
-        for warning in crate::config::exposure::warnings(&config)
-            .into_iter()
-            .chain(crate::config::matching::warnings(&config))
-        {
+        for warning in crate::config::warnings(&config) {
             warn!("{warning}");
         }
         let (store, spool, fresh, first_connection) = open_spool(&config)?;

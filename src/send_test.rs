@@ -142,13 +142,18 @@ async fn run(args: &SendTestArgs) -> anyhow::Result<bool> {
         }
     }
 
-    if args.phone_number_id != "0"
+    if args.phone_number_id.is_some()
         && (args.object.as_str(), args.field.as_str()) != ("whatsapp_business_account", "messages")
     {
         say!("   note: --phone-number-id goes only into the WhatsApp messages sample (--object whatsapp_business_account --field messages); this sample has none");
     }
     // 2. A signed sample event, as the dashboard's "Test" button sends.
-    let body = sample(&args.object, &args.field, args.batch, &args.phone_number_id);
+    let body = sample(
+        &args.object,
+        &args.field,
+        args.batch,
+        args.phone_number_id.as_deref().unwrap_or("0"),
+    );
     let sig = signature::sign(app_secret.expose(), body.as_bytes());
     say!(
         "2. event: POST {} ({} update(s), {} bytes, object {}, field {})",

@@ -9,7 +9,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use common::pki::BackendPki;
@@ -67,12 +66,7 @@ impl Running {
     fn reload(&self, config: &str, answer: &str) {
         let before = self.x.logs().matches(answer).count();
         std::fs::write(&self.config, config).unwrap();
-        let pid = self.x.child.as_ref().unwrap().id().to_string();
-        assert!(Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success());
+        self.x.sighup();
         wait_for(WAIT, answer, || {
             self.x.logs().matches(answer).count() > before
         });

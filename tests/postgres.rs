@@ -1213,12 +1213,7 @@ fn a_reload_that_changes_the_spools_password_is_refused() {
     let x = Xhubd::start(Options::config(config.to_str().unwrap()));
     assert_eq!(x.target.post_signed(&page_event(1)).status, 200);
     std::fs::write(&password, "another-password\n").unwrap();
-    let pid = x.child.as_ref().unwrap().id().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap()
-        .success());
+    x.sighup();
     wait_for(Duration::from_secs(20), "the reload answered", || {
         x.logs().contains("reload refused")
     });

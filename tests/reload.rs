@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,12 +51,7 @@ impl Running {
     fn reload(&self, config: &str, answer: &str) {
         let before = self.x.logs().matches(answer).count();
         std::fs::write(&self.config, config).unwrap();
-        let pid = self.x.child.as_ref().unwrap().id().to_string();
-        assert!(Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success());
+        self.x.sighup();
         wait_for(WAIT, answer, || {
             self.x.logs().matches(answer).count() > before
         });
@@ -224,12 +218,7 @@ fn an_invalid_reload_is_refused_and_the_daemon_serves_on() {
 fn sighup_without_a_config_file_never_kills_the_daemon() {
     let up = Upstream::start();
     let mut x = Xhubd::start(Options::new(&up.url("/")));
-    let pid = x.child.as_ref().unwrap().id().to_string();
-    assert!(Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap()
-        .success());
+    x.sighup();
     wait_for(WAIT, "the SIGHUP answered", || {
         x.logs().contains("no --config file")
     });

@@ -610,12 +610,7 @@ fn a_match_value_meta_never_sends_is_warned_about_by_check_and_at_start() {
     });
     // And on a reload.
     std::fs::write(&path, config.replace("\"mesages\"", "\"mentoins\"")).unwrap();
-    let pid = x.child.as_ref().unwrap().id().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap()
-        .success());
+    x.sighup();
     wait_for(WAIT, "the reload's warning logged", || {
         warned("match field \"mentoins\": not a webhook field this release knows; did you mean \"mentions\"?")
     });

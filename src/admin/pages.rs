@@ -379,10 +379,9 @@ fn clock_off(offset_ms: i64) -> Option<String> {
     if offset_ms.abs() < 1_000 {
         return None;
     }
-    let side = if offset_ms > 0 { "behind" } else { "ahead of" };
     Some(format!(
-        "This machine's clock is {:.1} s {side} the database's: the spool's times follow the database's clock. Set this machine's clock right (NTP).",
-        offset_ms.abs() as f64 / 1000.0
+        "This machine's clock is {} the database's: the spool's times follow the database's clock. Set this machine's clock right (NTP).",
+        crate::spool::clock::off_by(offset_ms)
     ))
 }
 

@@ -6,6 +6,7 @@
 
 use super::routes::Match;
 use super::Config;
+use crate::webhook::items;
 
 /// The `object` values of Meta's Webhooks (Graph API reference, "Webhooks": Application,
 /// Certificate Transparency, Group, Instagram, Link, Page, Permissions, User, WhatsApp
@@ -27,8 +28,9 @@ const OBJECTS: &[&str] = &[
 ];
 
 /// Webhook fields as Meta's dashboard names the subscriptions, as far as a misspelling
-/// of one is worth a warning: Messenger's and Instagram's messaging fields (README's
-/// table), and the common fields of Pages, Instagram, WhatsApp and Threads.
+/// of one is worth a warning, besides the messaging fields routing names
+/// ([`items::messaging_fields`]): the common fields of Pages, Instagram, WhatsApp and
+/// Threads.
 const FIELDS: &[&str] = &[
     "account_alerts",
     "account_review_update",
@@ -45,26 +47,8 @@ const FIELDS: &[&str] = &[
     "live_videos",
     "mention",
     "mentions",
-    "message_deliveries",
-    "message_echoes",
-    "message_edits",
-    "message_reactions",
-    "message_reads",
     "message_template_quality_update",
     "message_template_status_update",
-    "messages",
-    "messaging_account_linking",
-    "messaging_checkout_updates",
-    "messaging_feedback",
-    "messaging_game_plays",
-    "messaging_handovers",
-    "messaging_optins",
-    "messaging_payments",
-    "messaging_policy_enforcement",
-    "messaging_postbacks",
-    "messaging_pre_checkouts",
-    "messaging_referrals",
-    "messaging_seen",
     "phone_number_name_update",
     "phone_number_quality_update",
     "photos",
@@ -79,6 +63,11 @@ const FIELDS: &[&str] = &[
     "template_category_update",
     "videos",
 ];
+
+/// Every field name a misspelling of which is warned of.
+fn fields() -> impl Iterator<Item = &'static str> {
+    FIELDS.iter().copied().chain(items::messaging_fields())
+}
 
 /// The arrays of a WhatsApp change's `value` that `value_has` looks for.
 const VALUE_ARRAYS: &[&str] = &["contacts", "errors", "messages", "statuses"];
@@ -109,12 +98,12 @@ fn problems(m: &Match) -> Vec<String> {
             found.push(format!(
                 "object {object:?}: none of the objects Meta sends ({}){}",
                 OBJECTS.join(", "),
-                near(&object, OBJECTS)
+                near(&object, OBJECTS.iter().copied())
             ));
         }
     }
     for field in values(&m.field) {
-        if FIELDS.contains(&field.as_str()) {
+        if fields().any(|known| known == field) {
             continue;
         }
         if field
@@ -124,7 +113,7 @@ fn problems(m: &Match) -> Vec<String> {
             found.push(format!(
                 "field {field:?}: not a webhook field's name (lower case, digits and _)"
             ));
-        } else if let Some(known) = closest(&field, FIELDS) {
+        } else if let Some(known) = closest(&field, fields()) {
             found.push(format!(
                 "field {field:?}: not a webhook field this release knows; did you mean {known:?}?"
             ));
@@ -132,7 +121,7 @@ fn problems(m: &Match) -> Vec<String> {
     }
     for array in values(&m.value_has) {
         if !VALUE_ARRAYS.contains(&array.as_str()) {
-            if let Some(known) = closest(&array, VALUE_ARRAYS) {
+            if let Some(known) = closest(&array, VALUE_ARRAYS.iter().copied()) {
                 found.push(format!("value_has {array:?}: did you mean {known:?}?"));
             }
         }
@@ -158,17 +147,16 @@ fn problems(m: &Match) -> Vec<String> {
 }
 
 /// A known name at most two edits from `value` (a misspelling of it), if any.
-fn closest(value: &str, known: &[&'static str]) -> Option<&'static str> {
+fn closest(value: &str, known: impl Iterator<Item = &'static str>) -> Option<&'static str> {
     known
-        .iter()
-        .map(|k| (strsim::damerau_levenshtein(value, k), *k))
+        .map(|k| (strsim::damerau_levenshtein(value, k), k))
         .filter(|(d, _)| *d <= 2)
         .min()
         .map(|(_, k)| k)
 }
 
 /// `; did you mean X?` for a misspelling of a known name; nothing otherwise.
-fn near(value: &str, known: &[&'static str]) -> String {
+fn near(value: &str, known: impl Iterator<Item = &'static str>) -> String {
     closest(value, known)
         .map(|k| format!("; did you mean {k:?}?"))
         .unwrap_or_default()

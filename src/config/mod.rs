@@ -77,6 +77,15 @@ enum StateDir {
     Inspect,
 }
 
+/// Everything a valid configuration may get wrong, one sentence each: what exposes
+/// secrets or events ([`exposure`]), and `match` values Meta never sends ([`matching`]).
+/// `serve` logs them as warnings at start, `check` reports them.
+pub fn warnings(config: &Config) -> Vec<String> {
+    let mut found = exposure::warnings(config);
+    found.extend(matching::warnings(config));
+    found
+}
+
 impl Config {
     /// Validates every option for `serve`, creating the state directory. The error
     /// names the option and the problem, never a secret's value.

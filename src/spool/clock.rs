@@ -60,6 +60,13 @@ pub fn offset_ms() -> i64 {
     }
 }
 
+/// How far this machine's wall clock is from the spool's, given [`offset_ms`], as the
+/// log and the status page say it: `90.0 s behind`, `1.5 s ahead of` (to a tenth).
+pub fn off_by(offset_ms: i64) -> String {
+    let side = if offset_ms > 0 { "behind" } else { "ahead of" };
+    format!("{:.1} s {side}", offset_ms.abs() as f64 / 1000.0)
+}
+
 /// Takes a reading of the database's clock: it read `database_ms` at `boottime_ms`
 /// ([`boottime_ms`]'s scale). [`now_ms`] counts on from it.
 pub(crate) fn anchor(database_ms: i64, boottime_ms: i64) {

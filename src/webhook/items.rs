@@ -564,6 +564,29 @@ fn change_facts(raw: &[u8], span: &Range<usize>, change: &Value, facts: &mut Ite
     }
 }
 
+/// The fields of `messaging[]` members that name one whatever the object, as Meta's
+/// dashboard names the subscriptions (README keeps the table). `message` and `read`
+/// depend on the object and are [`messaging_field`]'s own.
+const MESSAGING_MEMBERS: &[(&str, &str)] = &[
+    ("delivery", "message_deliveries"),
+    ("postback", "messaging_postbacks"),
+    ("reaction", "message_reactions"),
+    ("optin", "messaging_optins"),
+    ("referral", "messaging_referrals"),
+    ("message_edit", "message_edits"),
+    ("account_linking", "messaging_account_linking"),
+    ("pass_thread_control", "messaging_handovers"),
+    ("take_thread_control", "messaging_handovers"),
+    ("request_thread_control", "messaging_handovers"),
+    ("app_roles", "messaging_handovers"),
+    ("policy_enforcement", "messaging_policy_enforcement"),
+    ("game_play", "messaging_game_plays"),
+    ("checkout_update", "messaging_checkout_updates"),
+    ("payment", "messaging_payments"),
+    ("pre_checkout", "messaging_pre_checkouts"),
+    ("messaging_feedback", "messaging_feedback"),
+];
+
 /// The webhook field of a `messaging[]` element, as Meta's dashboard names the
 /// subscription: its first event member that has one decides, in `order` (the
 /// members' order in the body; README keeps the table).
@@ -572,38 +595,36 @@ pub fn messaging_field(element: &Value, object: &str, order: &[String]) -> Optio
     let instagram = object == "instagram";
     order.iter().find_map(|member| {
         let value = element.get(member)?;
-        Some(match member.as_str() {
+        match member.as_str() {
             "message" => {
                 let echo = value.get("is_echo").and_then(Value::as_bool) == Some(true);
                 // Instagram's echoes come with its `messages` subscription.
-                if echo && !instagram {
+                Some(if echo && !instagram {
                     "message_echoes"
                 } else {
                     "messages"
-                }
+                })
             }
-            "read" if instagram => "messaging_seen",
-            "read" => "message_reads",
-            "delivery" => "message_deliveries",
-            "postback" => "messaging_postbacks",
-            "reaction" => "message_reactions",
-            "optin" => "messaging_optins",
-            "referral" => "messaging_referrals",
-            "message_edit" => "message_edits",
-            "account_linking" => "messaging_account_linking",
-            "pass_thread_control"
-            | "take_thread_control"
-            | "request_thread_control"
-            | "app_roles" => "messaging_handovers",
-            "policy_enforcement" => "messaging_policy_enforcement",
-            "game_play" => "messaging_game_plays",
-            "checkout_update" => "messaging_checkout_updates",
-            "payment" => "messaging_payments",
-            "pre_checkout" => "messaging_pre_checkouts",
-            "messaging_feedback" => "messaging_feedback",
-            _ => return None,
-        })
+            "read" if instagram => Some("messaging_seen"),
+            "read" => Some("message_reads"),
+            other => MESSAGING_MEMBERS
+                .iter()
+                .find(|(name, _)| *name == other)
+                .map(|(_, field)| *field),
+        }
     })
+}
+
+/// Every field [`messaging_field`] can name (some more than once).
+pub fn messaging_fields() -> impl Iterator<Item = &'static str> {
+    [
+        "messages",
+        "message_echoes",
+        "messaging_seen",
+        "message_reads",
+    ]
+    .into_iter()
+    .chain(MESSAGING_MEMBERS.iter().map(|(_, field)| *field))
 }
 
 #[cfg(test)]

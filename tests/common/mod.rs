@@ -477,6 +477,21 @@ impl Xhubd {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// Sends SIGHUP: a reload of the config file (`systemctl reload xhubd`).
+    pub fn sighup(&self) {
+        let pid = self
+            .child
+            .as_ref()
+            .expect("xhubd is running")
+            .id()
+            .to_string();
+        assert!(Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("xhubd is running");

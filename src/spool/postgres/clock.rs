@@ -13,7 +13,7 @@ use tokio_postgres::Client;
 use tracing::{debug, info, warn};
 
 use super::connect::error_text;
-use crate::spool::clock::{anchor, boottime_ms, offset_ms};
+use crate::spool::clock::{anchor, boottime_ms, off_by, offset_ms};
 
 /// How often the clock is read again while connected.
 const EVERY: Duration = Duration::from_secs(15);
@@ -97,9 +97,7 @@ impl Said {
     fn log(&self) {
         match *self {
             Said::Off(offset) => {
-                let seconds = format!("{:.1}", offset.abs() as f64 / 1000.0);
-                let side = if offset > 0 { "behind" } else { "ahead of" };
-                warn!(offset_s = %format!("{:.3}", offset as f64 / 1000.0), "this machine's clock is {seconds} s {side} the database's; the spool's times (leases, retries, the dedup window) follow the database's clock. Set this machine's clock right (NTP): the log's own times are this machine's");
+                warn!(offset_s = %format!("{:.3}", offset as f64 / 1000.0), "this machine's clock is {} the database's; the spool's times (leases, retries, the dedup window) follow the database's clock. Set this machine's clock right (NTP): the log's own times are this machine's", off_by(offset));
             }
             Said::Agrees(offset) => {
                 info!(offset_s = %format!("{:.3}", offset as f64 / 1000.0), "this machine's clock agrees with the database's again");
