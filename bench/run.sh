@@ -67,7 +67,7 @@
 #             commands can still be running when the load ends);
 # each measured until it is idle, with accepted events/s, events/s until idle, latency,
 # CPU per event (webhook's with the commands it ran) and peak RSS next to C's, and the
-# ratios C / express and C / webhook. Before each is loaded, a body signed with the
+# ratios C / express and C / webhook, and B (Nginx in front) / each. Before each is loaded, a body signed with the
 # secret must get 2xx and one signed with another key must not, else the run fails.
 # With BASELINE_XHUBD=PATH (an earlier release's binary), C is measured again with it
 # and with this build, alternated (C-prev, C, C-prev, C), and the ratio of the medians
